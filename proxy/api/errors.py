@@ -1,0 +1,51 @@
+"""Errors the proxy returns to clients, in the inbound API's own shape.
+
+Every client-visible error is an `ApiError`: a status, an OpenAI-style type and code, and
+a message that says what was wrong and what to do. Nothing else reaches a client; in
+particular never a traceback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import orjson
+from aiohttp import web
+
+__all__ = ["ApiError", "error_body", "json_error"]
+
+
+class ApiError(Exception):
+    """A request the proxy refuses or could not serve, with what the client should see."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        code: str | None = None,
+        param: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type
+        self.code = code
+        self.param = param
+        self.headers = dict(headers or {})
+
+
+def error_body(message: str, type: str, code: str | None, param: str | None = None) -> bytes:
+    return orjson.dumps({"error": {"message": message, "type": type, "param": param, "code": code}})
+
+
+def json_error(err: ApiError, extra_headers: Mapping[str, str] | None = None) -> web.Response:
+    headers = {**err.headers, **(extra_headers or {})}
+    return web.Response(
+        status=err.status,
+        body=error_body(err.message, err.type, err.code, err.param),
+        content_type="application/json",
+        headers=headers,
+    )

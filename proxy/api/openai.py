@@ -1,0 +1,215 @@
+"""The OpenAI-compatible inbound API: /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models.
+
+Each handler reads and validates the body once, asks the router for a served attempt,
+and relays it: JSON as the vendor's bytes, streams chunk by chunk as they arrive. Until
+the first byte reaches the client every failure is failed over by the router; after it,
+a failure ends the stream with an OpenAI-style error event and no `[DONE]`, so SDKs
+raise instead of reporting a truncated answer as complete.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import secrets
+import time
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from proxy.accesslog import AccessLog
+from proxy.api.errors import ApiError, error_body, json_error
+from proxy.api.validation import CHAT, COMPLETIONS, EMBEDDINGS, EndpointSchema, read_json, validate
+from proxy.gateway import Gateway
+from proxy.metrics import UNKNOWN_GROUP
+from proxy.routing.classify import Outcome, OutcomeClass
+from proxy.routing.router import AllFailed, Attempt, Served, Trace
+from proxy.vendors.base import AttemptFailed, UpstreamCall
+
+__all__ = ["GATEWAY", "routes"]
+
+GATEWAY: web.AppKey[Gateway] = web.AppKey("gateway", Gateway)
+
+_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+_CLIENT_GONE = Outcome(OutcomeClass.CLIENT_CANCELLED, None, None, "the client disconnected")
+
+
+def request_id(request: web.Request) -> str:
+    """The client's x-request-id if it is sane (bounded, printable), else a new one."""
+    rid = request.headers.get("x-request-id")
+    if rid is not None and _REQUEST_ID_RE.match(rid):
+        return rid
+    return secrets.token_hex(12)
+
+
+def stream_error_event(served: Served, outcome: Outcome) -> bytes:
+    message = f"Upstream stream failed: {served.deployment.id} {outcome.cls}: {outcome.message}"
+    return b"data: " + error_body(message, "server_error", "upstream_stream_error") + b"\n\n"
+
+
+async def _proxy(request: web.Request, endpoint: str, schema: EndpointSchema) -> web.StreamResponse:
+    gw = request.app[GATEWAY]
+    metrics = gw.metrics
+    started = time.monotonic()
+    rid = request_id(request)
+    trace = Trace()
+    group_name = UNKNOWN_GROUP
+    status = 500
+    served: Served | None = None
+    stream = False
+    metrics.in_flight.inc()
+    try:
+        raw, parsed = await read_json(request, gw.config.server.max_body_bytes)
+        body = validate(parsed, schema)
+        model = body["model"]
+        group = gw.groups.get(model)
+        if group is None:
+            raise ApiError(
+                404,
+                f"The model '{model}' does not exist on this proxy. Use one of its model groups: "
+                f"{', '.join(sorted(gw.groups))} (GET /v1/models lists them).",
+                code="model_not_found",
+                param="model",
+            )
+        group_name = group.name
+        stream = body.get("stream") is True
+        call = UpstreamCall(endpoint, raw, body, stream, rid)
+        served = await gw.router.run(group, call, started + gw.config.server.request_timeout_s, trace)
+        trace.attempts.append(_success_attempt(served))
+        headers = {"x-request-id": rid, "x-proxy-deployment": served.deployment.id, "x-proxy-attempts": trace.header()}
+        status = 200
+        if stream and served.response.content_type == "text/event-stream":
+            return await _relay_stream(request, served, headers, started)
+        served.finish()
+        metrics.first_byte(group_name, time.monotonic() - started)
+        return web.Response(body=served.response.body, content_type="application/json", headers=headers)
+    except ApiError as err:
+        status = err.status
+        return json_error(err, {"x-request-id": rid})
+    except asyncio.CancelledError:
+        status = 499  # the client went away (nginx's "client closed request")
+        raise
+    except AllFailed as failed:
+        err = failed.error
+        status = err.status
+        headers = {"x-request-id": rid, "x-proxy-attempts": failed.trace.header()}
+        if err.retry_after_s is not None:
+            headers["retry-after"] = str(max(1, int(err.retry_after_s + 0.999)))
+        if not err.should_retry:
+            headers["x-should-retry"] = "false"
+        return web.Response(status=status, body=orjson.dumps(err.body()), content_type="application/json",
+                            headers=headers)
+    finally:
+        metrics.in_flight.dec()
+        duration = time.monotonic() - started
+        metrics.request_done(group_name, status, duration)
+        if AccessLog.enabled():
+            _log(request, rid, group_name, status, duration, trace, served, stream)
+
+
+def _success_attempt(served: Served) -> Attempt:
+    return Attempt(served.deployment.id, OutcomeClass.SUCCESS, served.ttfb_s, served.response.status)
+
+
+async def _relay_stream(
+    request: web.Request, served: Served, headers: dict[str, str], started: float
+) -> web.StreamResponse:
+    resp = web.StreamResponse(status=200, headers=headers)
+    resp.content_type = "text/event-stream"
+    resp.headers["Cache-Control"] = "no-cache"
+    failure: Outcome | None = None
+    try:
+        await resp.prepare(request)
+        await resp.write(served.response.body)
+        request.app[GATEWAY].metrics.first_byte(served.group.name, time.monotonic() - started)
+        try:
+            async for chunk in served.response.rest():
+                await resp.write(chunk)
+        except AttemptFailed as failed:
+            failure = failed.outcome
+            if not failed.error_event_sent:
+                await resp.write(stream_error_event(served, failure))
+        await resp.write_eof()
+    except ConnectionResetError:
+        failure = _CLIENT_GONE
+    except asyncio.CancelledError:
+        failure = _CLIENT_GONE
+        raise
+    finally:
+        served.finish(failure)
+    return resp
+
+
+def _log(
+    request: web.Request,
+    rid: str,
+    group: str,
+    status: int,
+    duration: float,
+    trace: Trace,
+    served: Served | None,
+    stream: bool,
+) -> None:
+    record: dict[str, Any] = {
+        "event": "request",
+        "request_id": rid,
+        "method": request.method,
+        "path": request.path,
+        "model_group": group,
+        "status": status,
+        "stream": stream,
+        "duration_ms": round(duration * 1000, 2),
+        "attempts": [
+            {"deployment": a.deployment, "outcome": a.outcome_class, "status": a.status,
+             "latency_ms": round(a.latency_s * 1000, 2)}
+            for a in trace.attempts
+        ],
+    }
+    if served is not None:
+        record["deployment"] = served.deployment.id
+        usage = served.response.usage
+        if usage is not None:
+            record["tokens"] = {"prompt": usage.prompt, "completion": usage.completion,
+                                "cached_prompt": usage.cached_prompt}
+    AccessLog.write(record)
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    return await _proxy(request, "chat/completions", CHAT)
+
+
+async def completions(request: web.Request) -> web.StreamResponse:
+    return await _proxy(request, "completions", COMPLETIONS)
+
+
+async def embeddings(request: web.Request) -> web.StreamResponse:
+    return await _proxy(request, "embeddings", EMBEDDINGS)
+
+
+def _model_entry(name: str) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": 0, "owned_by": "llm-proxy"}
+
+
+async def list_models(request: web.Request) -> web.Response:
+    groups = request.app[GATEWAY].groups
+    data = [_model_entry(name) for name in groups]
+    return web.Response(body=orjson.dumps({"object": "list", "data": data}), content_type="application/json")
+
+
+async def get_model(request: web.Request) -> web.Response:
+    name = request.match_info["model"]
+    if name not in request.app[GATEWAY].groups:
+        return json_error(ApiError(404, f"The model '{name}' does not exist on this proxy.", code="model_not_found",
+                                   param="model"))
+    return web.Response(body=orjson.dumps(_model_entry(name)), content_type="application/json")
+
+
+def routes() -> list[web.RouteDef]:
+    return [
+        web.post("/v1/chat/completions", chat_completions),
+        web.post("/v1/completions", completions),
+        web.post("/v1/embeddings", embeddings),
+        web.get("/v1/models", list_models),
+        web.get("/v1/models/{model:.+}", get_model),
+    ]

@@ -1,0 +1,96 @@
+"""The aiohttp application: routes, the error middleware and the lifecycle.
+
+Lifecycle: `on_startup` opens one pooled client session per vendor; readiness turns on
+once that is done; `on_shutdown` turns readiness off first (so load balancers stop
+sending) and `on_cleanup` closes the pools after in-flight requests have drained.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from proxy.api import openai
+from proxy.api.errors import ApiError, json_error
+from proxy.api.openai import GATEWAY
+from proxy.config import Config
+from proxy.gateway import Gateway
+
+__all__ = ["GATEWAY", "create_app"]
+
+log = logging.getLogger("llmproxy")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every error a client sees is JSON in OpenAI's shape; a bug is a logged 500, never a traceback."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        if exc.status == 404:
+            message = f"No route for {request.method} {request.path}. The proxy serves /v1/chat/completions, " \
+                      "/v1/completions, /v1/embeddings and /v1/models."
+        elif exc.status == 405:
+            message = f"Method {request.method} is not allowed on {request.path}."
+        else:
+            message = exc.reason
+        return json_error(ApiError(exc.status, message, code=exc.reason.lower().replace(" ", "_")),
+                          {k: v for k, v in exc.headers.items() if k.lower() == "allow"})
+    except ApiError as err:
+        return json_error(err)
+    except Exception:
+        log.exception("unhandled error serving %s %s", request.method, request.path)
+        return json_error(ApiError(500, "The proxy hit an internal error; it has been logged. Retry the request.",
+                                   type="server_error", code="internal_error"))
+
+
+async def live(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def ready(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    if gw.ready:
+        return web.json_response({"status": "ready", "config_version": gw.config.version})
+    return web.json_response({"status": "not ready"}, status=503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    data = generate_latest(request.app[GATEWAY].metrics.registry)
+    return web.Response(body=data, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def create_app(config: Config, gateway: Gateway | None = None) -> web.Application:
+    """Build the application for `config` (the gateway is started with the app)."""
+    gw = gateway or Gateway(config)
+    # The body limit is enforced (with a JSON error) by the handlers; aiohttp's own limit
+    # is set one byte above so that it never answers first with a plain-text 413.
+    app = web.Application(middlewares=[errors_middleware], client_max_size=config.server.max_body_bytes + 1)
+    app[GATEWAY] = gw
+    app.add_routes(openai.routes())
+    app.add_routes([
+        web.get("/health/live", live),
+        web.get("/health/ready", ready),
+        web.get("/metrics", metrics),
+    ])
+
+    async def on_startup(app: web.Application) -> None:
+        await gw.start()
+
+    async def on_shutdown(app: web.Application) -> None:
+        gw.ready = False
+
+    async def on_cleanup(app: web.Application) -> None:
+        await gw.close()
+
+    app.on_startup.append(on_startup)
+    app.on_shutdown.append(on_shutdown)
+    app.on_cleanup.append(on_cleanup)
+    return app

@@ -1,0 +1,611 @@
+"""Routing configuration: the YAML contract of DESIGN.md, loaded into typed, frozen objects.
+
+The loader walks the YAML node tree (not the plain parsed dict) so that every error can
+name the file, the line and the dotted key. All problems in a file are collected and
+reported together: an operator fixing a broken config should not have to run the check
+five times to find five typos.
+
+The schema is the dataclasses below: their fields, types and defaults *are* the accepted
+keys. Unknown keys are errors, never silently ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import re
+import types
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+__all__ = [
+    "BreakerConfig",
+    "Config",
+    "ConfigError",
+    "ConfigIssue",
+    "CooldownConfig",
+    "DeploymentConfig",
+    "FailoverConfig",
+    "ModelGroupConfig",
+    "ServerConfig",
+    "Timeouts",
+    "VendorConfig",
+    "load_config",
+    "parse_config",
+]
+
+Strategy = Literal["priority", "weighted"]
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigIssue:
+    """One problem in a config file, located well enough for an operator to fix it."""
+
+    file: str
+    line: int | None
+    key: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        return f"{where}: {self.key}: {self.message}" if self.key else f"{where}: {self.message}"
+
+
+class ConfigError(Exception):
+    """The config could not be loaded. `issues` lists every problem found, each with its line."""
+
+    def __init__(self, issues: list[ConfigIssue]) -> None:
+        self.issues = issues
+        super().__init__("\n".join(str(i) for i in issues))
+
+
+# --------------------------------------------------------------------------- schema
+
+
+def _positive(v: float) -> str | None:
+    return None if v > 0 else "must be greater than 0"
+
+
+def _non_negative(v: float) -> str | None:
+    return None if v >= 0 else "must be 0 or greater"
+
+
+def _at_least_one(v: int) -> str | None:
+    return None if v >= 1 else "must be at least 1"
+
+
+def _port(v: int) -> str | None:
+    return None if 0 <= v <= 65535 else "must be a TCP port (0-65535)"
+
+
+def check(fn: Callable[[Any], str | None], default: Any = dataclasses.MISSING, **kw: Any) -> Any:
+    """A dataclass field with a validator; the loader runs it on the converted value."""
+    if default is dataclasses.MISSING and "default_factory" not in kw:
+        return field(metadata={"check": fn}, **kw)
+    return field(default=default, metadata={"check": fn}, **kw)
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Per-attempt budgets. Each may be overridden per vendor and per deployment.
+
+    `attempt_s` bounds a whole non-streamed attempt (headers and body). A stream, once its
+    first byte reached the client, is bounded by `stream_idle_s` between chunks instead:
+    long generations are legitimate, stalls are not.
+    """
+
+    connect_s: float = check(_positive, 5.0)
+    first_byte_s: float = check(_positive, 30.0)
+    attempt_s: float = check(_positive, 60.0)
+    stream_idle_s: float = check(_positive, 60.0)
+
+
+@dataclass(frozen=True, slots=True)
+class PartialTimeouts:
+    """A timeouts override: only the keys that are set replace the inherited ones."""
+
+    connect_s: float | None = check(_positive, None)
+    first_byte_s: float | None = check(_positive, None)
+    attempt_s: float | None = check(_positive, None)
+    stream_idle_s: float | None = check(_positive, None)
+
+    def over(self, base: Timeouts) -> Timeouts:
+        changes = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return dataclasses.replace(base, **{k: v for k, v in changes.items() if v is not None})
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    host: str = "0.0.0.0"
+    port: int = check(_port, 4000)
+    request_timeout_s: float = check(_positive, 120.0)
+    max_body_bytes: int = check(_at_least_one, 32 * 1024 * 1024)
+    admin_key: str | None = None
+    admin_key_sha256: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class VendorSpec:
+    """A vendor as written in YAML (before defaults that depend on its type)."""
+
+    type: str
+    base_url: str | None = None
+    api_key: str | None = None
+    api_version: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    max_connections: int = check(_at_least_one, 256)
+    timeouts: PartialTimeouts = field(default_factory=PartialTimeouts)
+
+
+@dataclass(frozen=True, slots=True)
+class DeploymentSpec:
+    vendor: str
+    model: str
+    id: str | None = None
+    weight: float = check(_positive, 1.0)
+    timeouts: PartialTimeouts = field(default_factory=PartialTimeouts)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelGroupSpec:
+    deployments: list[DeploymentSpec]
+    strategy: Strategy = "priority"
+    context_window_fallback: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FailoverConfig:
+    max_attempts: int = check(_at_least_one, 3)
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerConfig:
+    fail_max: int = check(_at_least_one, 5)
+    reset_timeout_s: float = check(_positive, 30.0)
+
+
+@dataclass(frozen=True, slots=True)
+class CooldownConfig:
+    """How long a deployment is skipped after each kind of failure (DESIGN.md's table).
+
+    Retry-After and rate-limit reset headers win over these where the vendor sends them.
+    """
+
+    quota_exhausted_s: float = check(_non_negative, 3600.0)
+    rate_limited_s: float = check(_non_negative, 1.0)
+    rate_limited_max_s: float = check(_non_negative, 60.0)
+    overloaded_s: float = check(_non_negative, 10.0)
+    overloaded_max_s: float = check(_non_negative, 300.0)
+    unreachable_s: float = check(_non_negative, 10.0)
+    auth_error_s: float = check(_non_negative, 1800.0)
+    model_unavailable_s: float = check(_non_negative, 1800.0)
+
+
+@dataclass(frozen=True, slots=True)
+class StateConfig:
+    backend: Literal["memory"] = "memory"
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigSpec:
+    """The top level of the YAML file."""
+
+    vendors: dict[str, VendorSpec]
+    models: dict[str, ModelGroupSpec]
+    server: ServerConfig = field(default_factory=ServerConfig)
+    state: StateConfig = field(default_factory=StateConfig)
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    failover: FailoverConfig = field(default_factory=FailoverConfig)
+    breaker: BreakerConfig = field(default_factory=BreakerConfig)
+    cooldowns: CooldownConfig = field(default_factory=CooldownConfig)
+
+
+# --------------------------------------------------------------------------- resolved config
+
+
+@dataclass(frozen=True, slots=True)
+class VendorConfig:
+    name: str
+    type: str
+    base_url: str
+    api_key: str | None
+    api_version: str | None
+    headers: Mapping[str, str]
+    max_connections: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeploymentConfig:
+    """One model at one vendor: the unit with health, a breaker, a cooldown and latency stats."""
+
+    id: str
+    vendor: str
+    model: str
+    timeouts: Timeouts
+
+
+@dataclass(frozen=True, slots=True)
+class GroupMember:
+    deployment: str
+    weight: float
+
+
+@dataclass(frozen=True, slots=True)
+class ModelGroupConfig:
+    name: str
+    strategy: Strategy
+    members: tuple[GroupMember, ...]
+    context_window_fallback: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    server: ServerConfig
+    timeouts: Timeouts
+    vendors: Mapping[str, VendorConfig]
+    deployments: Mapping[str, DeploymentConfig]
+    models: Mapping[str, ModelGroupConfig]
+    failover: FailoverConfig
+    breaker: BreakerConfig
+    cooldowns: CooldownConfig
+    state: StateConfig
+    source: str
+    version: str
+
+
+# Default base URLs per vendor type ("what that vendor's own SDK calls its base URL").
+# A type missing here must be given a base_url.
+DEFAULT_BASE_URLS: dict[str, str] = {"openai": "https://api.openai.com/v1"}
+
+
+# --------------------------------------------------------------------------- loading
+
+
+_ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_REF_PREFIX = "__llmproxy_env_"
+_REF_RE = re.compile(re.escape(_REF_PREFIX) + r"(\d+)__")
+_MISSING = object()
+
+
+class _Loader:
+    """Converts a YAML node tree into the schema dataclasses, collecting issues."""
+
+    def __init__(self, file: str, env: Mapping[str, str]) -> None:
+        self.file = file
+        self.env = env
+        self.issues: list[ConfigIssue] = []
+        self.refs: list[tuple[str, str | None]] = []
+
+    def protect_refs(self, text: str) -> str:
+        """Swap each ${VAR} for a YAML-neutral token before parsing.
+
+        `${VAR}` is not valid inside YAML flow mappings (`{api_key: ${KEY}}`, the style of
+        DESIGN.md's examples), and substituting the raw text would let a secret containing
+        `: ` or `#` change the document's structure. Tokens keep both problems away.
+        """
+
+        def token(m: re.Match[str]) -> str:
+            self.refs.append((m.group(1), m.group(2)))
+            return f"{_REF_PREFIX}{len(self.refs) - 1}__"
+
+        return _ENV_RE.sub(token, text)
+        self.issues: list[ConfigIssue] = []
+
+    def issue(self, node: yaml.Node | None, key: str, message: str) -> None:
+        line = node.start_mark.line + 1 if node is not None else None
+        self.issues.append(ConfigIssue(self.file, line, key, message))
+
+    # Scalars -----------------------------------------------------------------
+
+    def scalar(self, node: yaml.Node, key: str) -> tuple[bool, Any]:
+        """Resolve a scalar node to a Python value, substituting ${VAR} in strings."""
+        if not isinstance(node, yaml.ScalarNode):
+            return False, None
+        value = yaml.SafeLoader("").construct_object(node)  # type: ignore[no-untyped-call]
+        if isinstance(value, str) and _REF_PREFIX in value:
+            missing: list[str] = []
+
+            def sub(m: re.Match[str]) -> str:
+                name, default = self.refs[int(m.group(1))]
+                if name in self.env:
+                    return self.env[name]
+                if default is not None:
+                    return default
+                missing.append(name)
+                return ""
+
+            value = _REF_RE.sub(sub, value)
+            if missing:
+                names = ", ".join(missing)
+                self.issue(
+                    node, key, f"environment variable {names} is not set (export it, or write ${{{names}:-default}})"
+                )
+                return True, _MISSING
+            # A value that came from the environment is typed by the field it lands in.
+            return True, _EnvString(value)
+        return True, value
+
+    def convert(self, node: yaml.Node, tp: Any, key: str) -> Any:
+        origin = get_origin(tp)
+        if origin in (Union, types.UnionType):
+            args = [a for a in get_args(tp) if a is not type(None)]
+            if isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:null":
+                return None
+            return self.convert(node, args[0], key)
+        if dataclasses.is_dataclass(tp):
+            return self.dataclass(node, tp, key)
+        if origin is dict:
+            return self.mapping(node, get_args(tp)[1], key)
+        if origin is list:
+            if not isinstance(node, yaml.SequenceNode):
+                self.issue(node, key, f"must be a list, got {_kind(node)}")
+                return []
+            return [self.convert(n, get_args(tp)[0], f"{key}[{i}]") for i, n in enumerate(node.value)]
+        ok, value = self.scalar(node, key)
+        if not ok:
+            self.issue(node, key, f"must be {_type_name(tp)}, got {_kind(node)}")
+            return None
+        if value is _MISSING:
+            return None  # already reported
+        return self.coerce(node, value, tp, key)
+
+    def coerce(self, node: yaml.Node, value: Any, tp: Any, key: str) -> Any:
+        from_env = isinstance(value, _EnvString)
+        if get_origin(tp) is Literal:
+            allowed = get_args(tp)
+            if value in allowed:
+                return str(value)
+            choices = ", ".join(repr(a) for a in allowed)
+            self.issue(node, key, f"must be one of {choices}, got {value!r}")
+            return None
+        if tp is bool:
+            if isinstance(value, bool):
+                return value
+            if from_env and value.lower() in ("true", "false"):
+                return value.lower() == "true"
+        elif tp is int:
+            if isinstance(value, int) and not isinstance(value, bool):
+                return value
+            if from_env and re.fullmatch(r"-?\d+", value.strip()):
+                return int(value)
+        elif tp is float:
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                return float(value)
+            if from_env:
+                try:
+                    return float(value)
+                except ValueError:
+                    pass
+        elif tp is str:
+            if isinstance(value, str):
+                return str(value)
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                return str(value)  # e.g. api_version: 2024-10-21 written unquoted as a number
+        self.issue(node, key, f"must be {_type_name(tp)}, got {value!r}")
+        return None
+
+    # Collections -------------------------------------------------------------
+
+    def pairs(self, node: yaml.Node, key: str) -> list[tuple[yaml.Node, str, yaml.Node]]:
+        if not isinstance(node, yaml.MappingNode):
+            self.issue(node, key, f"must be a mapping, got {_kind(node)}")
+            return []
+        out: list[tuple[yaml.Node, str, yaml.Node]] = []
+        seen: set[str] = set()
+        for k, v in node.value:
+            name = str(k.value)
+            sub = f"{key}.{name}" if key else name
+            if name in seen:
+                self.issue(k, sub, "is given twice")
+                continue
+            seen.add(name)
+            out.append((k, name, v))
+        return out
+
+    def mapping(self, node: yaml.Node, value_tp: Any, key: str) -> dict[str, Any]:
+        return {
+            name: self.convert(v, value_tp, f"{key}.{name}" if key else name)
+            for _, name, v in self.pairs(node, key)
+        }
+
+    def dataclass(self, node: yaml.Node, cls: Any, key: str) -> Any:
+        hints = get_type_hints(cls)
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        values: dict[str, Any] = {}
+        for knode, name, vnode in self.pairs(node, key):
+            sub = f"{key}.{name}" if key else name
+            if name not in fields:
+                known = ", ".join(sorted(fields))
+                self.issue(knode, sub, f"unknown key (expected one of: {known})")
+                continue
+            value = self.convert(vnode, hints[name], sub)
+            check_fn = fields[name].metadata.get("check")
+            if value is not None and check_fn is not None and (msg := check_fn(value)):
+                self.issue(vnode, sub, f"{msg}, got {value!r}")
+                continue
+            if value is not None or _optional(hints[name]):
+                values[name] = value
+        for name, f in fields.items():
+            if name in values:
+                continue
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                if isinstance(node, yaml.MappingNode):
+                    self.issue(node, f"{key}.{name}" if key else name, "is required")
+                return None
+        try:
+            return cls(**values)
+        except TypeError as exc:  # pragma: no cover - defensive, reported rather than raised
+            self.issue(node, key, str(exc))
+            return None
+
+
+class _EnvString(str):
+    """A string that came from ${VAR}: it may be converted to the field's type."""
+
+    __slots__ = ()
+
+
+def _optional(tp: Any) -> bool:
+    return get_origin(tp) in (Union, types.UnionType) and type(None) in get_args(tp)
+
+
+def _kind(node: yaml.Node) -> str:
+    if isinstance(node, yaml.MappingNode):
+        return "a mapping"
+    if isinstance(node, yaml.SequenceNode):
+        return "a list"
+    return repr(node.value) if node.value != "" else "nothing"
+
+
+def _type_name(tp: Any) -> str:
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+    if tp in names:
+        return names[tp]
+    if dataclasses.is_dataclass(tp) or get_origin(tp) is dict:
+        return "a mapping"
+    return str(tp)
+
+
+def _line(node: yaml.Node | None) -> int | None:
+    return node.start_mark.line + 1 if node is not None else None
+
+
+def _find(root: yaml.Node, *path: str | int) -> yaml.Node | None:
+    """The node at a path (for locating semantic errors found after conversion)."""
+    node: yaml.Node | None = root
+    for part in path:
+        if isinstance(node, yaml.MappingNode) and isinstance(part, str):
+            node = next((v for k, v in node.value if k.value == part), None)
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
+            node = node.value[part] if part < len(node.value) else None
+        else:
+            return None
+    return node
+
+
+def _resolve(spec: ConfigSpec, root: yaml.Node, loader: _Loader) -> Config | None:
+    """Cross-field checks and defaults that depend on other keys."""
+
+    def issue(path: tuple[str | int, ...], key: str, message: str) -> None:
+        loader.issues.append(ConfigIssue(loader.file, _line(_find(root, *path)), key, message))
+
+    from proxy.vendors import ADAPTERS  # the adapter registry is the list of supported types
+
+    vendors: dict[str, VendorConfig] = {}
+    for name, v in spec.vendors.items():
+        if v is None:
+            continue
+        if v.type not in ADAPTERS:
+            issue(("vendors", name, "type"), f"vendors.{name}.type",
+                  f"unsupported vendor type {v.type!r}; supported: {', '.join(ADAPTERS)}")
+            continue
+        base_url = v.base_url or DEFAULT_BASE_URLS.get(v.type)
+        if not base_url:
+            issue(("vendors", name), f"vendors.{name}.base_url",
+                  f"is required for vendor type {v.type!r}")
+            continue
+        if not re.match(r"^https?://[^/\s]+", base_url):
+            issue(("vendors", name, "base_url"), f"vendors.{name}.base_url",
+                  f"must be an http(s) URL, got {base_url!r}")
+            continue
+        vendors[name] = VendorConfig(
+            name=name, type=v.type, base_url=base_url.rstrip("/"), api_key=v.api_key or None,
+            api_version=v.api_version, headers=dict(v.headers), max_connections=v.max_connections,
+        )
+
+    deployments: dict[str, DeploymentConfig] = {}
+    groups: dict[str, ModelGroupConfig] = {}
+    for gname, g in spec.models.items():
+        if g is None:
+            continue
+        if not g.deployments:
+            issue(("models", gname, "deployments"), f"models.{gname}.deployments",
+                  "must list at least one deployment")
+            continue
+        members: list[GroupMember] = []
+        for i, d in enumerate(g.deployments):
+            key = f"models.{gname}.deployments[{i}]"
+            if d is None:
+                continue
+            if d.vendor not in spec.vendors:
+                known = ", ".join(sorted(spec.vendors)) or "none defined"
+                issue(("models", gname, "deployments", i, "vendor"), f"{key}.vendor",
+                      f"names unknown vendor {d.vendor!r} (vendors: {known})")
+                continue
+            if d.vendor not in vendors:
+                continue  # the vendor itself is broken and already reported
+            dep_id = d.id or f"{d.vendor}/{d.model}"
+            vendor_timeouts = spec.vendors[d.vendor].timeouts.over(spec.timeouts)
+            dep = DeploymentConfig(id=dep_id, vendor=d.vendor, model=d.model,
+                                   timeouts=d.timeouts.over(vendor_timeouts))
+            if any(m.deployment == dep_id for m in members):
+                issue(("models", gname, "deployments", i), key,
+                      f"deployment {dep_id!r} is listed twice in this group")
+                continue
+            prior = deployments.get(dep_id)
+            if prior is not None and prior != dep:
+                issue(("models", gname, "deployments", i), key,
+                      f"deployment {dep_id!r} is defined elsewhere with different settings; "
+                      "give one of them its own `id:`")
+                continue
+            deployments[dep_id] = dep
+            members.append(GroupMember(dep_id, d.weight))
+        groups[gname] = ModelGroupConfig(gname, g.strategy, tuple(members), g.context_window_fallback)
+
+    for gname, g2 in groups.items():
+        fb = g2.context_window_fallback
+        if fb is not None and fb not in spec.models:
+            issue(("models", gname, "context_window_fallback"), f"models.{gname}.context_window_fallback",
+                  f"names unknown model group {fb!r}")
+        if fb == gname:
+            issue(("models", gname, "context_window_fallback"), f"models.{gname}.context_window_fallback",
+                  "cannot name its own group")
+    if not spec.models:
+        issue(("models",), "models", "must define at least one model group")
+    if loader.issues:
+        return None
+    return Config(
+        server=spec.server, timeouts=spec.timeouts, vendors=vendors, deployments=deployments,
+        models=groups, failover=spec.failover, breaker=spec.breaker, cooldowns=spec.cooldowns,
+        state=spec.state, source=loader.file, version="",
+    )
+
+
+def parse_config(text: str, *, file: str = "<config>", env: Mapping[str, str] | None = None) -> Config:
+    """Parse and validate config text. Raises ConfigError listing every problem found."""
+    loader = _Loader(file, os.environ if env is None else env)
+    try:
+        root = yaml.compose(loader.protect_refs(text), Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError([ConfigIssue(file, line, "", f"invalid YAML: {problem}")]) from None
+    if root is None:
+        raise ConfigError([ConfigIssue(file, None, "", "the file is empty")])
+    spec = loader.dataclass(root, ConfigSpec, "")
+    config = _resolve(spec, root, loader) if spec is not None else None
+    if config is None or loader.issues:
+        if not loader.issues:  # pragma: no cover - defensive
+            loader.issue(root, "", "invalid config")
+        raise ConfigError(sorted(loader.issues, key=lambda i: (i.line or 0)))
+    version = hashlib.sha256(text.encode()).hexdigest()[:12]
+    return dataclasses.replace(config, version=version)
+
+
+def load_config(path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None) -> Config:
+    """Read and validate a YAML config file. Raises ConfigError (with file and line) on any problem."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([ConfigIssue(str(p), None, "", f"cannot read the file: {exc.strerror}")]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([ConfigIssue(str(p), None, "", "the file is not UTF-8 text")]) from None
+    return parse_config(text, file=str(p), env=env)
+

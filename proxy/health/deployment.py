@@ -1,0 +1,127 @@
+"""Live state of one deployment: breaker, cooldown, in-flight count and latency.
+
+This is the in-process snapshot the hot path reads to build a plan. It is owned by the
+gateway and survives config reloads for deployments that exist before and after.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+
+from proxy.config import CooldownConfig, DeploymentConfig
+from proxy.health.breaker import BreakerState, DeploymentBreaker
+from proxy.routing.classify import CooldownKind, Outcome
+
+__all__ = ["DeploymentState", "cooldown_seconds"]
+
+
+def cooldown_seconds(outcome: Outcome, cfg: CooldownConfig, repeats: int) -> float:
+    """How long to skip a deployment after `outcome` (DESIGN.md's cooldown column).
+
+    `repeats` counts consecutive failures of the same class on this deployment, for the
+    classes whose cooldown grows on repeat. A vendor's own Retry-After / reset wins where
+    it says anything, except that it never shortens a quota cooldown to a few seconds.
+    """
+    kind = outcome.policy.cooldown
+    hint = outcome.retry_after_s
+    if kind is CooldownKind.NONE:
+        return 0.0
+    if kind is CooldownKind.QUOTA:
+        return max(cfg.quota_exhausted_s, hint or 0.0)
+    if kind is CooldownKind.RATE_LIMIT:
+        if hint is not None:
+            return hint
+        backoff = cfg.rate_limited_s * (2 ** min(repeats - 1, 16))
+        return min(backoff, cfg.rate_limited_max_s) * random.uniform(0.8, 1.2)
+    if kind is CooldownKind.DOUBLING:
+        if hint is not None:
+            return hint
+        return min(cfg.overloaded_s * (2 ** min(repeats - 1, 16)), cfg.overloaded_max_s)
+    if kind is CooldownKind.UNREACHABLE:
+        return cfg.unreachable_s
+    if kind is CooldownKind.AUTH:
+        return cfg.auth_error_s
+    if kind is CooldownKind.MODEL:
+        return cfg.model_unavailable_s
+    return 0.0  # pragma: no cover - every kind is handled above
+
+
+class DeploymentState:
+    """Everything routing needs to know about one deployment, readable without awaiting."""
+
+    __slots__ = (
+        "breaker",
+        "config",
+        "cooldown_reason",
+        "cooldown_until",
+        "ewma_latency_s",
+        "healthy",
+        "id",
+        "in_flight",
+        "last_class",
+        "repeats",
+    )
+
+    def __init__(
+        self,
+        config: DeploymentConfig,
+        fail_max: int,
+        reset_timeout_s: float,
+        on_breaker_change: Callable[[str, BreakerState], None] | None = None,
+    ) -> None:
+        self.id = config.id
+        self.config = config
+        dep_id = config.id
+        self.breaker = DeploymentBreaker(
+            dep_id,
+            fail_max,
+            reset_timeout_s,
+            on_change=(lambda s: on_breaker_change(dep_id, s)) if on_breaker_change else None,
+        )
+        self.cooldown_until = 0.0
+        self.cooldown_reason = ""
+        self.healthy = True
+        self.in_flight = 0
+        self.ewma_latency_s: float | None = None
+        self.last_class = ""
+        self.repeats = 0
+
+    def usable(self, now: float) -> bool:
+        """Not cooling, healthy, and the breaker would admit an attempt."""
+        return self.healthy and now >= self.cooldown_until and self.breaker.would_admit(now)
+
+    def unusable_until(self, now: float) -> float:
+        """When this deployment becomes usable again, for ordering the least-bad ones."""
+        until = max(self.cooldown_until, self.breaker.open_until())
+        return until if self.healthy else until + 1e9
+
+    def cooldown_left(self, now: float) -> float:
+        return max(0.0, self.cooldown_until - now)
+
+    def observe(self, outcome: Outcome, latency_s: float, cfg: CooldownConfig) -> float:
+        """Fold one attempt's outcome into the state; returns the cooldown applied (s)."""
+        cls = outcome.cls
+        self.repeats = self.repeats + 1 if cls == self.last_class else 1
+        self.last_class = cls
+        if latency_s > 0:
+            prev = self.ewma_latency_s
+            self.ewma_latency_s = latency_s if prev is None else prev + 0.2 * (latency_s - prev)
+        seconds = cooldown_seconds(outcome, cfg, self.repeats)
+        if seconds > 0:
+            until = time.monotonic() + seconds
+            if until > self.cooldown_until:
+                self.cooldown_until = until
+                self.cooldown_reason = cls
+        return seconds
+
+    def observe_success(self, latency_s: float) -> None:
+        self.last_class = "success"
+        self.repeats = 0
+        prev = self.ewma_latency_s
+        self.ewma_latency_s = latency_s if prev is None else prev + 0.2 * (latency_s - prev)
+
+    def clear_cooldown(self) -> None:
+        self.cooldown_until = 0.0
+        self.cooldown_reason = ""

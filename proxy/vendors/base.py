@@ -1,0 +1,123 @@
+"""The vendor adapter interface: one upstream attempt, in whatever wire format the vendor speaks.
+
+An adapter turns an inbound request (already validated, OpenAI-shaped) into one call to
+one deployment and hands back an `UpstreamResponse`, or raises `AttemptFailed` carrying
+the classified `Outcome`. It never retries: the router owns retries and failover.
+
+For streams, `send` returns only once the first chunk has arrived (the commit point):
+until then every failure is still an `AttemptFailed` that the router may fail over.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from proxy.config import DeploymentConfig, VendorConfig
+from proxy.routing.classify import Outcome
+
+__all__ = ["AttemptFailed", "Endpoint", "UpstreamCall", "UpstreamResponse", "Usage", "VendorAdapter"]
+
+Endpoint = str  # "chat/completions" | "completions" | "embeddings"
+
+
+class AttemptFailed(Exception):
+    """One attempt failed; `outcome` says how (and so whether the router may fail over)."""
+
+    def __init__(self, outcome: Outcome, *, error_event_sent: bool = False) -> None:
+        super().__init__(outcome.message)
+        self.outcome = outcome
+        # True when the vendor's own in-stream error event was already relayed to the client.
+        self.error_event_sent = error_event_sent
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Token usage as the vendor reported it, normalised to OpenAI's fields."""
+
+    prompt: int = 0
+    completion: int = 0
+    cached_prompt: int = 0
+
+    @classmethod
+    def from_openai(cls, usage: Any) -> Usage | None:
+        if not isinstance(usage, dict):
+            return None
+        details = usage.get("prompt_tokens_details")
+        cached = details.get("cached_tokens") if isinstance(details, dict) else 0
+        return cls(
+            prompt=_int(usage.get("prompt_tokens")),
+            completion=_int(usage.get("completion_tokens")),
+            cached_prompt=_int(cached),
+        )
+
+
+def _int(v: Any) -> int:
+    return v if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else 0
+
+
+@dataclass(slots=True)
+class UpstreamCall:
+    """What the inbound API asks of one attempt."""
+
+    endpoint: Endpoint
+    raw: bytes  # the client's body, exactly as received
+    parsed: dict[str, Any]  # the same body, parsed once by the inbound API
+    stream: bool
+    request_id: str
+
+
+class UpstreamResponse(ABC):
+    """A successful upstream answer (status 2xx) of one attempt."""
+
+    status: int
+    content_type: str
+    usage: Usage | None
+
+    @property
+    @abstractmethod
+    def body(self) -> bytes:
+        """The whole JSON body (non-streamed), or the first chunk (streamed)."""
+
+    @abstractmethod
+    def rest(self) -> AsyncIterator[bytes]:
+        """The stream after the first chunk. Raises AttemptFailed if it breaks off.
+
+        It yields bytes in the inbound (OpenAI) SSE format, ready to relay, as they arrive.
+        Usage seen in the stream is stored in `usage` by the time the iterator ends.
+        """
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the upstream connection (and abort it if the stream is unfinished)."""
+
+
+class VendorAdapter(ABC):
+    """One vendor account: its wire format, credentials and connection pool."""
+
+    def __init__(self, config: VendorConfig) -> None:
+        self.config = config
+
+    async def start(self) -> None:
+        """Open pools. Called once on the running event loop before serving."""
+
+    async def close(self) -> None:
+        """Close pools; in-flight calls have finished or been cancelled by then."""
+
+    @abstractmethod
+    async def send(
+        self,
+        deployment: DeploymentConfig,
+        call: UpstreamCall,
+        *,
+        first_byte_s: float,
+        attempt_s: float,
+    ) -> UpstreamResponse:
+        """Make one attempt. `first_byte_s` bounds the wait for headers and the first chunk;
+        `attempt_s` bounds a non-streamed attempt as a whole."""
+
+    def describe(self) -> Mapping[str, str]:
+        """Non-secret facts for status pages and logs."""
+        return {"type": self.config.type, "base_url": self.config.base_url}
