@@ -536,9 +536,17 @@ async def test_control_endpoints(fake: FakeOpenAI, session: aiohttp.ClientSessio
     async with session.post(root + "/_fake/fault", json={"preset": "none"}) as resp:
         assert resp.status == 200
     assert fake.fault is None
+    fake.set_fault(Fault.preset("black_hole"))
+    hanging = asyncio.create_task(post(session, fake, "/chat/completions", CHAT))
+    await wait_for(lambda: fake.stats.in_flight == 1, "in-flight request")
     async with session.post(root + "/_fake/reset") as resp:
         assert resp.status == 200
     assert fake.stats.total_requests == 0 and not fake.stats.last_requests
+    assert fake.stats.in_flight == 1  # live state survives a reset
+    hanging.cancel()
+    await wait_for(lambda: fake.stats.in_flight == 0, "in-flight back to 0")
+    with pytest.raises(asyncio.CancelledError):
+        await hanging
 
 
 async def test_probe_faults(fake: FakeOpenAI, session: aiohttp.ClientSession) -> None:

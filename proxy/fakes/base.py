@@ -265,6 +265,15 @@ class FakeStats:
     faults: Counter[str] = field(default_factory=Counter)
     last_requests: deque[RecordedRequest] = field(default_factory=lambda: deque(maxlen=64))
 
+    def reset(self) -> None:
+        """Zero in place (handlers hold a reference); ``in_flight`` is live state: kept."""
+        self.requests.clear()
+        self.model_list_requests = 0
+        self.tokens.update(prompt=0, completion=0, cached=0)
+        self.disconnects = 0
+        self.faults.clear()
+        self.last_requests.clear()
+
     @property
     def total_requests(self) -> int:
         """LLM requests on all paths (model-list probes excluded)."""
@@ -591,10 +600,7 @@ class FakeVendor(abc.ABC):
 
     def reset_stats(self) -> None:
         """Zero the counters and recorded requests (``in_flight`` is live state: kept)."""
-        old = self.stats
-        self.stats = FakeStats(
-            in_flight=old.in_flight, last_requests=deque(maxlen=old.last_requests.maxlen)
-        )
+        self.stats.reset()
 
     @property
     def _refusing(self) -> bool:

@@ -39,7 +39,8 @@ class Trace:
     attempts: list[Attempt] = field(default_factory=list)
 
     def header(self) -> str:
-        return ", ".join(a.deployment for a in self.attempts)
+        """`x-proxy-attempts`: each deployment tried, in order, with its outcome class."""
+        return ", ".join(f"{a.deployment}={a.outcome_class}" for a in self.attempts)
 
 
 class ModelGroup:

@@ -63,9 +63,9 @@ class _SSEScan:
     def feed(self, chunk: bytes) -> None:
         data = self.carry + chunk if self.carry else chunk
         self.carry = b""
-        if not self.done and b"[DONE]" in (self.tail + chunk[:16] if self.tail else chunk):
+        if not self.done and (b"[DONE]" in chunk or b"[DONE]" in self.tail + chunk[:8]):
             self.done = True
-        self.tail = chunk[-16:]
+        self.tail = chunk[-8:]
         if b'"usage"' not in data and b'"error"' not in data:
             return
         end = data.rfind(b"\n")
@@ -238,9 +238,13 @@ class OpenAICompatAdapter(VendorAdapter):
                             classify_transport(aiohttp.ClientPayloadError("empty stream"), phase="body")
                         )
                     return _StreamResponse(resp, first, scan, self.config.type)
+                # The first byte of the body is still "first byte": a vendor that sends
+                # headers and then stalls is as stuck as one that sends nothing.
+                first = await resp.content.readany()
                 budget.reschedule(started + max(attempt_s, first_byte_s))
                 phase = "body"
-                data = await resp.read()
+                rest = await resp.read()
+                data = first + rest if rest else first
                 return _JSONResponse(resp.status, data, _json_usage(data, self.config.type))
         except AttemptFailed:
             raise
