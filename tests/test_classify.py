@@ -175,13 +175,22 @@ GROQ_TPM_429 = (
     "Rate limit reached for model `llama-3.1-8b-instant` in organization `org_01abc` on tokens "
     "per minute (TPM): Limit 6000, Used 5800, Requested 700. Please try again in 4.77s."
 )
-VLLM_CONTEXT = j({"error": {
-    "message": "This model's maximum context length is 40960 tokens. However, your request has "
-               "91714 input tokens. Please reduce the length of the input messages.",
-    "type": "BadRequestError", "param": None, "code": 400}})
+VLLM_CONTEXT = j(
+    {
+        "error": {
+            "message": "This model's maximum context length is 40960 tokens. However, your request has "
+            "91714 input tokens. Please reduce the length of the input messages.",
+            "type": "BadRequestError",
+            "param": None,
+            "code": 400,
+        }
+    }
+)
 GROQ_RESET_HEADERS = {
-    "x-ratelimit-remaining-requests": "14000", "x-ratelimit-reset-requests": "2m59.56s",
-    "x-ratelimit-remaining-tokens": "0", "x-ratelimit-reset-tokens": "7.66s",
+    "x-ratelimit-remaining-requests": "14000",
+    "x-ratelimit-reset-requests": "2m59.56s",
+    "x-ratelimit-remaining-tokens": "0",
+    "x-ratelimit-reset-tokens": "7.66s",
 }
 
 # fmt: off
@@ -566,6 +575,12 @@ def test_case_ids_unique_and_rule_names_unique() -> None:
     assert len({r.name for r in RULES}) == len(RULES)
 
 
+def test_anthropic_usage_limit_is_quota_with_known_reset() -> None:
+    out = classify_response("anthropic", 400, {}, ant("invalid_request_error", ANT_USAGE_LIMIT))
+    assert out.cls is C.QUOTA_EXHAUSTED
+    assert out.retry_after_s is not None  # "regain access on ..." (clamped at 0 once past)
+
+
 def test_cimultidict_headers_are_case_insensitive() -> None:
     headers = CIMultiDictProxy(CIMultiDict({"Retry-After": "20", "X-Amzn-ErrorType": "X"}))
     out = classify_response("anthropic", 429, headers, ant("rate_limit_error", "slow down"))
@@ -861,8 +876,13 @@ def response_error(status: int, headers: Mapping[str, str]) -> aiohttp.ClientRes
 
 TRANSPORT_CASES: list[tuple[str, BaseException, str, OutcomeClass, str]] = [
     ("timeout-connect", TimeoutError(), "connect", C.TIMEOUT, "while connecting"),
-    ("asyncio-timeout-ttfb", asyncio.TimeoutError(),  # noqa: UP041
- "first_byte", C.TIMEOUT, "first byte"),
+    (
+        "asyncio-timeout-ttfb",
+        asyncio.TimeoutError(),  # noqa: UP041
+        "first_byte",
+        C.TIMEOUT,
+        "first byte",
+    ),
     ("aiohttp-server-timeout-body", aiohttp.ServerTimeoutError("t"), "body", C.TIMEOUT, "body"),
     (
         "aiohttp-connection-timeout",
@@ -1273,13 +1293,12 @@ def test_junk_never_raises() -> None:
         bodies.append(bytes(rng.randrange(256) for _ in range(rng.randrange(0, 96))))
     seeds = [c[4] for c in CASES if c[4]]
     for _ in range(300):  # truncated and bit-flipped realistic bodies
-        body = bytearray(rng.choice(seeds))
-        cut = rng.randrange(len(body) + 1)
-        body = body[:cut]
+        mutable = bytearray(rng.choice(seeds))
+        del mutable[rng.randrange(len(mutable) + 1) :]
         for _ in range(rng.randrange(3)):
-            if body:
-                body[rng.randrange(len(body))] = rng.randrange(256)
-        bodies.append(bytes(body))
+            if mutable:
+                mutable[rng.randrange(len(mutable))] = rng.randrange(256)
+        bodies.append(bytes(mutable))
     vendors = [
         "openai",
         "azure",

@@ -916,11 +916,11 @@ def retry_after_from(
 # Key-like tokens vendors echo back ("Incorrect API key provided: sk-proj-****abcd", Gemini
 # `?key=` URLs, bearer tokens, AWS access key ids): replaced before anything is logged.
 _SECRET_RE: Final = re.compile(
-    r"(?:sk|rk|pk)-[\w\-*.]{4,}"
-    r"|gsk_[\w*]{4,}"
-    r"|AIza[\w\-]{10,}"
-    r"|(?:AKIA|ASIA)[A-Z0-9]{12,}"
-    r"|ya29\.[\w\-.]+"
+    r"\b(?:sk|rk|pk)-[\w\-*.]{4,}"
+    r"|\bgsk_[\w*]{4,}"
+    r"|\bAIza[\w\-]{10,}"
+    r"|\b(?:AKIA|ASIA)[A-Z0-9]{12,}"
+    r"|\bya29\.[\w\-.]+"
     r"|(?i:bearer)\s+[\w\-.~+/=*]{8,}"
     r"|(?i:[?&](?:key|api[-_]?key|token|access_token|sig|signature))=[^\s&\"']+"
 )
