@@ -51,8 +51,8 @@ async def test_500_requests_half_streaming_with_the_primary_dead(
     assert errors == []
     if death != "drop_first_byte":
         assert served == {"b/model-b": 500}
-    # The dead primary was asked a bounded number of times, not 500.
-    assert a.stats.total_requests <= 60
+        # The dead primary was asked a bounded number of times, not 500.
+        assert a.stats.total_requests <= 60
 
 
 async def test_weighted_strategy_spreads_by_weight(fakes: FakeFactory, proxies: ProxyFactory) -> None:
