@@ -35,20 +35,30 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         if exc.status < 400:
             raise
         if exc.status == 404:
-            message = f"No route for {request.method} {request.path}. The proxy serves /v1/chat/completions, " \
-                      "/v1/completions, /v1/embeddings and /v1/models."
+            message = (
+                f"No route for {request.method} {request.path}. The proxy serves /v1/chat/completions, "
+                "/v1/completions, /v1/embeddings and /v1/models."
+            )
         elif exc.status == 405:
             message = f"Method {request.method} is not allowed on {request.path}."
         else:
             message = exc.reason
-        return json_error(ApiError(exc.status, message, code=exc.reason.lower().replace(" ", "_")),
-                          {k: v for k, v in exc.headers.items() if k.lower() == "allow"})
+        return json_error(
+            ApiError(exc.status, message, code=exc.reason.lower().replace(" ", "_")),
+            {k: v for k, v in exc.headers.items() if k.lower() == "allow"},
+        )
     except ApiError as err:
         return json_error(err)
     except Exception:
         log.exception("unhandled error serving %s %s", request.method, request.path)
-        return json_error(ApiError(500, "The proxy hit an internal error; it has been logged. Retry the request.",
-                                   type="server_error", code="internal_error"))
+        return json_error(
+            ApiError(
+                500,
+                "The proxy hit an internal error; it has been logged. Retry the request.",
+                type="server_error",
+                code="internal_error",
+            )
+        )
 
 
 async def live(request: web.Request) -> web.Response:
@@ -72,14 +82,18 @@ def create_app(config: Config, gateway: Gateway | None = None) -> web.Applicatio
     gw = gateway or Gateway(config)
     # The body limit is enforced (with a JSON error) by the handlers; aiohttp's own limit
     # is set one byte above so that it never answers first with a plain-text 413.
-    app = web.Application(middlewares=[errors_middleware], client_max_size=config.server.max_body_bytes + 1)
+    app = web.Application(
+        middlewares=[errors_middleware], client_max_size=config.server.max_body_bytes + 1
+    )
     app[GATEWAY] = gw
     app.add_routes(openai.routes())
-    app.add_routes([
-        web.get("/health/live", live),
-        web.get("/health/ready", ready),
-        web.get("/metrics", metrics),
-    ])
+    app.add_routes(
+        [
+            web.get("/health/live", live),
+            web.get("/health/ready", ready),
+            web.get("/metrics", metrics),
+        ]
+    )
 
     async def on_startup(app: web.Application) -> None:
         await gw.start()

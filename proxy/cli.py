@@ -19,7 +19,10 @@ __all__ = ["main"]
 log = logging.getLogger("llmproxy")
 
 # Attributes every LogRecord has; anything else was passed as `extra=` and is emitted as a field.
-_STD_ATTRS = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
+_STD_ATTRS = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
+    "message",
+    "asctime",
+}
 
 
 class JsonFormatter(logging.Formatter):
@@ -74,9 +77,13 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     config = _load(args.config)
-    groups = ", ".join(f"{g.name} ({len(g.members)} deployments, {g.strategy})" for g in config.models.values())
-    print(f"{args.config}: OK (version {config.version}); vendors: {', '.join(config.vendors)}; "
-          f"model groups: {groups}")
+    groups = ", ".join(
+        f"{g.name} ({len(g.members)} deployments, {g.strategy})" for g in config.models.values()
+    )
+    print(
+        f"{args.config}: OK (version {config.version}); vendors: {', '.join(config.vendors)}; "
+        f"model groups: {groups}"
+    )
     return 0
 
 
@@ -90,13 +97,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
     host = args.host or config.server.host
     port = args.port if args.port is not None else config.server.port
     app = create_app(config)
-    log.info("serving on http://%s:%d (config %s, version %s)", host, port, config.source, config.version,
-             extra={"event": "start", "host": host, "port": port, "model_groups": list(config.models)})
+    log.info(
+        "serving on http://%s:%d (config %s, version %s)",
+        host,
+        port,
+        config.source,
+        config.version,
+        extra={"event": "start", "host": host, "port": port, "model_groups": list(config.models)},
+    )
     loop = new_event_loop()
     asyncio.set_event_loop(loop)
     web.run_app(
-        app, host=host, port=port, access_log=None, print=None, handler_cancellation=True,
-        shutdown_timeout=args.shutdown_grace_s, loop=loop,
+        app,
+        host=host,
+        port=port,
+        access_log=None,
+        print=None,
+        handler_cancellation=True,
+        shutdown_timeout=args.shutdown_grace_s,
+        loop=loop,
     )
     return 0
 
@@ -108,7 +127,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     loop = new_event_loop()
     asyncio.set_event_loop(loop)
     try:
-        return loop.run_until_complete(run_demo(port=args.port, requests=args.requests, serve=not args.no_serve))
+        return loop.run_until_complete(
+            run_demo(port=args.port, requests=args.requests, serve=not args.no_serve)
+        )
     except KeyboardInterrupt:
         return 0
     finally:
@@ -116,28 +137,44 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="llm-proxy", description="A multi-vendor LLM failover proxy.")
+    parser = argparse.ArgumentParser(
+        prog="llm-proxy", description="A multi-vendor LLM failover proxy."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the proxy")
-    serve.add_argument("--config", "-c", default=os.environ.get("LLM_PROXY_CONFIG", "config/example.yaml"),
-                       help="routing YAML (default: $LLM_PROXY_CONFIG or config/example.yaml)")
+    serve.add_argument(
+        "--config",
+        "-c",
+        default=os.environ.get("LLM_PROXY_CONFIG", "config/example.yaml"),
+        help="routing YAML (default: $LLM_PROXY_CONFIG or config/example.yaml)",
+    )
     serve.add_argument("--host", help="override server.host")
     serve.add_argument("--port", type=int, help="override server.port")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    serve.add_argument("--no-access-log", action="store_true", help="do not log one JSON line per request")
-    serve.add_argument("--shutdown-grace-s", type=float, default=30.0,
-                       help="on SIGTERM, how long in-flight requests and streams may take to finish")
+    serve.add_argument(
+        "--no-access-log", action="store_true", help="do not log one JSON line per request"
+    )
+    serve.add_argument(
+        "--shutdown-grace-s",
+        type=float,
+        default=30.0,
+        help="on SIGTERM, how long in-flight requests and streams may take to finish",
+    )
     serve.set_defaults(func=cmd_serve)
 
     check = sub.add_parser("check-config", help="validate a config file without serving")
     check.add_argument("config")
     check.set_defaults(func=cmd_check_config)
 
-    demo = sub.add_parser("demo", help="run the proxy against simulated vendors and show a failover")
+    demo = sub.add_parser(
+        "demo", help="run the proxy against simulated vendors and show a failover"
+    )
     demo.add_argument("--port", type=int, default=4000)
     demo.add_argument("--requests", type=int, default=40, help="requests to send during the show")
-    demo.add_argument("--no-serve", action="store_true", help="exit after the show instead of serving on")
+    demo.add_argument(
+        "--no-serve", action="store_true", help="exit after the show instead of serving on"
+    )
     demo.set_defaults(func=cmd_demo)
     return parser
 

@@ -294,7 +294,6 @@ class _Loader:
             return f"{_REF_PREFIX}{len(self.refs) - 1}__"
 
         return _ENV_RE.sub(token, text)
-        self.issues: list[ConfigIssue] = []
 
     def issue(self, node: yaml.Node | None, key: str, message: str) -> None:
         line = node.start_mark.line + 1 if node is not None else None
@@ -306,7 +305,7 @@ class _Loader:
         """Resolve a scalar node to a Python value, substituting ${VAR} in strings."""
         if not isinstance(node, yaml.ScalarNode):
             return False, None
-        value = yaml.SafeLoader("").construct_object(node)  # type: ignore[no-untyped-call]
+        value = yaml.SafeLoader("").construct_object(node)
         if isinstance(value, str) and _REF_PREFIX in value:
             missing: list[str] = []
 
@@ -323,7 +322,9 @@ class _Loader:
             if missing:
                 names = ", ".join(missing)
                 self.issue(
-                    node, key, f"environment variable {names} is not set (export it, or write ${{{names}:-default}})"
+                    node,
+                    key,
+                    f"environment variable {names} is not set (export it, or write ${{{names}:-default}})",
                 )
                 return True, _MISSING
             # A value that came from the environment is typed by the field it lands in.
@@ -345,7 +346,9 @@ class _Loader:
             if not isinstance(node, yaml.SequenceNode):
                 self.issue(node, key, f"must be a list, got {_kind(node)}")
                 return []
-            return [self.convert(n, get_args(tp)[0], f"{key}[{i}]") for i, n in enumerate(node.value)]
+            return [
+                self.convert(n, get_args(tp)[0], f"{key}[{i}]") for i, n in enumerate(node.value)
+            ]
         ok, value = self.scalar(node, key)
         if not ok:
             self.issue(node, key, f"must be {_type_name(tp)}, got {_kind(node)}")
@@ -501,21 +504,35 @@ def _resolve(spec: ConfigSpec, root: yaml.Node, loader: _Loader) -> Config | Non
         if v is None:
             continue
         if v.type not in ADAPTERS:
-            issue(("vendors", name, "type"), f"vendors.{name}.type",
-                  f"unsupported vendor type {v.type!r}; supported: {', '.join(ADAPTERS)}")
+            issue(
+                ("vendors", name, "type"),
+                f"vendors.{name}.type",
+                f"unsupported vendor type {v.type!r}; supported: {', '.join(ADAPTERS)}",
+            )
             continue
         base_url = v.base_url or DEFAULT_BASE_URLS.get(v.type)
         if not base_url:
-            issue(("vendors", name), f"vendors.{name}.base_url",
-                  f"is required for vendor type {v.type!r}")
+            issue(
+                ("vendors", name),
+                f"vendors.{name}.base_url",
+                f"is required for vendor type {v.type!r}",
+            )
             continue
         if not re.match(r"^https?://[^/\s]+", base_url):
-            issue(("vendors", name, "base_url"), f"vendors.{name}.base_url",
-                  f"must be an http(s) URL, got {base_url!r}")
+            issue(
+                ("vendors", name, "base_url"),
+                f"vendors.{name}.base_url",
+                f"must be an http(s) URL, got {base_url!r}",
+            )
             continue
         vendors[name] = VendorConfig(
-            name=name, type=v.type, base_url=base_url.rstrip("/"), api_key=v.api_key or None,
-            api_version=v.api_version, headers=dict(v.headers), max_connections=v.max_connections,
+            name=name,
+            type=v.type,
+            base_url=base_url.rstrip("/"),
+            api_key=v.api_key or None,
+            api_version=v.api_version,
+            headers=dict(v.headers),
+            max_connections=v.max_connections,
         )
 
     deployments: dict[str, DeploymentConfig] = {}
@@ -524,8 +541,11 @@ def _resolve(spec: ConfigSpec, root: yaml.Node, loader: _Loader) -> Config | Non
         if g is None:
             continue
         if not g.deployments:
-            issue(("models", gname, "deployments"), f"models.{gname}.deployments",
-                  "must list at least one deployment")
+            issue(
+                ("models", gname, "deployments"),
+                f"models.{gname}.deployments",
+                "must list at least one deployment",
+            )
             continue
         members: list[GroupMember] = []
         for i, d in enumerate(g.deployments):
@@ -534,49 +554,77 @@ def _resolve(spec: ConfigSpec, root: yaml.Node, loader: _Loader) -> Config | Non
                 continue
             if d.vendor not in spec.vendors:
                 known = ", ".join(sorted(spec.vendors)) or "none defined"
-                issue(("models", gname, "deployments", i, "vendor"), f"{key}.vendor",
-                      f"names unknown vendor {d.vendor!r} (vendors: {known})")
+                issue(
+                    ("models", gname, "deployments", i, "vendor"),
+                    f"{key}.vendor",
+                    f"names unknown vendor {d.vendor!r} (vendors: {known})",
+                )
                 continue
             if d.vendor not in vendors:
                 continue  # the vendor itself is broken and already reported
             dep_id = d.id or f"{d.vendor}/{d.model}"
             vendor_timeouts = spec.vendors[d.vendor].timeouts.over(spec.timeouts)
-            dep = DeploymentConfig(id=dep_id, vendor=d.vendor, model=d.model,
-                                   timeouts=d.timeouts.over(vendor_timeouts))
+            dep = DeploymentConfig(
+                id=dep_id, vendor=d.vendor, model=d.model, timeouts=d.timeouts.over(vendor_timeouts)
+            )
             if any(m.deployment == dep_id for m in members):
-                issue(("models", gname, "deployments", i), key,
-                      f"deployment {dep_id!r} is listed twice in this group")
+                issue(
+                    ("models", gname, "deployments", i),
+                    key,
+                    f"deployment {dep_id!r} is listed twice in this group",
+                )
                 continue
             prior = deployments.get(dep_id)
             if prior is not None and prior != dep:
-                issue(("models", gname, "deployments", i), key,
-                      f"deployment {dep_id!r} is defined elsewhere with different settings; "
-                      "give one of them its own `id:`")
+                issue(
+                    ("models", gname, "deployments", i),
+                    key,
+                    f"deployment {dep_id!r} is defined elsewhere with different settings; "
+                    "give one of them its own `id:`",
+                )
                 continue
             deployments[dep_id] = dep
             members.append(GroupMember(dep_id, d.weight))
-        groups[gname] = ModelGroupConfig(gname, g.strategy, tuple(members), g.context_window_fallback)
+        groups[gname] = ModelGroupConfig(
+            gname, g.strategy, tuple(members), g.context_window_fallback
+        )
 
     for gname, g2 in groups.items():
         fb = g2.context_window_fallback
         if fb is not None and fb not in spec.models:
-            issue(("models", gname, "context_window_fallback"), f"models.{gname}.context_window_fallback",
-                  f"names unknown model group {fb!r}")
+            issue(
+                ("models", gname, "context_window_fallback"),
+                f"models.{gname}.context_window_fallback",
+                f"names unknown model group {fb!r}",
+            )
         if fb == gname:
-            issue(("models", gname, "context_window_fallback"), f"models.{gname}.context_window_fallback",
-                  "cannot name its own group")
+            issue(
+                ("models", gname, "context_window_fallback"),
+                f"models.{gname}.context_window_fallback",
+                "cannot name its own group",
+            )
     if not spec.models:
         issue(("models",), "models", "must define at least one model group")
     if loader.issues:
         return None
     return Config(
-        server=spec.server, timeouts=spec.timeouts, vendors=vendors, deployments=deployments,
-        models=groups, failover=spec.failover, breaker=spec.breaker, cooldowns=spec.cooldowns,
-        state=spec.state, source=loader.file, version="",
+        server=spec.server,
+        timeouts=spec.timeouts,
+        vendors=vendors,
+        deployments=deployments,
+        models=groups,
+        failover=spec.failover,
+        breaker=spec.breaker,
+        cooldowns=spec.cooldowns,
+        state=spec.state,
+        source=loader.file,
+        version="",
     )
 
 
-def parse_config(text: str, *, file: str = "<config>", env: Mapping[str, str] | None = None) -> Config:
+def parse_config(
+    text: str, *, file: str = "<config>", env: Mapping[str, str] | None = None
+) -> Config:
     """Parse and validate config text. Raises ConfigError listing every problem found."""
     loader = _Loader(file, os.environ if env is None else env)
     try:
@@ -593,7 +641,7 @@ def parse_config(text: str, *, file: str = "<config>", env: Mapping[str, str] | 
     if config is None or loader.issues:
         if not loader.issues:  # pragma: no cover - defensive
             loader.issue(root, "", "invalid config")
-        raise ConfigError(sorted(loader.issues, key=lambda i: (i.line or 0)))
+        raise ConfigError(sorted(loader.issues, key=lambda i: i.line or 0))
     version = hashlib.sha256(text.encode()).hexdigest()[:12]
     return dataclasses.replace(config, version=version)
 
@@ -604,8 +652,9 @@ def load_config(path: str | os.PathLike[str], *, env: Mapping[str, str] | None =
     try:
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError([ConfigIssue(str(p), None, "", f"cannot read the file: {exc.strerror}")]) from None
+        raise ConfigError(
+            [ConfigIssue(str(p), None, "", f"cannot read the file: {exc.strerror}")]
+        ) from None
     except UnicodeDecodeError:
         raise ConfigError([ConfigIssue(str(p), None, "", "the file is not UTF-8 text")]) from None
     return parse_config(text, file=str(p), env=env)
-

@@ -28,7 +28,14 @@ __all__ = ["run_demo"]
 
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "config" / "demo.yaml"
 
-_BOLD, _DIM, _RED, _GREEN, _YELLOW, _RESET = "\033[1m", "\033[2m", "\033[31m", "\033[32m", "\033[33m", "\033[0m"
+_BOLD, _DIM, _RED, _GREEN, _YELLOW, _RESET = (
+    "\033[1m",
+    "\033[2m",
+    "\033[31m",
+    "\033[32m",
+    "\033[33m",
+    "\033[0m",
+)
 
 
 def _c(color: str, text: str) -> str:
@@ -47,26 +54,36 @@ class _Show:
 
     async def request(self, stream: bool) -> None:
         self.n += 1
-        body = {"model": "smart", "messages": [{"role": "user", "content": f"demo request {self.n}"}]}
+        body: dict[str, object] = {
+            "model": "smart",
+            "messages": [{"role": "user", "content": f"demo request {self.n}"}],
+        }
         if stream:
             body["stream"] = True
         started = time.perf_counter()
-        async with self.session.post(f"{self.url}/v1/chat/completions", data=orjson.dumps(body),
-                                     headers={"Content-Type": "application/json"}) as resp:
+        async with self.session.post(
+            f"{self.url}/v1/chat/completions",
+            data=orjson.dumps(body),
+            headers={"Content-Type": "application/json"},
+        ) as resp:
             payload = await resp.read()
             ms = (time.perf_counter() - started) * 1000
             attempts = resp.headers.get("x-proxy-attempts", "")
             kind = "stream" if stream else "json  "
             if resp.status != 200 or (stream and b"[DONE]" not in payload):
                 self.errors += 1
-                print(f"  #{self.n:3} {kind}  {_c(_RED, f'ERROR {resp.status}')}  attempts: {attempts}  {ms:6.1f} ms")
+                print(
+                    f"  #{self.n:3} {kind}  {_c(_RED, f'ERROR {resp.status}')}  attempts: {attempts}  {ms:6.1f} ms"
+                )
                 return
             served = resp.headers["x-proxy-deployment"]
             self.served[served] += 1
             tried = attempts.split(", ")
             self.failovers += len(tried) - 1
             path = " -> ".join(_c(_GREEN if t.endswith("=success") else _YELLOW, t) for t in tried)
-            print(f"  #{self.n:3} {kind}  served by {_c(_BOLD, f'{served:22}')} {ms:6.1f} ms   {path}")
+            print(
+                f"  #{self.n:3} {kind}  served by {_c(_BOLD, f'{served:22}')} {ms:6.1f} ms   {path}"
+            )
 
     async def run(self, count: int) -> None:
         for _ in range(count):
@@ -89,7 +106,10 @@ def _banner(text: str) -> None:
 
 
 async def run_demo(port: int = 4000, requests: int = 40, serve: bool = True) -> int:
-    vendors = {name: FakeOpenAI(name, chunks=6, chunk_delay_s=0.002) for name in ("primary", "secondary", "tertiary")}
+    vendors = {
+        name: FakeOpenAI(name, chunks=6, chunk_delay_s=0.002)
+        for name in ("primary", "secondary", "tertiary")
+    }
     for fake in vendors.values():
         await fake.start("127.0.0.1", 0)
     env = dict(os.environ)
@@ -107,12 +127,19 @@ async def run_demo(port: int = 4000, requests: int = 40, serve: bool = True) -> 
     try:
         await web.TCPSite(runner, config.server.host, port).start()
     except OSError as exc:
-        print(f"llm-proxy demo: cannot listen on {config.server.host}:{port} ({exc.strerror}); "
-              "pass --port with a free port")
+        print(
+            f"llm-proxy demo: cannot listen on {config.server.host}:{port} ({exc.strerror}); "
+            "pass --port with a free port"
+        )
         await runner.cleanup()
         return 2
     url = f"http://{config.server.host}:{port}"
-    print(_c(_BOLD, "llm-proxy demo: three simulated vendors behind one endpoint, all on this machine"))
+    print(
+        _c(
+            _BOLD,
+            "llm-proxy demo: three simulated vendors behind one endpoint, all on this machine",
+        )
+    )
     for name, fake in vendors.items():
         print(f"  vendor {name:10} {fake.base_url}")
     print(f"  proxy             {url}/v1   model groups: {', '.join(config.models)}")
@@ -130,25 +157,33 @@ async def run_demo(port: int = 4000, requests: int = 40, serve: bool = True) -> 
         vendors["secondary"].set_fault(Fault.preset("server_error"))
         await show.run(quarter)
         show.states()
-        _banner("The secondary recovers: after reset_timeout_s (5 s) one trial request closes its breaker")
+        _banner(
+            "The secondary recovers: after reset_timeout_s (5 s) one trial request closes its breaker"
+        )
         vendors["secondary"].clear_fault()
         await asyncio.sleep(config.breaker.reset_timeout_s + 0.2)
         await show.run(requests - 3 * quarter)
         show.states()
         served = ", ".join(f"{dep} {n}" for dep, n in show.served.most_common())
         color = _GREEN if show.errors == 0 else _RED
-        print(f"\n{_c(_BOLD, 'Summary')}: {show.n} requests, {_c(color, f'{show.errors} client-visible errors')}, "
-              f"{show.failovers} failovers; served by: {served}")
+        print(
+            f"\n{_c(_BOLD, 'Summary')}: {show.n} requests, {_c(color, f'{show.errors} client-visible errors')}, "
+            f"{show.failovers} failovers; served by: {served}"
+        )
     if serve:
         for fake in vendors.values():
             fake.clear_fault()
-        print(f"\nThe proxy keeps serving at {url} (Ctrl-C to stop). Faults are cleared, but the primary stays")
+        print(
+            f"\nThe proxy keeps serving at {url} (Ctrl-C to stop). Faults are cleared, but the primary stays"
+        )
         print("in its quota cooldown, so group smart is served by the secondary. Try:")
         print(f"  curl -s {url}/v1/chat/completions -H 'content-type: application/json' \\")
-        print("       -d '{\"model\": \"smart\", \"messages\": [{\"role\": \"user\", \"content\": \"hi\"}]}'")
+        print('       -d \'{"model": "smart", "messages": [{"role": "user", "content": "hi"}]}\'')
         print(f"  curl -s {url}/metrics | grep ^llmproxy_failovers")
-        print(f"  python -c \"import openai; c = openai.OpenAI(base_url='{url}/v1', api_key='x'); "
-              "print(c.chat.completions.create(model='fast', messages=[{'role': 'user', 'content': 'hi'}]))\"")
+        print(
+            f"  python -c \"import openai; c = openai.OpenAI(base_url='{url}/v1', api_key='x'); "
+            "print(c.chat.completions.create(model='fast', messages=[{'role': 'user', 'content': 'hi'}]))\""
+        )
         try:
             await asyncio.Event().wait()
         finally:

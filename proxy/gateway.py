@@ -38,14 +38,18 @@ class Gateway:
     def _build(self, config: Config) -> None:
         b = config.breaker
         for dep_id, dep_cfg in config.deployments.items():
-            self.deployments[dep_id] = DeploymentState(dep_cfg, b.fail_max, b.reset_timeout_s, self._breaker_changed)
+            self.deployments[dep_id] = DeploymentState(
+                dep_cfg, b.fail_max, b.reset_timeout_s, self._breaker_changed
+            )
         self.adapters = {name: make_adapter(v) for name, v in config.vendors.items()}
         self.groups = {name: ModelGroup(g, self.deployments) for name, g in config.models.items()}
         self.router = Router(config, self.groups, self.adapters, self.metrics)
 
     def _breaker_changed(self, dep_id: str, state: BreakerState) -> None:
         log.warning(
-            "breaker %s for deployment %s", state.name.lower().replace("_", "-"), dep_id,
+            "breaker %s for deployment %s",
+            state.name.lower().replace("_", "-"),
+            dep_id,
             extra={"event": "breaker_state", "deployment": dep_id, "state": state.name.lower()},
         )
 

@@ -22,7 +22,7 @@ __all__ = ["UNKNOWN_GROUP", "DeploymentGauges", "Metrics"]
 UNKNOWN_GROUP = "_unknown_"
 
 # `*_created` series double the scrape size and no alert or dashboard here reads them.
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 # Latency buckets from 5 ms to 5 min: LLM calls span four orders of magnitude.
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)
@@ -37,10 +37,14 @@ class DeploymentGauges(Collector):
 
     def collect(self) -> Iterator[Metric]:
         breaker = GaugeMetricFamily(
-            "llmproxy_breaker_state", "Circuit breaker state: 0 closed, 1 half-open, 2 open.", labels=["deployment"]
+            "llmproxy_breaker_state",
+            "Circuit breaker state: 0 closed, 1 half-open, 2 open.",
+            labels=["deployment"],
         )
         healthy = GaugeMetricFamily(
-            "llmproxy_deployment_healthy", "1 if the deployment is considered healthy, else 0.", labels=["deployment"]
+            "llmproxy_deployment_healthy",
+            "1 if the deployment is considered healthy, else 0.",
+            labels=["deployment"],
         )
         cooldown = GaugeMetricFamily(
             "llmproxy_deployment_cooldown_seconds",
@@ -62,44 +66,70 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
-            "llmproxy_requests", "Client requests by model group and final HTTP status.",
-            ["model_group", "status"], registry=r,
+            "llmproxy_requests",
+            "Client requests by model group and final HTTP status.",
+            ["model_group", "status"],
+            registry=r,
         )
         self.request_duration = Histogram(
-            "llmproxy_request_duration_seconds", "Client request duration, to the last byte.",
-            ["model_group"], buckets=_LATENCY_BUCKETS, registry=r,
+            "llmproxy_request_duration_seconds",
+            "Client request duration, to the last byte.",
+            ["model_group"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self.ttfb = Histogram(
-            "llmproxy_time_to_first_byte_seconds", "Time from request to the first byte sent to the client.",
-            ["model_group"], buckets=_LATENCY_BUCKETS, registry=r,
+            "llmproxy_time_to_first_byte_seconds",
+            "Time from request to the first byte sent to the client.",
+            ["model_group"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self.attempts = Counter(
-            "llmproxy_upstream_attempts", "Upstream attempts by deployment and outcome class.",
-            ["deployment", "outcome_class"], registry=r,
+            "llmproxy_upstream_attempts",
+            "Upstream attempts by deployment and outcome class.",
+            ["deployment", "outcome_class"],
+            registry=r,
         )
         self.upstream_duration = Histogram(
-            "llmproxy_upstream_duration_seconds", "Upstream attempt duration (to the first byte for streams).",
-            ["deployment"], buckets=_LATENCY_BUCKETS, registry=r,
+            "llmproxy_upstream_duration_seconds",
+            "Upstream attempt duration (to the first byte for streams).",
+            ["deployment"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self.failovers = Counter(
-            "llmproxy_failovers", "Requests moved on from a deployment to the next candidate.",
-            ["model_group", "from_deployment", "reason"], registry=r,
+            "llmproxy_failovers",
+            "Requests moved on from a deployment to the next candidate.",
+            ["model_group", "from_deployment", "reason"],
+            registry=r,
         )
         self.stream_aborts = Counter(
             "llmproxy_stream_aborts",
             "Streams that failed after their first byte reached the client (ended with an error event).",
-            ["model_group", "deployment", "outcome_class"], registry=r,
+            ["model_group", "deployment", "outcome_class"],
+            registry=r,
         )
         self.tokens = Counter(
-            "llmproxy_tokens", "Tokens reported by vendors.", ["deployment", "kind"], registry=r,
+            "llmproxy_tokens",
+            "Tokens reported by vendors.",
+            ["deployment", "kind"],
+            registry=r,
         )
-        self.in_flight = Gauge("llmproxy_in_flight_requests", "Client requests being served.", registry=r)
+        self.in_flight = Gauge(
+            "llmproxy_in_flight_requests", "Client requests being served.", registry=r
+        )
         self.config_reloads = Counter(
-            "llmproxy_config_reloads", "Config reloads by result.", ["result"], registry=r,
+            "llmproxy_config_reloads",
+            "Config reloads by result.",
+            ["result"],
+            registry=r,
         )
         self._children: dict[tuple[Any, ...], Any] = {}
 
-    def add_deployment_gauges(self, snapshot: Callable[[], Iterable[tuple[str, int, bool, float]]]) -> None:
+    def add_deployment_gauges(
+        self, snapshot: Callable[[], Iterable[tuple[str, int, bool, float]]]
+    ) -> None:
         self.registry.register(DeploymentGauges(snapshot))
 
     def _child(self, metric: Any, *labels: str) -> Any:

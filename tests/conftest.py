@@ -115,10 +115,15 @@ async def proxies() -> AsyncIterator[ProxyFactory]:
 
 
 @pytest.fixture
-async def pair(fakes: FakeFactory, proxies: ProxyFactory) -> tuple[FakeOpenAI, FakeOpenAI, RunningProxy]:
+async def pair(
+    fakes: FakeFactory, proxies: ProxyFactory
+) -> tuple[FakeOpenAI, FakeOpenAI, RunningProxy]:
     """Two fake vendors `a` (primary) and `b`, and a proxy with group `smart` = [a, b] (priority)."""
     a = await fakes("a")
     b = await fakes("b")
-    proxy = await proxies(build_config({"a": a, "b": b}, two_deployments(),
-                                       "breaker: {fail_max: 3, reset_timeout_s: 1}\n"))
+    proxy = await proxies(
+        build_config(
+            {"a": a, "b": b}, two_deployments(), "breaker: {fail_max: 3, reset_timeout_s: 1}\n"
+        )
+    )
     return a, b, proxy

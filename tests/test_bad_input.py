@@ -18,12 +18,19 @@ OK_MESSAGES = [{"role": "user", "content": "hi"}]
 async def small(fakes: FakeFactory, proxies: ProxyFactory) -> tuple[FakeOpenAI, RunningProxy]:
     a, b = await fakes("a"), await fakes("b")
     text = build_config({"a": a, "b": b}, two_deployments())
-    proxy = await proxies(text.replace("request_timeout_s: 20", "request_timeout_s: 20, max_body_bytes: 2000"))
+    proxy = await proxies(
+        text.replace("request_timeout_s: 20", "request_timeout_s: 20, max_body_bytes: 2000")
+    )
     return a, proxy
 
 
-async def _post(proxy: RunningProxy, path: str, data: bytes, headers: dict[str, str] | None = None) -> Any:
-    async with aiohttp.ClientSession() as s, s.post(f"{proxy.url}{path}", data=data, headers=headers) as r:
+async def _post(
+    proxy: RunningProxy, path: str, data: bytes, headers: dict[str, str] | None = None
+) -> Any:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(f"{proxy.url}{path}", data=data, headers=headers) as r,
+    ):
         body = await r.read()
         return r.status, r.headers, body
 
@@ -32,49 +39,158 @@ CASES: list[tuple[str, str, bytes, dict[str, str] | None, int, str]] = [
     ("malformed JSON", "/v1/chat/completions", b'{"model": "smart",', JSON, 400, "not valid JSON"),
     ("invalid UTF-8", "/v1/chat/completions", b'{"model": "\xff"}', JSON, 400, "not valid JSON"),
     ("empty body", "/v1/chat/completions", b"", JSON, 400, "empty"),
-    ("array body", "/v1/chat/completions", b"[1, 2]", JSON, 400, "must be a JSON object, got an array"),
+    (
+        "array body",
+        "/v1/chat/completions",
+        b"[1, 2]",
+        JSON,
+        400,
+        "must be a JSON object, got an array",
+    ),
     ("string body", "/v1/chat/completions", b'"hi"', JSON, 400, "must be a JSON object"),
-    ("missing model", "/v1/chat/completions", b'{"messages": []}', JSON, 400, "Missing required parameter: 'model'"),
-    ("model not a string", "/v1/chat/completions", b'{"model": 5, "messages": [{"role": "user"}]}', JSON, 400,
-     "Invalid type for 'model'"),
+    (
+        "missing model",
+        "/v1/chat/completions",
+        b'{"messages": []}',
+        JSON,
+        400,
+        "Missing required parameter: 'model'",
+    ),
+    (
+        "model not a string",
+        "/v1/chat/completions",
+        b'{"model": 5, "messages": [{"role": "user"}]}',
+        JSON,
+        400,
+        "Invalid type for 'model'",
+    ),
     ("missing messages", "/v1/chat/completions", b'{"model": "smart"}', JSON, 400, "'messages'"),
-    ("messages not a list", "/v1/chat/completions", b'{"model": "smart", "messages": "hi"}', JSON, 400,
-     "Invalid type for 'messages': expected an array, but got a string"),
-    ("empty messages", "/v1/chat/completions", b'{"model": "smart", "messages": []}', JSON, 400, "must not be empty"),
-    ("message without role", "/v1/chat/completions", b'{"model": "smart", "messages": [{"content": "x"}]}', JSON,
-     400, "'messages[0].role'"),
-    ("message not an object", "/v1/chat/completions", b'{"model": "smart", "messages": ["x"]}', JSON, 400,
-     "messages[0]"),
-    ("temperature a string", "/v1/chat/completions",
-     b'{"model": "smart", "messages": [{"role": "user"}], "temperature": "hot"}', JSON, 400,
-     "Invalid type for 'temperature': expected a number, but got a string"),
-    ("stream not a boolean", "/v1/chat/completions",
-     b'{"model": "smart", "messages": [{"role": "user"}], "stream": "yes"}', JSON, 400, "'stream'"),
-    ("max_tokens a boolean", "/v1/chat/completions",
-     b'{"model": "smart", "messages": [{"role": "user"}], "max_tokens": true}', JSON, 400, "'max_tokens'"),
-    ("unknown model group", "/v1/chat/completions", b'{"model": "gpt-9", "messages": [{"role": "user"}]}', JSON, 404,
-     "The model 'gpt-9' does not exist"),
-    ("wrong content type", "/v1/chat/completions", b'{"model": "smart"}', {"Content-Type": "text/plain"}, 415,
-     "Content-Type"),
-    ("form post", "/v1/chat/completions", b"model=smart", {"Content-Type": "application/x-www-form-urlencoded"}, 415,
-     "Content-Type"),
-    ("oversized body", "/v1/chat/completions", b'{"model": "smart", "pad": "' + b"x" * 3000 + b'"}', JSON, 413,
-     "max_body_bytes"),
+    (
+        "messages not a list",
+        "/v1/chat/completions",
+        b'{"model": "smart", "messages": "hi"}',
+        JSON,
+        400,
+        "Invalid type for 'messages': expected an array, but got a string",
+    ),
+    (
+        "empty messages",
+        "/v1/chat/completions",
+        b'{"model": "smart", "messages": []}',
+        JSON,
+        400,
+        "must not be empty",
+    ),
+    (
+        "message without role",
+        "/v1/chat/completions",
+        b'{"model": "smart", "messages": [{"content": "x"}]}',
+        JSON,
+        400,
+        "'messages[0].role'",
+    ),
+    (
+        "message not an object",
+        "/v1/chat/completions",
+        b'{"model": "smart", "messages": ["x"]}',
+        JSON,
+        400,
+        "messages[0]",
+    ),
+    (
+        "temperature a string",
+        "/v1/chat/completions",
+        b'{"model": "smart", "messages": [{"role": "user"}], "temperature": "hot"}',
+        JSON,
+        400,
+        "Invalid type for 'temperature': expected a number, but got a string",
+    ),
+    (
+        "stream not a boolean",
+        "/v1/chat/completions",
+        b'{"model": "smart", "messages": [{"role": "user"}], "stream": "yes"}',
+        JSON,
+        400,
+        "'stream'",
+    ),
+    (
+        "max_tokens a boolean",
+        "/v1/chat/completions",
+        b'{"model": "smart", "messages": [{"role": "user"}], "max_tokens": true}',
+        JSON,
+        400,
+        "'max_tokens'",
+    ),
+    (
+        "unknown model group",
+        "/v1/chat/completions",
+        b'{"model": "gpt-9", "messages": [{"role": "user"}]}',
+        JSON,
+        404,
+        "The model 'gpt-9' does not exist",
+    ),
+    (
+        "wrong content type",
+        "/v1/chat/completions",
+        b'{"model": "smart"}',
+        {"Content-Type": "text/plain"},
+        415,
+        "Content-Type",
+    ),
+    (
+        "form post",
+        "/v1/chat/completions",
+        b"model=smart",
+        {"Content-Type": "application/x-www-form-urlencoded"},
+        415,
+        "Content-Type",
+    ),
+    (
+        "oversized body",
+        "/v1/chat/completions",
+        b'{"model": "smart", "pad": "' + b"x" * 3000 + b'"}',
+        JSON,
+        413,
+        "max_body_bytes",
+    ),
     ("completions without prompt", "/v1/completions", b'{"model": "smart"}', JSON, 400, "'prompt'"),
     ("embeddings without input", "/v1/embeddings", b'{"model": "smart"}', JSON, 400, "'input'"),
-    ("streamed embeddings", "/v1/embeddings", b'{"model": "smart", "input": "x", "stream": true}', JSON, 400,
-     "Streaming is not supported"),
-    ("deeply nested", "/v1/chat/completions", b'{"model": "smart", "x": ' + b"[" * 100000 + b"]" * 100000 + b"}",
-     JSON, 413, "max_body_bytes"),
-    ("huge number", "/v1/chat/completions", b'{"model": "smart", "messages": [{"role": "user"}], "n": 1e999}', JSON,
-     400, "not valid JSON"),
+    (
+        "streamed embeddings",
+        "/v1/embeddings",
+        b'{"model": "smart", "input": "x", "stream": true}',
+        JSON,
+        400,
+        "Streaming is not supported",
+    ),
+    (
+        "deeply nested",
+        "/v1/chat/completions",
+        b'{"model": "smart", "x": ' + b"[" * 100000 + b"]" * 100000 + b"}",
+        JSON,
+        413,
+        "max_body_bytes",
+    ),
+    (
+        "huge number",
+        "/v1/chat/completions",
+        b'{"model": "smart", "messages": [{"role": "user"}], "n": 1e999}',
+        JSON,
+        400,
+        "not valid JSON",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("path", "body", "headers", "status", "text"), [c[1:] for c in CASES],
-                         ids=[c[0] for c in CASES])
+@pytest.mark.parametrize(
+    ("path", "body", "headers", "status", "text"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
+)
 async def test_bad_input_is_a_clear_4xx(
-    small: tuple[FakeOpenAI, RunningProxy], path: str, body: bytes, headers: dict[str, str] | None, status: int,
+    small: tuple[FakeOpenAI, RunningProxy],
+    path: str,
+    body: bytes,
+    headers: dict[str, str] | None,
+    status: int,
     text: str,
 ) -> None:
     fake, proxy = small
@@ -96,8 +212,10 @@ async def test_chunked_oversized_body_is_refused(small: tuple[FakeOpenAI, Runnin
         for _ in range(10):
             yield b"x" * 500
 
-    async with aiohttp.ClientSession() as s, s.post(f"{proxy.url}/v1/chat/completions", data=gen(),
-                                                      headers=JSON) as r:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(f"{proxy.url}/v1/chat/completions", data=gen(), headers=JSON) as r,
+    ):
         assert r.status == 413
     assert fake.stats.total_requests == 0
 
@@ -113,7 +231,9 @@ async def test_unknown_route_and_method_are_json(small: tuple[FakeOpenAI, Runnin
             assert (await r.json())["error"]["message"].startswith("Method GET is not allowed")
 
 
-async def test_the_sdk_sees_the_proxy_errors_as_its_own_exceptions(small: tuple[FakeOpenAI, RunningProxy]) -> None:
+async def test_the_sdk_sees_the_proxy_errors_as_its_own_exceptions(
+    small: tuple[FakeOpenAI, RunningProxy],
+) -> None:
     import openai
 
     _, proxy = small
@@ -122,7 +242,9 @@ async def test_the_sdk_sees_the_proxy_errors_as_its_own_exceptions(small: tuple[
     assert info.value.code == "model_not_found"
 
 
-async def test_a_bad_request_does_not_disturb_a_concurrent_good_one(small: tuple[FakeOpenAI, RunningProxy]) -> None:
+async def test_a_bad_request_does_not_disturb_a_concurrent_good_one(
+    small: tuple[FakeOpenAI, RunningProxy],
+) -> None:
     import asyncio
 
     fake, proxy = small

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from proxy.fakes import FakeOpenAI, Fault
+from proxy.fakes import Fault
 from proxy.health.breaker import BreakerState, DeploymentBreaker, Permit
 from tests.conftest import FakeFactory, ProxyFactory, RunningProxy, build_config
 
@@ -86,8 +86,12 @@ async def test_breaker_opens_half_opens_with_one_trial_under_concurrency_and_clo
     fakes: FakeFactory, proxies: ProxyFactory
 ) -> None:
     a, b = await fakes("a"), await fakes("b")
-    models = "  smart:\n    deployments:\n      - {vendor: a, model: m}\n      - {vendor: b, model: m}\n"
-    proxy = await proxies(build_config({"a": a, "b": b}, models, "breaker: {fail_max: 3, reset_timeout_s: 1}\n"))
+    models = (
+        "  smart:\n    deployments:\n      - {vendor: a, model: m}\n      - {vendor: b, model: m}\n"
+    )
+    proxy = await proxies(
+        build_config({"a": a, "b": b}, models, "breaker: {fail_max: 3, reset_timeout_s: 1}\n")
+    )
     client = proxy.client()
     a.set_fault(Fault.preset("server_error"))
     for _ in range(3):
@@ -99,7 +103,9 @@ async def test_breaker_opens_half_opens_with_one_trial_under_concurrency_and_clo
 
     async def burst() -> list[str]:
         async def one() -> str:
-            raw = await client.chat.completions.with_raw_response.create(model="smart", messages=MESSAGES)
+            raw = await client.chat.completions.with_raw_response.create(
+                model="smart", messages=MESSAGES
+            )
             return raw.headers["x-proxy-deployment"]
 
         return list(await asyncio.gather(*(one() for _ in range(20))))
@@ -127,7 +133,9 @@ async def test_when_every_deployment_is_open_the_least_bad_is_still_tried(
 ) -> None:
     a = await fakes("a")
     models = "  solo:\n    deployments:\n      - {vendor: a, model: m}\n"
-    proxy = await proxies(build_config({"a": a}, models, "breaker: {fail_max: 2, reset_timeout_s: 600}\n"))
+    proxy = await proxies(
+        build_config({"a": a}, models, "breaker: {fail_max: 2, reset_timeout_s: 600}\n")
+    )
     client = proxy.client()
     a.set_fault(Fault.preset("server_error"))
     for _ in range(2):

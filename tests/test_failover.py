@@ -43,7 +43,9 @@ async def _chat(proxy: RunningProxy, stream: bool = False) -> tuple[str, str, st
         ("error_event_first", "overloaded"),
     ],
 )
-async def test_each_failure_class_fails_over(pair: Pair, preset: str, outcome: str, stream: bool) -> None:
+async def test_each_failure_class_fails_over(
+    pair: Pair, preset: str, outcome: str, stream: bool
+) -> None:
     a, b, proxy = pair
     if preset == "error_event_first":
         # Streams: an error event *before anything was relayed* is a failed attempt like
@@ -62,7 +64,9 @@ async def test_each_failure_class_fails_over(pair: Pair, preset: str, outcome: s
     )
 
 
-async def test_quota_exhausted_primary_is_not_called_again_until_its_cooldown_ends(pair: Pair) -> None:
+async def test_quota_exhausted_primary_is_not_called_again_until_its_cooldown_ends(
+    pair: Pair,
+) -> None:
     a, _, proxy = pair
     a.set_fault(Fault.preset("insufficient_quota"))
     for _ in range(5):
@@ -102,7 +106,9 @@ async def test_stall_past_the_first_byte_timeout_fails_over(
 ) -> None:
     a, b = await fakes("a"), await fakes("b")
     proxy = await proxies(
-        build_config({"a": a, "b": b}, two_deployments()).replace("first_byte_s: 5", "first_byte_s: 0.5")
+        build_config({"a": a, "b": b}, two_deployments()).replace(
+            "first_byte_s: 5", "first_byte_s: 0.5"
+        )
     )
     a.set_fault(Fault.preset(preset))
     started = time.monotonic()
@@ -115,8 +121,12 @@ async def test_stall_past_the_first_byte_timeout_fails_over(
 async def test_deadline_is_split_across_attempts(fakes: FakeFactory, proxies: ProxyFactory) -> None:
     """With a 2 s deadline and 2 attempts, a black-holed primary gets at most half of it."""
     a, b = await fakes("a"), await fakes("b")
-    text = build_config({"a": a, "b": b}, two_deployments()).replace("request_timeout_s: 20", "request_timeout_s: 2")
-    proxy = await proxies(text.replace("first_byte_s: 5", "first_byte_s: 30") + "failover: {max_attempts: 2}\n")
+    text = build_config({"a": a, "b": b}, two_deployments()).replace(
+        "request_timeout_s: 20", "request_timeout_s: 2"
+    )
+    proxy = await proxies(
+        text.replace("first_byte_s: 5", "first_byte_s: 30") + "failover: {max_attempts: 2}\n"
+    )
     a.set_fault(Fault.preset("black_hole"))
     served, attempts, _ = await _chat(proxy)
     assert (served, attempts) == ("b/model-b", "a/model-a=timeout, b/model-b=success")
@@ -127,18 +137,25 @@ async def test_midstream_drop_after_first_chunk_ends_with_an_error_event(pair: P
     a, b, proxy = pair
     a.chunk_delay_s = 0.05  # so the first chunk is relayed on its own before the drop
     a.set_fault(Fault.preset("drop_midstream"))
-    stream = await proxy.client().chat.completions.create(model="smart", messages=MESSAGES, stream=True)
+    stream = await proxy.client().chat.completions.create(
+        model="smart", messages=MESSAGES, stream=True
+    )
     received: list[str] = []
     with pytest.raises(openai.APIError) as info:
         async for chunk in stream:
             if chunk.choices:
                 received.append(chunk.choices[0].delta.content or "")
     assert received, "the first chunk was relayed before the drop"
-    assert "upstream_stream_error" in str(info.value.body) or "Upstream stream failed" in info.value.message
+    assert (
+        "upstream_stream_error" in str(info.value.body)
+        or "Upstream stream failed" in info.value.message
+    )
     assert b.stats.total_requests == 0  # no failover after the commit point
     metrics = await proxy.metrics_text()
-    assert 'llmproxy_stream_aborts_total{deployment="a/model-a",model_group="smart",outcome_class="server_error"}' \
+    assert (
+        'llmproxy_stream_aborts_total{deployment="a/model-a",model_group="smart",outcome_class="server_error"}'
         in metrics
+    )
     assert proxy.gateway.deployments["a/model-a"].breaker.fail_counter == 1
 
 
@@ -146,7 +163,9 @@ async def test_midstream_vendor_error_event_is_relayed_and_counted(pair: Pair) -
     a, b, proxy = pair
     a.chunk_delay_s = 0.05
     a.set_fault(Fault.preset("error_event_midstream"))
-    stream = await proxy.client().chat.completions.create(model="smart", messages=MESSAGES, stream=True)
+    stream = await proxy.client().chat.completions.create(
+        model="smart", messages=MESSAGES, stream=True
+    )
     with pytest.raises(openai.APIError):
         async for _ in stream:
             pass
@@ -186,12 +205,17 @@ async def test_context_too_long_moves_to_the_configured_fallback_group(
     fakes: FakeFactory, proxies: ProxyFactory
 ) -> None:
     a, b, big = await fakes("a"), await fakes("b"), await fakes("big")
-    models = two_deployments() + "    context_window_fallback: long\n  long:\n    deployments:\n" \
+    models = (
+        two_deployments() + "    context_window_fallback: long\n  long:\n    deployments:\n"
         "      - {vendor: big, model: model-big}\n"
+    )
     proxy = await proxies(build_config({"a": a, "b": b, "big": big}, models))
     a.set_fault(Fault.preset("context_too_long"))
     served, attempts, _ = await _chat(proxy)
-    assert (served, attempts) == ("big/model-big", "a/model-a=context_too_long, big/model-big=success")
+    assert (served, attempts) == (
+        "big/model-big",
+        "a/model-a=context_too_long, big/model-big=success",
+    )
     assert b.stats.total_requests == 0  # same-size models are not tried
 
 
@@ -203,7 +227,9 @@ async def test_all_deployments_failing_gives_one_aggregated_error(pair: Pair) ->
         await _chat(proxy)
     err = info.value
     assert err.status_code == 503  # overloaded is more recoverable than a 500
-    assert err.response.headers["x-proxy-attempts"] == "a/model-a=server_error, b/model-b=overloaded"
+    assert (
+        err.response.headers["x-proxy-attempts"] == "a/model-a=server_error, b/model-b=overloaded"
+    )
     assert err.body is not None and err.body["code"] == "upstream_overloaded"  # type: ignore[index]
     assert "Traceback" not in err.response.text
 
@@ -234,12 +260,17 @@ async def test_all_unreachable_is_a_502(pair: Pair) -> None:
     with pytest.raises(openai.APIStatusError) as info:
         await _chat(proxy, stream=True)
     assert info.value.status_code == 502
-    assert info.value.response.headers["x-proxy-attempts"] == "a/model-a=unreachable, b/model-b=unreachable"
+    assert (
+        info.value.response.headers["x-proxy-attempts"]
+        == "a/model-a=unreachable, b/model-b=unreachable"
+    )
 
 
 async def test_max_attempts_bounds_the_attempts(fakes: FakeFactory, proxies: ProxyFactory) -> None:
     fs = {n: await fakes(n) for n in "abc"}
-    models = "  smart:\n    deployments:\n" + "".join(f"      - {{vendor: {n}, model: m}}\n" for n in "abc")
+    models = "  smart:\n    deployments:\n" + "".join(
+        f"      - {{vendor: {n}, model: m}}\n" for n in "abc"
+    )
     proxy = await proxies(build_config(fs, models, "failover: {max_attempts: 2}\n"))
     for f in fs.values():
         f.set_fault(Fault.preset("server_error"))

@@ -13,13 +13,18 @@ from tests.conftest import FakeFactory, ProxyFactory, build_config, two_deployme
 MESSAGES = [{"role": "user", "content": "load"}]
 
 
-@pytest.mark.parametrize("death", ["refuse", "server_error", "insufficient_quota", "drop_first_byte"])
+@pytest.mark.parametrize(
+    "death", ["refuse", "server_error", "insufficient_quota", "drop_first_byte"]
+)
 async def test_500_requests_half_streaming_with_the_primary_dead(
     fakes: FakeFactory, proxies: ProxyFactory, death: str
 ) -> None:
     a, b = await fakes("a"), await fakes("b")
-    proxy = await proxies(build_config({"a": a, "b": b}, two_deployments(),
-                                       "breaker: {fail_max: 5, reset_timeout_s: 1}\n"))
+    proxy = await proxies(
+        build_config(
+            {"a": a, "b": b}, two_deployments(), "breaker: {fail_max: 5, reset_timeout_s: 1}\n"
+        )
+    )
     if death == "drop_first_byte":
         a.set_fault(Fault(drop_after_chunks=0))  # streams die before their first byte; JSON is fine
     else:
@@ -34,13 +39,16 @@ async def test_500_requests_half_streaming_with_the_primary_dead(
             try:
                 if i % 2:
                     raw = await client.chat.completions.with_raw_response.create(
-                        model="smart", messages=MESSAGES, stream=True  # type: ignore[arg-type]
+                        model="smart",
+                        messages=MESSAGES,
+                        stream=True,  # type: ignore[arg-type]
                     )
                     chunks = [c async for c in raw.parse()]
                     assert chunks and chunks[-1].choices[0].finish_reason == "stop"
                 else:
                     raw = await client.chat.completions.with_raw_response.create(
-                        model="smart", messages=MESSAGES  # type: ignore[arg-type]
+                        model="smart",
+                        messages=MESSAGES,  # type: ignore[arg-type]
                     )
                     assert raw.parse().choices[0].message.content
                 served[raw.headers["x-proxy-deployment"]] += 1
@@ -55,7 +63,9 @@ async def test_500_requests_half_streaming_with_the_primary_dead(
         assert a.stats.total_requests <= 60
 
 
-async def test_weighted_strategy_spreads_by_weight(fakes: FakeFactory, proxies: ProxyFactory) -> None:
+async def test_weighted_strategy_spreads_by_weight(
+    fakes: FakeFactory, proxies: ProxyFactory
+) -> None:
     a, b = await fakes("a"), await fakes("b")
     models = (
         "  smart:\n    strategy: weighted\n    deployments:\n"
@@ -65,12 +75,16 @@ async def test_weighted_strategy_spreads_by_weight(fakes: FakeFactory, proxies: 
     client = proxy.client()
     order = []
     for _ in range(40):
-        raw = await client.chat.completions.with_raw_response.create(model="smart", messages=MESSAGES)  # type: ignore[arg-type]
+        raw = await client.chat.completions.with_raw_response.create(
+            model="smart", messages=MESSAGES
+        )  # type: ignore[arg-type]
         order.append(raw.headers["x-proxy-deployment"])
     assert Counter(order) == {"a/m": 30, "b/m": 10}
     assert "b/m,b/m" not in ",".join(order)  # smooth: never two of the light one in a row
     # Losing one sends everything to the other, still without errors.
     await a.apply_fault(Fault.preset("refuse"))
     for _ in range(10):
-        raw = await client.chat.completions.with_raw_response.create(model="smart", messages=MESSAGES)  # type: ignore[arg-type]
+        raw = await client.chat.completions.with_raw_response.create(
+            model="smart", messages=MESSAGES
+        )  # type: ignore[arg-type]
         assert raw.headers["x-proxy-deployment"] == "b/m"

@@ -10,11 +10,18 @@ from tests.conftest import RunningProxy
 MESSAGES = [{"role": "user", "content": "hello there"}]
 
 
-async def test_chat_json_is_served_by_the_primary(pair: tuple[FakeOpenAI, FakeOpenAI, RunningProxy]) -> None:
+async def test_chat_json_is_served_by_the_primary(
+    pair: tuple[FakeOpenAI, FakeOpenAI, RunningProxy],
+) -> None:
     a, b, proxy = pair
-    raw = await proxy.client().chat.completions.with_raw_response.create(model="smart", messages=MESSAGES)
+    raw = await proxy.client().chat.completions.with_raw_response.create(
+        model="smart", messages=MESSAGES
+    )
     completion = raw.parse()
-    assert completion.choices[0].message.content == " ".join(a.pieces).replace("  ", " ") or completion.choices
+    assert (
+        completion.choices[0].message.content == " ".join(a.pieces).replace("  ", " ")
+        or completion.choices
+    )
     assert completion.choices[0].message.content.startswith("Hello from a")
     assert completion.usage is not None and completion.usage.completion_tokens == len(a.pieces)
     assert raw.headers["x-proxy-deployment"] == "a/model-a"
@@ -31,7 +38,10 @@ async def test_body_passes_through_with_only_model_rewritten(
         model="smart",
         messages=MESSAGES,
         temperature=0.25,
-        extra_body={"brand_new_param": {"nested": [1, 2.5, "x"]}, "metadata": {"model": "not-rewritten"}},
+        extra_body={
+            "brand_new_param": {"nested": [1, 2.5, "x"]},
+            "metadata": {"model": "not-rewritten"},
+        },
     )
     seen = a.stats.last_requests[-1]
     assert seen.body["model"] == "model-a"
@@ -42,15 +52,22 @@ async def test_body_passes_through_with_only_model_rewritten(
     assert seen.headers["authorization"] == "Bearer key-a"
 
 
-async def test_client_bytes_are_spliced_not_reserialised(pair: tuple[FakeOpenAI, FakeOpenAI, RunningProxy]) -> None:
+async def test_client_bytes_are_spliced_not_reserialised(
+    pair: tuple[FakeOpenAI, FakeOpenAI, RunningProxy],
+) -> None:
     from proxy.vendors.openai_compat import rewrite_model
 
     raw = b'{ "messages": [{"role":"user","content":"say \\"model\\": \\"x\\""}],\n  "model" : "smart", "x": 1.10 }'
     out = rewrite_model(raw, {"model": "smart"}, "gpt-5")
-    assert out == b'{ "messages": [{"role":"user","content":"say \\"model\\": \\"x\\""}],\n  "model":"gpt-5", "x": 1.10 }'
+    assert (
+        out
+        == b'{ "messages": [{"role":"user","content":"say \\"model\\": \\"x\\""}],\n  "model":"gpt-5", "x": 1.10 }'
+    )
 
 
-async def test_chat_stream_relays_every_chunk(pair: tuple[FakeOpenAI, FakeOpenAI, RunningProxy]) -> None:
+async def test_chat_stream_relays_every_chunk(
+    pair: tuple[FakeOpenAI, FakeOpenAI, RunningProxy],
+) -> None:
     a, _, proxy = pair
     stream = await proxy.client().chat.completions.create(
         model="smart", messages=MESSAGES, stream=True, stream_options={"include_usage": True}
@@ -64,11 +81,16 @@ async def test_chat_stream_relays_every_chunk(pair: tuple[FakeOpenAI, FakeOpenAI
     assert "".join(text) == "".join(a.pieces)
     assert usage is not None and usage.completion_tokens == len(a.pieces)
     metrics = await proxy.metrics_text()
-    assert 'llmproxy_upstream_attempts_total{deployment="a/model-a",outcome_class="success"} 1.0' in metrics
+    assert (
+        'llmproxy_upstream_attempts_total{deployment="a/model-a",outcome_class="success"} 1.0'
+        in metrics
+    )
     assert 'llmproxy_tokens_total{deployment="a/model-a",kind="completion"} 5.0' in metrics
 
 
-async def test_completions_embeddings_and_models(pair: tuple[FakeOpenAI, FakeOpenAI, RunningProxy]) -> None:
+async def test_completions_embeddings_and_models(
+    pair: tuple[FakeOpenAI, FakeOpenAI, RunningProxy],
+) -> None:
     a, _, proxy = pair
     client = proxy.client()
     completion = await client.completions.create(model="smart", prompt="Say hi")
@@ -93,7 +115,9 @@ async def test_health_endpoints(pair: tuple[FakeOpenAI, FakeOpenAI, RunningProxy
             assert (await r.json())["config_version"] == proxy.config.version
 
 
-async def test_client_request_id_is_echoed(pair: tuple[FakeOpenAI, FakeOpenAI, RunningProxy]) -> None:
+async def test_client_request_id_is_echoed(
+    pair: tuple[FakeOpenAI, FakeOpenAI, RunningProxy],
+) -> None:
     _, _, proxy = pair
     raw = await proxy.client().chat.completions.with_raw_response.create(
         model="smart", messages=MESSAGES, extra_headers={"x-request-id": "trace-123"}

@@ -75,15 +75,23 @@ async def _proxy(request: web.Request, endpoint: str, schema: EndpointSchema) ->
         group_name = group.name
         stream = body.get("stream") is True
         call = UpstreamCall(endpoint, raw, body, stream, rid)
-        served = await gw.router.run(group, call, started + gw.config.server.request_timeout_s, trace)
+        served = await gw.router.run(
+            group, call, started + gw.config.server.request_timeout_s, trace
+        )
         trace.attempts.append(_success_attempt(served))
-        headers = {"x-request-id": rid, "x-proxy-deployment": served.deployment.id, "x-proxy-attempts": trace.header()}
+        headers = {
+            "x-request-id": rid,
+            "x-proxy-deployment": served.deployment.id,
+            "x-proxy-attempts": trace.header(),
+        }
         status = 200
         if stream and served.response.content_type == "text/event-stream":
             return await _relay_stream(request, served, headers, started)
         served.finish()
         metrics.first_byte(group_name, time.monotonic() - started)
-        return web.Response(body=served.response.body, content_type="application/json", headers=headers)
+        return web.Response(
+            body=served.response.body, content_type="application/json", headers=headers
+        )
     except ApiError as err:
         status = err.status
         return json_error(err, {"x-request-id": rid})
@@ -91,15 +99,19 @@ async def _proxy(request: web.Request, endpoint: str, schema: EndpointSchema) ->
         status = 499  # the client went away (nginx's "client closed request")
         raise
     except AllFailed as failed:
-        err = failed.error
-        status = err.status
-        headers = {"x-request-id": rid, "x-proxy-attempts": failed.trace.header()}
-        if err.retry_after_s is not None:
-            headers["retry-after"] = str(max(1, int(err.retry_after_s + 0.999)))
-        if not err.should_retry:
-            headers["x-should-retry"] = "false"
-        return web.Response(status=status, body=orjson.dumps(err.body()), content_type="application/json",
-                            headers=headers)
+        final = failed.error
+        status = final.status
+        headers = {
+            "x-request-id": rid,
+            "x-proxy-attempts": failed.trace.header(),
+            **final.headers(),
+        }
+        return web.Response(
+            status=status,
+            body=orjson.dumps(final.body()),
+            content_type="application/json",
+            headers=headers,
+        )
     finally:
         metrics.in_flight.dec()
         duration = time.monotonic() - started
@@ -109,7 +121,9 @@ async def _proxy(request: web.Request, endpoint: str, schema: EndpointSchema) ->
 
 
 def _success_attempt(served: Served) -> Attempt:
-    return Attempt(served.deployment.id, OutcomeClass.SUCCESS, served.ttfb_s, served.response.status)
+    return Attempt(
+        served.deployment.id, OutcomeClass.SUCCESS, served.ttfb_s, served.response.status
+    )
 
 
 async def _relay_stream(
@@ -161,8 +175,12 @@ def _log(
         "stream": stream,
         "duration_ms": round(duration * 1000, 2),
         "attempts": [
-            {"deployment": a.deployment, "outcome": a.outcome_class, "status": a.status,
-             "latency_ms": round(a.latency_s * 1000, 2)}
+            {
+                "deployment": a.deployment,
+                "outcome": a.outcome_class,
+                "status": a.status,
+                "latency_ms": round(a.latency_s * 1000, 2),
+            }
             for a in trace.attempts
         ],
     }
@@ -170,8 +188,11 @@ def _log(
         record["deployment"] = served.deployment.id
         usage = served.response.usage
         if usage is not None:
-            record["tokens"] = {"prompt": usage.prompt, "completion": usage.completion,
-                                "cached_prompt": usage.cached_prompt}
+            record["tokens"] = {
+                "prompt": usage.prompt,
+                "completion": usage.completion,
+                "cached_prompt": usage.cached_prompt,
+            }
     AccessLog.write(record)
 
 
@@ -194,14 +215,22 @@ def _model_entry(name: str) -> dict[str, Any]:
 async def list_models(request: web.Request) -> web.Response:
     groups = request.app[GATEWAY].groups
     data = [_model_entry(name) for name in groups]
-    return web.Response(body=orjson.dumps({"object": "list", "data": data}), content_type="application/json")
+    return web.Response(
+        body=orjson.dumps({"object": "list", "data": data}), content_type="application/json"
+    )
 
 
 async def get_model(request: web.Request) -> web.Response:
     name = request.match_info["model"]
     if name not in request.app[GATEWAY].groups:
-        return json_error(ApiError(404, f"The model '{name}' does not exist on this proxy.", code="model_not_found",
-                                   param="model"))
+        return json_error(
+            ApiError(
+                404,
+                f"The model '{name}' does not exist on this proxy.",
+                code="model_not_found",
+                param="model",
+            )
+        )
     return web.Response(body=orjson.dumps(_model_entry(name)), content_type="application/json")
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from aiohttp import web
@@ -73,12 +73,24 @@ COMPLETIONS = EndpointSchema(
 EMBEDDINGS = EndpointSchema(
     "embeddings",
     required=("model", "input"),
-    fields={"model": (str,), "input": (str, list), "encoding_format": (str,), "dimensions": (int,), "user": (str,)},
+    fields={
+        "model": (str,),
+        "input": (str, list),
+        "encoding_format": (str,),
+        "dimensions": (int,),
+        "user": (str,),
+    },
     streamable=False,
 )
 
-_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "a boolean", list: "an array",
-               dict: "an object"}
+_TYPE_NAMES = {
+    str: "a string",
+    int: "an integer",
+    float: "a number",
+    bool: "a boolean",
+    list: "an array",
+    dict: "an object",
+}
 
 
 def _describe(types: tuple[type, ...]) -> str:
@@ -91,8 +103,14 @@ def _describe(types: tuple[type, ...]) -> str:
 def _json_type(value: Any) -> str:
     if value is None:
         return "null"
-    for t, name in ((bool, "a boolean"), (int, "an integer"), (float, "a number"), (str, "a string"),
-                    (list, "an array"), (dict, "an object")):
+    for t, name in (
+        (bool, "a boolean"),
+        (int, "an integer"),
+        (float, "a number"),
+        (str, "a string"),
+        (list, "an array"),
+        (dict, "an object"),
+    ):
         if isinstance(value, t):
             return name
     return type(value).__name__
@@ -105,7 +123,12 @@ def validate(body: Any, schema: EndpointSchema) -> dict[str, Any]:
     for name in schema.required:
         value = body.get(name)
         if value is None:
-            raise ApiError(400, f"Missing required parameter: '{name}'.", param=name, code="missing_required_parameter")
+            raise ApiError(
+                400,
+                f"Missing required parameter: '{name}'.",
+                param=name,
+                code="missing_required_parameter",
+            )
     fields = schema.fields
     for name, value in body.items():
         types = fields.get(name)
@@ -120,29 +143,49 @@ def validate(body: Any, schema: EndpointSchema) -> dict[str, Any]:
                 code="invalid_type",
             )
     if not schema.streamable and body.get("stream"):
-        raise ApiError(400, f"Streaming is not supported for {schema.name}.", param="stream", code="invalid_value")
+        raise ApiError(
+            400,
+            f"Streaming is not supported for {schema.name}.",
+            param="stream",
+            code="invalid_value",
+        )
     if schema.items:
         for name, (item_type, keys) in schema.items.items():
             items = body.get(name)
             if items is None:
                 continue
             if name in schema.required and not items:
-                raise ApiError(400, f"'{name}' must not be empty.", param=name, code="invalid_value")
+                raise ApiError(
+                    400, f"'{name}' must not be empty.", param=name, code="invalid_value"
+                )
             for i, item in enumerate(items):
                 if not isinstance(item, item_type):
-                    raise ApiError(400, f"Invalid type for '{name}[{i}]': expected {_TYPE_NAMES[item_type]}, "
-                                   f"but got {_json_type(item)}.", param=f"{name}[{i}]", code="invalid_type")
+                    raise ApiError(
+                        400,
+                        f"Invalid type for '{name}[{i}]': expected {_TYPE_NAMES[item_type]}, "
+                        f"but got {_json_type(item)}.",
+                        param=f"{name}[{i}]",
+                        code="invalid_type",
+                    )
                 for key in keys:
-                    if not isinstance(item.get(key), str):
-                        raise ApiError(400, f"Missing required parameter: '{name}[{i}].{key}'.",
-                                       param=f"{name}[{i}].{key}", code="missing_required_parameter")
+                    if not isinstance(cast(dict[str, Any], item).get(key), str):
+                        raise ApiError(
+                            400,
+                            f"Missing required parameter: '{name}[{i}].{key}'.",
+                            param=f"{name}[{i}].{key}",
+                            code="missing_required_parameter",
+                        )
     return body
 
 
 async def read_json(request: web.Request, limit: int) -> tuple[bytes, Any]:
     """Read the body once (at most `limit` bytes) and parse it. Raises ApiError on bad input."""
     ctype = request.content_type
-    if ctype != "application/json" and not ctype.endswith("+json") and request.headers.get("Content-Type"):
+    if (
+        ctype != "application/json"
+        and not ctype.endswith("+json")
+        and request.headers.get("Content-Type")
+    ):
         raise ApiError(
             415,
             f"Unsupported Content-Type '{ctype}': send the body as JSON with 'Content-Type: application/json'.",
@@ -170,7 +213,9 @@ async def read_json(request: web.Request, limit: int) -> tuple[bytes, Any]:
     try:
         return raw, orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise ApiError(400, f"The request body is not valid JSON: {exc}.", code="invalid_json") from None
+        raise ApiError(
+            400, f"The request body is not valid JSON: {exc}.", code="invalid_json"
+        ) from None
 
 
 def _too_large(limit: int) -> ApiError:

@@ -9,6 +9,7 @@ needs: an explicit permit, of which exactly one is handed out while half-open.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from enum import IntEnum
@@ -55,7 +56,7 @@ def _ok() -> None:
     return None
 
 
-class _Listener(pybreaker.CircuitBreakerListener):  # type: ignore[misc]
+class _Listener(pybreaker.CircuitBreakerListener):
     def __init__(self, owner: DeploymentBreaker) -> None:
         self.owner = owner
 
@@ -148,17 +149,17 @@ class DeploymentBreaker:
             self._trial_out = False
         if success is None or permit is Permit.DENIED:
             return
-        if permit is Permit.FORCED or (permit is Permit.NORMAL and self.state is not BreakerState.CLOSED):
+        if permit is Permit.FORCED or (
+            permit is Permit.NORMAL and self.state is not BreakerState.CLOSED
+        ):
             # Outside pybreaker's protocol: a forced attempt bypassed the breaker, or the
             # breaker tripped while this attempt was in flight. A success still proves the
             # deployment works; a failure adds nothing to a breaker that is already open.
             if success and self.state is not BreakerState.CLOSED:
                 self._cb.close()
             return
-        try:
+        with contextlib.suppress(_VendorFailure, pybreaker.CircuitBreakerError):
             self._cb.call(_ok if success else _fail)
-        except (_VendorFailure, pybreaker.CircuitBreakerError):
-            pass
 
     def release(self, permit: Permit) -> None:
         """The attempt never reached the vendor (e.g. cancelled before sending)."""

@@ -17,6 +17,11 @@ from proxy.routing.classify import CooldownKind, Outcome
 __all__ = ["DeploymentState", "cooldown_seconds"]
 
 
+def _doubling(base: float, repeats: int, cap: float) -> float:
+    """base, 2 x base, 4 x base ... on consecutive repeats, at most `cap`."""
+    return min(base * 2.0 ** min(max(repeats - 1, 0), 16), cap)
+
+
 def cooldown_seconds(outcome: Outcome, cfg: CooldownConfig, repeats: int) -> float:
     """How long to skip a deployment after `outcome` (DESIGN.md's cooldown column).
 
@@ -29,16 +34,17 @@ def cooldown_seconds(outcome: Outcome, cfg: CooldownConfig, repeats: int) -> flo
     if kind is CooldownKind.NONE:
         return 0.0
     if kind is CooldownKind.QUOTA:
-        return max(cfg.quota_exhausted_s, hint or 0.0)
+        return float(max(cfg.quota_exhausted_s, hint or 0.0))
     if kind is CooldownKind.RATE_LIMIT:
         if hint is not None:
-            return hint
-        backoff = cfg.rate_limited_s * (2 ** min(repeats - 1, 16))
-        return min(backoff, cfg.rate_limited_max_s) * random.uniform(0.8, 1.2)
+            return float(hint)
+        return _doubling(cfg.rate_limited_s, repeats, cfg.rate_limited_max_s) * random.uniform(
+            0.8, 1.2
+        )
     if kind is CooldownKind.DOUBLING:
         if hint is not None:
-            return hint
-        return min(cfg.overloaded_s * (2 ** min(repeats - 1, 16)), cfg.overloaded_max_s)
+            return float(hint)
+        return _doubling(cfg.overloaded_s, repeats, cfg.overloaded_max_s)
     if kind is CooldownKind.UNREACHABLE:
         return cfg.unreachable_s
     if kind is CooldownKind.AUTH:

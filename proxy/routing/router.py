@@ -48,10 +48,14 @@ class ModelGroup:
 
     __slots__ = ("config", "fallback", "members", "name", "strategy")
 
-    def __init__(self, config: ModelGroupConfig, deployments: Mapping[str, DeploymentState]) -> None:
+    def __init__(
+        self, config: ModelGroupConfig, deployments: Mapping[str, DeploymentState]
+    ) -> None:
         self.name = config.name
         self.config = config
-        self.members: tuple[Member, ...] = tuple((deployments[m.deployment], m.weight) for m in config.members)
+        self.members: tuple[Member, ...] = tuple(
+            (deployments[m.deployment], m.weight) for m in config.members
+        )
         self.strategy: Strategy = STRATEGIES[config.strategy]()
         self.fallback = config.context_window_fallback
 
@@ -68,7 +72,16 @@ class AllFailed(Exception):
 class Served:
     """A successful attempt whose response is about to be (or being) relayed."""
 
-    __slots__ = ("_done", "_router", "deployment", "group", "permit", "response", "started", "ttfb_s")
+    __slots__ = (
+        "_done",
+        "_router",
+        "deployment",
+        "group",
+        "permit",
+        "response",
+        "started",
+        "ttfb_s",
+    )
 
     def __init__(
         self,
@@ -99,7 +112,9 @@ class Served:
 
 
 # The deadline expired before an attempt could start.
-_DEADLINE = Outcome(OutcomeClass.TIMEOUT, None, None, "the request deadline expired before another attempt")
+_DEADLINE = Outcome(
+    OutcomeClass.TIMEOUT, None, None, "the request deadline expired before another attempt"
+)
 
 
 class Router:
@@ -130,7 +145,9 @@ class Router:
             return group.strategy.order(usable), False
         return sorted((m[0] for m in group.members), key=lambda d: d.unusable_until(now)), True
 
-    async def run(self, group: ModelGroup, call: UpstreamCall, deadline: float, trace: Trace) -> Served:
+    async def run(
+        self, group: ModelGroup, call: UpstreamCall, deadline: float, trace: Trace
+    ) -> Served:
         """Try the group's candidates until one answers; raise AllFailed with the aggregated error."""
         clock = self.clock
         max_attempts = self.config.failover.max_attempts
@@ -179,7 +196,11 @@ class Router:
                     pending_failover = (dep.id, outcome.cls)
                     continue
                 fallback = group.fallback
-                if rule is FailoverRule.CONTEXT_FALLBACK and fallback and fallback not in tried_groups:
+                if (
+                    rule is FailoverRule.CONTEXT_FALLBACK
+                    and fallback
+                    and fallback not in tried_groups
+                ):
                     fb_group = self.groups.get(fallback)
                     if fb_group is not None:
                         tried_groups.add(fallback)
@@ -199,9 +220,11 @@ class Router:
             return Served(self, group, dep, permit, response, now, ttfb)
         if not outcomes:
             outcomes.append(_DEADLINE)
-        raise AllFailed(aggregate(outcomes), trace)
+        raise AllFailed(aggregate(outcomes, model=group.name), trace)
 
-    def _record_failure(self, dep: DeploymentState, permit: Permit, outcome: Outcome, latency: float) -> None:
+    def _record_failure(
+        self, dep: DeploymentState, permit: Permit, outcome: Outcome, latency: float
+    ) -> None:
         policy = outcome.policy
         if outcome.cls is OutcomeClass.CLIENT_CANCELLED:
             dep.breaker.release(permit)
@@ -236,4 +259,3 @@ class Router:
 _VENDOR_ANSWERED = frozenset(
     {OutcomeClass.CLIENT_ERROR, OutcomeClass.CONTEXT_TOO_LONG, OutcomeClass.CONTENT_FILTERED}
 )
-

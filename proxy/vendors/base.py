@@ -18,7 +18,14 @@ from typing import Any
 from proxy.config import DeploymentConfig, VendorConfig
 from proxy.routing.classify import Outcome
 
-__all__ = ["AttemptFailed", "Endpoint", "UpstreamCall", "UpstreamResponse", "Usage", "VendorAdapter"]
+__all__ = [
+    "AttemptFailed",
+    "Endpoint",
+    "UpstreamCall",
+    "UpstreamResponse",
+    "Usage",
+    "VendorAdapter",
+]
 
 Endpoint = str  # "chat/completions" | "completions" | "embeddings"
 

@@ -38,7 +38,9 @@ def rewrite_model(raw: bytes, parsed: dict[str, Any], model: str) -> bytes:
     """
     first = _MODEL_RE.search(raw)
     if first is not None and _MODEL_RE.search(raw, first.end()) is None:
-        return b"".join((raw[: first.start()], b'"model":', orjson.dumps(model), raw[first.end() :]))
+        return b"".join(
+            (raw[: first.start()], b'"model":', orjson.dumps(model), raw[first.end() :])
+        )
     body = dict(parsed)
     body["model"] = model
     return orjson.dumps(body)
@@ -112,9 +114,20 @@ class _JSONResponse(UpstreamResponse):
 
 
 class _StreamResponse(UpstreamResponse):
-    __slots__ = ("_finished", "_first", "_resp", "_scan", "_vendor_type", "content_type", "status", "usage")
+    __slots__ = (
+        "_finished",
+        "_first",
+        "_resp",
+        "_scan",
+        "_vendor_type",
+        "content_type",
+        "status",
+        "usage",
+    )
 
-    def __init__(self, resp: aiohttp.ClientResponse, first: bytes, scan: _SSEScan, vendor_type: str) -> None:
+    def __init__(
+        self, resp: aiohttp.ClientResponse, first: bytes, scan: _SSEScan, vendor_type: str
+    ) -> None:
         self.status = resp.status
         self.content_type = "text/event-stream"
         self._resp = resp
@@ -147,7 +160,9 @@ class _StreamResponse(UpstreamResponse):
         self.usage = scan.usage
         if not scan.done:
             raise AttemptFailed(
-                classify_transport(aiohttp.ClientPayloadError("stream ended without [DONE]"), phase="body")
+                classify_transport(
+                    aiohttp.ClientPayloadError("stream ended without [DONE]"), phase="body"
+                )
             )
         self._finished = True
 
@@ -174,10 +189,16 @@ class OpenAICompatAdapter(VendorAdapter):
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(
-            limit=self.config.max_connections, limit_per_host=0, ttl_dns_cache=60, enable_cleanup_closed=True
+            limit=self.config.max_connections,
+            limit_per_host=0,
+            ttl_dns_cache=60,
+            enable_cleanup_closed=True,
         )
         self._session = aiohttp.ClientSession(
-            base_url=None, connector=connector, skip_auto_headers=("User-Agent",), cookie_jar=aiohttp.DummyCookieJar()
+            base_url=None,
+            connector=connector,
+            skip_auto_headers=("User-Agent",),
+            cookie_jar=aiohttp.DummyCookieJar(),
         )
 
     async def close(self) -> None:
@@ -192,7 +213,9 @@ class OpenAICompatAdapter(VendorAdapter):
         t = self._timeouts.get(deployment.id)
         if t is None:
             tm = deployment.timeouts
-            t = aiohttp.ClientTimeout(total=None, connect=None, sock_connect=tm.connect_s, sock_read=tm.stream_idle_s)
+            t = aiohttp.ClientTimeout(
+                total=None, connect=None, sock_connect=tm.connect_s, sock_read=tm.stream_idle_s
+            )
             self._timeouts[deployment.id] = t
         return t
 
@@ -224,7 +247,9 @@ class OpenAICompatAdapter(VendorAdapter):
                 if resp.status >= 300:
                     err = await resp.content.read(_MAX_ERROR_BODY)
                     resp.release()
-                    raise AttemptFailed(classify_response(self.config.type, resp.status, resp.headers, err))
+                    raise AttemptFailed(
+                        classify_response(self.config.type, resp.status, resp.headers, err)
+                    )
                 if call.stream and resp.content_type == "text/event-stream":
                     first = await resp.content.readany()
                     scan = _SSEScan()
@@ -235,7 +260,9 @@ class OpenAICompatAdapter(VendorAdapter):
                     if not first:
                         resp.close()
                         raise AttemptFailed(
-                            classify_transport(aiohttp.ClientPayloadError("empty stream"), phase="body")
+                            classify_transport(
+                                aiohttp.ClientPayloadError("empty stream"), phase="body"
+                            )
                         )
                     return _StreamResponse(resp, first, scan, self.config.type)
                 # The first byte of the body is still "first byte": a vendor that sends
@@ -265,8 +292,11 @@ def _json_usage(data: bytes, vendor_type: str) -> Usage | None:
     except orjson.JSONDecodeError:
         doc = None
     if not isinstance(doc, dict):
-        raise AttemptFailed(classify_transport(aiohttp.ClientPayloadError("invalid JSON in a 200 response"),
-                                               phase="body"))
+        raise AttemptFailed(
+            classify_transport(
+                aiohttp.ClientPayloadError("invalid JSON in a 200 response"), phase="body"
+            )
+        )
     if "error" in doc and "choices" not in doc and "data" not in doc:
         raise AttemptFailed(classify_response(vendor_type, 200, {}, data))
     return Usage.from_openai(doc.get("usage"))
