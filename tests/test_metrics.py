@@ -1,0 +1,102 @@
+"""/metrics: the contract names, types and labels of DESIGN.md, parsed as Prometheus parses them."""
+
+from __future__ import annotations
+
+import openai
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from proxy.fakes import FakeOpenAI, Fault
+from tests.conftest import RunningProxy
+
+EXPECTED = {
+    "llmproxy_requests": ("counter", {"model_group", "status"}),
+    "llmproxy_request_duration_seconds": ("histogram", {"model_group"}),
+    "llmproxy_time_to_first_byte_seconds": ("histogram", {"model_group"}),
+    "llmproxy_upstream_attempts": ("counter", {"deployment", "outcome_class"}),
+    "llmproxy_upstream_duration_seconds": ("histogram", {"deployment"}),
+    "llmproxy_failovers": ("counter", {"model_group", "from_deployment", "reason"}),
+    "llmproxy_breaker_state": ("gauge", {"deployment"}),
+    "llmproxy_deployment_healthy": ("gauge", {"deployment"}),
+    "llmproxy_deployment_cooldown_seconds": ("gauge", {"deployment"}),
+    "llmproxy_tokens": ("counter", {"deployment", "kind"}),
+    "llmproxy_in_flight_requests": ("gauge", set()),
+    "llmproxy_stream_aborts": ("counter", {"model_group", "deployment", "outcome_class"}),
+}
+
+
+async def test_metric_names_types_and_labels(
+    pair: tuple[FakeOpenAI, FakeOpenAI, RunningProxy],
+) -> None:
+    a, _, proxy = pair
+    client = proxy.client()
+    messages = [{"role": "user", "content": "hi"}]
+    await client.chat.completions.create(model="smart", messages=messages)  # type: ignore[arg-type]
+    a.set_fault(Fault.preset("rate_limited", retry_after_s=30))
+    await client.chat.completions.create(model="smart", messages=messages)  # type: ignore[arg-type]
+    a.chunk_delay_s = 0.05  # the first chunk is relayed alone, then the stream is cut
+    proxy.gateway.deployments["a/model-a"].clear_cooldown()
+    a.set_fault(Fault.preset("drop_midstream"))
+    with pytest.raises(openai.APIError):
+        async for _ in await client.chat.completions.create(
+            model="smart", messages=messages, stream=True
+        ):  # type: ignore[arg-type]
+            pass
+    families = {f.name: f for f in text_string_to_metric_families(await proxy.metrics_text())}
+    for name, (kind, labels) in EXPECTED.items():
+        assert name in families, name
+        family = families[name]
+        assert family.type == kind, name
+        for sample in family.samples:
+            assert set(sample.labels) - {"le"} == labels, (name, sample.labels)
+
+    def value(name: str, **labels: str) -> float:
+        for s in families[name].samples:
+            if s.labels == labels and s.name == name + (
+                "_total" if families[name].type == "counter" else ""
+            ):
+                return s.value
+        raise AssertionError((name, labels))
+
+    assert value("llmproxy_requests", model_group="smart", status="200") == 3
+    assert (
+        value("llmproxy_upstream_attempts", deployment="a/model-a", outcome_class="rate_limited")
+        == 1
+    )
+    assert (
+        value(
+            "llmproxy_failovers",
+            model_group="smart",
+            from_deployment="a/model-a",
+            reason="rate_limited",
+        )
+        == 1
+    )
+    assert (
+        value(
+            "llmproxy_stream_aborts",
+            model_group="smart",
+            deployment="a/model-a",
+            outcome_class="server_error",
+        )
+        == 1
+    )
+    assert value("llmproxy_breaker_state", deployment="a/model-a") == 0
+    assert value("llmproxy_in_flight_requests") == 0
+    assert value("llmproxy_tokens", deployment="a/model-a", kind="prompt") >= 1
+
+
+async def test_unknown_model_names_never_become_label_values(
+    pair: tuple[FakeOpenAI, FakeOpenAI, RunningProxy],
+) -> None:
+    import aiohttp
+
+    _, _, proxy = pair
+    async with aiohttp.ClientSession() as s:
+        for i in range(5):
+            body = {"model": f"client-invented-{i}", "messages": [{"role": "user", "content": "x"}]}
+            async with s.post(f"{proxy.url}/v1/chat/completions", json=body) as r:
+                assert r.status == 404
+    text = await proxy.metrics_text()
+    assert "client-invented" not in text
+    assert 'llmproxy_requests_total{model_group="_unknown_",status="404"} 5.0' in text
