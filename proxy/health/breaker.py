@@ -71,7 +71,7 @@ class DeploymentBreaker:
     pybreaker's storage and datetime arithmetic.
     """
 
-    __slots__ = ("_cb", "_on_change", "_opened_at", "_trial_out", "reset_timeout_s", "state")
+    __slots__ = ("_cb", "_clean", "_on_change", "_opened_at", "_trial_out", "reset_timeout_s", "state")
 
     def __init__(
         self,
@@ -84,6 +84,8 @@ class DeploymentBreaker:
         self.state = BreakerState.CLOSED
         self._opened_at = 0.0
         self._trial_out = False
+        # Closed with no failures counted: a success has nothing to record.
+        self._clean = True
         self._on_change = on_change
         self._cb = pybreaker.CircuitBreaker(
             fail_max=fail_max,
@@ -104,6 +106,7 @@ class DeploymentBreaker:
         self.reset_timeout_s = reset_timeout_s
 
     def _on_state_change(self, state: BreakerState) -> None:
+        self._clean = False
         if state is BreakerState.OPEN:
             self._opened_at = time.monotonic()
         if state is not BreakerState.HALF_OPEN:
@@ -149,6 +152,9 @@ class DeploymentBreaker:
             self._trial_out = False
         if success is None or permit is Permit.DENIED:
             return
+        if success and permit is Permit.NORMAL and self._clean:
+            return  # the common case: nothing to reset, skip pybreaker's locked call
+        self._clean = False
         if permit is Permit.FORCED or (
             permit is Permit.NORMAL and self.state is not BreakerState.CLOSED
         ):
@@ -160,6 +166,7 @@ class DeploymentBreaker:
             return
         with contextlib.suppress(_VendorFailure, pybreaker.CircuitBreakerError):
             self._cb.call(_ok if success else _fail)
+        self._clean = self.state is BreakerState.CLOSED and self._cb.fail_counter == 0
 
     def release(self, permit: Permit) -> None:
         """The attempt never reached the vendor (e.g. cancelled before sending)."""
