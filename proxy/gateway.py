@@ -8,6 +8,7 @@ keeps its state too.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 
 from proxy.config import Config
@@ -33,7 +34,7 @@ class Gateway:
         self.config = config
         self.ready = False
         self._build(config)
-        self.metrics.add_deployment_gauges(self._gauge_snapshot)
+        self.metrics.add_deployment_gauges(self._gauge_snapshot, self._group_snapshot)
 
     def _build(self, config: Config) -> None:
         b = config.breaker
@@ -54,11 +55,14 @@ class Gateway:
         )
 
     def _gauge_snapshot(self) -> Iterator[tuple[str, int, bool, float]]:
-        import time
-
         now = time.monotonic()
         for dep in self.deployments.values():
             yield dep.id, int(dep.breaker.state), dep.healthy, dep.cooldown_left(now)
+
+    def _group_snapshot(self) -> Iterator[tuple[str, int]]:
+        now = time.monotonic()
+        for name, group in self.groups.items():
+            yield name, sum(1 for dep, _ in group.members if dep.usable(now))
 
     async def start(self) -> None:
         for adapter in self.adapters.values():

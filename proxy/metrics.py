@@ -31,9 +31,15 @@ _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20,
 class DeploymentGauges(Collector):
     """Gauges read from live deployment state at scrape time (cooldowns count down by themselves)."""
 
-    def __init__(self, snapshot: Callable[[], Iterable[tuple[str, int, bool, float]]]) -> None:
-        # snapshot yields (deployment id, breaker state 0/1/2, healthy, cooldown seconds left)
+    def __init__(
+        self,
+        snapshot: Callable[[], Iterable[tuple[str, int, bool, float]]],
+        groups: Callable[[], Iterable[tuple[str, int]]],
+    ) -> None:
+        # snapshot yields (deployment id, breaker state 0/1/2, healthy, cooldown seconds left);
+        # groups yields (model group, how many of its deployments routing would use now).
         self._snapshot = snapshot
+        self._groups = groups
 
     def collect(self) -> Iterator[Metric]:
         breaker = GaugeMetricFamily(
@@ -51,13 +57,21 @@ class DeploymentGauges(Collector):
             "Seconds left before a cooling deployment is routed to again (0 when not cooling).",
             labels=["deployment"],
         )
+        usable = GaugeMetricFamily(
+            "llmproxy_model_group_usable_deployments",
+            "Deployments of the group that routing would use now (not open, cooling or unhealthy).",
+            labels=["model_group"],
+        )
         for dep_id, state, ok, left in self._snapshot():
             breaker.add_metric([dep_id], state)
             healthy.add_metric([dep_id], 1.0 if ok else 0.0)
             cooldown.add_metric([dep_id], left)
+        for group, count in self._groups():
+            usable.add_metric([group], count)
         yield breaker
         yield healthy
         yield cooldown
+        yield usable
 
 
 class Metrics:
@@ -128,9 +142,11 @@ class Metrics:
         self._children: dict[tuple[Any, ...], Any] = {}
 
     def add_deployment_gauges(
-        self, snapshot: Callable[[], Iterable[tuple[str, int, bool, float]]]
+        self,
+        snapshot: Callable[[], Iterable[tuple[str, int, bool, float]]],
+        groups: Callable[[], Iterable[tuple[str, int]]],
     ) -> None:
-        self.registry.register(DeploymentGauges(snapshot))
+        self.registry.register(DeploymentGauges(snapshot, groups))
 
     def _child(self, metric: Any, *labels: str) -> Any:
         key = (id(metric), *labels)

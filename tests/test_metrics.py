@@ -21,6 +21,7 @@ EXPECTED = {
     "llmproxy_deployment_cooldown_seconds": ("gauge", {"deployment"}),
     "llmproxy_tokens": ("counter", {"deployment", "kind"}),
     "llmproxy_in_flight_requests": ("gauge", set()),
+    "llmproxy_model_group_usable_deployments": ("gauge", {"model_group"}),
     "llmproxy_stream_aborts": ("counter", {"model_group", "deployment", "outcome_class"}),
 }
 

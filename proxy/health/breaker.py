@@ -71,7 +71,15 @@ class DeploymentBreaker:
     pybreaker's storage and datetime arithmetic.
     """
 
-    __slots__ = ("_cb", "_clean", "_on_change", "_opened_at", "_trial_out", "reset_timeout_s", "state")
+    __slots__ = (
+        "_cb",
+        "_clean",
+        "_on_change",
+        "_opened_at",
+        "_trial_out",
+        "reset_timeout_s",
+        "state",
+    )
 
     def __init__(
         self,
