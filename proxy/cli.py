@@ -88,35 +88,22 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from aiohttp import web
-
-    from proxy.app import create_app
+    from proxy.server import serve
 
     setup_logging(args.log_level, access_log=not args.no_access_log)
     config = _load(args.config)
     host = args.host or config.server.host
     port = args.port if args.port is not None else config.server.port
-    app = create_app(config)
-    log.info(
-        "serving on http://%s:%d (config %s, version %s)",
-        host,
-        port,
-        config.source,
-        config.version,
-        extra={"event": "start", "host": host, "port": port, "model_groups": list(config.models)},
-    )
     loop = new_event_loop()
     asyncio.set_event_loop(loop)
-    web.run_app(
-        app,
-        host=host,
-        port=port,
-        access_log=None,
-        print=None,
-        handler_cancellation=True,
-        shutdown_timeout=args.shutdown_grace_s,
-        loop=loop,
-    )
+    try:
+        loop.run_until_complete(
+            serve(
+                config, host, port, grace_s=args.shutdown_grace_s, drain_delay_s=args.drain_delay_s
+            )
+        )
+    finally:
+        loop.close()
     return 0
 
 
@@ -160,6 +147,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=30.0,
         help="on SIGTERM, how long in-flight requests and streams may take to finish",
+    )
+    serve.add_argument(
+        "--drain-delay-s",
+        type=float,
+        default=0.0,
+        help="on SIGTERM, keep accepting this long after readiness turns 503 "
+        "(lets load balancers notice before the socket closes)",
     )
     serve.set_defaults(func=cmd_serve)
 

@@ -7,11 +7,12 @@ keeps its state too.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Iterator
 
-from proxy.config import Config
+from proxy.config import Config, ConfigError, load_config
 from proxy.health.breaker import BreakerState
 from proxy.health.deployment import DeploymentState
 from proxy.metrics import Metrics
@@ -25,7 +26,12 @@ log = logging.getLogger("llmproxy")
 
 
 class Gateway:
-    """Owns everything a request needs; built from a `Config`, started on the event loop."""
+    """Owns everything a request needs; built from a `Config`, started on the event loop.
+
+    A request reads `gateway.router` once and runs on that generation to its end; a reload
+    builds a new generation (new router, groups, adapters where vendors changed) and swaps it
+    in, reusing the live state of deployments that exist before and after.
+    """
 
     def __init__(self, config: Config, metrics: Metrics | None = None) -> None:
         self.metrics = metrics or Metrics()
@@ -33,18 +39,95 @@ class Gateway:
         self.adapters: dict[str, VendorAdapter] = {}
         self.config = config
         self.ready = False
-        self._build(config)
+        self._reload_lock = asyncio.Lock()
+        self._retiring: set[asyncio.Task[None]] = set()
+        self._to_close: list[VendorAdapter] = []  # replaced by a reload, closed once idle
+        self._swap(
+            config,
+            self._states_for(config),
+            {n: make_adapter(v) for n, v in config.vendors.items()},
+        )
         self.metrics.add_deployment_gauges(self._gauge_snapshot, self._group_snapshot)
 
-    def _build(self, config: Config) -> None:
+    def _states_for(self, config: Config) -> dict[str, DeploymentState]:
+        """Deployment states for `config`: surviving ids keep theirs, new ids start fresh."""
         b = config.breaker
+        states: dict[str, DeploymentState] = {}
         for dep_id, dep_cfg in config.deployments.items():
-            self.deployments[dep_id] = DeploymentState(
-                dep_cfg, b.fail_max, b.reset_timeout_s, self._breaker_changed
+            state = self.deployments.get(dep_id)
+            if state is None:
+                state = DeploymentState(
+                    dep_cfg, b.fail_max, b.reset_timeout_s, self._breaker_changed
+                )
+            else:
+                state.config = dep_cfg
+                state.breaker.reconfigure(b.fail_max, b.reset_timeout_s)
+            states[dep_id] = state
+        return states
+
+    def _swap(
+        self, config: Config, states: dict[str, DeploymentState], adapters: dict[str, VendorAdapter]
+    ) -> None:
+        self.config = config
+        self.deployments = states
+        self.adapters = adapters
+        self.groups = {name: ModelGroup(g, states) for name, g in config.models.items()}
+        self.router = Router(config, self.groups, adapters, self.metrics)
+
+    async def reload(self, config: Config) -> None:
+        """Serve `config` from now on; in-flight requests finish on the config they started with."""
+        async with self._reload_lock:
+            old_router, old_adapters = self.router, self.adapters
+            adapters: dict[str, VendorAdapter] = {}
+            for name, vendor in config.vendors.items():
+                current = old_adapters.get(name)
+                if current is not None and current.config == vendor:
+                    adapters[name] = current
+                else:
+                    adapters[name] = make_adapter(vendor)
+                    await adapters[name].start()
+            self._swap(config, self._states_for(config), adapters)
+            retired = [a for name, a in old_adapters.items() if adapters.get(name) is not a]
+            if retired:
+                self._to_close.extend(retired)
+                task = asyncio.create_task(self._retire(old_router, retired))
+                self._retiring.add(task)
+                task.add_done_callback(self._retiring.discard)
+        log.info(
+            "config reloaded: version %s",
+            config.version,
+            extra={"event": "config_reload", "result": "success", "config_version": config.version},
+        )
+
+    async def reload_from_file(self, path: str | None = None) -> Config:
+        """Validate the file first; on any error keep serving the current config and raise ConfigError."""
+        source = path or self.config.source
+        loop = asyncio.get_running_loop()
+        try:
+            config = await loop.run_in_executor(None, load_config, source)
+        except ConfigError as exc:
+            self.metrics.config_reloads.labels("failure").inc()
+            log.error(
+                "config reload rejected, still serving version %s: %s",
+                self.config.version,
+                exc,
+                extra={
+                    "event": "config_reload",
+                    "result": "failure",
+                    "problems": [str(i) for i in exc.issues],
+                },
             )
-        self.adapters = {name: make_adapter(v) for name, v in config.vendors.items()}
-        self.groups = {name: ModelGroup(g, self.deployments) for name, g in config.models.items()}
-        self.router = Router(config, self.groups, self.adapters, self.metrics)
+            raise
+        await self.reload(config)
+        self.metrics.config_reloads.labels("success").inc()
+        return config
+
+    async def _retire(self, router: Router, adapters: list[VendorAdapter]) -> None:
+        """Close replaced vendors' pools once the old generation's requests are done."""
+        await router.drained()
+        for adapter in adapters:
+            self._to_close.remove(adapter)
+            await adapter.close()
 
     def _breaker_changed(self, dep_id: str, state: BreakerState) -> None:
         log.warning(
@@ -71,5 +154,8 @@ class Gateway:
 
     async def close(self) -> None:
         self.ready = False
-        for adapter in self.adapters.values():
+        for task in list(self._retiring):
+            task.cancel()
+        for adapter in [*self.adapters.values(), *self._to_close]:
             await adapter.close()
+        self._to_close.clear()

@@ -9,6 +9,7 @@ table in `classify.py`), never by ad-hoc checks here.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -133,6 +134,7 @@ class Router:
         self.adapters = adapters
         self.metrics = metrics
         self.clock = clock
+        self.active = 0
 
     def plan(self, group: ModelGroup, now: float) -> tuple[list[DeploymentState], bool]:
         """Candidates in attempt order, and whether they are forced (none was usable).
@@ -148,7 +150,26 @@ class Router:
     async def run(
         self, group: ModelGroup, call: UpstreamCall, deadline: float, trace: Trace
     ) -> Served:
-        """Try the group's candidates until one answers; raise AllFailed with the aggregated error."""
+        """Try the group's candidates until one answers; raise AllFailed with the aggregated error.
+
+        The request counts as active on this router (this config generation) until it fails
+        here or its `Served` is finished, so a reload knows when the old vendors are idle.
+        """
+        self.active += 1
+        try:
+            return await self._run(group, call, deadline, trace)
+        except BaseException:
+            self.active -= 1
+            raise
+
+    async def drained(self, poll_s: float = 0.1) -> None:
+        """Wait until no request of this generation is active any more."""
+        while self.active:
+            await asyncio.sleep(poll_s)
+
+    async def _run(
+        self, group: ModelGroup, call: UpstreamCall, deadline: float, trace: Trace
+    ) -> Served:
         clock = self.clock
         max_attempts = self.config.failover.max_attempts
         outcomes: list[Outcome] = []
@@ -174,12 +195,13 @@ class Router:
                 self.metrics.failover(group.name, *pending_failover)
                 pending_failover = None
             attempts_left = min(max_attempts - len(trace.attempts), len(candidates) - i + 1)
-            timeouts = dep.config.timeouts
-            adapter = self.adapters[dep.config.vendor]
+            dep_config = self.config.deployments[dep.id]  # this generation's, even after a reload
+            timeouts = dep_config.timeouts
+            adapter = self.adapters[dep_config.vendor]
             dep.in_flight += 1
             try:
                 response = await adapter.send(
-                    dep.config,
+                    dep_config,
                     call,
                     first_byte_s=min(timeouts.first_byte_s, left / attempts_left),
                     attempt_s=min(timeouts.attempt_s, left),
@@ -238,6 +260,7 @@ class Router:
         self.metrics.attempt(dep.id, outcome.cls, latency)
 
     def _finish(self, served: Served, failure: Outcome | None) -> None:
+        self.active -= 1
         dep = served.deployment
         dep.in_flight -= 1
         metrics = self.metrics

@@ -1,0 +1,78 @@
+"""Running the proxy as a process: listen, reload on SIGHUP, drain on SIGTERM.
+
+Shutdown order matters to load balancers: readiness turns 503 first (so they stop sending),
+then the listening socket closes, then in-flight requests and streams get up to the grace
+period to finish, and only then are vendor pools closed and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+
+from aiohttp import web
+
+from proxy.app import GATEWAY, create_app
+from proxy.config import Config, ConfigError
+
+__all__ = ["serve"]
+
+log = logging.getLogger("llmproxy")
+
+
+async def serve(
+    config: Config, host: str, port: int, *, grace_s: float, drain_delay_s: float = 0.0
+) -> None:
+    """Serve until SIGTERM/SIGINT, then shut down gracefully."""
+    app = create_app(config)
+    gateway = app[GATEWAY]
+    runner = web.AppRunner(
+        app, access_log=None, handler_cancellation=True, shutdown_timeout=grace_s
+    )
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise SystemExit(f"llm-proxy: cannot listen on {host}:{port}: {exc.strerror}") from None
+    log.info(
+        "serving on http://%s:%d (config %s, version %s)",
+        host,
+        port,
+        config.source,
+        config.version,
+        extra={"event": "start", "host": host, "port": port, "model_groups": list(config.models)},
+    )
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    reloads: set[asyncio.Task[None]] = set()
+
+    async def reload() -> None:
+        with contextlib.suppress(ConfigError):  # already logged and counted; the old config stays
+            await gateway.reload_from_file()
+
+    def on_hup() -> None:
+        task = loop.create_task(reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+    gateway.ready = False
+    log.info(
+        "shutting down: draining in-flight requests for up to %.0f s",
+        grace_s,
+        extra={"event": "shutdown", "in_flight": gateway.router.active},
+    )
+    if drain_delay_s > 0:  # give load balancers time to see readiness fail before the socket closes
+        await asyncio.sleep(drain_delay_s)
+    await runner.cleanup()
+    log.info("stopped", extra={"event": "stopped"})
