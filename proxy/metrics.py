@@ -10,10 +10,17 @@ tuple each call, which is measurable on a path that aims at a quarter millisecon
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    disable_created_metrics,
+)
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -133,6 +140,14 @@ class Metrics:
         self.in_flight = Gauge(
             "llmproxy_in_flight_requests", "Client requests being served.", registry=r
         )
+        self.ratelimit_remaining = Gauge(
+            "llmproxy_upstream_ratelimit_remaining",
+            "Requests/tokens left in the vendor's current rate-limit window, from its response headers.",
+            ["deployment", "kind"],
+            registry=r,
+        )
+        self.build_info = Info("llmproxy_build", "Proxy version and runtime.", registry=r)
+        self.build_info.info(_build_info())
         self.config_reloads = Counter(
             "llmproxy_config_reloads",
             "Config reloads by result.",
@@ -179,3 +194,36 @@ class Metrics:
             self._child(self.tokens, deployment, "completion").inc(completion)
         if cached_prompt:
             self._child(self.tokens, deployment, "cached_prompt").inc(cached_prompt)
+
+    def ratelimit(self, deployment: str, headers: Mapping[str, str]) -> None:
+        """Record the vendor's remaining budget so ops see a quota running out before the 429s."""
+        for header, kind in RATELIMIT_HEADERS:
+            value = headers.get(header)
+            if value is not None:
+                try:
+                    remaining = float(value)
+                except ValueError:
+                    continue
+                self._child(self.ratelimit_remaining, deployment, kind).set(remaining)
+
+
+# Response header -> `kind` label of llmproxy_upstream_ratelimit_remaining (VENDOR_WIRE_FORMATS.md section 3).
+RATELIMIT_HEADERS: tuple[tuple[str, str], ...] = (
+    ("x-ratelimit-remaining-requests", "requests"),
+    ("x-ratelimit-remaining-tokens", "tokens"),
+    ("anthropic-ratelimit-requests-remaining", "requests"),
+    ("anthropic-ratelimit-tokens-remaining", "tokens"),
+    ("anthropic-ratelimit-input-tokens-remaining", "input_tokens"),
+    ("anthropic-ratelimit-output-tokens-remaining", "output_tokens"),
+)
+
+
+def _build_info() -> dict[str, str]:
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        ours = version("llm-failover-proxy")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
+        ours = "unknown"
+    return {"version": ours, "python": platform.python_version()}

@@ -22,6 +22,8 @@ EXPECTED = {
     "llmproxy_tokens": ("counter", {"deployment", "kind"}),
     "llmproxy_in_flight_requests": ("gauge", set()),
     "llmproxy_model_group_usable_deployments": ("gauge", {"model_group"}),
+    "llmproxy_upstream_ratelimit_remaining": ("gauge", {"deployment", "kind"}),
+    "llmproxy_build_info": ("gauge", {"version", "python"}),
     "llmproxy_stream_aborts": ("counter", {"model_group", "deployment", "outcome_class"}),
 }
 
@@ -32,6 +34,11 @@ async def test_metric_names_types_and_labels(
     a, _, proxy = pair
     client = proxy.client()
     messages = [{"role": "user", "content": "hi"}]
+    a.set_fault(
+        Fault(
+            headers={"x-ratelimit-remaining-requests": "41", "x-ratelimit-remaining-tokens": "9000"}
+        )
+    )
     await client.chat.completions.create(model="smart", messages=messages)  # type: ignore[arg-type]
     a.set_fault(Fault.preset("rate_limited", retry_after_s=30))
     await client.chat.completions.create(model="smart", messages=messages)  # type: ignore[arg-type]
@@ -84,6 +91,14 @@ async def test_metric_names_types_and_labels(
     )
     assert value("llmproxy_breaker_state", deployment="a/model-a") == 0
     assert value("llmproxy_in_flight_requests") == 0
+    assert (
+        value("llmproxy_upstream_ratelimit_remaining", deployment="a/model-a", kind="requests")
+        == 41
+    )
+    assert (
+        value("llmproxy_upstream_ratelimit_remaining", deployment="a/model-a", kind="tokens")
+        == 9000
+    )
     assert value("llmproxy_tokens", deployment="a/model-a", kind="prompt") >= 1
 
 

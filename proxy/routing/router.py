@@ -237,6 +237,7 @@ class Router:
                 dep.breaker.release(permit)
                 raise
             ttfb = clock() - now
+            self.metrics.ratelimit(dep.id, response.headers)
             dep.breaker.record(permit, success=True)
             dep.observe_success(ttfb)
             return Served(self, group, dep, permit, response, now, ttfb)

@@ -82,6 +82,7 @@ class UpstreamResponse(ABC):
     status: int
     content_type: str
     usage: Usage | None
+    headers: Mapping[str, str]  # the vendor's response headers (rate-limit budgets live there)
 
     @property
     @abstractmethod

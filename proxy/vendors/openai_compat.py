@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import aiohttp
@@ -93,10 +93,13 @@ class _SSEScan:
 
 
 class _JSONResponse(UpstreamResponse):
-    __slots__ = ("_body", "content_type", "status", "usage")
+    __slots__ = ("_body", "content_type", "headers", "status", "usage")
 
-    def __init__(self, status: int, body: bytes, usage: Usage | None) -> None:
+    def __init__(
+        self, status: int, headers: Mapping[str, str], body: bytes, usage: Usage | None
+    ) -> None:
         self.status = status
+        self.headers = headers
         self.content_type = "application/json"
         self._body = body
         self.usage = usage
@@ -121,6 +124,7 @@ class _StreamResponse(UpstreamResponse):
         "_scan",
         "_vendor_type",
         "content_type",
+        "headers",
         "status",
         "usage",
     )
@@ -129,6 +133,7 @@ class _StreamResponse(UpstreamResponse):
         self, resp: aiohttp.ClientResponse, first: bytes, scan: _SSEScan, vendor_type: str
     ) -> None:
         self.status = resp.status
+        self.headers = resp.headers
         self.content_type = "text/event-stream"
         self._resp = resp
         self._first = first
@@ -272,7 +277,9 @@ class OpenAICompatAdapter(VendorAdapter):
                 phase = "body"
                 rest = await resp.read()
                 data = first + rest if rest else first
-                return _JSONResponse(resp.status, data, _json_usage(data, self.config.type))
+                return _JSONResponse(
+                    resp.status, resp.headers, data, _json_usage(data, self.config.type)
+                )
         except AttemptFailed:
             raise
         except asyncio.CancelledError:
