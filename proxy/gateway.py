@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from proxy.config import Config
 from proxy.health.breaker import BreakerState
 from proxy.health.deployment import DeploymentState
+from proxy.limits import Limits, UsageLedger
+from proxy.limits.ledger import utc_day
 from proxy.metrics import Metrics
 from proxy.routing.router import ModelGroup, Router
 from proxy.vendors import make_adapter
@@ -32,6 +34,7 @@ class Gateway:
         self.adapters: dict[str, VendorAdapter] = {}
         self.config = config
         self.ready = False
+        self.ledger = UsageLedger(config.state.sqlite_path)
         self._build(config)
         self.metrics.add_deployment_gauges(self._gauge_snapshot)
 
@@ -44,6 +47,7 @@ class Gateway:
         self.adapters = {name: make_adapter(v) for name, v in config.vendors.items()}
         self.groups = {name: ModelGroup(g, self.deployments) for name, g in config.models.items()}
         self.router = Router(config, self.groups, self.adapters, self.metrics)
+        self.limits = Limits(config, self.metrics, self.ledger)
 
     def _breaker_changed(self, dep_id: str, state: BreakerState) -> None:
         log.warning(
@@ -61,6 +65,17 @@ class Gateway:
             yield dep.id, int(dep.breaker.state), dep.healthy, dep.cooldown_left(now)
 
     async def start(self) -> None:
+        import time
+
+        await self.ledger.open(utc_day(time.time()))
+        self.limits.load()
+        self.limits.log_mode()
+        if self.config.server.admin_key_sha256 is None:
+            log.warning(
+                "no admin key configured (server.admin_key or server.admin_key_sha256): the "
+                "admin API answers loopback clients only",
+                extra={"event": "admin_loopback_only"},
+            )
         for adapter in self.adapters.values():
             await adapter.start()
         self.ready = True
@@ -69,3 +84,4 @@ class Gateway:
         self.ready = False
         for adapter in self.adapters.values():
             await adapter.close()
+        await self.ledger.close()

@@ -119,6 +119,12 @@ class Metrics:
         self.in_flight = Gauge(
             "llmproxy_in_flight_requests", "Client requests being served.", registry=r
         )
+        self.client_limit_rejections = Counter(
+            "llmproxy_client_limit_rejections",
+            "Requests refused by client admission (unknown key, model not allowed, a limit, a loop).",
+            ["client", "reason"],
+            registry=r,
+        )
         self.config_reloads = Counter(
             "llmproxy_config_reloads",
             "Config reloads by result.",
@@ -163,3 +169,6 @@ class Metrics:
             self._child(self.tokens, deployment, "completion").inc(completion)
         if cached_prompt:
             self._child(self.tokens, deployment, "cached_prompt").inc(cached_prompt)
+
+    def limit_rejection(self, client: str, reason: str) -> None:
+        self._child(self.client_limit_rejections, client, reason).inc()
