@@ -91,6 +91,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from aiohttp import web
 
     from proxy.app import create_app
+    from proxy.limits import LedgerError
 
     setup_logging(args.log_level, access_log=not args.no_access_log)
     config = _load(args.config)
@@ -107,16 +108,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     loop = new_event_loop()
     asyncio.set_event_loop(loop)
-    web.run_app(
-        app,
-        host=host,
-        port=port,
-        access_log=None,
-        print=None,
-        handler_cancellation=True,
-        shutdown_timeout=args.shutdown_grace_s,
-        loop=loop,
-    )
+    try:
+        web.run_app(
+            app,
+            host=host,
+            port=port,
+            access_log=None,
+            print=None,
+            handler_cancellation=True,
+            shutdown_timeout=args.shutdown_grace_s,
+            loop=loop,
+        )
+    except LedgerError as exc:
+        print(f"llm-proxy: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

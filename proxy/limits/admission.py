@@ -535,10 +535,10 @@ class Limits:
         ):
             if counter is not None:
                 limits[name] = {
-                    "limit": counter.limit,
-                    "used": round(counter.used, 6),
-                    "in_flight": round(counter.held, 6),
-                    "remaining": round(counter.remaining(), 6),
+                    "limit": _plain(counter.limit),
+                    "used": _plain(counter.used),
+                    "in_flight": _plain(counter.held),
+                    "remaining": _plain(counter.remaining()),
                     "reset_s": round(self._until_midnight(), 3),
                 }
         if lim.loop_max_repeats is not None:
@@ -585,6 +585,11 @@ def go_duration(seconds: float) -> str:
 
 def _human(seconds: float) -> str:
     return go_duration(max(seconds, 0.0))
+
+
+def _plain(value: float) -> float | int:
+    """A figure for JSON: whole numbers as integers, money to the micro-dollar."""
+    return int(value) if float(value).is_integer() else round(value, 6)
 
 
 def _number(value: float) -> str:
