@@ -84,12 +84,18 @@ async def test_both_sdks_key_styles_authenticate_and_groups_are_enforced(
     assert ok_bearer[0] == ok_x_api_key[0] == 200
     assert forbidden[0] == 403
     assert forbidden[2]["error"]["code"] == "model_not_allowed"
-    assert "'other'" in forbidden[2]["error"]["message"] and "smart" in forbidden[2]["error"]["message"]
+    assert (
+        "'other'" in forbidden[2]["error"]["message"]
+        and "smart" in forbidden[2]["error"]["message"]
+    )
     assert other_client[0] == 200  # team-b has no `models:`: every group
     text = await proxy.metrics_text()
     assert (
         metric(
-            text, "llmproxy_client_limit_rejections_total", client="team-a", reason="model_not_allowed"
+            text,
+            "llmproxy_client_limit_rejections_total",
+            client="team-a",
+            reason="model_not_allowed",
         )
         == 1
     )
@@ -117,9 +123,11 @@ async def test_rpm_is_exact_at_the_boundary_under_50_concurrent_requests(
             assert h["retry-after-ms"] == "6000"
             assert body["error"]["code"] == "rpm"
             assert "requests per minute" in body["error"]["message"]
-            assert "resets at" in body["error"]["message"]
+            assert "Resets at" in body["error"]["message"]
     text = await proxy.metrics_text()
-    assert metric(text, "llmproxy_client_limit_rejections_total", client="team-a", reason="rpm") == 40
+    assert (
+        metric(text, "llmproxy_client_limit_rejections_total", client="team-a", reason="rpm") == 40
+    )
 
 
 async def test_tpm_reserves_estimates_and_settles_real_usage_exactly(
@@ -184,7 +192,9 @@ async def test_openai_sdk_retry_honours_retry_after(
     waited = time.monotonic() - started
     assert answer.choices[0].message.content
     text = await proxy.metrics_text()
-    assert metric(text, "llmproxy_client_limit_rejections_total", client="team-a", reason="rpm") == 1
+    assert (
+        metric(text, "llmproxy_client_limit_rejections_total", client="team-a", reason="rpm") == 1
+    )
     # The SDK's own backoff would have retried after < 1 s; it waited for retry-after-ms.
     assert waited >= 1.5
     assert a.stats.total_requests == 21
@@ -251,7 +261,9 @@ async def test_loop_detection_fires_on_repeats_only(
     text = await proxy.metrics_text()
     # Refused once: the SDK did not retry (x-should-retry: false).
     assert (
-        metric(text, "llmproxy_client_limit_rejections_total", client="team-a", reason="loop_detected")
+        metric(
+            text, "llmproxy_client_limit_rejections_total", client="team-a", reason="loop_detected"
+        )
         == 1
     )
     assert a.stats.total_requests == 9
@@ -295,7 +307,9 @@ async def test_tokens_per_day_is_refused_until_an_admin_reset(
         assert status == 429 and err["error"]["code"] == "tokens_per_day"
         assert h["x-should-retry"] == "false" or int(h["retry-after"]) <= 60
         assert "00:00 UTC" in err["error"]["message"]
-        code, reset = await admin(s, proxy.url, "POST", "/admin/clients/team-a/reset-usage", ADMIN_KEY)
+        code, reset = await admin(
+            s, proxy.url, "POST", "/admin/clients/team-a/reset-usage", ADMIN_KEY
+        )
         assert code == 200 and reset["reset"] is True
         assert reset["limits"]["tokens_per_day"]["used"] == 0
         status, h, _ = await post(s, proxy, body)
@@ -313,7 +327,9 @@ async def test_budget_usd_per_day_counts_the_deployments_prices(
     a = await fakes("a", chunks=5, cached_tokens=4)
     proxy = await proxies(keyed_config(a, "{budget_usd_per_day: 0.0003}"))
     async with aiohttp.ClientSession() as s:
-        results = [await post(s, proxy, chat_body("y" * 80, max_tokens=5, seed=i)) for i in range(20)]
+        results = [
+            await post(s, proxy, chat_body("y" * 80, max_tokens=5, seed=i)) for i in range(20)
+        ]
     statuses = [r[0] for r in results]
     assert 200 in statuses and statuses[-1] == 429
     assert results[-1][2]["error"]["code"] == "budget_usd_per_day"

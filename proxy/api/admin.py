@@ -233,6 +233,7 @@ async def reset_usage(request: web.Request) -> web.StreamResponse:
     gw = request.app[GATEWAY]
     state = _client(gw, request.match_info["name"])
     gw.limits.reset(state.name)
+    await gw.ledger.flush()  # answered once durable: a crash now does not undo the reset
     _audit(request, "reset-usage", state.name)
     return _json({"client": state.name, "reset": True, **gw.limits.status(state)})
 

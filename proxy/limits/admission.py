@@ -458,7 +458,7 @@ class Limits:
         )
         return ApiError(
             429,
-            f"{message} (resets at {at})",
+            f"{message} Resets at {at}.",
             type="rate_limit_error",
             code=reason,
             headers=headers,
