@@ -139,26 +139,31 @@ async def _wait_ready(url: str, proc: asyncio.subprocess.Process) -> None:
     raise AssertionError("the proxy did not become ready")
 
 
+async def _spawn(config: Path, port: int) -> asyncio.subprocess.Process:
+    """`llm-proxy serve` as a real process (stderr kept for the start-up error test)."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "proxy.cli",
+        "serve",
+        "--config",
+        str(config),
+        "--port",
+        str(port),
+        "--no-access-log",
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+
 @pytest.fixture
 async def serve(tmp_path: Path) -> AsyncIterator[Any]:
     procs: list[asyncio.subprocess.Process] = []
 
     async def start(config: Path, port: int) -> asyncio.subprocess.Process:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "proxy.cli",
-            "serve",
-            "--config",
-            str(config),
-            "--port",
-            str(port),
-            "--no-access-log",
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-            cwd=ROOT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
+        proc = await _spawn(config, port)
         procs.append(proc)
         await _wait_ready(f"http://127.0.0.1:{port}", proc)
         return proc
@@ -254,19 +259,7 @@ async def test_an_unusable_sqlite_path_is_a_clear_startup_error(
     a = await fakes("a")
     config = tmp_path / "proxy.yaml"
     config.write_text(keyed_config(a, extra="state: {sqlite_path: /nonexistent/dir/u.db}\n"))
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "proxy.cli",
-        "serve",
-        "--config",
-        str(config),
-        "--port",
-        str(free_port()),
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-        cwd=ROOT,
-    )
+    proc = await _spawn(config, free_port())
     _, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 2
     text = err.decode()
