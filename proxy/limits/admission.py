@@ -80,10 +80,13 @@ class ClientState:
     """One client key's live counters."""
 
     __slots__ = (
+        "bucket_headers",
         "budget",
         "config",
         "day",
+        "day_headers",
         "in_flight",
+        "loop_sweep_at",
         "loops",
         "name",
         "rpm",
@@ -101,6 +104,21 @@ class ClientState:
         self.tokens_day = DayCounter(lim.tokens_per_day) if lim.tokens_per_day else None
         self.budget = DayCounter(lim.budget_usd_per_day) if lim.budget_usd_per_day else None
         self.loops: dict[bytes, deque[float]] | None = {} if lim.loop_max_repeats else None
+        self.loop_sweep_at = _LOOP_SWEEP_AT
+        # (limit, header names and limit value), built once: headers go on every response.
+        self.bucket_headers = tuple(
+            (b, _header_names(name, lim_value))
+            for b, name, lim_value in (
+                (self.rpm, "requests", lim.rpm),
+                (self.tpm, "tokens", lim.tpm),
+            )
+            if b is not None and lim_value is not None
+        )
+        self.day_headers = tuple(
+            (c, _header_names(name, c.limit))
+            for c, name in ((self.tokens_day, "tokens-day"), (self.budget, "usd-day"))
+            if c is not None
+        )
         self.day = ""
 
 
@@ -366,8 +384,10 @@ class Limits:
         if state.budget is not None:
             state.budget.reserve(cost)
         if loops is not None and loop_key is not None:
-            if len(loops) >= _LOOP_SWEEP_AT:
+            if len(loops) >= state.loop_sweep_at:
                 _sweep(loops, now - lim.loop_window_s)
+                # Amortised: the next sweep waits until the history has doubled again.
+                state.loop_sweep_at = max(_LOOP_SWEEP_AT, 2 * len(loops))
             loops.setdefault(loop_key, deque()).append(now)
         state.in_flight += 1
         return Ticket(self, state, group, reserve_tokens, cost, self.headers(state))
@@ -416,28 +436,19 @@ class Limits:
     def headers(self, state: ClientState) -> dict[str, str]:
         """OpenAI-style `x-ratelimit-*` headers for the client's current state."""
         h: dict[str, str] = {}
-        lim = state.config.limits
         now = self.clock()
-        for bucket, name, limit in (
-            (state.rpm, "requests", lim.rpm),
-            (state.tpm, "tokens", lim.tpm),
-        ):
-            if bucket is not None:
-                bucket.refill(now)
-                h[f"x-ratelimit-limit-{name}"] = str(limit)
-                h[f"x-ratelimit-remaining-{name}"] = str(bucket.remaining())
-                h[f"x-ratelimit-reset-{name}"] = go_duration(bucket.reset_s())
-        day_reset: str | None = None
-        for counter, name in ((state.tokens_day, "tokens-day"), (state.budget, "usd-day")):
-            if counter is not None:
-                if day_reset is None:
-                    day_reset = go_duration(self._until_midnight())
-                remaining = counter.remaining()
-                h[f"x-ratelimit-limit-{name}"] = _number(counter.limit)
-                h[f"x-ratelimit-remaining-{name}"] = _number(
-                    remaining if name == "usd-day" else math.floor(remaining)
-                )
-                h[f"x-ratelimit-reset-{name}"] = day_reset
+        for bucket, (limit, remaining, reset, value) in state.bucket_headers:
+            bucket.refill(now)
+            h[limit] = value
+            h[remaining] = str(bucket.remaining())
+            h[reset] = go_duration(bucket.reset_s())
+        if state.day_headers:
+            day_reset = go_duration(self._until_midnight())
+            for counter, (limit, remaining, reset, value) in state.day_headers:
+                left = counter.remaining()
+                h[limit] = value
+                h[remaining] = _number(left) if counter is state.budget else str(int(left))
+                h[reset] = day_reset
         return h
 
     def _refuse(
@@ -548,6 +559,15 @@ class Limits:
             }
         out["limits"] = limits
         return out
+
+
+def _header_names(name: str, limit: float) -> tuple[str, str, str, str]:
+    return (
+        f"x-ratelimit-limit-{name}",
+        f"x-ratelimit-remaining-{name}",
+        f"x-ratelimit-reset-{name}",
+        _number(limit),
+    )
 
 
 def _unauthorized(message: str, code: str) -> ApiError:
