@@ -88,6 +88,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from proxy.limits import LedgerError
     from proxy.server import serve
 
     setup_logging(args.log_level, access_log=not args.no_access_log)
@@ -102,6 +103,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 config, host, port, grace_s=args.shutdown_grace_s, drain_delay_s=args.drain_delay_s
             )
         )
+    except LedgerError as exc:
+        print(f"llm-proxy: {exc}", file=sys.stderr)
+        return 2
     finally:
         loop.close()
     return 0

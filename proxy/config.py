@@ -25,6 +25,8 @@ import yaml
 
 __all__ = [
     "BreakerConfig",
+    "ClientConfig",
+    "ClientLimits",
     "Config",
     "ConfigError",
     "ConfigIssue",
@@ -32,6 +34,7 @@ __all__ = [
     "DeploymentConfig",
     "FailoverConfig",
     "ModelGroupConfig",
+    "Price",
     "ServerConfig",
     "Timeouts",
     "VendorConfig",
@@ -77,6 +80,10 @@ def _non_negative(v: float) -> str | None:
 
 def _at_least_one(v: int) -> str | None:
     return None if v >= 1 else "must be at least 1"
+
+
+def _limit(v: float) -> str | None:
+    return None if v > 0 else "must be greater than 0 (to have no such limit, leave the key out)"
 
 
 def _port(v: int) -> str | None:
@@ -143,12 +150,33 @@ class VendorSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class Price:
+    """A deployment's list price in USD per million tokens, for usage cost and budgets.
+
+    `cached_prompt` is the price of prompt tokens served from the vendor's prompt cache
+    (they are part of the prompt count, as vendors report them); it defaults to `prompt`.
+    """
+
+    prompt: float = check(_non_negative)
+    completion: float = check(_non_negative)
+    cached_prompt: float | None = check(_non_negative, None)
+
+    def cost_usd(self, prompt: int, completion: int, cached_prompt: int) -> float:
+        cached = min(cached_prompt, prompt)
+        cached_price = self.prompt if self.cached_prompt is None else self.cached_prompt
+        return (
+            (prompt - cached) * self.prompt + cached * cached_price + completion * self.completion
+        ) / 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
 class DeploymentSpec:
     vendor: str
     model: str
     id: str | None = None
     weight: float = check(_positive, 1.0)
     timeouts: PartialTimeouts = field(default_factory=PartialTimeouts)
+    price_per_mtok: Price | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +217,32 @@ class CooldownConfig:
 @dataclass(frozen=True, slots=True)
 class StateConfig:
     backend: Literal["memory"] = "memory"
+    # The usage ledger's SQLite file (embedded mode). Unset: usage is kept in memory only.
+    sqlite_path: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ClientLimits:
+    """A client key's limits; a limit left out is not enforced. Zero or less is a config error."""
+
+    rpm: int | None = check(_limit, None)
+    tpm: int | None = check(_limit, None)
+    max_concurrent: int | None = check(_limit, None)
+    tokens_per_day: int | None = check(_limit, None)
+    budget_usd_per_day: float | None = check(_limit, None)
+    loop_max_repeats: int | None = check(_limit, None)
+    loop_window_s: float = check(_limit, 60.0)
+
+
+@dataclass(frozen=True, slots=True)
+class ClientSpec:
+    """A client key as written in YAML: the key itself only as an env reference."""
+
+    name: str
+    key_sha256: str | None = None
+    key: str | None = None
+    models: list[str] | None = None
+    limits: ClientLimits = field(default_factory=ClientLimits)
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,6 +257,7 @@ class ConfigSpec:
     failover: FailoverConfig = field(default_factory=FailoverConfig)
     breaker: BreakerConfig = field(default_factory=BreakerConfig)
     cooldowns: CooldownConfig = field(default_factory=CooldownConfig)
+    clients: list[ClientSpec] | None = None
 
 
 # --------------------------------------------------------------------------- resolved config
@@ -227,6 +282,17 @@ class DeploymentConfig:
     vendor: str
     model: str
     timeouts: Timeouts
+    price: Price | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ClientConfig:
+    """A client key: who it is (`name`, the label in metrics and logs), what it may use."""
+
+    name: str
+    key_sha256: str  # lower-case hex; the key itself is never kept
+    models: frozenset[str] | None  # None: every model group
+    limits: ClientLimits
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,6 +322,8 @@ class Config:
     state: StateConfig
     source: str
     version: str
+    # None: no `clients:` section, the proxy is open to anyone who can reach it.
+    clients: tuple[ClientConfig, ...] | None = None
 
 
 # Default base URLs per vendor type ("what that vendor's own SDK calls its base URL").
@@ -565,7 +633,11 @@ def _resolve(spec: ConfigSpec, root: yaml.Node, loader: _Loader) -> Config | Non
             dep_id = d.id or f"{d.vendor}/{d.model}"
             vendor_timeouts = spec.vendors[d.vendor].timeouts.over(spec.timeouts)
             dep = DeploymentConfig(
-                id=dep_id, vendor=d.vendor, model=d.model, timeouts=d.timeouts.over(vendor_timeouts)
+                id=dep_id,
+                vendor=d.vendor,
+                model=d.model,
+                timeouts=d.timeouts.over(vendor_timeouts),
+                price=d.price_per_mtok,
             )
             if any(m.deployment == dep_id for m in members):
                 issue(
@@ -605,10 +677,12 @@ def _resolve(spec: ConfigSpec, root: yaml.Node, loader: _Loader) -> Config | Non
             )
     if not spec.models:
         issue(("models",), "models", "must define at least one model group")
+    server = _resolve_server(spec.server, root, issue)
+    clients = _resolve_clients(spec, groups, deployments, root, issue)
     if loader.issues:
         return None
     return Config(
-        server=spec.server,
+        server=server,
         timeouts=spec.timeouts,
         vendors=vendors,
         deployments=deployments,
@@ -619,7 +693,175 @@ def _resolve(spec: ConfigSpec, root: yaml.Node, loader: _Loader) -> Config | Non
         state=spec.state,
         source=loader.file,
         version="",
+        clients=clients,
     )
+
+
+IssueFn = Callable[[tuple[str | int, ...], str, str], None]
+_SHA256_RE = re.compile(r"^[0-9a-fA-F]{64}$")
+_CLIENT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def sha256_hex(secret: str) -> str:
+    """How keys are compared: the proxy keeps only this digest, never a key."""
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def _from_env(root: yaml.Node, path: tuple[str | int, ...]) -> bool:
+    """Whether the value at `path` was written as a ${VAR} reference (not a literal secret)."""
+    node = _find(root, *path)
+    return isinstance(node, yaml.ScalarNode) and _REF_PREFIX in str(node.value)
+
+
+def _secret_digest(
+    root: yaml.Node,
+    issue: IssueFn,
+    path: tuple[str | int, ...],
+    prefix: str,
+    key: str,
+    secret: str | None,
+    digest: str | None,
+) -> str | None:
+    """One secret given as `<key>: ${ENV}` or `<key>_sha256: <hex>`: its lower-case digest.
+
+    `path` locates the mapping holding the keys; `prefix` is its dotted name for messages.
+    """
+    if secret is not None and digest is not None:
+        issue(path, f"{prefix}{key}", f"give either `{key}` or `{key}_sha256`, not both")
+        return None
+    if digest is not None:
+        if not _SHA256_RE.match(digest):
+            issue(
+                (*path, f"{key}_sha256"),
+                f"{prefix}{key}_sha256",
+                "must be 64 hex digits (the SHA-256 of the key: printf '%s' \"$KEY\" | sha256sum)",
+            )
+            return None
+        return digest.lower()
+    if secret is None:
+        return None
+    if not _from_env(root, (*path, key)):
+        issue(
+            (*path, key),
+            f"{prefix}{key}",
+            "must not be written in the file: use an environment reference (${VAR}) "
+            f"or `{key}_sha256`",
+        )
+        return None
+    if not secret:
+        issue(
+            (*path, key), f"{prefix}{key}", "is empty (its environment variable is set to nothing)"
+        )
+        return None
+    return sha256_hex(secret)
+
+
+def _resolve_server(server: ServerConfig, root: yaml.Node, issue: IssueFn) -> ServerConfig:
+    """The admin key is kept as its digest only (`admin_key_sha256`)."""
+    digest = _secret_digest(
+        root, issue, ("server",), "server.", "admin_key", server.admin_key, server.admin_key_sha256
+    )
+    return dataclasses.replace(server, admin_key=None, admin_key_sha256=digest)
+
+
+def _reachable(groups: Mapping[str, ModelGroupConfig], names: frozenset[str]) -> set[str]:
+    """The groups a request for `names` may be served by (context-window fallbacks included)."""
+    seen: set[str] = set()
+    todo = [n for n in names if n in groups]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        fb = groups[name].context_window_fallback
+        if fb is not None and fb in groups:
+            todo.append(fb)
+    return seen
+
+
+def _resolve_clients(
+    spec: ConfigSpec,
+    groups: Mapping[str, ModelGroupConfig],
+    deployments: Mapping[str, DeploymentConfig],
+    root: yaml.Node,
+    issue: IssueFn,
+) -> tuple[ClientConfig, ...] | None:
+    if spec.clients is None:
+        return None
+    if not spec.clients:
+        issue(
+            ("clients",),
+            "clients",
+            "lists no client: nobody could use the proxy (leave the section out to run it open)",
+        )
+        return None
+    out: list[ClientConfig] = []
+    names: set[str] = set()
+    digests: dict[str, str] = {}
+    for i, c in enumerate(spec.clients):
+        if c is None:
+            continue
+        key = f"clients[{i}]"
+
+        def client_issue(path: tuple[str | int, ...], sub: str, message: str) -> None:
+            issue(("clients", i, *path), f"{key}.{sub}", message)  # noqa: B023
+
+        here: tuple[str | int, ...] = ("clients", i)
+        if not _CLIENT_NAME_RE.match(c.name):
+            client_issue(
+                ("name",),
+                "name",
+                f"{c.name!r} must be 1-64 letters, digits, '.', '_' or '-' "
+                "(it is a metric label and part of admin URLs)",
+            )
+            continue
+        if c.name in names:
+            client_issue(("name",), "name", f"client {c.name!r} is defined twice")
+            continue
+        names.add(c.name)
+        digest = _secret_digest(root, issue, here, f"{key}.", "key", c.key, c.key_sha256)
+        if digest is None:
+            if c.key is None and c.key_sha256 is None:
+                client_issue((), "key", "is required: give `key: ${ENV_VAR}` or `key_sha256`")
+            continue
+        if digest in digests:
+            client_issue((), "key", f"is the same key as client {digests[digest]!r}")
+            continue
+        digests[digest] = c.name
+        allowed: frozenset[str] | None = None
+        if c.models is not None:
+            unknown = [m for m in c.models if m not in groups]
+            if unknown:
+                client_issue(
+                    ("models",),
+                    "models",
+                    f"names unknown model group(s) {', '.join(map(repr, unknown))} "
+                    f"(groups: {', '.join(sorted(groups))})",
+                )
+                continue
+            if not c.models:
+                client_issue(
+                    ("models",), "models", "is empty (leave it out to allow every model group)"
+                )
+                continue
+            allowed = frozenset(c.models)
+        if c.limits.budget_usd_per_day is not None:
+            unpriced = sorted(
+                m.deployment
+                for g in _reachable(groups, allowed or frozenset(groups))
+                for m in groups[g].members
+                if deployments[m.deployment].price is None
+            )
+            if unpriced:
+                client_issue(
+                    ("limits", "budget_usd_per_day"),
+                    "limits.budget_usd_per_day",
+                    "needs a price for every deployment the client can reach; give "
+                    f"`price_per_mtok` to: {', '.join(dict.fromkeys(unpriced))}",
+                )
+                continue
+        out.append(ClientConfig(c.name, digest, allowed, c.limits))
+    return tuple(out)
 
 
 def parse_config(

@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from proxy.config import Config, ConfigError, load_config
 from proxy.health.breaker import BreakerState
 from proxy.health.deployment import DeploymentState
+from proxy.limits import Limits, UsageLedger
+from proxy.limits.ledger import utc_day
 from proxy.metrics import Metrics
 from proxy.routing.router import ModelGroup, Router
 from proxy.vendors import make_adapter
@@ -42,10 +44,12 @@ class Gateway:
         self._reload_lock = asyncio.Lock()
         self._retiring: set[asyncio.Task[None]] = set()
         self._to_close: list[VendorAdapter] = []  # replaced by a reload, closed once idle
+        self.ledger = UsageLedger(config.state.sqlite_path)
         self._swap(
             config,
             self._states_for(config),
             {n: make_adapter(v) for n, v in config.vendors.items()},
+            self._limits_for(config, None),
         )
         self.metrics.add_deployment_gauges(self._gauge_snapshot, self._group_snapshot)
 
@@ -66,17 +70,39 @@ class Gateway:
         return states
 
     def _swap(
-        self, config: Config, states: dict[str, DeploymentState], adapters: dict[str, VendorAdapter]
+        self,
+        config: Config,
+        states: dict[str, DeploymentState],
+        adapters: dict[str, VendorAdapter],
+        limits: Limits,
     ) -> None:
         self.config = config
         self.deployments = states
         self.adapters = adapters
         self.groups = {name: ModelGroup(g, states) for name, g in config.models.items()}
         self.router = Router(config, self.groups, adapters, self.metrics)
+        self.limits = limits
+
+    def _limits_for(self, config: Config, previous: Limits | None) -> Limits:
+        """Client limits for `config`; clients whose settings did not change keep their live counters."""
+        limits = Limits(config, self.metrics, self.ledger)
+        if previous is not None:
+            for name, state in limits.clients.items():
+                old = previous.clients.get(name)
+                if old is not None and old.config == state.config:
+                    limits.adopt(old)
+            if self.ledger.opened:
+                limits.load()  # changed or new clients start from today's recorded usage
+        return limits
 
     async def reload(self, config: Config) -> None:
         """Serve `config` from now on; in-flight requests finish on the config they started with."""
         async with self._reload_lock:
+            if config.state != self.config.state:
+                log.warning(
+                    "the state: section changed; that takes effect at the next restart",
+                    extra={"event": "config_reload_partial"},
+                )
             old_router, old_adapters = self.router, self.adapters
             adapters: dict[str, VendorAdapter] = {}
             for name, vendor in config.vendors.items():
@@ -86,7 +112,9 @@ class Gateway:
                 else:
                     adapters[name] = make_adapter(vendor)
                     await adapters[name].start()
-            self._swap(config, self._states_for(config), adapters)
+            self._swap(
+                config, self._states_for(config), adapters, self._limits_for(config, self.limits)
+            )
             retired = [a for name, a in old_adapters.items() if adapters.get(name) is not a]
             if retired:
                 self._to_close.extend(retired)
@@ -148,6 +176,15 @@ class Gateway:
             yield name, sum(1 for dep, _ in group.members if dep.usable(now))
 
     async def start(self) -> None:
+        await self.ledger.open(utc_day(time.time()))
+        self.limits.load()
+        self.limits.log_mode()
+        if self.config.server.admin_key_sha256 is None:
+            log.warning(
+                "no admin key configured (server.admin_key or server.admin_key_sha256): the "
+                "admin API answers loopback clients only",
+                extra={"event": "admin_loopback_only"},
+            )
         for adapter in self.adapters.values():
             await adapter.start()
         self.ready = True
@@ -159,3 +196,4 @@ class Gateway:
         for adapter in [*self.adapters.values(), *self._to_close]:
             await adapter.close()
         self._to_close.clear()
+        await self.ledger.close()

@@ -148,6 +148,12 @@ class Metrics:
         )
         self.build_info = Info("llmproxy_build", "Proxy version and runtime.", registry=r)
         self.build_info.info(_build_info())
+        self.client_limit_rejections = Counter(
+            "llmproxy_client_limit_rejections",
+            "Requests refused by client admission (unknown key, model not allowed, a limit, a loop).",
+            ["client", "reason"],
+            registry=r,
+        )
         self.config_reloads = Counter(
             "llmproxy_config_reloads",
             "Config reloads by result.",
@@ -205,6 +211,9 @@ class Metrics:
                 except ValueError:
                     continue
                 self._child(self.ratelimit_remaining, deployment, kind).set(remaining)
+
+    def limit_rejection(self, client: str, reason: str) -> None:
+        self._child(self.client_limit_rejections, client, reason).inc()
 
 
 # Response header -> `kind` label of llmproxy_upstream_ratelimit_remaining (VENDOR_WIRE_FORMATS.md section 3).

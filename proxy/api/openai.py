@@ -22,6 +22,7 @@ from proxy.accesslog import AccessLog
 from proxy.api.errors import ApiError, error_body, json_error
 from proxy.api.validation import CHAT, COMPLETIONS, EMBEDDINGS, EndpointSchema, read_json, validate
 from proxy.gateway import Gateway
+from proxy.limits import OPEN, ClientState, Ticket
 from proxy.metrics import UNKNOWN_GROUP
 from proxy.routing.classify import Outcome, OutcomeClass
 from proxy.routing.router import AllFailed, Attempt, Served, Trace
@@ -58,8 +59,11 @@ async def _proxy(request: web.Request, endpoint: str, schema: EndpointSchema) ->
     status = 500
     served: Served | None = None
     stream = False
+    client: ClientState | None = None
+    ticket: Ticket = OPEN
     metrics.in_flight.inc()
     try:
+        client = gw.limits.authenticate(request.headers)
         raw, parsed = await read_json(request, gw.config.server.max_body_bytes)
         body = validate(parsed, schema)
         model = body["model"]
@@ -73,8 +77,12 @@ async def _proxy(request: web.Request, endpoint: str, schema: EndpointSchema) ->
                 param="model",
             )
         group_name = group.name
+        ticket = gw.limits.admit(client, group_name, endpoint, body, len(raw))
         stream = body.get("stream") is True
-        call = UpstreamCall(endpoint, raw, body, stream, rid)
+        # A keyed client's stream usage is needed for its limits and the ledger, asked or not.
+        call = UpstreamCall(
+            endpoint, raw, body, stream, rid, proxy_usage=stream and client is not None
+        )
         served = await gw.router.run(
             group, call, started + gw.config.server.request_timeout_s, trace
         )
@@ -83,18 +91,23 @@ async def _proxy(request: web.Request, endpoint: str, schema: EndpointSchema) ->
             "x-request-id": rid,
             "x-proxy-deployment": served.deployment.id,
             "x-proxy-attempts": trace.header(),
+            **ticket.headers,
         }
         status = 200
         if stream and served.response.content_type == "text/event-stream":
-            return await _relay_stream(request, served, headers, started)
+            return await _relay_stream(request, served, headers, started, ticket)
         served.finish()
+        await _settle(gw, ticket, served)
         metrics.first_byte(group_name, time.monotonic() - started)
         return web.Response(
             body=served.response.body, content_type="application/json", headers=headers
         )
     except ApiError as err:
         status = err.status
-        return json_error(err, {"x-request-id": rid})
+        extra = {"x-request-id": rid}
+        if client is not None and not err.headers:
+            extra.update(gw.limits.headers(client))
+        return json_error(err, extra)
     except asyncio.CancelledError:
         status = 499  # the client went away (nginx's "client closed request")
         raise
@@ -105,6 +118,7 @@ async def _proxy(request: web.Request, endpoint: str, schema: EndpointSchema) ->
             "x-request-id": rid,
             "x-proxy-attempts": failed.trace.header(),
             **final.headers(),
+            **ticket.headers,
         }
         return web.Response(
             status=status,
@@ -113,6 +127,7 @@ async def _proxy(request: web.Request, endpoint: str, schema: EndpointSchema) ->
             headers=headers,
         )
     finally:
+        ticket.settle(None, None, served=False)  # a no-op once the answer has settled it
         metrics.in_flight.dec()
         duration = time.monotonic() - started
         metrics.request_done(group_name, status, duration)
@@ -126,8 +141,19 @@ def _success_attempt(served: Served) -> Attempt:
     )
 
 
+async def _settle(gw: Gateway, ticket: Ticket, served: Served) -> None:
+    """Account the served answer and wait (bounded) until its usage is durable."""
+    batch = ticket.settle(served.response.usage, served.deployment.config.price, served=True)
+    if batch is not None:
+        await gw.ledger.durable(batch)
+
+
 async def _relay_stream(
-    request: web.Request, served: Served, headers: dict[str, str], started: float
+    request: web.Request,
+    served: Served,
+    headers: dict[str, str],
+    started: float,
+    ticket: Ticket,
 ) -> web.StreamResponse:
     resp = web.StreamResponse(status=200, headers=headers)
     resp.content_type = "text/event-stream"
@@ -144,6 +170,8 @@ async def _relay_stream(
             failure = failed.outcome
             if not failed.error_event_sent:
                 await resp.write(stream_error_event(served, failure))
+        # The response completes only once its usage is on disk: a crash loses in-flight requests only.
+        await _settle(request.app[GATEWAY], ticket, served)
         await resp.write_eof()
     except ConnectionResetError:
         failure = _CLIENT_GONE
@@ -152,6 +180,7 @@ async def _relay_stream(
         raise
     finally:
         served.finish(failure)
+        ticket.settle(served.response.usage, served.deployment.config.price, served=True)
     return resp
 
 

@@ -77,6 +77,7 @@ class DeploymentBreaker:
         "_on_change",
         "_opened_at",
         "_trial_out",
+        "drained",
         "reset_timeout_s",
         "state",
     )
@@ -94,6 +95,9 @@ class DeploymentBreaker:
         self._trial_out = False
         # Closed with no failures counted: a success has nothing to record.
         self._clean = True
+        # Forced open by an admin (a drained vendor): no trial after reset_timeout_s, no
+        # closing on a success; only forcing it closed again ends it.
+        self.drained = False
         self._on_change = on_change
         self._cb = pybreaker.CircuitBreaker(
             fail_max=fail_max,
@@ -125,6 +129,8 @@ class DeploymentBreaker:
 
     def open_until(self) -> float:
         """Monotonic time at which an open breaker may let a trial through (0 if not open)."""
+        if self.drained:
+            return float("inf")
         return self._opened_at + self.reset_timeout_s if self.state is BreakerState.OPEN else 0.0
 
     def would_admit(self, now: float) -> bool:
@@ -133,7 +139,7 @@ class DeploymentBreaker:
         if state is BreakerState.CLOSED:
             return True
         if state is BreakerState.OPEN:
-            return now >= self._opened_at + self.reset_timeout_s
+            return not self.drained and now >= self._opened_at + self.reset_timeout_s
         return not self._trial_out
 
     def acquire(self, now: float) -> Permit:
@@ -142,7 +148,7 @@ class DeploymentBreaker:
         if state is BreakerState.CLOSED:
             return Permit.NORMAL
         if state is BreakerState.OPEN:
-            if now < self._opened_at + self.reset_timeout_s:
+            if self.drained or now < self._opened_at + self.reset_timeout_s:
                 return Permit.DENIED
             self._cb.half_open()
         if self._trial_out:
@@ -158,7 +164,7 @@ class DeploymentBreaker:
         """
         if permit is Permit.TRIAL:
             self._trial_out = False
-        if success is None or permit is Permit.DENIED:
+        if success is None or permit is Permit.DENIED or self.drained:
             return
         if success and permit is Permit.NORMAL and self._clean:
             return  # the common case: nothing to reset, skip pybreaker's locked call
@@ -182,7 +188,8 @@ class DeploymentBreaker:
             self._trial_out = False
 
     def force(self, state: BreakerState) -> None:
-        """Admin override: drain a deployment (open) or bring it back (closed)."""
+        """Admin override: drain a deployment (open, until forced closed) or bring it back (closed)."""
+        self.drained = state is BreakerState.OPEN
         if state is BreakerState.OPEN:
             self._cb.open()
         elif state is BreakerState.CLOSED:

@@ -74,6 +74,10 @@ class UpstreamCall:
     parsed: dict[str, Any]  # the same body, parsed once by the inbound API
     stream: bool
     request_id: str
+    # The proxy needs a stream's usage (a keyed client's limits and ledger) whether or not the
+    # client asked for it: adapters ask the vendor for it and, unless the client asked too,
+    # keep the usage-only event out of the relayed stream.
+    proxy_usage: bool = False
 
 
 class UpstreamResponse(ABC):

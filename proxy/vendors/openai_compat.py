@@ -19,7 +19,7 @@ from proxy.config import DeploymentConfig, VendorConfig
 from proxy.routing.classify import classify_response, classify_stream_error, classify_transport
 from proxy.vendors.base import AttemptFailed, UpstreamCall, UpstreamResponse, Usage, VendorAdapter
 
-__all__ = ["OpenAICompatAdapter", "rewrite_model"]
+__all__ = ["OpenAICompatAdapter", "rewrite_model", "with_stream_usage"]
 
 # Error bodies are read for classification only; a gateway's multi-megabyte HTML page is not.
 _MAX_ERROR_BODY = 64 * 1024
@@ -46,6 +46,96 @@ def rewrite_model(raw: bytes, parsed: dict[str, Any], model: str) -> bytes:
     return orjson.dumps(body)
 
 
+_ASK_USAGE = b'"stream_options":{"include_usage":true},'
+
+
+def with_stream_usage(raw: bytes, parsed: dict[str, Any]) -> bytes:
+    """Return the body with `stream_options.include_usage` set, changing as little as possible.
+
+    Without a `stream_options` key the option is spliced in after the opening brace (the
+    rest of the bytes stay as they came); otherwise the body is re-serialised with the
+    client's options kept.
+    """
+    if "stream_options" not in parsed:
+        i = raw.find(b"{")
+        return b"".join((raw[: i + 1], _ASK_USAGE, raw[i + 1 :]))
+    doc = orjson.loads(raw)
+    options = doc.get("stream_options")
+    doc["stream_options"] = {
+        **(options if isinstance(options, dict) else {}),
+        "include_usage": True,
+    }
+    return orjson.dumps(doc)
+
+
+def client_wants_usage(parsed: dict[str, Any]) -> bool:
+    options = parsed.get("stream_options")
+    return isinstance(options, dict) and options.get("include_usage") is True
+
+
+_USAGE_KEY = b'"usage"'
+_SKIP = frozenset(b" \t\r\n:")
+
+
+def _has_usage(data: bytes) -> bool:
+    """Whether `data` may hold a non-null `"usage"` (streams with include_usage carry
+    `"usage":null` in every chunk; only the last one's is worth parsing)."""
+    i = data.find(_USAGE_KEY)
+    n = len(data)
+    while i != -1:
+        j = i + 7
+        while j < n and data[j] in _SKIP:
+            j += 1
+        if not data.startswith(b"null", j):
+            return True
+        i = data.find(_USAGE_KEY, j)
+    return False
+
+
+class _UsageStripper:
+    """Keeps the usage-only event that the proxy (not the client) asked for out of a relayed
+    stream. Relays whole lines only, so an event split across reads is still recognised."""
+
+    __slots__ = ("held",)
+
+    def __init__(self) -> None:
+        self.held = b""
+
+    def feed(self, chunk: bytes) -> bytes:
+        data = self.held + chunk if self.held else chunk
+        end = data.rfind(b"\n")
+        if end == -1:
+            self.held = data
+            return b""
+        self.held = data[end + 1 :]
+        data = data[: end + 1]
+        return _drop_usage_events(data) if _has_usage(data) else data
+
+    def tail(self) -> bytes:
+        held, self.held = self.held, b""
+        return held
+
+
+def _drop_usage_events(data: bytes) -> bytes:
+    out: list[bytes] = []
+    skip_blank = False
+    for line in data.split(b"\n"):
+        if skip_blank and not line.strip():
+            skip_blank = False
+            continue
+        skip_blank = False
+        if line.startswith(b"data:") and _USAGE_KEY in line:
+            try:
+                event = orjson.loads(line[5:].strip())
+            except orjson.JSONDecodeError:
+                event = None
+            if isinstance(event, dict) and event.get("usage") and not event.get("choices"):
+                skip_blank = True
+                continue
+        out.append(line)
+    return b"\n".join(out)
+
+
 class _SSEScan:
     """Watches a relayed OpenAI SSE stream for what the proxy must act on.
 
@@ -68,7 +158,7 @@ class _SSEScan:
         if not self.done and (b"[DONE]" in chunk or b"[DONE]" in self.tail + chunk[:8]):
             self.done = True
         self.tail = chunk[-8:]
-        if b'"usage"' not in data and b'"error"' not in data:
+        if b'"error"' not in data and not _has_usage(data):
             return
         end = data.rfind(b"\n")
         if end != len(data) - 1:
@@ -122,6 +212,7 @@ class _StreamResponse(UpstreamResponse):
         "_first",
         "_resp",
         "_scan",
+        "_strip",
         "_vendor_type",
         "content_type",
         "headers",
@@ -130,13 +221,19 @@ class _StreamResponse(UpstreamResponse):
     )
 
     def __init__(
-        self, resp: aiohttp.ClientResponse, first: bytes, scan: _SSEScan, vendor_type: str
+        self,
+        resp: aiohttp.ClientResponse,
+        first: bytes,
+        scan: _SSEScan,
+        vendor_type: str,
+        strip: _UsageStripper | None,
     ) -> None:
         self.status = resp.status
         self.headers = resp.headers
         self.content_type = "text/event-stream"
         self._resp = resp
-        self._first = first
+        self._strip = strip
+        self._first = strip.feed(first) if strip is not None else first
         self._scan = scan
         self._vendor_type = vendor_type
         self._finished = False
@@ -148,6 +245,7 @@ class _StreamResponse(UpstreamResponse):
 
     async def rest(self) -> AsyncIterator[bytes]:
         scan = self._scan
+        strip = self._strip
         content = self._resp.content
         while True:
             try:
@@ -155,9 +253,14 @@ class _StreamResponse(UpstreamResponse):
             except (aiohttp.ClientError, TimeoutError) as exc:
                 raise AttemptFailed(classify_transport(exc, phase="body")) from None
             if not chunk:
+                if strip is not None and (tail := strip.tail()):
+                    yield tail
                 break
             scan.feed(chunk)
-            yield chunk
+            if strip is None:
+                yield chunk
+            elif out := strip.feed(chunk):
+                yield out
             if scan.error is not None:
                 self.usage = scan.usage
                 outcome = classify_stream_error(self._vendor_type, scan.error)
@@ -236,6 +339,10 @@ class OpenAICompatAdapter(VendorAdapter):
         if session is None:
             raise RuntimeError("adapter used before start()")
         body = rewrite_model(call.raw, call.parsed, deployment.model)
+        strip: _UsageStripper | None = None
+        if call.proxy_usage and call.stream and not client_wants_usage(call.parsed):
+            body = with_stream_usage(body, call.parsed)
+            strip = _UsageStripper()
         loop = asyncio.get_running_loop()
         started = loop.time()
         phase = "connect"
@@ -269,7 +376,7 @@ class OpenAICompatAdapter(VendorAdapter):
                                 aiohttp.ClientPayloadError("empty stream"), phase="body"
                             )
                         )
-                    return _StreamResponse(resp, first, scan, self.config.type)
+                    return _StreamResponse(resp, first, scan, self.config.type, strip)
                 # The first byte of the body is still "first byte": a vendor that sends
                 # headers and then stalls is as stuck as one that sends nothing.
                 first = await resp.content.readany()

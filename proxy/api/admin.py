@@ -1,0 +1,301 @@
+"""The admin API: what ops use in an incident (reset a client's quota, drain a vendor, clear
+a cooldown) and what dashboards read (client usage).
+
+Every `/admin` route goes through one gate, `require_admin`, applied by `routes()` to the
+whole `ADMIN_ROUTES` table: a route added to the table cannot forget it. The admin key is
+sent as `Authorization: Bearer <admin key>`; the proxy keeps only its SHA-256 and compares
+digests in constant time. With no admin key configured, the admin API answers loopback
+clients only. Every admin action is logged (event `admin_action`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from proxy.api.errors import ApiError
+from proxy.api.openai import GATEWAY
+from proxy.gateway import Gateway
+from proxy.health.breaker import BreakerState
+from proxy.health.deployment import DeploymentState
+from proxy.limits import ClientState
+from proxy.limits.ledger import utc_day
+
+__all__ = ["ADMIN_ROUTES", "STATUS_SECTIONS", "require_admin", "routes"]
+
+log = logging.getLogger("llmproxy.admin")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+_MAX_USAGE_DAYS = 366
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(status=status, body=orjson.dumps(data), content_type="application/json")
+
+
+def _is_loopback(remote: str | None) -> bool:
+    if not remote:
+        return False
+    try:
+        return ipaddress.ip_address(remote.split("%", 1)[0]).is_loopback
+    except ValueError:
+        return False  # a unix socket peer or garbage: not provably local
+
+
+def require_admin(request: web.Request) -> None:
+    """Raise ApiError unless the request carries the admin key (or, with none configured, is local)."""
+    digest = request.app[GATEWAY].config.server.admin_key_sha256
+    if digest is None:
+        if _is_loopback(request.remote):
+            return
+        _refused(request, "not loopback and no admin key configured")
+        raise ApiError(
+            403,
+            "The admin API answers loopback clients only, because no admin key is configured "
+            "(set server.admin_key: ${ENV_VAR} or server.admin_key_sha256).",
+            type="permission_error",
+            code="admin_loopback_only",
+        )
+    scheme, _, token = request.headers.get("Authorization", "").strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        _refused(request, "no admin key")
+        raise ApiError(
+            401,
+            "The admin API needs the admin key: send 'Authorization: Bearer <admin key>'.",
+            code="missing_admin_key",
+        )
+    presented = hashlib.sha256(token.encode()).hexdigest()
+    if not hmac.compare_digest(presented, digest):
+        _refused(request, "wrong admin key")
+        raise ApiError(401, "Invalid admin key.", code="invalid_admin_key")
+
+
+def _refused(request: web.Request, why: str) -> None:
+    log.warning(
+        "admin request refused: %s %s from %s (%s)",
+        request.method,
+        request.path,
+        request.remote,
+        why,
+        extra={"event": "admin_refused", "path": request.path, "remote": request.remote},
+    )
+
+
+def _audit(request: web.Request, action: str, target: str, **details: Any) -> None:
+    log.info(
+        "admin %s %s",
+        action,
+        target,
+        extra={
+            "event": "admin_action",
+            "action": action,
+            "target": target,
+            "remote": request.remote,
+            **details,
+        },
+    )
+
+
+def _gated(handler: Handler) -> Handler:
+    async def gated(request: web.Request) -> web.StreamResponse:
+        require_admin(request)
+        return await handler(request)
+
+    gated.__name__ = handler.__name__
+    gated.__doc__ = handler.__doc__
+    return gated
+
+
+# ---------------------------------------------------------------------- lookups
+
+
+def _client(gw: Gateway, name: str) -> ClientState:
+    state = gw.limits.clients.get(name)
+    if state is None:
+        known = ", ".join(sorted(gw.limits.clients)) or "none: the config has no clients section"
+        raise ApiError(
+            404, f"No client named '{name}' (clients: {known}).", code="client_not_found"
+        )
+    return state
+
+
+def _deployment(gw: Gateway, dep_id: str) -> DeploymentState:
+    dep = gw.deployments.get(dep_id)
+    if dep is None:
+        raise ApiError(
+            404,
+            f"No deployment '{dep_id}' (deployments: {', '.join(sorted(gw.deployments))}). "
+            "URL-encode the id: openai%2Fgpt-4o.",
+            code="deployment_not_found",
+        )
+    return dep
+
+
+# ---------------------------------------------------------------------- handlers
+
+
+def clients_section(gw: Gateway) -> dict[str, Any]:
+    """Each client's limits now and its usage today (from the in-memory ledger rows)."""
+    today = utc_day(gw.limits.wall())
+    usage: dict[str, dict[str, Any]] = {}
+    for (day, client, _group), row in gw.ledger.rows.items():
+        if day != today:
+            continue
+        u = usage.setdefault(
+            client,
+            {
+                "requests": 0,
+                "errors": 0,
+                "prompt_tokens": 0,
+                "completion_tokens": 0,
+                "cached_tokens": 0,
+                "cost_usd": 0.0,
+            },
+        )
+        u["requests"] += row.requests
+        u["errors"] += row.errors
+        u["prompt_tokens"] += row.prompt_tokens
+        u["completion_tokens"] += row.completion_tokens
+        u["cached_tokens"] += row.cached_tokens
+        u["cost_usd"] = round(u["cost_usd"] + row.cost_usd, 6)
+    return {
+        name: {**gw.limits.status(state), "today": usage.get(name, {"requests": 0})}
+        for name, state in gw.limits.clients.items()
+    }
+
+
+# Sections of GET /admin/status: name -> builder. Other parts of the proxy add theirs.
+STATUS_SECTIONS: dict[str, Callable[[Gateway], Any]] = {"clients": clients_section}
+
+
+async def status(request: web.Request) -> web.StreamResponse:
+    """The proxy's state as JSON (what the dashboard and the CLI show)."""
+    gw = request.app[GATEWAY]
+    body: dict[str, Any] = {
+        "generated_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
+        "config_version": gw.config.version,
+        "open": gw.limits.open,
+    }
+    for name, build in STATUS_SECTIONS.items():
+        body[name] = build(gw)
+    return _json(body)
+
+
+async def usage(request: web.Request) -> web.StreamResponse:
+    """The usage ledger: `?client=NAME` (default: every client), `&days=N` (default 1: today)."""
+    gw = request.app[GATEWAY]
+    name = request.query.get("client")
+    state = _client(gw, name) if name is not None else None
+    raw_days = request.query.get("days", "1")
+    if not raw_days.isdigit() or not 1 <= int(raw_days) <= _MAX_USAGE_DAYS:
+        raise ApiError(
+            400,
+            f"'days' must be a whole number from 1 to {_MAX_USAGE_DAYS}, got {raw_days!r}.",
+            param="days",
+            code="invalid_value",
+        )
+    days = int(raw_days)
+    since = utc_day(gw.limits.wall() - (days - 1) * 86400)
+    rows = await gw.ledger.query(name, since)
+    totals: dict[str, Any] = {}
+    for row in rows:
+        for k, v in row.items():
+            if k not in ("day", "client", "model_group"):
+                totals[k] = totals.get(k, 0) + v
+    if "cost_usd" in totals:
+        totals["cost_usd"] = round(totals["cost_usd"], 6)
+    body: dict[str, Any] = {
+        "since": since,
+        "until": utc_day(gw.limits.wall()),
+        "persistent": gw.ledger.persistent,
+        "rows": rows,
+        "totals": totals,
+    }
+    if state is not None:
+        body["client"] = state.name
+        body["limits"] = gw.limits.status(state)["limits"]
+    return _json(body)
+
+
+async def reset_usage(request: web.Request) -> web.StreamResponse:
+    """The emergency quota reset: the client's limits count from zero again, now."""
+    gw = request.app[GATEWAY]
+    state = _client(gw, request.match_info["name"])
+    gw.limits.reset(state.name)
+    await gw.ledger.flush()  # answered once durable: a crash now does not undo the reset
+    _audit(request, "reset-usage", state.name)
+    return _json({"client": state.name, "reset": True, **gw.limits.status(state)})
+
+
+_BREAKER_STATES = {"open": BreakerState.OPEN, "closed": BreakerState.CLOSED}
+
+
+async def force_breaker(request: web.Request) -> web.StreamResponse:
+    """Drain a deployment (`{"state": "open"}`: no traffic until closed) or bring it back."""
+    gw = request.app[GATEWAY]
+    dep = _deployment(gw, request.match_info["id"])
+    try:
+        body = orjson.loads(await request.read())
+    except orjson.JSONDecodeError:
+        body = None
+    wanted = body.get("state") if isinstance(body, dict) else None
+    if wanted not in _BREAKER_STATES:
+        raise ApiError(
+            400,
+            'Send a JSON body {"state": "open"} (drain the deployment) or {"state": "closed"}.',
+            param="state",
+            code="invalid_value",
+        )
+    before = dep.breaker.state.name.lower()
+    dep.breaker.force(_BREAKER_STATES[wanted])
+    _audit(request, "force-breaker", dep.id, state=wanted, before=before)
+    return _json(
+        {
+            "deployment": dep.id,
+            "breaker": dep.breaker.state.name.lower(),
+            "drained": dep.breaker.drained,
+        }
+    )
+
+
+async def clear_cooldown(request: web.Request) -> web.StreamResponse:
+    """End a deployment's cooldown now (e.g. the vendor confirmed the quota is back)."""
+    gw = request.app[GATEWAY]
+    dep = _deployment(gw, request.match_info["id"])
+    left = dep.cooldown_left(time.monotonic())
+    reason = dep.cooldown_reason
+    dep.clear_cooldown()
+    _audit(request, "clear-cooldown", dep.id, cooldown_left_s=round(left, 3), reason=reason)
+    return _json(
+        {
+            "deployment": dep.id,
+            "cooldown_cleared": True,
+            "was_left_s": round(left, 3),
+            "reason": reason,
+        }
+    )
+
+
+# Every admin route: (method, path, handler). `routes()` gates each one.
+ADMIN_ROUTES: list[tuple[str, str, Handler]] = [
+    ("GET", "/admin/status", status),
+    ("GET", "/admin/usage", usage),
+    ("POST", "/admin/clients/{name}/reset-usage", reset_usage),
+    ("POST", "/admin/deployments/{id:.+}/breaker", force_breaker),
+    ("DELETE", "/admin/deployments/{id:.+}/cooldown", clear_cooldown),
+]
+
+
+def routes() -> list[web.RouteDef]:
+    return [web.route(method, path, _gated(handler)) for method, path, handler in ADMIN_ROUTES]

@@ -1,0 +1,15 @@
+"""Client keys, limits (rpm, tpm, max_concurrent, daily tokens and budget), loop detection
+and the usage ledger: runaway-agent protection that never locks a paying client out wrongly."""
+
+from proxy.limits.admission import OPEN, ClientState, Limits, Ticket, estimate_tokens
+from proxy.limits.ledger import LedgerError, UsageLedger
+
+__all__ = [
+    "OPEN",
+    "ClientState",
+    "LedgerError",
+    "Limits",
+    "Ticket",
+    "UsageLedger",
+    "estimate_tokens",
+]
