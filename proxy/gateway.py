@@ -52,6 +52,7 @@ class Gateway:
             self._limits_for(config, None),
         )
         self.metrics.add_deployment_gauges(self._gauge_snapshot, self._group_snapshot)
+        self.metrics.add_client_gauges(lambda: self.limits.budget_use())
 
     def _states_for(self, config: Config) -> dict[str, DeploymentState]:
         """Deployment states for `config`: surviving ids keep theirs, new ids start fresh."""

@@ -81,6 +81,24 @@ class DeploymentGauges(Collector):
         yield usable
 
 
+class ClientGauges(Collector):
+    """How much of each client's daily budgets is used, read at scrape time (alerts warn before 429s)."""
+
+    def __init__(self, snapshot: Callable[[], Iterable[tuple[str, str, float]]]) -> None:
+        # snapshot yields (client name, limit name, used / limit)
+        self._snapshot = snapshot
+
+    def collect(self) -> Iterator[Metric]:
+        used = GaugeMetricFamily(
+            "llmproxy_client_budget_used_ratio",
+            "Share of a client's daily limit (tokens_per_day, budget_usd_per_day) used today.",
+            labels=["client", "limit"],
+        )
+        for client, limit, ratio in self._snapshot():
+            used.add_metric([client, limit], ratio)
+        yield used
+
+
 class Metrics:
     """All of the proxy's metrics, on a registry of its own (several proxies can share a process)."""
 
@@ -168,6 +186,9 @@ class Metrics:
         groups: Callable[[], Iterable[tuple[str, int]]],
     ) -> None:
         self.registry.register(DeploymentGauges(snapshot, groups))
+
+    def add_client_gauges(self, snapshot: Callable[[], Iterable[tuple[str, str, float]]]) -> None:
+        self.registry.register(ClientGauges(snapshot))
 
     def _child(self, metric: Any, *labels: str) -> Any:
         key = (id(metric), *labels)

@@ -307,6 +307,14 @@ async def test_tokens_per_day_is_refused_until_an_admin_reset(
         assert status == 429 and err["error"]["code"] == "tokens_per_day"
         assert h["x-should-retry"] == "false" or int(h["retry-after"]) <= 60
         assert "00:00 UTC" in err["error"]["message"]
+        metrics = await proxy.metrics_text()
+        used = [
+            ln for ln in metrics.splitlines() if ln.startswith("llmproxy_client_budget_used_ratio{")
+        ]
+        assert used == [
+            f'llmproxy_client_budget_used_ratio{{client="team-a",limit="tokens_per_day"}} {used[0].split()[-1]}'
+        ]
+        assert float(used[0].split()[-1]) >= 1.0  # the alert's "near budget" is this gauge > 0.8
         code, reset = await admin(
             s, proxy.url, "POST", "/admin/clients/team-a/reset-usage", ADMIN_KEY
         )

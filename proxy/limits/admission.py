@@ -20,7 +20,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import orjson
@@ -524,6 +524,18 @@ class Limits:
         if state.loops is not None:
             state.loops.clear()
         return state
+
+    def budget_use(self) -> Iterator[tuple[str, str, float]]:
+        """(client, limit, used / limit) for every daily limit, for the budget gauge."""
+        today = self._today()
+        for state in self.clients.values():
+            self._roll(state, today)
+            for counter, name in (
+                (state.tokens_day, "tokens_per_day"),
+                (state.budget, "budget_usd_per_day"),
+            ):
+                if counter is not None:
+                    yield state.name, name, counter.used / counter.limit
 
     def status(self, state: ClientState) -> dict[str, Any]:
         """A client's limits right now, for /admin/status and /admin/usage."""
