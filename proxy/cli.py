@@ -127,6 +127,59 @@ def cmd_demo(args: argparse.Namespace) -> int:
         loop.close()
 
 
+def admin_call(args: argparse.Namespace, method: str, path: str) -> tuple[int, Any]:
+    """One admin API call from the CLI (plain blocking HTTP: no event loop here)."""
+    import urllib.error
+    import urllib.request
+
+    url = args.url.rstrip("/") + path
+    req = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None)
+    if args.admin_key:
+        req.add_header("Authorization", f"Bearer {args.admin_key}")
+    try:
+        with urllib.request.urlopen(req, timeout=args.timeout) as resp:
+            return resp.status, orjson.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        body = exc.read()
+        try:
+            return exc.code, orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return exc.code, {"error": {"message": body.decode(errors="replace")[:300]}}
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise SystemExit(f"llm-proxy: cannot reach the proxy at {args.url}: {reason}") from None
+
+
+def _error_message(body: Any) -> str:
+    error = body.get("error") if isinstance(body, dict) else None
+    return str(error.get("message")) if isinstance(error, dict) else str(body)
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    status, body = admin_call(args, "POST", "/admin/reload")
+    if status == 200:
+        print(f"reloaded: config version {body['previous_version']} -> {body['config_version']}")
+        return 0
+    print(f"llm-proxy: reload failed ({status}): {_error_message(body)}", file=sys.stderr)
+    for problem in body.get("problems", []) if isinstance(body, dict) else []:
+        print(f"  {problem}", file=sys.stderr)
+    return 1
+
+
+def _add_admin_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--url",
+        default=os.environ.get("LLM_PROXY_URL", "http://127.0.0.1:4000"),
+        help="the proxy's address (default: $LLM_PROXY_URL or http://127.0.0.1:4000)",
+    )
+    parser.add_argument(
+        "--admin-key",
+        default=os.environ.get("LLM_PROXY_ADMIN_KEY"),
+        help="the admin key (default: $LLM_PROXY_ADMIN_KEY)",
+    )
+    parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the proxy")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="llm-proxy", description="A multi-vendor LLM failover proxy."
@@ -164,6 +217,12 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate a config file without serving")
     check.add_argument("config")
     check.set_defaults(func=cmd_check_config)
+
+    reload = sub.add_parser(
+        "reload", help="make a running proxy re-read its config (validated first)"
+    )
+    _add_admin_args(reload)
+    reload.set_defaults(func=cmd_reload)
 
     demo = sub.add_parser(
         "demo", help="run the proxy against simulated vendors and show a failover"

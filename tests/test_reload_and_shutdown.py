@@ -195,3 +195,49 @@ async def test_sigterm_with_20_open_streams_lets_all_finish_and_readiness_fails_
     texts = await asyncio.wait_for(asyncio.gather(*tasks), 20)
     assert texts == ["".join(a.pieces)] * 20
     assert await asyncio.wait_for(proc.wait(), 20) == 0
+
+
+async def _cli(*args: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "proxy.cli",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        cwd=ROOT,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_reload_command_and_admin_endpoint(
+    fakes: FakeFactory, tmp_path: Path, processes: list[asyncio.subprocess.Process]
+) -> None:
+    a, b = await fakes("a"), await fakes("b")
+    config = tmp_path / "proxy.yaml"
+    config.write_text(build_config({"a": a, "b": b}, two_deployments()))
+    proc, url = await _start(config)
+    processes.append(proc)
+    config.write_text(
+        build_config(
+            {"a": a, "b": b},
+            two_deployments() + "  fast:\n    deployments:\n      - {vendor: b, model: model-b}\n",
+        )
+    )
+    code, out, err = await _cli("reload", "--url", url)
+    assert code == 0, err
+    assert out.startswith("reloaded: config version ")
+    assert await _models(url) == ["smart", "fast"]
+
+    config.write_text(
+        build_config({"a": a, "b": b}, "  smart:\n    strategy: random\n    deployments: []\n")
+    )
+    code, out, err = await _cli("reload", "--url", url)
+    assert code == 1
+    assert "reload failed (400): The new config was rejected" in err
+    assert "models.smart.strategy: must be one of" in err
+    assert await _models(url) == ["smart", "fast"]
+    code, _, err = await _cli("reload", "--url", "http://127.0.0.1:9")  # nothing listens there
+    assert code == 1 and "cannot reach the proxy" in err

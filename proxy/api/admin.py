@@ -24,6 +24,7 @@ from aiohttp import web
 
 from proxy.api.errors import ApiError
 from proxy.api.openai import GATEWAY
+from proxy.config import ConfigError
 from proxy.gateway import Gateway
 from proxy.health.breaker import BreakerState
 from proxy.health.deployment import DeploymentState
@@ -287,6 +288,32 @@ async def clear_cooldown(request: web.Request) -> web.StreamResponse:
     )
 
 
+async def reload_config(request: web.Request) -> web.StreamResponse:
+    """Re-read the routing YAML: validated first; on any error the current config stays."""
+    gw = request.app[GATEWAY]
+    before = gw.config.version
+    try:
+        config = await gw.reload_from_file()
+    except ConfigError as exc:
+        _audit(request, "reload", gw.config.source, result="failure")
+        return _json(
+            {
+                "reloaded": False,
+                "config_version": before,
+                "error": {
+                    "message": f"The new config was rejected; still serving version {before}.",
+                    "type": "invalid_request_error",
+                    "param": None,
+                    "code": "invalid_config",
+                },
+                "problems": [str(issue) for issue in exc.issues],
+            },
+            status=400,
+        )
+    _audit(request, "reload", config.source, result="success", before=before, after=config.version)
+    return _json({"reloaded": True, "config_version": config.version, "previous_version": before})
+
+
 # Every admin route: (method, path, handler). `routes()` gates each one.
 ADMIN_ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/admin/status", status),
@@ -294,6 +321,7 @@ ADMIN_ROUTES: list[tuple[str, str, Handler]] = [
     ("POST", "/admin/clients/{name}/reset-usage", reset_usage),
     ("POST", "/admin/deployments/{id:.+}/breaker", force_breaker),
     ("DELETE", "/admin/deployments/{id:.+}/cooldown", clear_cooldown),
+    ("POST", "/admin/reload", reload_config),
 ]
 
 
