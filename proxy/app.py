@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from proxy.api import admin, openai, openapi
+from proxy.api import admin, dashboard, openai, openapi
 from proxy.api.errors import ApiError, json_error
 from proxy.api.openai import GATEWAY
 from proxy.config import Config
@@ -88,6 +88,7 @@ def create_app(config: Config, gateway: Gateway | None = None) -> web.Applicatio
     app[GATEWAY] = gw
     app.add_routes(openai.routes())
     app.add_routes(openapi.routes())
+    app.add_routes(dashboard.routes())
     app.add_routes(admin.routes())
     app.add_routes(
         [

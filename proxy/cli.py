@@ -166,6 +166,108 @@ def cmd_reload(args: argparse.Namespace) -> int:
     return 1
 
 
+def _table(headers: list[str], rows: list[list[Any]]) -> str:
+    cells = [[("-" if v is None else str(v)) for v in row] for row in rows]
+    widths = [
+        max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)
+    ]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
+    return "\n".join(lines)
+
+
+def render_status(doc: dict[str, Any]) -> str:
+    """The status document as the terminal tables `llm-proxy status` prints (same data as /dashboard)."""
+    out = [f"config version {doc.get('config_version')}, generated at {doc.get('generated_at')}"]
+    groups = doc.get("groups") or {}
+    if groups:
+        out += [
+            "",
+            _table(
+                ["GROUP", "STRATEGY", "USABLE", "DEPLOYMENTS"],
+                [
+                    [
+                        name,
+                        g.get("strategy"),
+                        f"{g.get('usable')}/{len(g.get('deployments', []))}",
+                        ", ".join(g.get("deployments", [])),
+                    ]
+                    for name, g in groups.items()
+                ],
+            ),
+        ]
+    deployments = doc.get("deployments") or {}
+    if deployments:
+        rows = []
+        for dep_id, d in deployments.items():
+            cooldown = d.get("cooldown")
+            rows.append(
+                [
+                    dep_id,
+                    d["breaker"]["state"],
+                    d["breaker"].get("failures"),
+                    f"{cooldown['left_s']:.0f}s {cooldown['reason']}" if cooldown else "-",
+                    "healthy" if d.get("healthy") else "UNHEALTHY",
+                    "yes" if d.get("usable") else "NO",
+                    d.get("latency_ewma_ms"),
+                    d.get("in_flight"),
+                ]
+            )
+        out += [
+            "",
+            _table(
+                [
+                    "DEPLOYMENT",
+                    "BREAKER",
+                    "FAILURES",
+                    "COOLDOWN",
+                    "HEALTH",
+                    "USABLE",
+                    "LATENCY_MS",
+                    "IN_FLIGHT",
+                ],
+                rows,
+            ),
+        ]
+    clients = doc.get("clients") or {}
+    if clients:
+        rows = []
+        for name, c in clients.items():
+            today = c.get("today") or {}
+            limits = "; ".join(
+                f"{k}: {v.get('remaining', v.get('in_flight'))}/{v.get('limit')}"
+                for k, v in (c.get("limits") or {}).items()
+            )
+            rows.append(
+                [
+                    name,
+                    c.get("in_flight"),
+                    today.get("requests", 0),
+                    today.get("prompt_tokens", 0) + today.get("completion_tokens", 0),
+                    limits or "none",
+                ]
+            )
+        out += [
+            "",
+            _table(["CLIENT", "IN_FLIGHT", "REQUESTS_TODAY", "TOKENS_TODAY", "LIMITS"], rows),
+        ]
+    elif doc.get("open"):
+        out += ["", "no client keys: the proxy is open"]
+    return "\n".join(out)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    status, body = admin_call(args, "GET", "/admin/status")
+    if status != 200:
+        print(f"llm-proxy: status failed ({status}): {_error_message(body)}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(orjson.dumps(body, option=orjson.OPT_INDENT_2).decode())
+    else:
+        print(render_status(body))
+    return 0
+
+
 def _add_admin_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--url",
@@ -217,6 +319,13 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate a config file without serving")
     check.add_argument("config")
     check.set_defaults(func=cmd_check_config)
+
+    status = sub.add_parser(
+        "status", help="show a running proxy's state (the document /dashboard shows)"
+    )
+    _add_admin_args(status)
+    status.add_argument("--json", action="store_true", help="print the raw /admin/status document")
+    status.set_defaults(func=cmd_status)
 
     reload = sub.add_parser(
         "reload", help="make a running proxy re-read its config (validated first)"
