@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from proxy.api import openai
+from proxy.api import admin, openai
 from proxy.api.errors import ApiError, json_error
 from proxy.api.openai import GATEWAY
 from proxy.config import Config
@@ -87,6 +87,7 @@ def create_app(config: Config, gateway: Gateway | None = None) -> web.Applicatio
     )
     app[GATEWAY] = gw
     app.add_routes(openai.routes())
+    app.add_routes(admin.routes())
     app.add_routes(
         [
             web.get("/health/live", live),
@@ -96,6 +97,7 @@ def create_app(config: Config, gateway: Gateway | None = None) -> web.Applicatio
     )
 
     async def on_startup(app: web.Application) -> None:
+        admin.log_access_mode(config.server)
         await gw.start()
 
     async def on_shutdown(app: web.Application) -> None:

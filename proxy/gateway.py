@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 from proxy.config import Config
 from proxy.health.breaker import BreakerState
+from proxy.health.checker import HealthChecker
 from proxy.health.deployment import DeploymentState
 from proxy.metrics import Metrics
 from proxy.routing.router import ModelGroup, Router
@@ -44,11 +45,12 @@ class Gateway:
         self.adapters = {name: make_adapter(v) for name, v in config.vendors.items()}
         self.groups = {name: ModelGroup(g, self.deployments) for name, g in config.models.items()}
         self.router = Router(config, self.groups, self.adapters, self.metrics)
+        self.health = HealthChecker(self.deployments, self.adapters, self.metrics)
 
     def _breaker_changed(self, dep_id: str, state: BreakerState) -> None:
         log.warning(
             "breaker %s for deployment %s",
-            state.name.lower().replace("_", "-"),
+            state.label,
             dep_id,
             extra={"event": "breaker_state", "deployment": dep_id, "state": state.name.lower()},
         )
@@ -63,9 +65,11 @@ class Gateway:
     async def start(self) -> None:
         for adapter in self.adapters.values():
             await adapter.start()
+        self.health.start()  # probes run in the background: readiness does not wait on them
         self.ready = True
 
     async def close(self) -> None:
         self.ready = False
+        await self.health.stop()
         for adapter in self.adapters.values():
             await adapter.close()

@@ -119,6 +119,20 @@ class Metrics:
         self.in_flight = Gauge(
             "llmproxy_in_flight_requests", "Client requests being served.", registry=r
         )
+        self.health_checks = Counter(
+            "llmproxy_health_checks",
+            "Active health probes by deployment and outcome class (success when it passed).",
+            ["deployment", "outcome_class"],
+            registry=r,
+        )
+        self.hedges = Counter(
+            "llmproxy_hedges",
+            "Hedged attempts (started because the previous one had no first byte after "
+            "hedge_after_ms) by result: won (it answered first), lost (cancelled: an earlier "
+            "attempt answered first), failed.",
+            ["model_group", "result"],
+            registry=r,
+        )
         self.config_reloads = Counter(
             "llmproxy_config_reloads",
             "Config reloads by result.",
@@ -152,6 +166,12 @@ class Metrics:
 
     def failover(self, group: str, from_deployment: str, reason: str) -> None:
         self._child(self.failovers, group, from_deployment, reason).inc()
+
+    def health_check(self, deployment: str, outcome_class: str) -> None:
+        self._child(self.health_checks, deployment, outcome_class).inc()
+
+    def hedge(self, group: str, result: str) -> None:
+        self._child(self.hedges, group, result).inc()
 
     def stream_abort(self, group: str, deployment: str, outcome_class: str) -> None:
         self._child(self.stream_aborts, group, deployment, outcome_class).inc()

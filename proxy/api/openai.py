@@ -74,7 +74,7 @@ async def _proxy(request: web.Request, endpoint: str, schema: EndpointSchema) ->
             )
         group_name = group.name
         stream = body.get("stream") is True
-        call = UpstreamCall(endpoint, raw, body, stream, rid)
+        call = UpstreamCall(endpoint, raw, body, stream, rid, request.headers.get("x-session-id"))
         served = await gw.router.run(
             group, call, started + gw.config.server.request_timeout_s, trace
         )
