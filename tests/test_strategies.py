@@ -8,22 +8,24 @@ import time
 from typing import Any
 
 import aiohttp
+import openai
 import pytest
 
 from proxy.config import parse_config
-from proxy.fakes import FakeOpenAI, Fault
+from proxy.fakes import Fault
 from proxy.gateway import Gateway
 from proxy.routing.strategies import PREFIX_BYTES, affinity_key
 from proxy.vendors.base import UpstreamCall
-from tests.conftest import FakeFactory, ProxyFactory, RunningProxy, build_config, two_deployments
+from tests.conftest import FakeFactory, ProxyFactory, build_config, two_deployments
 from tests.test_health import FAST_CHECKS, wait_for
 
 MESSAGES = [{"role": "user", "content": "hello"}]
 
 
-async def served_by(proxy: RunningProxy, **kw: Any) -> str:
+async def served_by(client: openai.AsyncOpenAI, **kw: Any) -> str:
+    """One request through the SDK (one client per test: one connection pool, as an app has)."""
     kw.setdefault("messages", MESSAGES)
-    raw = await proxy.client().chat.completions.with_raw_response.create(model="smart", **kw)
+    raw = await client.chat.completions.with_raw_response.create(model="smart", **kw)
     return raw.headers["x-proxy-deployment"]
 
 
@@ -35,15 +37,16 @@ async def test_least_latency_moves_traffic_to_the_faster_deployment_and_back(
 ) -> None:
     a, b = await fakes("a"), await fakes("b")
     proxy = await proxies(build_config({"a": a, "b": b}, two_deployments("least-latency")))
+    client = proxy.client()
     a.set_fault(Fault(latency_s=0.06))
-    first = [await served_by(proxy) for _ in range(40)]
+    first = [await served_by(client) for _ in range(40)]
     # Each is measured once, then the faster takes everything but the exploration requests.
     assert first[:2] == ["a/model-a", "b/model-b"]
     assert first[2:].count("b/model-b") >= 36
 
     a.clear_fault()  # a recovers, b slows down: exploration notices within a bounded number
     b.set_fault(Fault(latency_s=0.06))
-    second = [await served_by(proxy) for _ in range(50)]
+    second = [await served_by(client) for _ in range(50)]
     assert second[-10:].count("a/model-a") >= 9
 
 
@@ -60,9 +63,10 @@ async def test_least_busy_spreads_concurrent_requests_by_in_flight_count(
         "      - {vendor: b, model: model-b}\n"
     )
     proxy = await proxies(build_config({"a": a, "b": b}, models))
+    client = proxy.client()
     for fake in (a, b):
         fake.set_fault(Fault(latency_s=0.3))  # every request stays in flight for a while
-    got = await asyncio.gather(*(served_by(proxy) for _ in range(8)))
+    got = await asyncio.gather(*(served_by(client) for _ in range(8)))
     assert collections.Counter(got) == {"a/model-a": 6, "b/model-b": 2}  # in-flight / weight
 
 
@@ -95,8 +99,12 @@ def test_affinity_key_prefers_session_then_user_then_the_stable_prefix() -> None
 
 def test_affinity_key_hashes_a_bounded_prefix() -> None:
     huge = "x" * 1_000_000
-    one = {"messages": [{"role": "system", "content": huge + "a"}, {"role": "user", "content": "q"}]}
-    two = {"messages": [{"role": "system", "content": huge + "b"}, {"role": "user", "content": "q"}]}
+    one = {
+        "messages": [{"role": "system", "content": huge + "a"}, {"role": "user", "content": "q"}]
+    }
+    two = {
+        "messages": [{"role": "system", "content": huge + "b"}, {"role": "user", "content": "q"}]
+    }
     key = affinity_key(_call(one))
     assert len(key) <= PREFIX_BYTES + 2
     assert key == affinity_key(_call(two))
@@ -194,12 +202,15 @@ async def test_new_strategies_still_fail_over(
 ) -> None:
     a, b = await fakes("a"), await fakes("b")
     proxy = await proxies(build_config({"a": a, "b": b}, two_deployments(strategy)))
+    client = proxy.client()
     for broken, healthy in ((a, "b/model-b"), (b, "a/model-a")):
         a.clear_fault()
         b.clear_fault()
         broken.set_fault(Fault.preset("server_error"))
         for i in range(4):
-            assert await served_by(proxy, messages=[{"role": "user", "content": str(i)}]) == healthy
+            assert (
+                await served_by(client, messages=[{"role": "user", "content": str(i)}]) == healthy
+            )
 
 
 def test_strategy_settings_are_checked() -> None:
