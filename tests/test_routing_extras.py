@@ -126,13 +126,18 @@ def test_hedge_after_ms_must_be_positive() -> None:
 # ----------------------------------------------------------------------------- caps
 
 
+def capped(a: FakeOpenAI, b: FakeOpenAI, caps: str) -> str:
+    """Group `smart` = [a with `caps`, b] (priority)."""
+    return build_config({"a": a, "b": b}, two_deployments()).replace(
+        "{vendor: a, model: model-a}", f"{{vendor: a, model: model-a, {caps}}}"
+    )
+
+
 async def test_max_concurrent_sends_the_overflow_to_the_next_deployment(
     fakes: FakeFactory, proxies: ProxyFactory
 ) -> None:
     a, b = await fakes("a"), await fakes("b")
-    text = build_config({"a": a, "b": b}, two_deployments()).replace(
-        "{vendor: a, model: model-a}", "{vendor: a, model: model-a, max_concurrent: 2}"
-    )
+    text = capped(a, b, "max_concurrent: 2")
     proxy = await proxies(text)
     a.set_fault(Fault(latency_s=0.3))
     results = await asyncio.gather(*(chat(proxy) for _ in range(5)))
@@ -144,16 +149,12 @@ async def test_rpm_and_tpm_caps_skip_the_deployment_instead_of_earning_a_429(
     fakes: FakeFactory, proxies: ProxyFactory
 ) -> None:
     a, b = await fakes("a"), await fakes("b")
-    text = build_config({"a": a, "b": b}, two_deployments()).replace(
-        "{vendor: a, model: model-a}", "{vendor: a, model: model-a, rpm: 3}"
-    )
+    text = capped(a, b, "rpm: 3")
     proxy = await proxies(text)
     got = [(await chat(proxy))[0] for _ in range(5)]
     assert got == ["a/model-a"] * 3 + ["b/model-b"] * 2
     # One answer is ~7 tokens (prompt + 5 pieces): a 10-token budget takes two answers.
-    text = build_config({"a": a, "b": b}, two_deployments()).replace(
-        "{vendor: a, model: model-a}", "{vendor: a, model: model-a, tpm: 10}"
-    )
+    text = capped(a, b, "tpm: 10")
     proxy = await proxies(text)
     got = [(await chat(proxy, stream=s))[0] for s in (False, False, False, True)]
     assert got == ["a/model-a", "a/model-a", "b/model-b", "b/model-b"]

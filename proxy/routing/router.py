@@ -222,11 +222,7 @@ class Router:
             if isinstance(result, Served):
                 if racer.hedge:
                     self.metrics.hedge(walk.group.name, "won")
-                await self._cancel(walk, racing, _HEDGE_LOST)
-                for other in done:  # a second answer in the same instant is not relayed
-                    late = other.result()
-                    if other is not task and isinstance(late, Served):
-                        late.abandon(_HEDGE_LOST)
+                await self._cancel(walk, racing, _HEDGE_LOST)  # incl. a second answer just in
                 return result, then
             if racer.hedge:
                 self.metrics.hedge(walk.group.name, "failed")
@@ -256,7 +252,9 @@ class Router:
             except asyncio.CancelledError:
                 result = None
             if racer.hedge:
-                self.metrics.hedge(walk.group.name, "lost")
+                self.metrics.hedge(
+                    walk.group.name, "failed" if isinstance(result, Outcome) else "lost"
+                )
             if isinstance(result, Served):
                 result.abandon(outcome_class)
             elif result is None:
