@@ -256,3 +256,50 @@ def test_admin_endpoints_without_a_key_are_loopback_only() -> None:
         with pytest.raises(ApiError) as info:
             authorize(request_from(peer))
         assert info.value.status == 403 and "admin_key" in info.value.message
+
+
+# ----------------------------------------------------------------------------- config
+
+
+_ONE_VENDOR = "vendors: {v: {type: openai, base_url: 'http://127.0.0.1:1/v1'}}\n"
+
+
+def test_health_check_config_is_global_with_per_deployment_overrides() -> None:
+    from proxy.config import parse_config
+
+    config = parse_config(
+        _ONE_VENDOR + "health_check: {interval_s: 3, jitter: 0}\n"
+        "models:\n  g:\n    deployments:\n"
+        "      - {vendor: v, model: a, health_check: {probe: completion, unhealthy_threshold: 4}}\n"
+        "      - {vendor: v, model: b}\n",
+        env={},
+    )
+    a, b = config.deployments["v/a"].health_check, config.deployments["v/b"].health_check
+    assert (a.interval_s, a.jitter, a.probe, a.unhealthy_threshold) == (3, 0, "completion", 4)
+    assert (b.interval_s, b.probe, b.unhealthy_threshold, b.healthy_threshold) == (
+        3,
+        "models",
+        2,
+        2,
+    )
+    assert b.enabled and b.timeout_s == 5
+
+
+def test_bad_health_check_settings_are_reported_with_their_lines() -> None:
+    from proxy.config import ConfigError, parse_config
+
+    text = (
+        _ONE_VENDOR + "health_check: {jitter: 2, probe: ping, every_s: 3}\n"
+        "models:\n  g:\n    deployments:\n"
+        "      - {vendor: v, model: a, health_check: {interval_s: 0}, rpm: 0}\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, file="r.yaml", env={})
+    text = str(info.value)
+    assert "r.yaml:2: health_check.jitter: must be between 0 and 1, got 2" in text
+    assert "r.yaml:2: health_check.probe: must be one of 'models', 'completion', got 'ping'" in text
+    assert "r.yaml:2: health_check.every_s: unknown key" in text
+    assert (
+        "r.yaml:6: models.g.deployments[0].health_check.interval_s: must be greater than 0" in text
+    )
+    assert "r.yaml:6: models.g.deployments[0].rpm: must be at least 1, got 0" in text

@@ -237,3 +237,16 @@ async def test_context_fallbacks_chain_but_never_loop(
         "a/s=context_too_long, b/m=context_too_long"
     )
     assert fs["a"].stats.total_requests == 1  # medium's fallback (small) was not retried
+
+
+def test_sliding_window_counts_the_last_minute() -> None:
+    from proxy.health.caps import SlidingWindow
+
+    w = SlidingWindow()
+    w.add(0.0, 10)
+    assert w.used(30.0) == 10
+    assert w.free_in(30.0, 10) == pytest.approx(30.0)  # this window ends, then it decays
+    assert w.used(90.0) == pytest.approx(5.0)  # half of the previous minute still overlaps
+    assert w.free_in(90.0, 3) == pytest.approx(12.0)
+    assert w.used(102.0) == pytest.approx(3.0)
+    assert w.used(500.0) == 0 and w.free_in(500.0, 1) == 0
