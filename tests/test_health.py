@@ -200,6 +200,7 @@ async def test_admin_status_shows_every_deployment_and_group(
     assert b_status["latency_ewma_ms"] > 0 and b_status["in_flight"] == 0
     assert b_status["health_check"]["last_result"] == "success"
     assert b_status["health_check"]["probe"] == "models"
+    assert b_status["health_check"]["last_probe_at"].endswith("+00:00")
     assert doc["groups"]["smart"] == {
         "strategy": "priority",
         "deployments": ["a/model-a", "b/model-b"],

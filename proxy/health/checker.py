@@ -27,6 +27,7 @@ import time
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from proxy.config import HealthCheckConfig
@@ -90,7 +91,11 @@ class ProbeStatus:
             "consecutive_passes": self.passes,
             "consecutive_failures": self.failures,
             "checks": self.checks,
-            "last_probe_at": self.last_at,
+            "last_probe_at": (
+                None
+                if self.last_at is None
+                else datetime.fromtimestamp(self.last_at, UTC).isoformat(timespec="milliseconds")
+            ),
             "last_result": self.last_result,
             "last_message": self.last_message,
             "last_latency_ms": (
