@@ -19,11 +19,13 @@ import types
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
 __all__ = [
+    "PROBE_KINDS",
+    "STRATEGY_NAMES",
     "BreakerConfig",
     "ClientConfig",
     "ClientLimits",
@@ -33,6 +35,7 @@ __all__ = [
     "CooldownConfig",
     "DeploymentConfig",
     "FailoverConfig",
+    "HealthCheckConfig",
     "ModelGroupConfig",
     "Price",
     "ServerConfig",
@@ -42,7 +45,10 @@ __all__ = [
     "parse_config",
 ]
 
-Strategy = Literal["priority", "weighted"]
+Strategy = Literal["priority", "weighted", "least-latency", "least-busy", "cache-affinity"]
+STRATEGY_NAMES: tuple[str, ...] = get_args(Strategy)
+ProbeKind = Literal["models", "completion"]
+PROBE_KINDS: tuple[str, ...] = get_args(ProbeKind)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +92,10 @@ def _limit(v: float) -> str | None:
     return None if v > 0 else "must be greater than 0 (to have no such limit, leave the key out)"
 
 
+def _fraction(v: float) -> str | None:
+    return None if 0 <= v <= 1 else "must be between 0 and 1"
+
+
 def _port(v: int) -> str | None:
     return None if 0 <= v <= 65535 else "must be a TCP port (0-65535)"
 
@@ -122,8 +132,52 @@ class PartialTimeouts:
     stream_idle_s: float | None = check(_positive, None)
 
     def over(self, base: Timeouts) -> Timeouts:
-        changes = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        return dataclasses.replace(base, **{k: v for k, v in changes.items() if v is not None})
+        return _overlay(self, base)
+
+
+_T = TypeVar("_T")
+
+
+def _overlay(partial: Any, base: _T) -> _T:
+    """`base` with every field that `partial` sets (is not None) replaced."""
+    changes = {f.name: getattr(partial, f.name) for f in dataclasses.fields(partial)}
+    return dataclasses.replace(base, **{k: v for k, v in changes.items() if v is not None})  # type: ignore[type-var]
+
+
+@dataclass(frozen=True, slots=True)
+class HealthCheckConfig:
+    """Active health checks: one background probe loop per deployment.
+
+    `probe: models` lists the vendor's models (free: no tokens); `completion` asks for a
+    one-token completion, for vendors with nothing cheaper. A deployment turns unhealthy
+    after `unhealthy_threshold` consecutive failing probes and healthy again after
+    `healthy_threshold` passing ones; each wait is `interval_s` +/- `jitter` (a fraction)
+    so replicas and deployments do not probe in lockstep.
+    """
+
+    enabled: bool = True
+    probe: ProbeKind = "models"
+    interval_s: float = check(_positive, 15.0)
+    timeout_s: float = check(_positive, 5.0)
+    unhealthy_threshold: int = check(_at_least_one, 2)
+    healthy_threshold: int = check(_at_least_one, 2)
+    jitter: float = check(_fraction, 0.2)
+
+
+@dataclass(frozen=True, slots=True)
+class PartialHealthCheck:
+    """A deployment's health_check override: only the keys that are set replace the global ones."""
+
+    enabled: bool | None = None
+    probe: ProbeKind | None = None
+    interval_s: float | None = check(_positive, None)
+    timeout_s: float | None = check(_positive, None)
+    unhealthy_threshold: int | None = check(_at_least_one, None)
+    healthy_threshold: int | None = check(_at_least_one, None)
+    jitter: float | None = check(_fraction, None)
+
+    def over(self, base: HealthCheckConfig) -> HealthCheckConfig:
+        return _overlay(self, base)
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +231,10 @@ class DeploymentSpec:
     weight: float = check(_positive, 1.0)
     timeouts: PartialTimeouts = field(default_factory=PartialTimeouts)
     price_per_mtok: Price | None = None
+    health_check: PartialHealthCheck = field(default_factory=PartialHealthCheck)
+    max_concurrent: int | None = check(_at_least_one, None)
+    rpm: int | None = check(_at_least_one, None)
+    tpm: int | None = check(_at_least_one, None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +242,8 @@ class ModelGroupSpec:
     deployments: list[DeploymentSpec]
     strategy: Strategy = "priority"
     context_window_fallback: str | None = None
+    hedge_after_ms: float | None = check(_positive, None)
+    affinity_hold_s: float | None = check(_non_negative, None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,6 +318,7 @@ class ConfigSpec:
     breaker: BreakerConfig = field(default_factory=BreakerConfig)
     cooldowns: CooldownConfig = field(default_factory=CooldownConfig)
     clients: list[ClientSpec] | None = None
+    health_check: HealthCheckConfig = field(default_factory=HealthCheckConfig)
 
 
 # --------------------------------------------------------------------------- resolved config
@@ -283,6 +344,10 @@ class DeploymentConfig:
     model: str
     timeouts: Timeouts
     price: Price | None = None
+    health_check: HealthCheckConfig = field(default_factory=HealthCheckConfig)
+    max_concurrent: int | None = None  # caps routing respects (skip at cap, not earn a 429)
+    rpm: int | None = None
+    tpm: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,6 +372,10 @@ class ModelGroupConfig:
     strategy: Strategy
     members: tuple[GroupMember, ...]
     context_window_fallback: str | None
+    hedge_after_ms: float | None = None
+    affinity_hold_s: float = (
+        60.0  # cache-affinity: a returning deployment's sessions wait this long
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -324,6 +393,7 @@ class Config:
     version: str
     # None: no `clients:` section, the proxy is open to anyone who can reach it.
     clients: tuple[ClientConfig, ...] | None = None
+    health_check: HealthCheckConfig = field(default_factory=HealthCheckConfig)
 
 
 # Default base URLs per vendor type ("what that vendor's own SDK calls its base URL").
@@ -638,6 +708,10 @@ def _resolve(spec: ConfigSpec, root: yaml.Node, loader: _Loader) -> Config | Non
                 model=d.model,
                 timeouts=d.timeouts.over(vendor_timeouts),
                 price=d.price_per_mtok,
+                health_check=d.health_check.over(spec.health_check),
+                max_concurrent=d.max_concurrent,
+                rpm=d.rpm,
+                tpm=d.tpm,
             )
             if any(m.deployment == dep_id for m in members):
                 issue(
@@ -657,8 +731,19 @@ def _resolve(spec: ConfigSpec, root: yaml.Node, loader: _Loader) -> Config | Non
                 continue
             deployments[dep_id] = dep
             members.append(GroupMember(dep_id, d.weight))
+        if g.affinity_hold_s is not None and g.strategy != "cache-affinity":
+            issue(
+                ("models", gname, "affinity_hold_s"),
+                f"models.{gname}.affinity_hold_s",
+                f"only applies to `strategy: cache-affinity` (this group uses {g.strategy!r})",
+            )
         groups[gname] = ModelGroupConfig(
-            gname, g.strategy, tuple(members), g.context_window_fallback
+            gname,
+            g.strategy,
+            tuple(members),
+            g.context_window_fallback,
+            hedge_after_ms=g.hedge_after_ms,
+            affinity_hold_s=60.0 if g.affinity_hold_s is None else g.affinity_hold_s,
         )
 
     for gname, g2 in groups.items():
@@ -694,6 +779,7 @@ def _resolve(spec: ConfigSpec, root: yaml.Node, loader: _Loader) -> Config | Non
         source=loader.file,
         version="",
         clients=clients,
+        health_check=spec.health_check,
     )
 
 

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 
 from proxy.config import Config, ConfigError, load_config
 from proxy.health.breaker import BreakerState
+from proxy.health.checker import HealthChecker
 from proxy.health.deployment import DeploymentState
 from proxy.limits import Limits, UsageLedger
 from proxy.limits.ledger import utc_day
@@ -83,6 +84,10 @@ class Gateway:
         self.groups = {name: ModelGroup(g, states) for name, g in config.models.items()}
         self.router = Router(config, self.groups, adapters, self.metrics)
         self.limits = limits
+        previous = getattr(self, "health", None)
+        self.health = HealthChecker(states, adapters, self.metrics)
+        if previous is not None:
+            self.health.adopt(previous)
 
     def _limits_for(self, config: Config, previous: Limits | None) -> Limits:
         """Client limits for `config`; clients whose settings did not change keep their live counters."""
@@ -113,9 +118,13 @@ class Gateway:
                 else:
                     adapters[name] = make_adapter(vendor)
                     await adapters[name].start()
+            old_health = self.health
             self._swap(
                 config, self._states_for(config), adapters, self._limits_for(config, self.limits)
             )
+            if self.ready:
+                await old_health.stop()
+                self.health.start()
             retired = [a for name, a in old_adapters.items() if adapters.get(name) is not a]
             if retired:
                 self._to_close.extend(retired)
@@ -161,7 +170,7 @@ class Gateway:
     def _breaker_changed(self, dep_id: str, state: BreakerState) -> None:
         log.warning(
             "breaker %s for deployment %s",
-            state.name.lower().replace("_", "-"),
+            state.label,
             dep_id,
             extra={"event": "breaker_state", "deployment": dep_id, "state": state.name.lower()},
         )
@@ -188,10 +197,12 @@ class Gateway:
             )
         for adapter in self.adapters.values():
             await adapter.start()
+        self.health.start()  # probes run in the background: readiness does not wait on them
         self.ready = True
 
     async def close(self) -> None:
         self.ready = False
+        await self.health.stop()
         for task in list(self._retiring):
             task.cancel()
         for adapter in [*self.adapters.values(), *self._to_close]:

@@ -88,6 +88,10 @@ class ClientGauges(Collector):
         # snapshot yields (client name, limit name, used / limit)
         self._snapshot = snapshot
 
+    def describe(self) -> Iterator[Metric]:
+        # Without describe() the registry would call collect() at registration, before start-up.
+        yield GaugeMetricFamily("llmproxy_client_budget_used_ratio", "", labels=["client", "limit"])
+
     def collect(self) -> Iterator[Metric]:
         used = GaugeMetricFamily(
             "llmproxy_client_budget_used_ratio",
@@ -172,6 +176,20 @@ class Metrics:
             ["client", "reason"],
             registry=r,
         )
+        self.health_checks = Counter(
+            "llmproxy_health_checks",
+            "Active health probes by deployment and outcome class (success when it passed).",
+            ["deployment", "outcome_class"],
+            registry=r,
+        )
+        self.hedges = Counter(
+            "llmproxy_hedges",
+            "Hedged attempts (started because the previous one had no first byte after "
+            "hedge_after_ms) by result: won (it answered first), lost (cancelled: an earlier "
+            "attempt answered first), failed.",
+            ["model_group", "result"],
+            registry=r,
+        )
         self.config_reloads = Counter(
             "llmproxy_config_reloads",
             "Config reloads by result.",
@@ -210,6 +228,12 @@ class Metrics:
 
     def failover(self, group: str, from_deployment: str, reason: str) -> None:
         self._child(self.failovers, group, from_deployment, reason).inc()
+
+    def health_check(self, deployment: str, outcome_class: str) -> None:
+        self._child(self.health_checks, deployment, outcome_class).inc()
+
+    def hedge(self, group: str, result: str) -> None:
+        self._child(self.hedges, group, result).inc()
 
     def stream_abort(self, group: str, deployment: str, outcome_class: str) -> None:
         self._child(self.stream_aborts, group, deployment, outcome_class).inc()

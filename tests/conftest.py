@@ -13,7 +13,7 @@ import pytest
 from aiohttp import web
 
 from proxy.app import GATEWAY, create_app
-from proxy.config import Config, parse_config
+from proxy.config import Config, load_config
 from proxy.fakes import FakeOpenAI
 from proxy.gateway import Gateway
 
@@ -94,11 +94,14 @@ def two_deployments(strategy: str = "priority") -> str:
 
 
 @pytest.fixture
-async def proxies() -> AsyncIterator[ProxyFactory]:
+async def proxies(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ProxyFactory]:
     running: list[RunningProxy] = []
 
     async def make(config_text: str) -> RunningProxy:
-        config = parse_config(config_text, file="test.yaml", env={})
+        # A real file, so that reloads (SIGHUP, POST /admin/reload) re-read it.
+        path = tmp_path_factory.mktemp("proxy") / "proxy.yaml"
+        path.write_text(config_text)
+        config = load_config(path, env={})
         app = create_app(config)
         runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=2)
         await runner.setup()

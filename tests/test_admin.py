@@ -25,6 +25,7 @@ CALLS = [
     ("POST", "/admin/clients/team-a/reset-usage"),
     ("POST", "/admin/deployments/a%2Fmodel-a/breaker"),
     ("DELETE", "/admin/deployments/a%2Fmodel-a/cooldown"),
+    ("POST", "/admin/reload"),
 ]
 
 

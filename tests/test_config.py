@@ -98,7 +98,7 @@ def test_missing_env_var_is_named() -> None:
         ),
         (
             ("strategy: weighted", "strategy: fastest"),
-            "routing.yaml:8: models.smart.strategy: must be one of 'priority', 'weighted', got 'fastest'",
+            "routing.yaml:8: models.smart.strategy: must be one of 'priority', 'weighted', 'least-latency', 'least-busy', 'cache-affinity', got 'fastest'",
         ),
         (
             ("type: openai, base_url: https://api", "type: claude, base_url: https://api"),

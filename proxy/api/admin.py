@@ -176,8 +176,62 @@ def clients_section(gw: Gateway) -> dict[str, Any]:
     }
 
 
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 2)
+
+
+def deployments_section(gw: Gateway) -> dict[str, Any]:
+    """Every deployment's breaker, cooldown, health, latency and load, as routing sees them now."""
+    now = time.monotonic()
+    out: dict[str, Any] = {}
+    for dep_id, dep in gw.deployments.items():
+        breaker = dep.breaker
+        cooldown_left = dep.cooldown_left(now)
+        open_until = breaker.open_until()
+        out[dep_id] = {
+            "vendor": dep.config.vendor,
+            "model": dep.config.model,
+            "usable": dep.usable(now),
+            "healthy": dep.healthy,
+            "breaker": {
+                "state": breaker.state.label,
+                "failures": breaker.fail_counter,
+                "drained": breaker.drained,
+                "trial_in_s": round(max(0.0, open_until - now), 3) if open_until else None,
+            },
+            "cooldown": (
+                {"left_s": round(cooldown_left, 3), "reason": dep.cooldown_reason}
+                if cooldown_left > 0
+                else None
+            ),
+            "health_check": gw.health.status(dep_id),
+            "latency_ewma_ms": _ms(dep.ewma_latency_s),
+            "in_flight": dep.in_flight,
+            "caps": None if dep.caps is None else dep.caps.status(now, dep.in_flight),
+        }
+    return out
+
+
+def groups_section(gw: Gateway) -> dict[str, Any]:
+    now = time.monotonic()
+    return {
+        name: {
+            "strategy": g.config.strategy,
+            "deployments": [dep.id for dep, _ in g.members],
+            "usable": sum(1 for dep, _ in g.members if dep.usable(now)),
+            "context_window_fallback": g.fallback,
+            "hedge_after_ms": g.config.hedge_after_ms,
+        }
+        for name, g in gw.groups.items()
+    }
+
+
 # Sections of GET /admin/status: name -> builder. Other parts of the proxy add theirs.
-STATUS_SECTIONS: dict[str, Callable[[Gateway], Any]] = {"clients": clients_section}
+STATUS_SECTIONS: dict[str, Callable[[Gateway], Any]] = {
+    "groups": groups_section,
+    "deployments": deployments_section,
+    "clients": clients_section,
+}
 
 
 async def status(request: web.Request) -> web.StreamResponse:

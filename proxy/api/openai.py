@@ -81,7 +81,13 @@ async def _proxy(request: web.Request, endpoint: str, schema: EndpointSchema) ->
         stream = body.get("stream") is True
         # A keyed client's stream usage is needed for its limits and the ledger, asked or not.
         call = UpstreamCall(
-            endpoint, raw, body, stream, rid, proxy_usage=stream and client is not None
+            endpoint,
+            raw,
+            body,
+            stream,
+            rid,
+            proxy_usage=stream and client is not None,
+            session_id=request.headers.get("x-session-id"),
         )
         served = await gw.router.run(
             group, call, started + gw.config.server.request_timeout_s, trace

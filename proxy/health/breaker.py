@@ -27,6 +27,11 @@ class BreakerState(IntEnum):
     HALF_OPEN = 1
     OPEN = 2
 
+    @property
+    def label(self) -> str:
+        """ "closed", "half-open" or "open": the name in logs and /admin/status."""
+        return self.name.lower().replace("_", "-")
+
 
 _STATES = {
     pybreaker.STATE_CLOSED: BreakerState.CLOSED,
@@ -126,6 +131,11 @@ class DeploymentBreaker:
         self.state = state
         if self._on_change is not None:
             self._on_change(state)
+
+    @property
+    def opened_at(self) -> float:
+        """Monotonic time the breaker last opened (0 if it never did)."""
+        return self._opened_at
 
     def open_until(self) -> float:
         """Monotonic time at which an open breaker may let a trial through (0 if not open)."""

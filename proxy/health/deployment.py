@@ -12,7 +12,8 @@ from collections.abc import Callable
 
 from proxy.config import CooldownConfig, DeploymentConfig
 from proxy.health.breaker import BreakerState, DeploymentBreaker
-from proxy.routing.classify import CooldownKind, Outcome
+from proxy.health.caps import DeploymentCaps
+from proxy.routing.classify import CooldownKind, Outcome, OutcomeClass
 
 __all__ = ["DeploymentState", "cooldown_seconds"]
 
@@ -59,8 +60,10 @@ class DeploymentState:
 
     __slots__ = (
         "breaker",
+        "caps",
         "config",
         "cooldown_reason",
+        "cooldown_since",
         "cooldown_until",
         "ewma_latency_s",
         "healthy",
@@ -80,23 +83,45 @@ class DeploymentState:
         self.id = config.id
         self.config = config
         dep_id = config.id
-        self.breaker = DeploymentBreaker(
-            dep_id,
-            fail_max,
-            reset_timeout_s,
-            on_change=(lambda s: on_breaker_change(dep_id, s)) if on_breaker_change else None,
-        )
+        self.ewma_latency_s: float | None = None
+
+        def breaker_changed(state: BreakerState) -> None:
+            if state is BreakerState.CLOSED:
+                self.ewma_latency_s = None  # measured again from scratch once it is back
+            if on_breaker_change is not None:
+                on_breaker_change(dep_id, state)
+
+        self.breaker = DeploymentBreaker(dep_id, fail_max, reset_timeout_s, breaker_changed)
+        caps = (config.max_concurrent, config.rpm, config.tpm)
+        self.caps = DeploymentCaps(*caps) if any(c is not None for c in caps) else None
+        self.cooldown_since = 0.0
         self.cooldown_until = 0.0
         self.cooldown_reason = ""
         self.healthy = True
         self.in_flight = 0
-        self.ewma_latency_s: float | None = None
         self.last_class = ""
         self.repeats = 0
 
     def usable(self, now: float) -> bool:
-        """Not cooling, healthy, and the breaker would admit an attempt."""
-        return self.healthy and now >= self.cooldown_until and self.breaker.would_admit(now)
+        """Not cooling, healthy, under its caps, and the breaker would admit an attempt."""
+        return (
+            self.healthy
+            and now >= self.cooldown_until
+            and self.breaker.would_admit(now)
+            and (self.caps is None or self.caps.admits(now, self.in_flight))
+        )
+
+    def down(self, now: float) -> bool:
+        """Out of service (unhealthy, cooling, breaker not closed), as opposed to just busy."""
+        return (
+            not self.healthy
+            or now < self.cooldown_until
+            or self.breaker.state is not BreakerState.CLOSED
+        )
+
+    def under_caps(self, now: float) -> bool:
+        """Caps are hard limits: even a forced attempt (nothing usable) respects them."""
+        return self.caps is None or self.caps.admits(now, self.in_flight)
 
     def unusable_until(self, now: float) -> float:
         """When this deployment becomes usable again, for ordering the least-bad ones."""
@@ -111,22 +136,30 @@ class DeploymentState:
         cls = outcome.cls
         self.repeats = self.repeats + 1 if cls == self.last_class else 1
         self.last_class = cls
-        if latency_s > 0:
-            prev = self.ewma_latency_s
-            self.ewma_latency_s = latency_s if prev is None else prev + 0.2 * (latency_s - prev)
+        if cls is OutcomeClass.TIMEOUT:
+            # A timeout's latency is a lower bound of the real one; other failures are not
+            # latency samples (a fast refusal must not make a deployment look fast).
+            self.note_latency(latency_s)
         seconds = cooldown_seconds(outcome, cfg, self.repeats)
         if seconds > 0:
-            until = time.monotonic() + seconds
+            now = time.monotonic()
+            until = now + seconds
             if until > self.cooldown_until:
                 self.cooldown_until = until
+                self.cooldown_since = now
                 self.cooldown_reason = cls
         return seconds
 
     def observe_success(self, latency_s: float) -> None:
         self.last_class = "success"
         self.repeats = 0
-        prev = self.ewma_latency_s
-        self.ewma_latency_s = latency_s if prev is None else prev + 0.2 * (latency_s - prev)
+        self.note_latency(latency_s)
+
+    def note_latency(self, latency_s: float) -> None:
+        """Fold one latency sample (TTFB for streams) into the EWMA least-latency reads."""
+        if latency_s > 0:
+            prev = self.ewma_latency_s
+            self.ewma_latency_s = latency_s if prev is None else prev + 0.2 * (latency_s - prev)
 
     def clear_cooldown(self) -> None:
         self.cooldown_until = 0.0

@@ -526,16 +526,19 @@ class Limits:
         return state
 
     def budget_use(self) -> Iterator[tuple[str, str, float]]:
-        """(client, limit, used / limit) for every daily limit, for the budget gauge."""
+        """(client, limit, used / limit) for every daily limit, for the budget gauge.
+
+        Read-only: a scrape must not roll a client's day (it may come before the ledger is open).
+        """
         today = self._today()
         for state in self.clients.values():
-            self._roll(state, today)
-            for counter, name in (
-                (state.tokens_day, "tokens_per_day"),
-                (state.budget, "budget_usd_per_day"),
+            counted = None if state.day == today else self.ledger.counted_today(today, state.name)
+            for i, (counter, name) in enumerate(
+                ((state.tokens_day, "tokens_per_day"), (state.budget, "budget_usd_per_day"))
             ):
                 if counter is not None:
-                    yield state.name, name, counter.used / counter.limit
+                    used = counter.used if counted is None else counted[i]
+                    yield state.name, name, used / counter.limit
 
     def status(self, state: ClientState) -> dict[str, Any]:
         """A client's limits right now, for /admin/status and /admin/usage."""

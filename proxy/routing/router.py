@@ -10,6 +10,7 @@ table in `classify.py`), never by ad-hoc checks here.
 from __future__ import annotations
 
 import asyncio
+import enum
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -47,7 +48,7 @@ class Trace:
 class ModelGroup:
     """A model group at run time: its members' live state and its strategy."""
 
-    __slots__ = ("config", "fallback", "members", "name", "strategy")
+    __slots__ = ("config", "fallback", "hedge_after_s", "members", "name", "strategy")
 
     def __init__(
         self, config: ModelGroupConfig, deployments: Mapping[str, DeploymentState]
@@ -57,8 +58,10 @@ class ModelGroup:
         self.members: tuple[Member, ...] = tuple(
             (deployments[m.deployment], m.weight) for m in config.members
         )
-        self.strategy: Strategy = STRATEGIES[config.strategy]()
+        self.strategy: Strategy = STRATEGIES[config.strategy](config, self.members)
         self.fallback = config.context_window_fallback
+        ms = config.hedge_after_ms
+        self.hedge_after_s = None if ms is None else ms / 1000.0
 
 
 class AllFailed(Exception):
@@ -111,6 +114,14 @@ class Served:
         self.response.close()
         self._router._finish(self, failure)
 
+    def abandon(self, outcome_class: str) -> None:
+        """Never relayed (another hedged attempt answered first, or the client left)."""
+        if self._done:
+            return
+        self._done = True
+        self.response.close()
+        self._router._finish(self, None, abandoned_as=outcome_class)
+
 
 # The deadline expired before an attempt could start.
 _DEADLINE = Outcome(
@@ -136,7 +147,9 @@ class Router:
         self.clock = clock
         self.active = 0
 
-    def plan(self, group: ModelGroup, now: float) -> tuple[list[DeploymentState], bool]:
+    def plan(
+        self, group: ModelGroup, call: UpstreamCall, now: float
+    ) -> tuple[list[DeploymentState], bool]:
         """Candidates in attempt order, and whether they are forced (none was usable).
 
         A breaker must never turn a partial outage into a total one: when every member is
@@ -144,7 +157,7 @@ class Router:
         """
         usable = [m for m in group.members if m[0].usable(now)]
         if usable:
-            return group.strategy.order(usable), False
+            return group.strategy.order(usable, call, now), False
         return sorted((m[0] for m in group.members), key=lambda d: d.unusable_until(now)), True
 
     async def run(
@@ -170,80 +183,144 @@ class Router:
     async def _run(
         self, group: ModelGroup, call: UpstreamCall, deadline: float, trace: Trace
     ) -> Served:
-        clock = self.clock
-        max_attempts = self.config.failover.max_attempts
-        outcomes: list[Outcome] = []
-        tried_groups = {group.name}
-        candidates, forced = self.plan(group, clock())
-        pending_failover: tuple[str, str] | None = None
-        i = 0
-        while i < len(candidates) and len(trace.attempts) < max_attempts:
-            dep = candidates[i]
-            i += 1
-            now = clock()
-            left = deadline - now
-            if left <= 0:
-                outcomes.append(_DEADLINE)
-                break
-            permit = Permit.FORCED if forced else dep.breaker.acquire(now)
-            if permit is Permit.DENIED:
-                if i == len(candidates) and not trace.attempts and not forced:
-                    # Every candidate was taken (a half-open trial raced us): fall back to least-bad.
-                    candidates, forced, i = self.plan(group, now)[0], True, 0
-                continue
-            if pending_failover is not None:
-                self.metrics.failover(group.name, *pending_failover)
-                pending_failover = None
-            attempts_left = min(max_attempts - len(trace.attempts), len(candidates) - i + 1)
-            dep_config = self.config.deployments[dep.id]  # this generation's, even after a reload
-            timeouts = dep_config.timeouts
-            adapter = self.adapters[dep_config.vendor]
-            dep.in_flight += 1
-            try:
-                response = await adapter.send(
-                    dep_config,
-                    call,
-                    first_byte_s=min(timeouts.first_byte_s, left / attempts_left),
-                    attempt_s=min(timeouts.attempt_s, left),
-                )
-            except AttemptFailed as failed:
-                dep.in_flight -= 1
-                outcome = failed.outcome
-                latency = clock() - now
-                self._record_failure(dep, permit, outcome, latency)
-                trace.attempts.append(Attempt(dep.id, outcome.cls, latency, outcome.status))
-                outcomes.append(outcome)
-                rule = outcome.policy.fail_over
-                if rule is FailoverRule.YES:
-                    pending_failover = (dep.id, outcome.cls)
-                    continue
-                fallback = group.fallback
-                if (
-                    rule is FailoverRule.CONTEXT_FALLBACK
-                    and fallback
-                    and fallback not in tried_groups
-                ):
-                    fb_group = self.groups.get(fallback)
-                    if fb_group is not None:
-                        tried_groups.add(fallback)
-                        self.metrics.failover(group.name, dep.id, outcome.cls)
-                        group = fb_group
-                        candidates, forced = self.plan(group, clock())
-                        i = 0
+        """The attempt loop.
+
+        Attempts run one after another, except in a group with `hedge_after_ms`: there, an
+        attempt with no first byte after that long gets the next candidate started beside
+        it (at most two at a time); the first to answer is relayed, the other cancelled.
+        """
+        walk = _Walk(self, group, call, deadline, trace)
+        racing: dict[asyncio.Task[Served | Outcome], _Racer] = {}
+        try:
+            while True:
+                if not racing:
+                    step = walk.next()
+                    if step is None:
+                        break
+                    if walk.group.hedge_after_s is None:  # the common case: no task needed
+                        result = await self._attempt(walk, *step)
+                        if isinstance(result, Served):
+                            return result
+                        if walk.failed(step[0], result) is _Then.STOP:
+                            break
                         continue
-                break
-            except BaseException:  # cancelled (client gone): the vendor is not to blame
-                dep.in_flight -= 1
-                dep.breaker.release(permit)
-                raise
-            ttfb = clock() - now
-            self.metrics.ratelimit(dep.id, response.headers)
-            dep.breaker.record(permit, success=True)
-            dep.observe_success(ttfb)
-            return Served(self, group, dep, permit, response, now, ttfb)
+                    racing[self._spawn(walk, step)] = _Racer(step[0], self.clock(), hedge=False)
+                served, then = await self._race(walk, racing)
+                if served is not None:
+                    return served
+                if then is not _Then.CONTINUE:
+                    await self._cancel(walk, racing, _HEDGE_LOST)
+                    if then is _Then.STOP:
+                        break
+        finally:
+            if racing:  # the client went away (or a bug): nobody will read these answers
+                await self._cancel(walk, racing, OutcomeClass.CLIENT_CANCELLED)
+        outcomes = walk.outcomes
         if not outcomes:
-            outcomes.append(_DEADLINE)
-        raise AllFailed(aggregate(outcomes, model=group.name), trace)
+            outcomes.append(walk.capacity_outcome() or _DEADLINE)
+        raise AllFailed(aggregate(outcomes, model=walk.group.name), trace)
+
+    async def _race(
+        self, walk: _Walk, racing: dict[asyncio.Task[Served | Outcome], _Racer]
+    ) -> tuple[Served | None, _Then]:
+        """Wait for the next racing attempt to finish, hedging a lone one that is too slow."""
+        hedge_s = walk.group.hedge_after_s
+        timeout: float | None = None
+        if len(racing) == 1 and hedge_s is not None and not walk.exhausted:
+            (racer,) = racing.values()
+            timeout = max(0.0, racer.started + hedge_s - self.clock())
+        done, _ = await asyncio.wait(racing, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        if not done:  # no first byte within hedge_after_ms: start the next candidate too
+            step = walk.next()
+            if step is not None:
+                racing[self._spawn(walk, step)] = _Racer(step[0], self.clock(), hedge=True)
+            return None, _Then.CONTINUE
+        then = _Then.CONTINUE
+        # An answer wins over failures that finished in the same instant.
+        for task in sorted(done, key=lambda t: not isinstance(t.result(), Served)):
+            racer = racing.pop(task)
+            result = task.result()
+            if isinstance(result, Served):
+                if racer.hedge:
+                    self.metrics.hedge(walk.group.name, "won")
+                await self._cancel(walk, racing, _HEDGE_LOST)  # incl. a second answer just in
+                return result, then
+            if racer.hedge:
+                self.metrics.hedge(walk.group.name, "failed")
+            verdict = walk.failed(racer.deployment, result)
+            if verdict is not _Then.CONTINUE:
+                then = verdict
+        return None, then
+
+    def _spawn(self, walk: _Walk, step: _Step) -> asyncio.Task[Served | Outcome]:
+        return asyncio.get_running_loop().create_task(self._attempt(walk, *step))
+
+    async def _cancel(
+        self,
+        walk: _Walk,
+        racing: dict[asyncio.Task[Served | Outcome], _Racer],
+        outcome_class: str,
+    ) -> None:
+        """Cancel racing attempts (the vendor sees the disconnect) and account for them."""
+        tasks = list(racing.items())
+        racing.clear()
+        for task, _ in tasks:
+            task.cancel()
+        clock = self.clock
+        for task, racer in tasks:
+            try:
+                result: Served | Outcome | None = await task
+            except asyncio.CancelledError:
+                result = None
+            if racer.hedge:
+                self.metrics.hedge(
+                    walk.group.name, "failed" if isinstance(result, Outcome) else "lost"
+                )
+            if isinstance(result, Served):
+                result.abandon(outcome_class)
+            elif result is None:
+                dep = racer.deployment
+                latency = clock() - racer.started
+                dep.note_latency(latency)  # a lower bound: it had not answered by now
+                walk.trace.attempts.append(Attempt(dep.id, outcome_class, latency))
+                self.metrics.attempt(dep.id, outcome_class, latency)
+
+    async def _attempt(
+        self,
+        walk: _Walk,
+        dep: DeploymentState,
+        permit: Permit,
+        first_byte_s: float,
+        attempt_s: float,
+    ) -> Served | Outcome:
+        """One upstream call with its bookkeeping: a Served, or the failure's Outcome."""
+        clock = self.clock
+        now = clock()
+        dep_config = self.config.deployments[dep.id]  # this generation's, even after a reload
+        adapter = self.adapters[dep_config.vendor]
+        dep.in_flight += 1
+        if dep.caps is not None:
+            dep.caps.started(now)
+        try:
+            response = await adapter.send(
+                dep_config, walk.call, first_byte_s=first_byte_s, attempt_s=attempt_s
+            )
+        except AttemptFailed as failed:
+            dep.in_flight -= 1
+            outcome = failed.outcome
+            latency = clock() - now
+            self._record_failure(dep, permit, outcome, latency)
+            walk.trace.attempts.append(Attempt(dep.id, outcome.cls, latency, outcome.status))
+            return outcome
+        except BaseException:  # cancelled (client gone, or a hedge won): the vendor is not to blame
+            dep.in_flight -= 1
+            dep.breaker.release(permit)
+            raise
+        ttfb = clock() - now
+        self.metrics.ratelimit(dep.id, response.headers)
+        dep.breaker.record(permit, success=True)
+        dep.observe_success(ttfb)
+        return Served(self, walk.group, dep, permit, response, now, ttfb)
 
     def _record_failure(
         self, dep: DeploymentState, permit: Permit, outcome: Outcome, latency: float
@@ -260,14 +337,22 @@ class Router:
         dep.observe(outcome, latency, self.config.cooldowns)
         self.metrics.attempt(dep.id, outcome.cls, latency)
 
-    def _finish(self, served: Served, failure: Outcome | None) -> None:
-        self.active -= 1
+    def _finish(
+        self, served: Served, failure: Outcome | None, abandoned_as: str | None = None
+    ) -> None:
+        if abandoned_as is None:  # a lost hedge is not the request's end
+            self.active -= 1
         dep = served.deployment
         dep.in_flight -= 1
         metrics = self.metrics
         usage = served.response.usage
         if usage is not None:
             metrics.usage(dep.id, usage.prompt, usage.completion, usage.cached_prompt)
+            if dep.caps is not None:
+                dep.caps.spent(self.clock(), usage.prompt + usage.completion)
+        if abandoned_as is not None:
+            metrics.attempt(dep.id, abandoned_as, served.ttfb_s)
+            return
         if failure is None:
             metrics.attempt(dep.id, OutcomeClass.SUCCESS, served.ttfb_s)
             return
@@ -283,3 +368,134 @@ class Router:
 _VENDOR_ANSWERED = frozenset(
     {OutcomeClass.CLIENT_ERROR, OutcomeClass.CONTEXT_TOO_LONG, OutcomeClass.CONTENT_FILTERED}
 )
+
+
+# The outcome class (in x-proxy-attempts and upstream_attempts_total) of a hedged attempt
+# cancelled because another one answered first. Not a classification: nothing failed.
+_HEDGE_LOST = "hedge_lost"
+
+_Step = tuple[DeploymentState, Permit, float, float]  # deployment, permit, first_byte_s, attempt_s
+
+
+class _Then(enum.Enum):
+    """What a failed attempt means for the rest of the request."""
+
+    CONTINUE = "continue"  # fail over to the next candidate (racing attempts keep going)
+    RESTART = "restart"  # moved to the context-window fallback group: drop racing attempts
+    STOP = "stop"  # return the error: no other deployment would do better
+
+
+@dataclass(slots=True)
+class _Racer:
+    deployment: DeploymentState
+    started: float
+    hedge: bool
+
+
+class _Walk:
+    """One request's way through its candidates: the plan, the attempts made, what failed."""
+
+    __slots__ = (
+        "call",
+        "candidates",
+        "capped_for",
+        "deadline",
+        "exhausted",
+        "forced",
+        "group",
+        "i",
+        "outcomes",
+        "pending_failover",
+        "router",
+        "started",
+        "trace",
+        "tried_groups",
+    )
+
+    def __init__(
+        self, router: Router, group: ModelGroup, call: UpstreamCall, deadline: float, trace: Trace
+    ) -> None:
+        self.router = router
+        self.group = group
+        self.call = call
+        self.deadline = deadline
+        self.trace = trace
+        self.outcomes: list[Outcome] = []
+        self.tried_groups = {group.name}
+        self.candidates, self.forced = router.plan(group, call, router.clock())
+        self.i = 0
+        self.started = 0
+        self.exhausted = False
+        self.pending_failover: tuple[str, str] | None = None
+        self.capped_for: float | None = None  # soonest a skipped-at-cap deployment frees up
+
+    def next(self) -> _Step | None:
+        """The next attempt to make, or None when there is none (candidates, attempts or time)."""
+        router = self.router
+        max_attempts = router.config.failover.max_attempts
+        while self.i < len(self.candidates) and self.started < max_attempts:
+            dep = self.candidates[self.i]
+            self.i += 1
+            now = router.clock()
+            left = self.deadline - now
+            if left <= 0:
+                self.outcomes.append(_DEADLINE)
+                break
+            if not dep.under_caps(now):  # caps are hard: skip it rather than earn its 429
+                wait = dep.caps.free_in(now) if dep.caps is not None else 0.0
+                self.capped_for = wait if self.capped_for is None else min(self.capped_for, wait)
+                continue
+            permit = Permit.FORCED if self.forced else dep.breaker.acquire(now)
+            if permit is Permit.DENIED:
+                if self.i == len(self.candidates) and not self.started and not self.forced:
+                    # Every candidate was taken (a half-open trial raced us): fall back to least-bad.
+                    self.candidates = router.plan(self.group, self.call, now)[0]
+                    self.forced, self.i = True, 0
+                continue
+            if self.pending_failover is not None:
+                router.metrics.failover(self.group.name, *self.pending_failover)
+                self.pending_failover = None
+            attempts_left = min(max_attempts - self.started, len(self.candidates) - self.i + 1)
+            self.started += 1
+            timeouts = router.config.deployments[dep.id].timeouts
+            return (
+                dep,
+                permit,
+                min(timeouts.first_byte_s, left / attempts_left),
+                min(timeouts.attempt_s, left),
+            )
+        self.exhausted = True
+        return None
+
+    def failed(self, dep: DeploymentState, outcome: Outcome) -> _Then:
+        """Fold in a failed attempt; the class's failover rule says what happens next."""
+        self.outcomes.append(outcome)
+        rule = outcome.policy.fail_over
+        if rule is FailoverRule.YES:
+            self.pending_failover = (dep.id, outcome.cls)
+            return _Then.CONTINUE
+        fallback = self.group.fallback
+        if rule is FailoverRule.CONTEXT_FALLBACK and fallback and fallback not in self.tried_groups:
+            router = self.router
+            fb_group = router.groups.get(fallback)
+            if fb_group is not None:
+                self.tried_groups.add(fallback)
+                router.metrics.failover(self.group.name, dep.id, outcome.cls)
+                self.group = fb_group
+                self.candidates, self.forced = router.plan(fb_group, self.call, router.clock())
+                self.i = 0
+                self.exhausted = False
+                return _Then.RESTART
+        return _Then.STOP
+
+    def capacity_outcome(self) -> Outcome | None:
+        """Nothing was attempted because every candidate was at its cap: a 429 of our own."""
+        if self.capped_for is None:
+            return None
+        return Outcome(
+            OutcomeClass.RATE_LIMITED,
+            429,
+            max(1.0, self.capped_for),
+            f"every deployment of model group '{self.group.name}' is at its configured "
+            "capacity (max_concurrent, rpm or tpm)",
+        )

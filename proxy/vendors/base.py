@@ -15,12 +15,15 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from proxy.config import DeploymentConfig, VendorConfig
 from proxy.routing.classify import Outcome
 
 __all__ = [
     "AttemptFailed",
     "Endpoint",
+    "ProbeUnsupported",
     "UpstreamCall",
     "UpstreamResponse",
     "Usage",
@@ -78,6 +81,20 @@ class UpstreamCall:
     # client asked for it: adapters ask the vendor for it and, unless the client asked too,
     # keep the usage-only event out of the relayed stream.
     proxy_usage: bool = False
+    session_id: str | None = None  # the client's x-session-id header (cache-affinity key)
+
+
+class ProbeUnsupported(Exception):
+    """This adapter has no probe of the configured kind (the message says what to set instead)."""
+
+
+# The cheapest completion a vendor will serve: one token of output for a one-word prompt.
+_PROBE_COMPLETION: dict[str, Any] = {
+    "model": "",
+    "messages": [{"role": "user", "content": "ping"}],
+    "max_tokens": 1,
+}
+_PROBE_COMPLETION_RAW = orjson.dumps(_PROBE_COMPLETION)
 
 
 class UpstreamResponse(ABC):
@@ -129,6 +146,33 @@ class VendorAdapter(ABC):
     ) -> UpstreamResponse:
         """Make one attempt. `first_byte_s` bounds the wait for headers and the first chunk;
         `attempt_s` bounds a non-streamed attempt as a whole."""
+
+    async def probe(
+        self, deployment: DeploymentConfig, kind: str, timeout_s: float
+    ) -> Outcome | None:
+        """One active health check of `deployment`: None if it passed, else the classified failure.
+
+        `completion` works for every adapter (a one-token answer through `send`); cheaper
+        kinds (`models`: list the vendor's models, no tokens) are the adapter's to offer.
+        Raises ProbeUnsupported for a kind this adapter cannot do.
+        """
+        if kind != "completion":
+            raise ProbeUnsupported(
+                f"vendor type {self.config.type!r} has no {kind!r} health probe; "
+                "set `health_check: {probe: completion}` (one token per probe) or "
+                "`health_check: {enabled: false}` for its deployments"
+            )
+        call = UpstreamCall(
+            "chat/completions", _PROBE_COMPLETION_RAW, dict(_PROBE_COMPLETION), False, "probe"
+        )
+        try:
+            response = await self.send(
+                deployment, call, first_byte_s=timeout_s, attempt_s=timeout_s
+            )
+        except AttemptFailed as failed:
+            return failed.outcome
+        response.close()
+        return None
 
     def describe(self) -> Mapping[str, str]:
         """Non-secret facts for status pages and logs."""

@@ -16,7 +16,12 @@ import aiohttp
 import orjson
 
 from proxy.config import DeploymentConfig, VendorConfig
-from proxy.routing.classify import classify_response, classify_stream_error, classify_transport
+from proxy.routing.classify import (
+    Outcome,
+    classify_response,
+    classify_stream_error,
+    classify_transport,
+)
 from proxy.vendors.base import AttemptFailed, UpstreamCall, UpstreamResponse, Usage, VendorAdapter
 
 __all__ = ["OpenAICompatAdapter", "rewrite_model", "with_stream_usage"]
@@ -313,6 +318,29 @@ class OpenAICompatAdapter(VendorAdapter):
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+    async def probe(
+        self, deployment: DeploymentConfig, kind: str, timeout_s: float
+    ) -> Outcome | None:
+        """`models`: GET {base_url}/models, which costs no tokens on OpenAI-compatible servers."""
+        if kind != "models":
+            return await super().probe(deployment, kind, timeout_s)
+        session = self._session
+        if session is None:
+            raise RuntimeError("adapter used before start()")
+        phase = "connect"
+        try:
+            async with (
+                asyncio.timeout(timeout_s),
+                session.get(self.url("models"), headers=self._headers) as resp,
+            ):
+                phase = "body"
+                body = await resp.content.read(_MAX_ERROR_BODY)
+                if resp.status >= 300:
+                    return classify_response(self.config.type, resp.status, resp.headers, body)
+                return None
+        except Exception as exc:
+            return classify_transport(exc, phase=phase)
 
     def url(self, endpoint: str) -> str:
         return f"{self.config.base_url}/{endpoint}"
