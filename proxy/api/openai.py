@@ -13,6 +13,8 @@ import asyncio
 import re
 import secrets
 import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -23,11 +25,11 @@ from proxy.api.errors import ApiError, error_body, json_error
 from proxy.api.validation import CHAT, COMPLETIONS, EMBEDDINGS, EndpointSchema, read_json, validate
 from proxy.gateway import Gateway
 from proxy.metrics import UNKNOWN_GROUP
-from proxy.routing.classify import Outcome, OutcomeClass
+from proxy.routing.classify import FinalError, Outcome, OutcomeClass
 from proxy.routing.router import AllFailed, Attempt, Served, Trace
 from proxy.vendors.base import AttemptFailed, UpstreamCall
 
-__all__ = ["GATEWAY", "routes"]
+__all__ = ["GATEWAY", "OPENAI", "Inbound", "proxy_request", "routes"]
 
 GATEWAY: web.AppKey[Gateway] = web.AppKey("gateway", Gateway)
 
@@ -43,12 +45,47 @@ def request_id(request: web.Request) -> str:
     return secrets.token_hex(12)
 
 
+def stream_error_message(served: Served, outcome: Outcome) -> str:
+    return f"Upstream stream failed: {served.deployment.id} {outcome.cls}: {outcome.message}"
+
+
 def stream_error_event(served: Served, outcome: Outcome) -> bytes:
-    message = f"Upstream stream failed: {served.deployment.id} {outcome.cls}: {outcome.message}"
+    message = stream_error_message(served, outcome)
     return b"data: " + error_body(message, "server_error", "upstream_stream_error") + b"\n\n"
 
 
-async def _proxy(request: web.Request, endpoint: str, schema: EndpointSchema) -> web.StreamResponse:
+def final_error_response(final: FinalError, headers: Mapping[str, str]) -> web.Response:
+    return web.Response(
+        status=final.status,
+        body=orjson.dumps(final.body()),
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+def _no_forwarded_headers(request: web.Request) -> Mapping[str, str]:
+    return {}
+
+
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    """What differs between the inbound APIs (OpenAI, Anthropic) around the shared relay:
+    the wire format requests arrive in, validation, and how errors look to the client."""
+
+    api: str
+    validate: Callable[[Any, EndpointSchema], dict[str, Any]]
+    error: Callable[[ApiError, Mapping[str, str]], web.Response]
+    final_error: Callable[[FinalError, Mapping[str, str]], web.Response]
+    stream_error: Callable[[Served, Outcome], bytes]
+    forward_headers: Callable[[web.Request], Mapping[str, str]] = _no_forwarded_headers
+
+
+OPENAI = Inbound("openai", validate, json_error, final_error_response, stream_error_event)
+
+
+async def proxy_request(
+    request: web.Request, endpoint: str, schema: EndpointSchema, inbound: Inbound = OPENAI
+) -> web.StreamResponse:
     gw = request.app[GATEWAY]
     metrics = gw.metrics
     started = time.monotonic()
@@ -61,7 +98,7 @@ async def _proxy(request: web.Request, endpoint: str, schema: EndpointSchema) ->
     metrics.in_flight.inc()
     try:
         raw, parsed = await read_json(request, gw.config.server.max_body_bytes)
-        body = validate(parsed, schema)
+        body = inbound.validate(parsed, schema)
         model = body["model"]
         group = gw.groups.get(model)
         if group is None:
@@ -74,7 +111,9 @@ async def _proxy(request: web.Request, endpoint: str, schema: EndpointSchema) ->
             )
         group_name = group.name
         stream = body.get("stream") is True
-        call = UpstreamCall(endpoint, raw, body, stream, rid)
+        call = UpstreamCall(
+            endpoint, raw, body, stream, rid, inbound.api, inbound.forward_headers(request)
+        )
         served = await gw.router.run(
             group, call, started + gw.config.server.request_timeout_s, trace
         )
@@ -86,7 +125,7 @@ async def _proxy(request: web.Request, endpoint: str, schema: EndpointSchema) ->
         }
         status = 200
         if stream and served.response.content_type == "text/event-stream":
-            return await _relay_stream(request, served, headers, started)
+            return await _relay_stream(request, served, headers, started, inbound)
         served.finish()
         metrics.first_byte(group_name, time.monotonic() - started)
         return web.Response(
@@ -94,7 +133,7 @@ async def _proxy(request: web.Request, endpoint: str, schema: EndpointSchema) ->
         )
     except ApiError as err:
         status = err.status
-        return json_error(err, {"x-request-id": rid})
+        return inbound.error(err, {"x-request-id": rid})
     except asyncio.CancelledError:
         status = 499  # the client went away (nginx's "client closed request")
         raise
@@ -106,12 +145,7 @@ async def _proxy(request: web.Request, endpoint: str, schema: EndpointSchema) ->
             "x-proxy-attempts": failed.trace.header(),
             **final.headers(),
         }
-        return web.Response(
-            status=status,
-            body=orjson.dumps(final.body()),
-            content_type="application/json",
-            headers=headers,
-        )
+        return inbound.final_error(final, headers)
     finally:
         metrics.in_flight.dec()
         duration = time.monotonic() - started
@@ -127,7 +161,11 @@ def _success_attempt(served: Served) -> Attempt:
 
 
 async def _relay_stream(
-    request: web.Request, served: Served, headers: dict[str, str], started: float
+    request: web.Request,
+    served: Served,
+    headers: dict[str, str],
+    started: float,
+    inbound: Inbound,
 ) -> web.StreamResponse:
     resp = web.StreamResponse(status=200, headers=headers)
     resp.content_type = "text/event-stream"
@@ -143,7 +181,7 @@ async def _relay_stream(
         except AttemptFailed as failed:
             failure = failed.outcome
             if not failed.error_event_sent:
-                await resp.write(stream_error_event(served, failure))
+                await resp.write(inbound.stream_error(served, failure))
         await resp.write_eof()
     except ConnectionResetError:
         failure = _CLIENT_GONE
@@ -197,15 +235,15 @@ def _log(
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
-    return await _proxy(request, "chat/completions", CHAT)
+    return await proxy_request(request, "chat/completions", CHAT)
 
 
 async def completions(request: web.Request) -> web.StreamResponse:
-    return await _proxy(request, "completions", COMPLETIONS)
+    return await proxy_request(request, "completions", COMPLETIONS)
 
 
 async def embeddings(request: web.Request) -> web.StreamResponse:
-    return await _proxy(request, "embeddings", EMBEDDINGS)
+    return await proxy_request(request, "embeddings", EMBEDDINGS)
 
 
 def _model_entry(name: str) -> dict[str, Any]:

@@ -31,6 +31,9 @@ __all__ = ["ANTHROPIC_VERSION", "AnthropicAdapter", "anthropic_usage"]
 
 ANTHROPIC_VERSION = "2023-06-01"
 
+# count_tokens is a convenience: never wait long for it (the caller estimates instead).
+_COUNT_TIMEOUT_S = 5.0
+
 # Events after which the stream has content worth committing to.
 _COMMIT_EVENTS = frozenset({b"content_block_delta", b"message_delta", b"message_stop"})
 
@@ -137,7 +140,7 @@ class AnthropicAdapter(HTTPAdapter):
         payload["model"] = deployment.model
         try:
             async with (
-                asyncio.timeout(deployment.timeouts.first_byte_s),
+                asyncio.timeout(min(deployment.timeouts.first_byte_s, _COUNT_TIMEOUT_S)),
                 self.session.post(
                     f"{self._url}/count_tokens",
                     data=orjson.dumps(payload),

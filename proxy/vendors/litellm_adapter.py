@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from types import ModuleType
@@ -98,8 +99,18 @@ PROVIDERS: Mapping[str, Provider] = {
 _OWN_FIELDS = frozenset({"model", "messages", "stream", "stream_options"})
 
 
+# litellm's rendering of a Google RPC error it parsed itself (e.g. an error chunk inside a
+# stream): "...vertex_ai_betaException - UNAVAILABLE - The model is overloaded."
+_RPC_STATUS_RE = re.compile(r"Exception - ([A-Z][A-Z_]{3,}) - (.*)", re.S)
+
+
 def _vendor_body(message: str) -> bytes:
-    """The vendor's error body inside a litellm exception message ("...Exception - {json}")."""
+    """The vendor's error body inside a litellm exception message ("...Exception - {json}"),
+    or a Google-style body rebuilt from litellm's "Exception - STATUS - message" text."""
+    rpc = _RPC_STATUS_RE.search(message)
+    if rpc is not None and "{" not in message:
+        error = {"status": rpc.group(1), "message": rpc.group(2).split(" Original exception")[0]}
+        return orjson.dumps({"error": error})
     start = message.find("{")
     end = message.rfind("}")
     if 0 <= start < end:
