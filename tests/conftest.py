@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -32,6 +32,7 @@ class RunningProxy:
     gateway: Gateway
     runner: web.AppRunner
     port: int
+    sdk_clients: list[anthropic.AsyncAnthropic] = field(default_factory=list)
 
     @property
     def url(self) -> str:
@@ -47,7 +48,9 @@ class RunningProxy:
         """The official Anthropic SDK pointed at the proxy (as Claude Code is), retries off."""
         kw.setdefault("max_retries", 0)
         kw.setdefault("timeout", 30)
-        return anthropic.AsyncAnthropic(base_url=self.url, api_key="client-key", **kw)
+        client = anthropic.AsyncAnthropic(base_url=self.url, api_key="client-key", **kw)
+        self.sdk_clients.append(client)  # closed with the proxy, on the test's event loop
+        return client
 
     async def metrics_text(self) -> str:
         async with aiohttp.ClientSession() as s, s.get(f"{self.url}/metrics") as r:
@@ -122,6 +125,8 @@ async def proxies() -> AsyncIterator[ProxyFactory]:
 
     yield make
     for p in running:
+        for client in p.sdk_clients:
+            await client.close()
         await p.runner.cleanup()
 
 

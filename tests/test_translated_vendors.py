@@ -31,7 +31,9 @@ TOOLS = [
 MODELS = {"anthropic": "claude-sonnet-4-5", "gemini": "gemini-2.5-flash", "openai": "gpt-4o"}
 
 
-async def _single(fakes: FakeFactory, proxies: ProxyFactory, vendor: str, **kw: Any) -> tuple[Any, RunningProxy]:
+async def _single(
+    fakes: FakeFactory, proxies: ProxyFactory, vendor: str, **kw: Any
+) -> tuple[Any, RunningProxy]:
     fake = await fakes("v", vendor=vendor, **kw)
     models = f"  smart:\n    deployments:\n      - {{vendor: v, model: {MODELS[vendor]}}}\n"
     return fake, await proxies(build_config({"v": fake}, models))
@@ -51,7 +53,9 @@ async def _pair(
 
 
 @pytest.mark.parametrize("vendor", ["anthropic", "gemini"])
-async def test_json_answer_and_cached_usage(fakes: FakeFactory, proxies: ProxyFactory, vendor: str) -> None:
+async def test_json_answer_and_cached_usage(
+    fakes: FakeFactory, proxies: ProxyFactory, vendor: str
+) -> None:
     fake, proxy = await _single(fakes, proxies, vendor, cached_tokens=7)
     raw = await proxy.client().chat.completions.with_raw_response.create(
         model="smart", messages=MESSAGES
@@ -75,7 +79,9 @@ async def test_json_answer_and_cached_usage(fakes: FakeFactory, proxies: ProxyFa
 
 
 @pytest.mark.parametrize("vendor", ["anthropic", "gemini"])
-async def test_stream_answer_and_usage_chunk(fakes: FakeFactory, proxies: ProxyFactory, vendor: str) -> None:
+async def test_stream_answer_and_usage_chunk(
+    fakes: FakeFactory, proxies: ProxyFactory, vendor: str
+) -> None:
     fake, proxy = await _single(fakes, proxies, vendor, cached_tokens=5)
     stream = await proxy.client().chat.completions.create(
         model="smart", messages=MESSAGES, stream=True, stream_options={"include_usage": True}
@@ -90,9 +96,14 @@ async def test_stream_answer_and_usage_chunk(fakes: FakeFactory, proxies: ProxyF
     assert text == "".join(fake.pieces)
     assert finish == "stop"
     assert usage is not None and usage.completion_tokens == len(fake.pieces)
-    assert usage.prompt_tokens_details is not None and usage.prompt_tokens_details.cached_tokens == 5
+    assert (
+        usage.prompt_tokens_details is not None and usage.prompt_tokens_details.cached_tokens == 5
+    )
     metrics = await proxy.metrics_text()
-    assert f'llmproxy_tokens_total{{deployment="v/{MODELS[vendor]}",kind="cached_prompt"}} 5.0' in metrics
+    assert (
+        f'llmproxy_tokens_total{{deployment="v/{MODELS[vendor]}",kind="cached_prompt"}} 5.0'
+        in metrics
+    )
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
@@ -164,9 +175,7 @@ async def test_anthropic_529_fails_over_to_openai(
     raw = await proxy.client().chat.completions.with_raw_response.create(
         model="smart", messages=MESSAGES, stream=stream
     )
-    assert raw.headers["x-proxy-attempts"] == (
-        "a/claude-sonnet-4-5=overloaded, b/gpt-4o=success"
-    )
+    assert raw.headers["x-proxy-attempts"] == ("a/claude-sonnet-4-5=overloaded, b/gpt-4o=success")
     if stream:
         text = "".join([c.choices[0].delta.content or "" async for c in raw.parse() if c.choices])
     else:
@@ -189,7 +198,9 @@ async def test_anthropic_error_classes(
 ) -> None:
     a, b, proxy = await _pair(fakes, proxies, "anthropic", "openai")
     a.set_fault(Fault.preset(preset))
-    raw = await proxy.client().chat.completions.with_raw_response.create(model="smart", messages=MESSAGES)
+    raw = await proxy.client().chat.completions.with_raw_response.create(
+        model="smart", messages=MESSAGES
+    )
     assert raw.headers["x-proxy-attempts"] == f"a/claude-sonnet-4-5={outcome}, b/gpt-4o=success"
 
 
@@ -236,12 +247,16 @@ async def test_gemini_resource_exhausted_is_rate_limited_with_its_retry_delay(
 ) -> None:
     a, b, proxy = await _pair(fakes, proxies, "gemini", "openai")
     a.set_fault(Fault.preset("rate_limited", retry_after_s=42))
-    raw = await proxy.client().chat.completions.with_raw_response.create(model="smart", messages=MESSAGES)
+    raw = await proxy.client().chat.completions.with_raw_response.create(
+        model="smart", messages=MESSAGES
+    )
     assert raw.headers["x-proxy-attempts"] == "a/gemini-2.5-flash=rate_limited, b/gpt-4o=success"
     left = proxy.gateway.deployments["a/gemini-2.5-flash"].cooldown_left(time.monotonic())
     assert 35 < left <= 42  # RetryInfo.retryDelay, not the default backoff
     # While it cools down, the next request goes straight to b.
-    raw = await proxy.client().chat.completions.with_raw_response.create(model="smart", messages=MESSAGES)
+    raw = await proxy.client().chat.completions.with_raw_response.create(
+        model="smart", messages=MESSAGES
+    )
     assert raw.headers["x-proxy-attempts"] == "b/gpt-4o=success"
     assert a.stats.total_requests == 1
 
@@ -257,14 +272,20 @@ async def test_gemini_resource_exhausted_is_rate_limited_with_its_retry_delay(
         ("refuse", "unreachable"),
     ],
 )
-async def test_gemini_error_classes(fakes: FakeFactory, proxies: ProxyFactory, preset: str, outcome: str) -> None:
+async def test_gemini_error_classes(
+    fakes: FakeFactory, proxies: ProxyFactory, preset: str, outcome: str
+) -> None:
     a, b, proxy = await _pair(fakes, proxies, "gemini", "openai")
     await a.apply_fault(Fault.preset(preset))
-    raw = await proxy.client().chat.completions.with_raw_response.create(model="smart", messages=MESSAGES)
+    raw = await proxy.client().chat.completions.with_raw_response.create(
+        model="smart", messages=MESSAGES
+    )
     assert raw.headers["x-proxy-attempts"] == f"a/gemini-2.5-flash={outcome}, b/gpt-4o=success"
 
 
-async def test_gemini_error_chunk_before_content_fails_over(fakes: FakeFactory, proxies: ProxyFactory) -> None:
+async def test_gemini_error_chunk_before_content_fails_over(
+    fakes: FakeFactory, proxies: ProxyFactory
+) -> None:
     a, b, proxy = await _pair(fakes, proxies, "gemini", "openai")
     a.set_fault(Fault(error_event_after_chunks=0))  # an UNAVAILABLE chunk
     raw = await proxy.client().chat.completions.with_raw_response.create(
@@ -275,10 +296,14 @@ async def test_gemini_error_chunk_before_content_fails_over(fakes: FakeFactory, 
     assert text.startswith("Hello from b")
 
 
-async def test_gemini_stream_cut_after_content_aborts(fakes: FakeFactory, proxies: ProxyFactory) -> None:
+async def test_gemini_stream_cut_after_content_aborts(
+    fakes: FakeFactory, proxies: ProxyFactory
+) -> None:
     a, b, proxy = await _pair(fakes, proxies, "gemini", "openai")
     a.set_fault(Fault.preset("drop_midstream"))
-    stream = await proxy.client().chat.completions.create(model="smart", messages=MESSAGES, stream=True)
+    stream = await proxy.client().chat.completions.create(
+        model="smart", messages=MESSAGES, stream=True
+    )
     with pytest.raises(openai.APIError):
         async for _ in stream:
             pass

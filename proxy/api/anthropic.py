@@ -107,7 +107,9 @@ def _final_error(final: FinalError, headers: Mapping[str, str]) -> web.Response:
 
 def _stream_error(served: Served, outcome: Outcome) -> bytes:
     type_ = _TYPE_FOR_CLASS.get(outcome.cls, "api_error")
-    return b"event: error\ndata: " + error_body(type_, stream_error_message(served, outcome)) + b"\n\n"
+    return (
+        b"event: error\ndata: " + error_body(type_, stream_error_message(served, outcome)) + b"\n\n"
+    )
 
 
 def _validate(body: Any, schema: EndpointSchema) -> dict[str, Any]:
@@ -146,9 +148,7 @@ def _forward_headers(request: web.Request) -> Mapping[str, str]:
     return {"anthropic-beta": beta} if beta else {}
 
 
-ANTHROPIC = Inbound(
-    "anthropic", _validate, _error, _final_error, _stream_error, _forward_headers
-)
+ANTHROPIC = Inbound("anthropic", _validate, _error, _final_error, _stream_error, _forward_headers)
 
 
 async def messages(request: web.Request) -> web.StreamResponse:

@@ -5,6 +5,7 @@ stream parsing are exercised exactly as against a vendor. See ``base`` for the f
 model; ``openai``, ``anthropic`` and ``gemini`` for the wire formats.
 """
 
+from proxy.fakes.anthropic import ANTHROPIC_ERRORS, FakeAnthropic
 from proxy.fakes.base import (
     ERROR_KINDS,
     PRESETS,
@@ -16,7 +17,6 @@ from proxy.fakes.base import (
     Route,
     Usage,
 )
-from proxy.fakes.anthropic import ANTHROPIC_ERRORS, FakeAnthropic
 from proxy.fakes.gemini import GEMINI_ERRORS, FakeGemini
 from proxy.fakes.openai import OPENAI_ERRORS, FakeOpenAI
 

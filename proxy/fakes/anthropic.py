@@ -37,7 +37,11 @@ ANTHROPIC_ERRORS: dict[str, tuple[int, str, str]] = {
         "usage. Please reduce the prompt length or the maximum tokens requested, or try again "
         "later.",
     ),
-    "request_too_large": (413, "request_too_large", "Request exceeds the maximum allowed number of bytes."),
+    "request_too_large": (
+        413,
+        "request_too_large",
+        "Request exceeds the maximum allowed number of bytes.",
+    ),
     "overloaded": (529, "overloaded_error", "Overloaded"),
     "server_error": (500, "api_error", "Internal server error"),
     "bad_request": (
@@ -77,7 +81,9 @@ def _error_body(type_: str, message: str, request_id: str) -> bytes:
 
 
 def _event(kind: str, payload: dict[str, Any]) -> bytes:
-    return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps({"type": kind, **payload}) + b"\n\n"
+    return (
+        b"event: " + kind.encode() + b"\ndata: " + orjson.dumps({"type": kind, **payload}) + b"\n\n"
+    )
 
 
 def _prompt_chars(body: dict[str, Any]) -> int:
@@ -94,7 +100,11 @@ def _tool_input(tool: dict[str, Any]) -> dict[str, Any]:
 def _wants_tool(body: dict[str, Any]) -> dict[str, Any] | None:
     """The tool to call: the first one, unless the last turn already carries a tool result."""
     tools = body.get("tools")
-    if not isinstance(tools, list) or not tools or body.get("tool_choice", {}).get("type") == "none":
+    if (
+        not isinstance(tools, list)
+        or not tools
+        or body.get("tool_choice", {}).get("type") == "none"
+    ):
         return None
     messages = body.get("messages") or []
     last = messages[-1].get("content") if messages and isinstance(messages[-1], dict) else None
@@ -148,7 +158,10 @@ class FakeAnthropic(FakeVendor):
             headers["anthropic-ratelimit-requests-reset"] = reset.strftime("%Y-%m-%dT%H:%M:%SZ")
         if kind == "bad_gateway" and fault.body is None:
             return web.Response(
-                status=fault.status or 502, body=_BAD_GATEWAY_HTML, headers=headers, content_type="text/html"
+                status=fault.status or 502,
+                body=_BAD_GATEWAY_HTML,
+                headers=headers,
+                content_type="text/html",
             )
         status = fault.status
         if isinstance(fault.body, bytes):
@@ -158,20 +171,29 @@ class FakeAnthropic(FakeVendor):
         elif kind in ANTHROPIC_ERRORS:
             default_status, type_, template = ANTHROPIC_ERRORS[kind]
             model = call.body.get("model") if isinstance(call.body.get("model"), str) else "claude"
-            body = _error_body(type_, fault.message or template.format(model=model), headers["request-id"])
+            body = _error_body(
+                type_, fault.message or template.format(model=model), headers["request-id"]
+            )
             status = status or default_status
         else:
             assert status is not None
             type_ = "api_error" if status >= 500 else "invalid_request_error"
-            body = _error_body(type_, fault.message or f"Fake {status} error", headers["request-id"])
-        return web.Response(status=status or 500, body=body, headers=headers, content_type="application/json")
+            body = _error_body(
+                type_, fault.message or f"Fake {status} error", headers["request-id"]
+            )
+        return web.Response(
+            status=status or 500, body=body, headers=headers, content_type="application/json"
+        )
 
     def auth_error_response(self, call: Call) -> web.Response:
         body = _error_body("authentication_error", "invalid x-api-key", self._request_id())
         return web.Response(status=401, body=body, content_type="application/json")
 
     def bad_request_response(self, call: Call, message: str | None) -> web.Response:
-        text = message or "There was an issue with the formatting of your request: the body is not valid JSON."
+        text = (
+            message
+            or "There was an issue with the formatting of your request: the body is not valid JSON."
+        )
         body = _error_body("invalid_request_error", text, self._request_id())
         return web.Response(status=400, body=body, content_type="application/json")
 
@@ -180,7 +202,9 @@ class FakeAnthropic(FakeVendor):
             return b"event: error\ndata: " + fault.body + b"\n\n"
         if fault.body is not None:
             return b"event: error\ndata: " + orjson.dumps(fault.body) + b"\n\n"
-        _, type_, template = ANTHROPIC_ERRORS.get(fault.error or "overloaded", ANTHROPIC_ERRORS["overloaded"])
+        _, type_, template = ANTHROPIC_ERRORS.get(
+            fault.error or "overloaded", ANTHROPIC_ERRORS["overloaded"]
+        )
         message = fault.message or template.format(model=call.body.get("model"))
         return _event("error", {"error": {"type": type_, "message": message}})
 
@@ -232,7 +256,9 @@ class FakeAnthropic(FakeVendor):
             }
         if body.get("stream") is not True:
             content: list[dict[str, Any]] = (
-                [tool_block] if tool_block is not None else [{"type": "text", "text": "".join(pieces)}]
+                [tool_block]
+                if tool_block is not None
+                else [{"type": "text", "text": "".join(pieces)}]
             )
             return await self.json_response(
                 call,

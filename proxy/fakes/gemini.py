@@ -23,7 +23,9 @@ __all__ = ["GEMINI_ERRORS", "FakeGemini"]
 
 _HELP = {
     "@type": "type.googleapis.com/google.rpc.Help",
-    "links": [{"description": "Learn more", "url": "https://ai.google.dev/gemini-api/docs/rate-limits"}],
+    "links": [
+        {"description": "Learn more", "url": "https://ai.google.dev/gemini-api/docs/rate-limits"}
+    ],
 }
 
 #: kind -> (HTTP status, RPC status, message template); ``{model}`` is the path's model.
@@ -39,14 +41,22 @@ GEMINI_ERRORS: dict[str, tuple[int, str, str]] = {
         "You exceeded your current quota, please check your plan and billing details. "
         "Please retry in {retry}s.",
     ),
-    "request_too_large": (400, "INVALID_ARGUMENT", "Request payload size exceeds the limit: 20971520 bytes."),
+    "request_too_large": (
+        400,
+        "INVALID_ARGUMENT",
+        "Request payload size exceeds the limit: 20971520 bytes.",
+    ),
     "overloaded": (503, "UNAVAILABLE", "The model is overloaded. Please try again later."),
     "server_error": (
         500,
         "INTERNAL",
         "An internal error has occurred. Please retry or report in https://developers.generativeai.google/guide/troubleshooting",
     ),
-    "bad_request": (400, "INVALID_ARGUMENT", 'Invalid JSON payload received. Unknown name "foo": Cannot find field.'),
+    "bad_request": (
+        400,
+        "INVALID_ARGUMENT",
+        'Invalid JSON payload received. Unknown name "foo": Cannot find field.',
+    ),
     "context_too_long": (
         400,
         "INVALID_ARGUMENT",
@@ -87,7 +97,9 @@ def _quota_failure(per: str, model: str) -> dict[str, Any]:
     }
 
 
-def _error(code: int, status: str, message: str, details: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+def _error(
+    code: int, status: str, message: str, details: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
     err: dict[str, Any] = {"code": code, "message": message, "status": status}
     if details:
         err["details"] = details
@@ -120,7 +132,10 @@ def _wants_call(body: dict[str, Any]) -> dict[str, Any] | None:
         return None
     contents = body.get("contents") or []
     last = contents[-1] if contents and isinstance(contents[-1], dict) else {}
-    if any(isinstance(p, dict) and ("functionResponse" in p or "function_response" in p) for p in last.get("parts") or ()):
+    if any(
+        isinstance(p, dict) and ("functionResponse" in p or "function_response" in p)
+        for p in last.get("parts") or ()
+    ):
         return None
     return decls[0]
 
@@ -171,7 +186,10 @@ class FakeGemini(FakeVendor):
                 details = [
                     _quota_failure("Minute", model),
                     _HELP,
-                    {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": f"{_seconds(retry)}s"},
+                    {
+                        "@type": "type.googleapis.com/google.rpc.RetryInfo",
+                        "retryDelay": f"{_seconds(retry)}s",
+                    },
                 ]
             elif kind == "insufficient_quota":
                 details = [_quota_failure("Day", model), _HELP]
@@ -212,7 +230,9 @@ class FakeGemini(FakeVendor):
             return b"data: " + fault.body + _SEP
         if fault.body is not None:
             return b"data: " + orjson.dumps(fault.body) + _SEP
-        status, rpc, template = GEMINI_ERRORS.get(fault.error or "overloaded", GEMINI_ERRORS["overloaded"])
+        status, rpc, template = GEMINI_ERRORS.get(
+            fault.error or "overloaded", GEMINI_ERRORS["overloaded"]
+        )
         message = fault.message or template.format(model=self._model(call), retry="1")
         return b"data: " + orjson.dumps(_error(status, rpc, message)) + _SEP
 
@@ -229,7 +249,9 @@ class FakeGemini(FakeVendor):
             )
         body = call.body
         if not isinstance(body.get("contents"), list) or not body["contents"]:
-            return self.bad_request_response(call, "* GenerateContentRequest.contents: contents is not specified")
+            return self.bad_request_response(
+                call, "* GenerateContentRequest.contents: contents is not specified"
+            )
         config = body.get("generationConfig") or {}
         limit = config.get("maxOutputTokens") if isinstance(config, dict) else None
         pieces = self.pieces
@@ -252,7 +274,11 @@ class FakeGemini(FakeVendor):
 
         def chunk(parts: list[dict[str, Any]], last: bool) -> dict[str, Any]:
             candidate: dict[str, Any] = {"content": {"parts": parts, "role": "model"}, "index": 0}
-            out: dict[str, Any] = {"candidates": [candidate], "modelVersion": model, "responseId": response_id}
+            out: dict[str, Any] = {
+                "candidates": [candidate],
+                "modelVersion": model,
+                "responseId": response_id,
+            }
             if last:
                 candidate["finishReason"] = finish
                 out["usageMetadata"] = meta
@@ -260,8 +286,10 @@ class FakeGemini(FakeVendor):
 
         if decl is not None:
             props = (decl.get("parameters") or {}).get("properties") or {}
-            call_part = {"functionCall": {"name": decl.get("name", ""), "args": {k: "test" for k in props}}}
-            parts_seq = [[call_part]]
+            call_part: dict[str, Any] = {
+                "functionCall": {"name": decl.get("name", ""), "args": {k: "test" for k in props}}
+            }
+            parts_seq: list[list[dict[str, Any]]] = [[call_part]]
         else:
             parts_seq = [[{"text": p}] for p in pieces]
         if method == "generateContent":
@@ -276,7 +304,11 @@ class FakeGemini(FakeVendor):
     async def _list_models(self, call: Call) -> web.StreamResponse:
         data = {
             "models": [
-                {"name": f"models/{m}", "displayName": m, "supportedGenerationMethods": ["generateContent"]}
+                {
+                    "name": f"models/{m}",
+                    "displayName": m,
+                    "supportedGenerationMethods": ["generateContent"],
+                }
                 for m in self.models
             ]
         }

@@ -109,7 +109,10 @@ def anthropic_usage(usage: Mapping[str, Any] | None) -> dict[str, int]:
 def _image_block(url: str) -> dict[str, Any]:
     if url.startswith("data:") and ";base64," in url:
         media_type, data = url[5:].split(";base64,", 1)
-        return {"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}}
+        return {
+            "type": "image",
+            "source": {"type": "base64", "media_type": media_type, "data": data},
+        }
     return {"type": "image", "source": {"type": "url", "url": url}}
 
 
@@ -203,7 +206,9 @@ def chat_to_messages(body: Mapping[str, Any], model: str) -> dict[str, Any]:
     out: dict[str, Any] = {
         "model": model,
         "messages": messages,
-        "max_tokens": body.get("max_completion_tokens") or body.get("max_tokens") or DEFAULT_MAX_TOKENS,
+        "max_tokens": body.get("max_completion_tokens")
+        or body.get("max_tokens")
+        or DEFAULT_MAX_TOKENS,
     }
     if system:
         out["system"] = system
@@ -351,10 +356,15 @@ class MessagesToChatStream:
                     out.append(self._chunk({"content": delta.get("text", "")}))
                 elif delta.get("type") == "input_json_delta":
                     index = self._tools.get(event.get("index", 0), 0)
-                    fragment = {"index": index, "function": {"arguments": delta.get("partial_json", "")}}
+                    fragment = {
+                        "index": index,
+                        "function": {"arguments": delta.get("partial_json", "")},
+                    }
                     out.append(self._chunk({"tool_calls": [fragment]}))
             elif kind == "message_delta":
-                self._usage.update({k: v for k, v in (event.get("usage") or {}).items() if v is not None})
+                self._usage.update(
+                    {k: v for k, v in (event.get("usage") or {}).items() if v is not None}
+                )
                 stop = (event.get("delta") or {}).get("stop_reason")
                 out.append(self._chunk({}, FINISH_FROM_STOP.get(stop, "stop") if stop else "stop"))
             elif kind == "message_stop":
@@ -442,7 +452,11 @@ def messages_to_chat(body: Mapping[str, Any], model: str) -> dict[str, Any]:
         "messages": messages,
         "max_completion_tokens": body.get("max_tokens") or DEFAULT_MAX_TOKENS,
     }
-    for src, dst in (("temperature", "temperature"), ("top_p", "top_p"), ("stop_sequences", "stop")):
+    for src, dst in (
+        ("temperature", "temperature"),
+        ("top_p", "top_p"),
+        ("stop_sequences", "stop"),
+    ):
         if body.get(src) is not None:
             out[dst] = body[src]
     metadata = body.get("metadata")
@@ -469,8 +483,11 @@ def messages_to_chat(body: Mapping[str, Any], model: str) -> dict[str, Any]:
         if isinstance(choice, dict):
             kind = choice.get("type")
             if kind == "tool":
-                out["tool_choice"] = {"type": "function", "function": {"name": choice.get("name", "")}}
-            elif kind in TOOL_CHOICE_TO_OPENAI:
+                out["tool_choice"] = {
+                    "type": "function",
+                    "function": {"name": choice.get("name", "")},
+                }
+            elif isinstance(kind, str) and kind in TOOL_CHOICE_TO_OPENAI:
                 out["tool_choice"] = TOOL_CHOICE_TO_OPENAI[kind]
             if choice.get("disable_parallel_tool_use") is True:
                 out["parallel_tool_calls"] = False
@@ -543,7 +560,9 @@ class ChatToMessagesStream:
         self._close(out)
         self._index += 1
         self._block = key
-        out.append(self._event("content_block_start", {"index": self._index, "content_block": block}))
+        out.append(
+            self._event("content_block_start", {"index": self._index, "content_block": block})
+        )
 
     def _close(self, out: list[bytes]) -> None:
         if self._block is not None:
@@ -618,14 +637,22 @@ class ChatToMessagesStream:
             key = f"tool:{index}"
             if index not in self._tools:
                 self._tools.add(index)
-                block = {"type": "tool_use", "id": call.get("id", ""), "name": fn.get("name", ""), "input": {}}
+                block = {
+                    "type": "tool_use",
+                    "id": call.get("id", ""),
+                    "name": fn.get("name", ""),
+                    "input": {},
+                }
                 self._open(key, block, out)
             args = fn.get("arguments")
             if args and self._block == key:
                 out.append(
                     self._event(
                         "content_block_delta",
-                        {"index": self._index, "delta": {"type": "input_json_delta", "partial_json": args}},
+                        {
+                            "index": self._index,
+                            "delta": {"type": "input_json_delta", "partial_json": args},
+                        },
                     )
                 )
         finish = choice.get("finish_reason")

@@ -241,7 +241,9 @@ class HTTPAdapter(VendorAdapter):
                 resp.close()
             raise AttemptFailed(classify_transport(exc, phase=phase)) from None
 
-    async def _first_chunk(self, resp: aiohttp.ClientResponse, scan: StreamScan) -> UpstreamResponse:
+    async def _first_chunk(
+        self, resp: aiohttp.ClientResponse, scan: StreamScan
+    ) -> UpstreamResponse:
         """Read up to the commit point; an error event or an empty stream before it fails the attempt."""
         parts: list[bytes] = []
         while True:

@@ -47,7 +47,6 @@ def load_litellm() -> ModuleType:
         import litellm
 
         litellm.suppress_debug_info = True
-        litellm.set_verbose = False
         litellm.telemetry = False
         litellm.num_retries = 0
         litellm.drop_params = True  # a parameter the vendor lacks is dropped, not a 400
@@ -212,11 +211,11 @@ def _chunk(chunk: Any) -> tuple[dict[str, Any], dict[str, Any] | None]:
 class _Stream(UpstreamResponse):
     __slots__ = (
         "_finished",
+        "_idle_s",
         "_include_usage",
         "_it",
         "_stream",
         "_vendor_type",
-        "_idle_s",
         "content_type",
         "first",
         "status",
@@ -264,7 +263,9 @@ class _Stream(UpstreamResponse):
             except StopAsyncIteration:
                 break
             except Exception as exc:
-                raise AttemptFailed(classify_litellm(exc, self._vendor_type, phase="body")) from None
+                raise AttemptFailed(
+                    classify_litellm(exc, self._vendor_type, phase="body")
+                ) from None
             data = self.encode(chunk)
             if data:
                 yield data
