@@ -18,11 +18,12 @@ from proxy.fakes.base import (
     Usage,
 )
 from proxy.fakes.gemini import GEMINI_ERRORS, FakeGemini
-from proxy.fakes.openai import OPENAI_ERRORS, FakeOpenAI
+from proxy.fakes.openai import OPENAI_ERRORS, FakeAzureOpenAI, FakeOpenAI
 
 #: Fake vendor classes by vendor type.
 FAKES: dict[str, type[FakeVendor]] = {
     "openai": FakeOpenAI,
+    "azure": FakeAzureOpenAI,
     "anthropic": FakeAnthropic,
     "gemini": FakeGemini,
 }
@@ -36,6 +37,7 @@ __all__ = [
     "PRESETS",
     "Call",
     "FakeAnthropic",
+    "FakeAzureOpenAI",
     "FakeGemini",
     "FakeOpenAI",
     "FakeStats",

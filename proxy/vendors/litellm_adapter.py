@@ -18,6 +18,7 @@ import asyncio
 import logging
 import os
 import re
+import warnings
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from types import ModuleType
@@ -44,6 +45,8 @@ def load_litellm() -> ModuleType:
     if _litellm is None:
         os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
         os.environ.setdefault("LITELLM_LOG", "WARNING")
+        # pydantic complains about litellm's own TypedDicts as they are first used: noise.
+        warnings.filterwarnings("ignore", message=r".*`ReadOnly` qualifier", category=UserWarning)
         import litellm
 
         litellm.suppress_debug_info = True
