@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from proxy.api import admin, dashboard, openai, openapi
+from proxy.api import admin, anthropic, dashboard, openai, openapi
 from proxy.api.errors import ApiError, json_error
 from proxy.api.openai import GATEWAY
 from proxy.config import Config
@@ -37,7 +37,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         if exc.status == 404:
             message = (
                 f"No route for {request.method} {request.path}. The proxy serves /v1/chat/completions, "
-                "/v1/completions, /v1/embeddings and /v1/models."
+                "/v1/completions, /v1/embeddings, /v1/models and /v1/messages."
             )
         elif exc.status == 405:
             message = f"Method {request.method} is not allowed on {request.path}."
@@ -90,6 +90,7 @@ def create_app(config: Config, gateway: Gateway | None = None) -> web.Applicatio
     app.add_routes(openapi.routes())
     app.add_routes(dashboard.routes())
     app.add_routes(admin.routes())
+    app.add_routes(anthropic.routes())
     app.add_routes(
         [
             web.get("/health/live", live),

@@ -198,6 +198,8 @@ class VendorSpec:
     base_url: str | None = None
     api_key: str | None = None
     api_version: str | None = None
+    region: str | None = None
+    project: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
     max_connections: int = check(_at_least_one, 256)
     timeouts: PartialTimeouts = field(default_factory=PartialTimeouts)
@@ -333,6 +335,8 @@ class VendorConfig:
     api_version: str | None
     headers: Mapping[str, str]
     max_connections: int
+    region: str | None = None
+    project: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -396,9 +400,30 @@ class Config:
     health_check: HealthCheckConfig = field(default_factory=HealthCheckConfig)
 
 
-# Default base URLs per vendor type ("what that vendor's own SDK calls its base URL").
-# A type missing here must be given a base_url.
-DEFAULT_BASE_URLS: dict[str, str] = {"openai": "https://api.openai.com/v1"}
+# Default base URLs per vendor type ("what that vendor's own SDK calls its base URL"),
+# `{region}` filled from the vendor's `region`. A type missing here must be given a base_url.
+DEFAULT_BASE_URLS: dict[str, str] = {
+    "openai": "https://api.openai.com/v1",
+    "anthropic": "https://api.anthropic.com",
+    "gemini": "https://generativelanguage.googleapis.com",
+    "vertex": "https://{region}-aiplatform.googleapis.com",
+    "bedrock": "https://bedrock-runtime.{region}.amazonaws.com",
+    "mistral": "https://api.mistral.ai/v1",
+    "cohere": "https://api.cohere.com",
+}
+
+# Keys a vendor type cannot work without, and what to tell the operator when one is missing.
+REQUIRED_VENDOR_KEYS: dict[str, tuple[tuple[str, str], ...]] = {
+    "azure": (
+        ("base_url", "your resource's endpoint, e.g. https://myres.openai.azure.com"),
+        ("api_version", 'the data-plane api-version, e.g. "2024-10-21"'),
+    ),
+    "vertex": (
+        ("project", "the Google Cloud project id"),
+        ("region", "the Vertex AI location, e.g. us-east5 or global"),
+    ),
+    "bedrock": (("region", "the AWS region, e.g. us-east-1"),),
+}
 
 
 # --------------------------------------------------------------------------- loading
@@ -648,7 +673,18 @@ def _resolve(spec: ConfigSpec, root: yaml.Node, loader: _Loader) -> Config | Non
                 f"unsupported vendor type {v.type!r}; supported: {', '.join(ADAPTERS)}",
             )
             continue
-        base_url = v.base_url or DEFAULT_BASE_URLS.get(v.type)
+        missing = [
+            (key, hint) for key, hint in REQUIRED_VENDOR_KEYS.get(v.type, ()) if not getattr(v, key)
+        ]
+        for key, hint in missing:
+            issue(
+                ("vendors", name),
+                f"vendors.{name}.{key}",
+                f"is required for vendor type {v.type!r}: {hint}",
+            )
+        if missing:
+            continue
+        base_url = v.base_url or DEFAULT_BASE_URLS.get(v.type, "").format(region=v.region)
         if not base_url:
             issue(
                 ("vendors", name),
@@ -671,6 +707,8 @@ def _resolve(spec: ConfigSpec, root: yaml.Node, loader: _Loader) -> Config | Non
             api_version=v.api_version,
             headers=dict(v.headers),
             max_connections=v.max_connections,
+            region=v.region,
+            project=v.project,
         )
 
     deployments: dict[str, DeploymentConfig] = {}

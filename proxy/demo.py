@@ -1,10 +1,12 @@
-"""`llm-proxy demo`: the proxy in front of three simulated vendors, breaking them live.
+"""`llm-proxy demo`: the proxy in front of four simulated vendors, breaking them live.
 
 Everything runs in this process on 127.0.0.1 with no network and no keys: three fake
-OpenAI-compatible vendors, the proxy on the demo config, and a client that sends
-traffic while the demo breaks the primary vendor (quota exhausted), then the secondary
-(5xx until its breaker opens), then heals it. Each request prints who served it and
-which attempts it took. Afterwards the proxy keeps serving so you can try it yourself.
+OpenAI-compatible vendors and a fake Anthropic, the proxy on the demo config, and a client
+that sends traffic while the demo breaks the primary vendor (quota exhausted), then the
+secondary (5xx until its breaker opens), then heals it, and finally overloads Anthropic
+(529) under a cross-vendor group that OpenAI- and Anthropic-SDK clients both use. Each
+request prints who served it and which attempts it took. Afterwards the proxy keeps
+serving so you can try it yourself.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from aiohttp import web
 
 from proxy.app import GATEWAY, create_app
 from proxy.config import ConfigError, load_config
-from proxy.fakes import FakeOpenAI, Fault
+from proxy.fakes import FakeAnthropic, FakeOpenAI, FakeVendor, Fault
 from proxy.gateway import Gateway
 
 __all__ = ["run_demo"]
@@ -52,25 +54,32 @@ class _Show:
         self.served: Counter[str] = Counter()
         self.failovers = 0
 
-    async def request(self, stream: bool) -> None:
+    async def request(self, stream: bool, group: str = "smart", anthropic: bool = False) -> None:
         self.n += 1
         body: dict[str, object] = {
-            "model": "smart",
+            "model": group,
             "messages": [{"role": "user", "content": f"demo request {self.n}"}],
         }
+        if anthropic:
+            body["max_tokens"] = 64
         if stream:
             body["stream"] = True
+        path, end = (
+            ("/v1/messages", b"message_stop") if anthropic else ("/v1/chat/completions", b"[DONE]")
+        )
         started = time.perf_counter()
         async with self.session.post(
-            f"{self.url}/v1/chat/completions",
+            f"{self.url}{path}",
             data=orjson.dumps(body),
             headers={"Content-Type": "application/json"},
         ) as resp:
             payload = await resp.read()
             ms = (time.perf_counter() - started) * 1000
             attempts = resp.headers.get("x-proxy-attempts", "")
-            kind = "stream" if stream else "json  "
-            if resp.status != 200 or (stream and b"[DONE]" not in payload):
+            kind = f"{'messages' if anthropic else 'chat'} {'stream' if stream else 'json'}".ljust(
+                15
+            )
+            if resp.status != 200 or (stream and end not in payload):
                 self.errors += 1
                 print(
                     f"  #{self.n:3} {kind}  {_c(_RED, f'ERROR {resp.status}')}  attempts: {attempts}  {ms:6.1f} ms"
@@ -82,23 +91,24 @@ class _Show:
             self.failovers += len(tried) - 1
             path = " -> ".join(_c(_GREEN if t.endswith("=success") else _YELLOW, t) for t in tried)
             print(
-                f"  #{self.n:3} {kind}  served by {_c(_BOLD, f'{served:22}')} {ms:6.1f} ms   {path}"
+                f"  #{self.n:3} {kind}  served by {_c(_BOLD, f'{served:28}')} {ms:6.1f} ms   {path}"
             )
 
-    async def run(self, count: int) -> None:
-        for _ in range(count):
-            await self.request(stream=self.n % 2 == 1)
+    async def run(self, count: int, group: str = "smart", both_apis: bool = False) -> None:
+        for i in range(count):
+            anthropic = both_apis and i % 2 == 1
+            await self.request(stream=self.n % 2 == 1, group=group, anthropic=anthropic)
             await asyncio.sleep(0.08)
 
-    def states(self) -> None:
+    def states(self, group: str = "smart") -> None:
         now = time.monotonic()
-        print(_c(_DIM, "  group smart             breaker     cooldown"))
-        for dep, _ in self.gateway.groups["smart"].members:
+        print(_c(_DIM, f"  group {group:23} breaker     cooldown"))
+        for dep, _ in self.gateway.groups[group].members:
             left = dep.cooldown_left(now)
             cooling = f"{left:7.0f} s ({dep.cooldown_reason})" if left else "      -"
             breaker = dep.breaker.state.name.lower().replace("_", "-")
             color = _GREEN if breaker == "closed" and not left else _RED
-            print(f"  {dep.id:22}  {_c(color, f'{breaker:10}')}  {cooling}")
+            print(f"  {dep.id:28}  {_c(color, f'{breaker:10}')}  {cooling}")
 
 
 def _banner(text: str) -> None:
@@ -106,10 +116,11 @@ def _banner(text: str) -> None:
 
 
 async def run_demo(port: int = 4000, requests: int = 40, serve: bool = True) -> int:
-    vendors = {
+    vendors: dict[str, FakeVendor] = {
         name: FakeOpenAI(name, chunks=6, chunk_delay_s=0.002)
         for name in ("primary", "secondary", "tertiary")
     }
+    vendors["anthropic"] = FakeAnthropic("anthropic", chunks=6, chunk_delay_s=0.002)
     for fake in vendors.values():
         await fake.start("127.0.0.1", 0)
     env = dict(os.environ)
@@ -137,13 +148,13 @@ async def run_demo(port: int = 4000, requests: int = 40, serve: bool = True) -> 
     print(
         _c(
             _BOLD,
-            "llm-proxy demo: three simulated vendors behind one endpoint, all on this machine",
+            "llm-proxy demo: four simulated vendors behind one endpoint, all on this machine",
         )
     )
     for name, fake in vendors.items():
         print(f"  vendor {name:10} {fake.base_url}")
     print(f"  proxy             {url}/v1   model groups: {', '.join(config.models)}")
-    quarter = max(1, requests // 4)
+    quarter = max(1, requests // 5)
     async with aiohttp.ClientSession() as session:
         show = _Show(session, url, gateway)
         _banner('All vendors healthy: group "smart" is priority primary -> secondary -> tertiary')
@@ -162,8 +173,19 @@ async def run_demo(port: int = 4000, requests: int = 40, serve: bool = True) -> 
         )
         vendors["secondary"].clear_fault()
         await asyncio.sleep(config.breaker.reset_timeout_s + 0.2)
-        await show.run(requests - 3 * quarter)
+        await show.run(quarter)
         show.states()
+        _banner(
+            'Cross-vendor group "claude": Anthropic first, OpenAI second; OpenAI- and '
+            "Anthropic-SDK clients (/v1/messages) alike"
+        )
+        last = max(4, requests - 4 * quarter)
+        await show.run(2, group="claude", both_apis=True)
+        print("  Anthropic is overloaded now (529 overloaded_error): requests fail over to OpenAI,")
+        print("  translated both ways, for both kinds of client.")
+        vendors["anthropic"].set_fault(Fault.preset("overloaded"))
+        await show.run(last - 2, group="claude", both_apis=True)
+        show.states("claude")
         served = ", ".join(f"{dep} {n}" for dep, n in show.served.most_common())
         color = _GREEN if show.errors == 0 else _RED
         print(
@@ -193,7 +215,7 @@ async def run_demo(port: int = 4000, requests: int = 40, serve: bool = True) -> 
     return 0 if show.errors == 0 else 1
 
 
-async def _stop(runner: web.AppRunner, vendors: dict[str, FakeOpenAI]) -> None:
+async def _stop(runner: web.AppRunner, vendors: dict[str, FakeVendor]) -> None:
     await runner.cleanup()
     for fake in vendors.values():
         await fake.stop()

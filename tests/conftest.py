@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+import anthropic
 import openai
 import pytest
 from aiohttp import web
 
 from proxy.app import GATEWAY, create_app
 from proxy.config import Config, load_config
-from proxy.fakes import FakeOpenAI
+from proxy.fakes import FAKES, FakeOpenAI, FakeVendor
 from proxy.gateway import Gateway
 
 
@@ -31,6 +32,7 @@ class RunningProxy:
     gateway: Gateway
     runner: web.AppRunner
     port: int
+    sdk_clients: list[anthropic.AsyncAnthropic] = field(default_factory=list)
 
     @property
     def url(self) -> str:
@@ -42,21 +44,30 @@ class RunningProxy:
         kw.setdefault("timeout", 30)
         return openai.AsyncOpenAI(base_url=f"{self.url}/v1", api_key="client-key", **kw)
 
+    def anthropic_client(self, **kw: Any) -> anthropic.AsyncAnthropic:
+        """The official Anthropic SDK pointed at the proxy (as Claude Code is), retries off."""
+        kw.setdefault("max_retries", 0)
+        kw.setdefault("timeout", 30)
+        client = anthropic.AsyncAnthropic(base_url=self.url, api_key="client-key", **kw)
+        self.sdk_clients.append(client)  # closed with the proxy, on the test's event loop
+        return client
+
     async def metrics_text(self) -> str:
         async with aiohttp.ClientSession() as s, s.get(f"{self.url}/metrics") as r:
             return await r.text()
 
 
-FakeFactory = Callable[..., Awaitable[FakeOpenAI]]
+FakeFactory = Callable[..., Awaitable[Any]]
 ProxyFactory = Callable[..., Awaitable[RunningProxy]]
 
 
 @pytest.fixture
 async def fakes() -> AsyncIterator[FakeFactory]:
-    started: list[FakeOpenAI] = []
+    started: list[FakeVendor] = []
 
-    async def make(name: str = "fake", **kw: Any) -> FakeOpenAI:
-        fake = FakeOpenAI(name, **kw)
+    async def make(name: str = "fake", vendor: str = "openai", **kw: Any) -> Any:
+        """A started fake vendor of type `vendor` (openai, anthropic, gemini)."""
+        fake = FAKES[vendor](name, **kw)
         await fake.start("127.0.0.1", 0)
         started.append(fake)
         return fake
@@ -66,12 +77,15 @@ async def fakes() -> AsyncIterator[FakeFactory]:
         await fake.stop()
 
 
-def vendor_yaml(name: str, fake: FakeOpenAI, key: str | None = None) -> str:
-    return f"  {name}: {{type: openai, base_url: '{fake.base_url}', api_key: '{key or 'key-' + name}'}}\n"
+def vendor_yaml(name: str, fake: FakeVendor, key: str | None = None) -> str:
+    return (
+        f"  {name}: {{type: {fake.vendor_type}, base_url: '{fake.base_url}', "
+        f"api_key: '{key or 'key-' + name}'}}\n"
+    )
 
 
 def build_config(
-    vendors: dict[str, FakeOpenAI],
+    vendors: Mapping[str, FakeVendor],
     models: str,
     extra: str = "",
 ) -> str:
@@ -114,6 +128,8 @@ async def proxies(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Pro
 
     yield make
     for p in running:
+        for client in p.sdk_clients:
+            await client.close()
         await p.runner.cleanup()
 
 

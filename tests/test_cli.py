@@ -147,4 +147,5 @@ async def test_demo_shows_failovers_with_no_client_errors() -> None:
     assert code == 0, err
     assert "quota_exhausted -> secondary/gpt-5=success" in out
     assert "server_error -> tertiary/gpt-5-mini=success" in out
+    assert "anthropic/claude-sonnet-4-5=overloaded -> tertiary/gpt-5=success" in out
     assert "16 requests, 0 client-visible errors" in out

@@ -102,7 +102,7 @@ def test_missing_env_var_is_named() -> None:
         ),
         (
             ("type: openai, base_url: https://api", "type: claude, base_url: https://api"),
-            "routing.yaml:4: vendors.openai.type: unsupported vendor type 'claude'; supported: openai",
+            "routing.yaml:4: vendors.openai.type: unsupported vendor type 'claude'; supported: openai, azure, mistral, anthropic, gemini, vertex, bedrock, cohere",
         ),
         (
             ("weight: 3", "weight: -3"),

@@ -13,6 +13,8 @@ import asyncio
 import re
 import secrets
 import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -24,11 +26,11 @@ from proxy.api.validation import CHAT, COMPLETIONS, EMBEDDINGS, EndpointSchema, 
 from proxy.gateway import Gateway
 from proxy.limits import OPEN, ClientState, Ticket
 from proxy.metrics import UNKNOWN_GROUP
-from proxy.routing.classify import Outcome, OutcomeClass
+from proxy.routing.classify import FinalError, Outcome, OutcomeClass
 from proxy.routing.router import AllFailed, Attempt, Served, Trace
 from proxy.vendors.base import AttemptFailed, UpstreamCall
 
-__all__ = ["GATEWAY", "routes"]
+__all__ = ["GATEWAY", "OPENAI", "Inbound", "proxy_request", "routes"]
 
 GATEWAY: web.AppKey[Gateway] = web.AppKey("gateway", Gateway)
 
@@ -44,12 +46,47 @@ def request_id(request: web.Request) -> str:
     return secrets.token_hex(12)
 
 
+def stream_error_message(served: Served, outcome: Outcome) -> str:
+    return f"Upstream stream failed: {served.deployment.id} {outcome.cls}: {outcome.message}"
+
+
 def stream_error_event(served: Served, outcome: Outcome) -> bytes:
-    message = f"Upstream stream failed: {served.deployment.id} {outcome.cls}: {outcome.message}"
+    message = stream_error_message(served, outcome)
     return b"data: " + error_body(message, "server_error", "upstream_stream_error") + b"\n\n"
 
 
-async def _proxy(request: web.Request, endpoint: str, schema: EndpointSchema) -> web.StreamResponse:
+def final_error_response(final: FinalError, headers: Mapping[str, str]) -> web.Response:
+    return web.Response(
+        status=final.status,
+        body=orjson.dumps(final.body()),
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+def _no_forwarded_headers(request: web.Request) -> Mapping[str, str]:
+    return {}
+
+
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    """What differs between the inbound APIs (OpenAI, Anthropic) around the shared relay:
+    the wire format requests arrive in, validation, and how errors look to the client."""
+
+    api: str
+    validate: Callable[[Any, EndpointSchema], dict[str, Any]]
+    error: Callable[[ApiError, Mapping[str, str]], web.Response]
+    final_error: Callable[[FinalError, Mapping[str, str]], web.Response]
+    stream_error: Callable[[Served, Outcome], bytes]
+    forward_headers: Callable[[web.Request], Mapping[str, str]] = _no_forwarded_headers
+
+
+OPENAI = Inbound("openai", validate, json_error, final_error_response, stream_error_event)
+
+
+async def proxy_request(
+    request: web.Request, endpoint: str, schema: EndpointSchema, inbound: Inbound = OPENAI
+) -> web.StreamResponse:
     gw = request.app[GATEWAY]
     metrics = gw.metrics
     started = time.monotonic()
@@ -65,7 +102,7 @@ async def _proxy(request: web.Request, endpoint: str, schema: EndpointSchema) ->
     try:
         client = gw.limits.authenticate(request.headers)
         raw, parsed = await read_json(request, gw.config.server.max_body_bytes)
-        body = validate(parsed, schema)
+        body = inbound.validate(parsed, schema)
         model = body["model"]
         group = gw.groups.get(model)
         if group is None:
@@ -86,6 +123,8 @@ async def _proxy(request: web.Request, endpoint: str, schema: EndpointSchema) ->
             body,
             stream,
             rid,
+            api=inbound.api,
+            forward_headers=inbound.forward_headers(request),
             proxy_usage=stream and client is not None,
             session_id=request.headers.get("x-session-id"),
         )
@@ -101,7 +140,7 @@ async def _proxy(request: web.Request, endpoint: str, schema: EndpointSchema) ->
         }
         status = 200
         if stream and served.response.content_type == "text/event-stream":
-            return await _relay_stream(request, served, headers, started, ticket)
+            return await _relay_stream(request, served, headers, started, ticket, inbound)
         served.finish()
         await _settle(gw, ticket, served)
         metrics.first_byte(group_name, time.monotonic() - started)
@@ -113,7 +152,7 @@ async def _proxy(request: web.Request, endpoint: str, schema: EndpointSchema) ->
         extra = {"x-request-id": rid}
         if client is not None and not err.headers:
             extra.update(gw.limits.headers(client))
-        return json_error(err, extra)
+        return inbound.error(err, extra)
     except asyncio.CancelledError:
         status = 499  # the client went away (nginx's "client closed request")
         raise
@@ -126,12 +165,7 @@ async def _proxy(request: web.Request, endpoint: str, schema: EndpointSchema) ->
             **final.headers(),
             **ticket.headers,
         }
-        return web.Response(
-            status=status,
-            body=orjson.dumps(final.body()),
-            content_type="application/json",
-            headers=headers,
-        )
+        return inbound.final_error(final, headers)
     finally:
         ticket.settle(None, None, served=False)  # a no-op once the answer has settled it
         metrics.in_flight.dec()
@@ -160,6 +194,7 @@ async def _relay_stream(
     headers: dict[str, str],
     started: float,
     ticket: Ticket,
+    inbound: Inbound,
 ) -> web.StreamResponse:
     resp = web.StreamResponse(status=200, headers=headers)
     resp.content_type = "text/event-stream"
@@ -175,7 +210,7 @@ async def _relay_stream(
         except AttemptFailed as failed:
             failure = failed.outcome
             if not failed.error_event_sent:
-                await resp.write(stream_error_event(served, failure))
+                await resp.write(inbound.stream_error(served, failure))
         # The response completes only once its usage is on disk: a crash loses in-flight requests only.
         await _settle(request.app[GATEWAY], ticket, served)
         await resp.write_eof()
@@ -232,15 +267,15 @@ def _log(
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
-    return await _proxy(request, "chat/completions", CHAT)
+    return await proxy_request(request, "chat/completions", CHAT)
 
 
 async def completions(request: web.Request) -> web.StreamResponse:
-    return await _proxy(request, "completions", COMPLETIONS)
+    return await proxy_request(request, "completions", COMPLETIONS)
 
 
 async def embeddings(request: web.Request) -> web.StreamResponse:
-    return await _proxy(request, "embeddings", EMBEDDINGS)
+    return await proxy_request(request, "embeddings", EMBEDDINGS)
 
 
 def _model_entry(name: str) -> dict[str, Any]:

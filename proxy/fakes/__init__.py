@@ -2,9 +2,10 @@
 
 Real HTTP servers on a real socket (no mocks), so the proxy's pooling, timeouts and
 stream parsing are exercised exactly as against a vendor. See ``base`` for the fault
-model and ``openai`` for the OpenAI wire format.
+model; ``openai``, ``anthropic`` and ``gemini`` for the wire formats.
 """
 
+from proxy.fakes.anthropic import ANTHROPIC_ERRORS, FakeAnthropic
 from proxy.fakes.base import (
     ERROR_KINDS,
     PRESETS,
@@ -16,13 +17,28 @@ from proxy.fakes.base import (
     Route,
     Usage,
 )
-from proxy.fakes.openai import OPENAI_ERRORS, FakeOpenAI
+from proxy.fakes.gemini import GEMINI_ERRORS, FakeGemini
+from proxy.fakes.openai import OPENAI_ERRORS, FakeAzureOpenAI, FakeOpenAI
+
+#: Fake vendor classes by vendor type.
+FAKES: dict[str, type[FakeVendor]] = {
+    "openai": FakeOpenAI,
+    "azure": FakeAzureOpenAI,
+    "anthropic": FakeAnthropic,
+    "gemini": FakeGemini,
+}
 
 __all__ = [
+    "ANTHROPIC_ERRORS",
     "ERROR_KINDS",
+    "FAKES",
+    "GEMINI_ERRORS",
     "OPENAI_ERRORS",
     "PRESETS",
     "Call",
+    "FakeAnthropic",
+    "FakeAzureOpenAI",
+    "FakeGemini",
     "FakeOpenAI",
     "FakeStats",
     "FakeVendor",

@@ -1,6 +1,6 @@
-"""Run one fake OpenAI vendor standalone until SIGINT/SIGTERM.
+"""Run one fake vendor standalone until SIGINT/SIGTERM.
 
-``python -m proxy.fakes --port 9001 --name a [--host 127.0.0.1] [--fault PRESET]
+``python -m proxy.fakes --port 9001 --name a [--vendor openai|anthropic|gemini] [--host 127.0.0.1] [--fault PRESET]
 [--latency-ms N] [--chunks N]``. A subprocess fake is steered over HTTP through its
 ``/_fake/fault``, ``/_fake/stats`` and ``/_fake/reset`` endpoints. Prints one
 ``listening on <base_url>`` line (flushed) once the socket is bound, so a parent
@@ -15,14 +15,15 @@ import contextlib
 import signal
 import sys
 
+from proxy.fakes import FAKES
 from proxy.fakes.base import PRESETS, Fault
-from proxy.fakes.openai import FakeOpenAI
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m proxy.fakes", description="Run a fake OpenAI-compatible vendor."
+        prog="python -m proxy.fakes", description="Run a fake LLM vendor."
     )
+    parser.add_argument("--vendor", choices=sorted(FAKES), default="openai", help="wire format")
     parser.add_argument("--port", type=int, required=True, help="port to bind (0: any free)")
     parser.add_argument("--name", default="fake", help="vendor name, echoed in answers")
     parser.add_argument("--host", default="127.0.0.1")
@@ -31,7 +32,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--chunks", type=int, default=5, help="pieces per answer")
     parser.add_argument("--chunk-delay-ms", type=float, default=0.0, help="between stream chunks")
     parser.add_argument("--models", default="", help="comma-separated model ids to list")
-    parser.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY'")
+    parser.add_argument("--api-key", default=None, help="require this key (in the vendor's header)")
     parser.add_argument("--seed", type=int, default=0, help="seed for fault rates")
     return parser.parse_args(argv)
 
@@ -41,7 +42,7 @@ async def _serve(args: argparse.Namespace) -> None:
     if args.latency_ms:
         fault = Fault.preset(args.fault, latency_s=args.latency_ms / 1000)
     models = [m for m in args.models.split(",") if m] or None
-    fake = FakeOpenAI(
+    fake = FAKES[args.vendor](
         args.name,
         models=models,
         chunks=args.chunks,
@@ -56,7 +57,7 @@ async def _serve(args: argparse.Namespace) -> None:
         with contextlib.suppress(NotImplementedError):  # Windows
             loop.add_signal_handler(sig, stop.set)
     await fake.start(host=args.host, port=args.port)
-    print(f"fake openai {args.name!r} listening on {fake.base_url}", flush=True)
+    print(f"fake {args.vendor} {args.name!r} listening on {fake.base_url}", flush=True)
     try:
         await stop.wait()
     finally:

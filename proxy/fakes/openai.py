@@ -28,7 +28,7 @@ from proxy.fakes.base import (
     text_chars,
 )
 
-__all__ = ["OPENAI_ERRORS", "FakeOpenAI"]
+__all__ = ["OPENAI_ERRORS", "FakeAzureOpenAI", "FakeOpenAI"]
 
 _RATE_LIMIT_DOCS = "Visit https://platform.openai.com/account/rate-limits to learn more."
 
@@ -490,3 +490,39 @@ def _model(call: Call) -> str:
 def _include_usage(body: dict[str, Any]) -> bool:
     options = body.get("stream_options")
     return isinstance(options, dict) and options.get("include_usage") is True
+
+
+class FakeAzureOpenAI(FakeOpenAI):
+    """Azure OpenAI's data plane: the OpenAI wire format under
+    ``/openai/deployments/{deployment}/...?api-version=...`` with an ``api-key`` header.
+
+    The deployment in the path selects the model (the body's ``model`` is ignored, as on
+    Azure); a request without ``api-version`` gets Azure's 404.
+    """
+
+    vendor_type: ClassVar[str] = "azure"
+    base_path: ClassVar[str] = ""
+
+    def llm_routes(self) -> Sequence[Route]:
+        prefix = "/openai/deployments/{deployment}"
+        return tuple(
+            Route(r.method, prefix + r.path.removeprefix("/v1"), self._azure(r.handler))
+            for r in super().llm_routes()
+        )
+
+    def probe_routes(self) -> Sequence[Route]:
+        return (Route("GET", "/openai/models", self._list_models),)
+
+    def is_authorized(self, request: web.Request) -> bool:
+        return request.headers.get("api-key") == self.api_key
+
+    def _azure(self, handler: Any) -> Any:
+        async def serve(call: Call) -> web.StreamResponse:
+            if not call.request.query.get("api-version"):
+                body = orjson.dumps({"error": {"code": "404", "message": "Resource not found"}})
+                return web.Response(status=404, body=body, content_type="application/json")
+            call.body["model"] = call.request.match_info["deployment"]
+            response: web.StreamResponse = await handler(call)
+            return response
+
+        return serve

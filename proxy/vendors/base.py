@@ -6,14 +6,20 @@ the classified `Outcome`. It never retries: the router owns retries and failover
 
 For streams, `send` returns only once the first chunk has arrived (the commit point):
 until then every failure is still an `AttemptFailed` that the router may fail over.
+
+Requests arrive in one of the inbound APIs (`UpstreamCall.api`: "openai" or "anthropic").
+An adapter speaks one of them natively (`native_api`); `send` hands a request in the
+other format to the bridge (`proxy.vendors.bridge`), which translates it both ways around
+the adapter's `send_native`.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, ClassVar
 
 import orjson
 
@@ -21,6 +27,7 @@ from proxy.config import DeploymentConfig, VendorConfig
 from proxy.routing.classify import Outcome
 
 __all__ = [
+    "Api",
     "AttemptFailed",
     "Endpoint",
     "ProbeUnsupported",
@@ -30,7 +37,8 @@ __all__ = [
     "VendorAdapter",
 ]
 
-Endpoint = str  # "chat/completions" | "completions" | "embeddings"
+Endpoint = str  # "chat/completions" | "completions" | "embeddings" | "messages"
+Api = str  # the inbound wire format: "openai" | "anthropic"
 
 
 class AttemptFailed(Exception):
@@ -83,6 +91,11 @@ class UpstreamCall:
     proxy_usage: bool = False
     session_id: str | None = None  # the client's x-session-id header (cache-affinity key)
 
+    api: Api = "openai"
+    # Client headers that go upstream when the vendor speaks the client's API natively
+    # (e.g. `anthropic-beta` from Claude Code to an Anthropic deployment).
+    forward_headers: Mapping[str, str] = field(default_factory=dict)
+
 
 class ProbeUnsupported(Exception):
     """This adapter has no probe of the configured kind (the message says what to set instead)."""
@@ -103,7 +116,8 @@ class UpstreamResponse(ABC):
     status: int
     content_type: str
     usage: Usage | None
-    headers: Mapping[str, str]  # the vendor's response headers (rate-limit budgets live there)
+    # The vendor's response headers (rate-limit budgets live there); none for translated answers.
+    headers: Mapping[str, str] = MappingProxyType({})
 
     @property
     @abstractmethod
@@ -126,6 +140,9 @@ class UpstreamResponse(ABC):
 class VendorAdapter(ABC):
     """One vendor account: its wire format, credentials and connection pool."""
 
+    #: The inbound API this vendor's wire format is (or passes through) natively.
+    native_api: ClassVar[Api] = "openai"
+
     def __init__(self, config: VendorConfig) -> None:
         self.config = config
 
@@ -135,7 +152,6 @@ class VendorAdapter(ABC):
     async def close(self) -> None:
         """Close pools; in-flight calls have finished or been cancelled by then."""
 
-    @abstractmethod
     async def send(
         self,
         deployment: DeploymentConfig,
@@ -144,8 +160,33 @@ class VendorAdapter(ABC):
         first_byte_s: float,
         attempt_s: float,
     ) -> UpstreamResponse:
-        """Make one attempt. `first_byte_s` bounds the wait for headers and the first chunk;
-        `attempt_s` bounds a non-streamed attempt as a whole."""
+        """Make one attempt; the response is in `call.api`'s format. `first_byte_s` bounds
+        the wait for headers and the first chunk; `attempt_s` bounds a non-streamed attempt."""
+        if call.api == self.native_api:
+            return await self.send_native(
+                deployment, call, first_byte_s=first_byte_s, attempt_s=attempt_s
+            )
+        from proxy.vendors.bridge import send_bridged
+
+        return await send_bridged(
+            self, deployment, call, first_byte_s=first_byte_s, attempt_s=attempt_s
+        )
+
+    @abstractmethod
+    async def send_native(
+        self,
+        deployment: DeploymentConfig,
+        call: UpstreamCall,
+        *,
+        first_byte_s: float,
+        attempt_s: float,
+    ) -> UpstreamResponse:
+        """One attempt with a request (and response) in this vendor's `native_api`."""
+
+    async def count_tokens(self, deployment: DeploymentConfig, body: dict[str, Any]) -> int | None:
+        """The vendor's own count of an Anthropic Messages body's input tokens, or None
+        where the vendor has no such endpoint (the caller then estimates)."""
+        return None
 
     async def probe(
         self, deployment: DeploymentConfig, kind: str, timeout_s: float

@@ -1,7 +1,8 @@
-"""The fast path: OpenAI-compatible upstreams (OpenAI, Groq, Mistral, Together, vLLM, Ollama...).
+"""The fast path: OpenAI-compatible upstreams (OpenAI, Azure, Groq, Mistral, Together, vLLM, Ollama...).
 
 The client's request bytes go upstream untouched except for the top-level `model` value,
-so parameters this proxy has never heard of survive. Responses are relayed as bytes; the
+so parameters this proxy has never heard of survive. Azure OpenAI is the same wire format
+with deployment URLs, an `api-version` query and an `api-key` header. Responses are relayed as bytes; the
 only parsing is what accounting and error detection need (usage, in-stream errors).
 """
 
@@ -9,25 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote, urlencode
 
-import aiohttp
 import orjson
 
 from proxy.config import DeploymentConfig, VendorConfig
-from proxy.routing.classify import (
-    Outcome,
-    classify_response,
-    classify_stream_error,
-    classify_transport,
-)
-from proxy.vendors.base import AttemptFailed, UpstreamCall, UpstreamResponse, Usage, VendorAdapter
+from proxy.routing.classify import Outcome, classify_response, classify_transport
+from proxy.vendors.base import AttemptFailed, UpstreamCall, Usage
+from proxy.vendors.http import MAX_ERROR_BODY, HTTPAdapter, StreamFilter, StreamScan, invalid_json
 
-__all__ = ["OpenAICompatAdapter", "rewrite_model", "with_stream_usage"]
-
-# Error bodies are read for classification only; a gateway's multi-megabyte HTML page is not.
-_MAX_ERROR_BODY = 64 * 1024
+__all__ = ["OpenAICompatAdapter", "rewrite_model"]
 
 _MODEL_RE = re.compile(rb'"model"\s*:\s*"(?:[^"\\]|\\.)*"')
 
@@ -141,7 +136,7 @@ def _drop_usage_events(data: bytes) -> bytes:
     return b"\n".join(out)
 
 
-class _SSEScan:
+class _SSEScan(StreamScan):
     """Watches a relayed OpenAI SSE stream for what the proxy must act on.
 
     Only chunks that mention `"usage"` or `"error"` are split into lines and parsed, so
@@ -163,7 +158,7 @@ class _SSEScan:
         if not self.done and (b"[DONE]" in chunk or b"[DONE]" in self.tail + chunk[:8]):
             self.done = True
         self.tail = chunk[-8:]
-        if b'"error"' not in data and not _has_usage(data):
+        if b'"usage"' not in data and b'"error"' not in data:
             return
         end = data.rfind(b"\n")
         if end != len(data) - 1:
@@ -187,244 +182,113 @@ class _SSEScan:
                 self.usage = Usage.from_openai(event["usage"])
 
 
-class _JSONResponse(UpstreamResponse):
-    __slots__ = ("_body", "content_type", "headers", "status", "usage")
+@dataclass(frozen=True, slots=True)
+class _Profile:
+    """What an OpenAI-compatible vendor type does differently from OpenAI itself."""
 
-    def __init__(
-        self, status: int, headers: Mapping[str, str], body: bytes, usage: Usage | None
-    ) -> None:
-        self.status = status
-        self.headers = headers
-        self.content_type = "application/json"
-        self._body = body
-        self.usage = usage
-
-    @property
-    def body(self) -> bytes:
-        return self._body
-
-    async def rest(self) -> AsyncIterator[bytes]:  # pragma: no cover - never called for JSON
-        return
-        yield b""
-
-    def close(self) -> None:
-        return None
+    azure_urls: bool = False  # /openai/deployments/{model}/{endpoint}?api-version=...
+    key_header: str = "Authorization"  # Azure: api-key
+    drop_fields: frozenset[str] = frozenset()  # body fields the vendor rejects
 
 
-class _StreamResponse(UpstreamResponse):
-    __slots__ = (
-        "_finished",
-        "_first",
-        "_resp",
-        "_scan",
-        "_strip",
-        "_vendor_type",
-        "content_type",
-        "headers",
-        "status",
-        "usage",
-    )
-
-    def __init__(
-        self,
-        resp: aiohttp.ClientResponse,
-        first: bytes,
-        scan: _SSEScan,
-        vendor_type: str,
-        strip: _UsageStripper | None,
-    ) -> None:
-        self.status = resp.status
-        self.headers = resp.headers
-        self.content_type = "text/event-stream"
-        self._resp = resp
-        self._strip = strip
-        self._first = strip.feed(first) if strip is not None else first
-        self._scan = scan
-        self._vendor_type = vendor_type
-        self._finished = False
-        self.usage = scan.usage
-
-    @property
-    def body(self) -> bytes:
-        return self._first
-
-    async def rest(self) -> AsyncIterator[bytes]:
-        scan = self._scan
-        strip = self._strip
-        content = self._resp.content
-        while True:
-            try:
-                chunk = await content.readany()
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                raise AttemptFailed(classify_transport(exc, phase="body")) from None
-            if not chunk:
-                if strip is not None and (tail := strip.tail()):
-                    yield tail
-                break
-            scan.feed(chunk)
-            if strip is None:
-                yield chunk
-            elif out := strip.feed(chunk):
-                yield out
-            if scan.error is not None:
-                self.usage = scan.usage
-                outcome = classify_stream_error(self._vendor_type, scan.error)
-                raise AttemptFailed(outcome, error_event_sent=True)
-        self.usage = scan.usage
-        if not scan.done:
-            raise AttemptFailed(
-                classify_transport(
-                    aiohttp.ClientPayloadError("stream ended without [DONE]"), phase="body"
-                )
-            )
-        self._finished = True
-
-    def close(self) -> None:
-        if self._finished:
-            self._resp.release()
-        else:
-            self._resp.close()  # abort: the vendor sees the disconnect and stops generating
+_PROFILES: Mapping[str, _Profile] = {
+    "openai": _Profile(),
+    "azure": _Profile(azure_urls=True, key_header="api-key"),
+    # Mistral has rejected `stream_options` (VENDOR_WIRE_FORMATS.md 1); it reports usage anyway.
+    "mistral": _Profile(drop_fields=frozenset({"stream_options"})),
+}
 
 
-class OpenAICompatAdapter(VendorAdapter):
-    """A pooled aiohttp session per vendor, passing bodies through."""
+class OpenAICompatAdapter(HTTPAdapter):
+    """OpenAI-compatible pass-through: OpenAI, Azure OpenAI, Mistral, Groq, vLLM, Ollama..."""
 
     def __init__(self, config: VendorConfig) -> None:
         super().__init__(config)
+        self.profile = _PROFILES.get(config.type, _PROFILES["openai"])
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if config.api_key:
-            headers["Authorization"] = f"Bearer {config.api_key}"
+            if self.profile.key_header == "Authorization":
+                headers["Authorization"] = f"Bearer {config.api_key}"
+            else:
+                headers[self.profile.key_header] = config.api_key
         headers.update(config.headers)
         self._headers = headers
         self._stream_headers = {**headers, "Accept": "text/event-stream"}
-        self._session: aiohttp.ClientSession | None = None
-        self._timeouts: dict[str, aiohttp.ClientTimeout] = {}
+        self._urls: dict[tuple[str, str], str] = {}
 
-    async def start(self) -> None:
-        connector = aiohttp.TCPConnector(
-            limit=self.config.max_connections,
-            limit_per_host=0,
-            ttl_dns_cache=60,
-            enable_cleanup_closed=True,
-        )
-        self._session = aiohttp.ClientSession(
-            base_url=None,
-            connector=connector,
-            skip_auto_headers=("User-Agent",),
-            cookie_jar=aiohttp.DummyCookieJar(),
+    def url(self, deployment: DeploymentConfig, endpoint: str) -> str:
+        key = (deployment.id, endpoint)
+        url = self._urls.get(key)
+        if url is None:
+            base = self.config.base_url
+            if self.profile.azure_urls:
+                query = urlencode({"api-version": self.config.api_version or ""})
+                url = f"{base}/openai/deployments/{quote(deployment.model, safe='')}/{endpoint}?{query}"
+            else:
+                url = f"{base}/{endpoint}"
+            self._urls[key] = url
+        return url
+
+    def prepare(
+        self, deployment: DeploymentConfig, call: UpstreamCall
+    ) -> tuple[str, bytes, Mapping[str, str]]:
+        drop = self.profile.drop_fields
+        if drop and not drop.isdisjoint(call.parsed):
+            parsed = {k: v for k, v in call.parsed.items() if k not in drop}
+            parsed["model"] = deployment.model
+            body = orjson.dumps(parsed)
+        else:
+            body = rewrite_model(call.raw, call.parsed, deployment.model)
+        if self._asks_usage(call):
+            body = with_stream_usage(body, call.parsed)
+        headers = self._stream_headers if call.stream else self._headers
+        return self.url(deployment, call.endpoint), body, headers
+
+    def _asks_usage(self, call: UpstreamCall) -> bool:
+        """The proxy needs this stream's usage but the client did not ask for it."""
+        return (
+            call.proxy_usage
+            and call.stream
+            and "stream_options" not in self.profile.drop_fields
+            and not client_wants_usage(call.parsed)
         )
 
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+    def stream_filter(self, call: UpstreamCall) -> StreamFilter | None:
+        return _UsageStripper() if self._asks_usage(call) else None
 
     async def probe(
         self, deployment: DeploymentConfig, kind: str, timeout_s: float
     ) -> Outcome | None:
-        """`models`: GET {base_url}/models, which costs no tokens on OpenAI-compatible servers."""
+        """`models`: GET the vendor's model list, which costs no tokens on OpenAI-compatible servers."""
         if kind != "models":
             return await super().probe(deployment, kind, timeout_s)
-        session = self._session
-        if session is None:
-            raise RuntimeError("adapter used before start()")
         phase = "connect"
         try:
             async with (
                 asyncio.timeout(timeout_s),
-                session.get(self.url("models"), headers=self._headers) as resp,
+                self.session.get(self._models_url(), headers=self._headers) as resp,
             ):
                 phase = "body"
-                body = await resp.content.read(_MAX_ERROR_BODY)
+                body = await resp.content.read(MAX_ERROR_BODY)
                 if resp.status >= 300:
                     return classify_response(self.config.type, resp.status, resp.headers, body)
                 return None
         except Exception as exc:
             return classify_transport(exc, phase=phase)
 
-    def url(self, endpoint: str) -> str:
-        return f"{self.config.base_url}/{endpoint}"
-
-    def _timeout(self, deployment: DeploymentConfig) -> aiohttp.ClientTimeout:
-        t = self._timeouts.get(deployment.id)
-        if t is None:
-            tm = deployment.timeouts
-            t = aiohttp.ClientTimeout(
-                total=None, connect=None, sock_connect=tm.connect_s, sock_read=tm.stream_idle_s
+    def _models_url(self) -> str:
+        base = self.config.base_url
+        if self.profile.azure_urls:
+            return (
+                f"{base}/openai/models?{urlencode({'api-version': self.config.api_version or ''})}"
             )
-            self._timeouts[deployment.id] = t
-        return t
+        return f"{base}/models"
 
-    async def send(
-        self,
-        deployment: DeploymentConfig,
-        call: UpstreamCall,
-        *,
-        first_byte_s: float,
-        attempt_s: float,
-    ) -> UpstreamResponse:
-        session = self._session
-        if session is None:
-            raise RuntimeError("adapter used before start()")
-        body = rewrite_model(call.raw, call.parsed, deployment.model)
-        strip: _UsageStripper | None = None
-        if call.proxy_usage and call.stream and not client_wants_usage(call.parsed):
-            body = with_stream_usage(body, call.parsed)
-            strip = _UsageStripper()
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        phase = "connect"
-        resp: aiohttp.ClientResponse | None = None
-        try:
-            async with asyncio.timeout(first_byte_s) as budget:
-                resp = await session.post(
-                    self.url(call.endpoint),
-                    data=body,
-                    headers=self._stream_headers if call.stream else self._headers,
-                    timeout=self._timeout(deployment),
-                )
-                phase = "first_byte"
-                if resp.status >= 300:
-                    err = await resp.content.read(_MAX_ERROR_BODY)
-                    resp.release()
-                    raise AttemptFailed(
-                        classify_response(self.config.type, resp.status, resp.headers, err)
-                    )
-                if call.stream and resp.content_type == "text/event-stream":
-                    first = await resp.content.readany()
-                    scan = _SSEScan()
-                    scan.feed(first)
-                    if scan.error is not None:
-                        resp.close()
-                        raise AttemptFailed(classify_stream_error(self.config.type, scan.error))
-                    if not first:
-                        resp.close()
-                        raise AttemptFailed(
-                            classify_transport(
-                                aiohttp.ClientPayloadError("empty stream"), phase="body"
-                            )
-                        )
-                    return _StreamResponse(resp, first, scan, self.config.type, strip)
-                # The first byte of the body is still "first byte": a vendor that sends
-                # headers and then stalls is as stuck as one that sends nothing.
-                first = await resp.content.readany()
-                budget.reschedule(started + max(attempt_s, first_byte_s))
-                phase = "body"
-                rest = await resp.read()
-                data = first + rest if rest else first
-                return _JSONResponse(
-                    resp.status, resp.headers, data, _json_usage(data, self.config.type)
-                )
-        except AttemptFailed:
-            raise
-        except asyncio.CancelledError:
-            if resp is not None:
-                resp.close()
-            raise
-        except Exception as exc:
-            if resp is not None:
-                resp.close()
-            raise AttemptFailed(classify_transport(exc, phase=phase)) from None
+    def new_scan(self) -> StreamScan:
+        return _SSEScan()
+
+    def json_usage(self, data: bytes) -> Usage | None:
+        return _json_usage(data, self.config.type)
 
 
 def _json_usage(data: bytes, vendor_type: str) -> Usage | None:
@@ -434,11 +298,7 @@ def _json_usage(data: bytes, vendor_type: str) -> Usage | None:
     except orjson.JSONDecodeError:
         doc = None
     if not isinstance(doc, dict):
-        raise AttemptFailed(
-            classify_transport(
-                aiohttp.ClientPayloadError("invalid JSON in a 200 response"), phase="body"
-            )
-        )
+        raise invalid_json()
     if "error" in doc and "choices" not in doc and "data" not in doc:
         raise AttemptFailed(classify_response(vendor_type, 200, {}, data))
     return Usage.from_openai(doc.get("usage"))

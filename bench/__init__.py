@@ -1,0 +1,1 @@
+"""Benchmarks (not tests): each module runs real processes on loopback and reports numbers."""

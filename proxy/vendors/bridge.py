@@ -1,0 +1,174 @@
+"""Serving a request in one inbound API by a vendor that speaks the other.
+
+`send_bridged` translates the request (`proxy.formats.anthropic`), makes the attempt with
+the adapter's `send_native`, and translates the answer back: JSON at once, streams chunk
+by chunk. The commit point is kept: `send_bridged` returns only once the translation has
+produced its first bytes, so a vendor error before that is still a failed attempt the
+router may fail over. After it, a failure surfaces from `rest()` as `AttemptFailed`
+without `error_event_sent`, so the inbound API writes the error event in its own format.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+import orjson
+
+from proxy.config import DeploymentConfig
+from proxy.formats.anthropic import (
+    ChatToMessagesStream,
+    MessagesToChatStream,
+    chat_to_message,
+    chat_to_messages,
+    message_to_chat,
+    messages_to_chat,
+)
+from proxy.routing.classify import Outcome, OutcomeClass, classify_transport
+from proxy.vendors.base import AttemptFailed, UpstreamCall, UpstreamResponse
+from proxy.vendors.http import JSONResponse, invalid_json
+
+if TYPE_CHECKING:
+    from proxy.vendors.base import VendorAdapter
+
+__all__ = ["BRIDGES", "send_bridged"]
+
+
+class StreamTranslator(Protocol):
+    done: bool
+
+    def feed(self, chunk: bytes) -> bytes: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Bridge:
+    """How requests of API `source` reach a vendor speaking API `target`."""
+
+    source_endpoint: str  # the one endpoint of the source API that can be translated
+    target_endpoint: str
+    request: Callable[[Mapping[str, Any], str], dict[str, Any]]
+    response: Callable[[Mapping[str, Any]], dict[str, Any]]
+    stream: Callable[[Mapping[str, Any]], StreamTranslator]
+
+
+# (inbound API, vendor's native API) -> bridge
+BRIDGES: Mapping[tuple[str, str], Bridge] = {
+    ("openai", "anthropic"): Bridge(
+        "chat/completions", "messages", chat_to_messages, message_to_chat, MessagesToChatStream
+    ),
+    ("anthropic", "openai"): Bridge(
+        "messages", "chat/completions", messages_to_chat, chat_to_message, ChatToMessagesStream
+    ),
+}
+
+
+class _BridgedStream(UpstreamResponse):
+    __slots__ = ("_first", "_inner", "_it", "_translator", "content_type", "status", "usage")
+
+    def __init__(
+        self,
+        inner: UpstreamResponse,
+        it: AsyncIterator[bytes],
+        translator: StreamTranslator,
+        first: bytes,
+    ) -> None:
+        self.status = inner.status
+        self.content_type = "text/event-stream"
+        self.usage = inner.usage
+        self._inner = inner
+        self._it = it
+        self._translator = translator
+        self._first = first
+
+    @property
+    def body(self) -> bytes:
+        return self._first
+
+    async def rest(self) -> AsyncIterator[bytes]:
+        translator = self._translator
+        try:
+            async for chunk in self._it:
+                out = translator.feed(chunk)
+                if out:
+                    yield out
+        except AttemptFailed as failed:
+            # The vendor's own error event was in its format, not the client's: not relayed.
+            raise AttemptFailed(failed.outcome) from None
+        finally:
+            self.usage = self._inner.usage
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+def _unsupported(call: UpstreamCall, adapter: VendorAdapter) -> AttemptFailed:
+    path = "/v1/" + call.endpoint
+    return AttemptFailed(
+        Outcome(
+            OutcomeClass.CLIENT_ERROR,
+            400,
+            None,
+            f"{path} cannot be served by vendor {adapter.config.name!r} "
+            f"(type {adapter.config.type}); route this model group to deployments whose "
+            "vendors serve it",
+        )
+    )
+
+
+async def send_bridged(
+    adapter: VendorAdapter,
+    deployment: DeploymentConfig,
+    call: UpstreamCall,
+    *,
+    first_byte_s: float,
+    attempt_s: float,
+) -> UpstreamResponse:
+    bridge = BRIDGES.get((call.api, adapter.native_api))
+    if bridge is None or call.endpoint != bridge.source_endpoint:
+        raise _unsupported(call, adapter)
+    body = bridge.request(call.parsed, deployment.model)
+    inner_call = UpstreamCall(
+        bridge.target_endpoint,
+        orjson.dumps(body),
+        body,
+        call.stream,
+        call.request_id,
+        api=adapter.native_api,
+    )
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + first_byte_s
+    inner = await adapter.send_native(
+        deployment, inner_call, first_byte_s=first_byte_s, attempt_s=attempt_s
+    )
+    if inner.content_type != "text/event-stream":
+        try:
+            doc = orjson.loads(inner.body)
+        except orjson.JSONDecodeError:
+            raise invalid_json() from None
+        finally:
+            inner.close()
+        return JSONResponse(inner.status, orjson.dumps(bridge.response(doc)), inner.usage)
+    translator = bridge.stream(call.parsed)
+    it = aiter(inner.rest())
+    first = translator.feed(inner.body)
+    try:
+        async with asyncio.timeout_at(deadline):
+            while not first and not translator.done:
+                first = translator.feed(await anext(it))
+    except StopAsyncIteration:
+        pass
+    except TimeoutError:
+        inner.close()
+        raise AttemptFailed(classify_transport(TimeoutError(), phase="first_byte")) from None
+    except AttemptFailed as failed:
+        inner.close()
+        raise AttemptFailed(failed.outcome) from None
+    except BaseException:
+        inner.close()
+        raise
+    if not first:
+        inner.close()
+        raise invalid_json()
+    return _BridgedStream(inner, it, translator, first)

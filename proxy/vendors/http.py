@@ -1,0 +1,303 @@
+"""The native aiohttp path shared by every vendor we speak ourselves (OpenAI-compatible,
+Azure OpenAI, Anthropic): one pooled session per vendor, the attempt's phases and budgets,
+error classification, and the relay of a stream chunk by chunk.
+
+A subclass says only what differs per wire format: the request (`prepare`), how to watch
+its stream (`new_scan`: usage, in-stream errors, the terminator, the commit point) and
+how to read a JSON answer (`json_usage`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Mapping
+from typing import Protocol
+
+import aiohttp
+
+from proxy.config import DeploymentConfig, VendorConfig
+from proxy.routing.classify import classify_response, classify_stream_error, classify_transport
+from proxy.vendors.base import AttemptFailed, UpstreamCall, UpstreamResponse, Usage, VendorAdapter
+
+__all__ = ["HTTPAdapter", "JSONResponse", "StreamFilter", "StreamScan", "invalid_json"]
+
+# Error bodies read for classification (and health probes' bodies) are capped at this.
+MAX_ERROR_BODY = 64 * 1024
+
+
+class StreamScan(ABC):
+    """Watches a relayed stream for what the proxy must act on."""
+
+    __slots__ = ()
+
+    done: bool  # the vendor's success terminator was seen
+    error: bytes | None  # an in-stream error event's data
+    usage: Usage | None
+
+    @abstractmethod
+    def feed(self, chunk: bytes) -> None: ...
+
+    @property
+    def committed(self) -> bool:
+        """True once the buffered start of the stream holds content worth committing to.
+
+        Until then the adapter keeps reading (within the first-byte budget), so an error
+        event right after a vendor's preamble still fails over instead of reaching the client.
+        """
+        return True
+
+
+def invalid_json() -> AttemptFailed:
+    return AttemptFailed(
+        classify_transport(
+            aiohttp.ClientPayloadError("invalid JSON in a 200 response"), phase="body"
+        )
+    )
+
+
+class StreamFilter(Protocol):
+    """Rewrites a relayed stream on the way to the client (e.g. drops an event the proxy added)."""
+
+    def feed(self, chunk: bytes) -> bytes: ...
+
+    def tail(self) -> bytes: ...
+
+
+class JSONResponse(UpstreamResponse):
+    __slots__ = ("_body", "content_type", "headers", "status", "usage")
+
+    def __init__(
+        self,
+        status: int,
+        body: bytes,
+        usage: Usage | None,
+        headers: Mapping[str, str] = UpstreamResponse.headers,
+    ) -> None:
+        self.status = status
+        self.headers = headers
+        self.content_type = "application/json"
+        self._body = body
+        self.usage = usage
+
+    @property
+    def body(self) -> bytes:
+        return self._body
+
+    async def rest(self) -> AsyncIterator[bytes]:  # pragma: no cover - never called for JSON
+        return
+        yield b""
+
+    def close(self) -> None:
+        return None
+
+
+class _StreamResponse(UpstreamResponse):
+    __slots__ = (
+        "_filter",
+        "_finished",
+        "_first",
+        "_resp",
+        "_scan",
+        "_vendor_type",
+        "content_type",
+        "headers",
+        "status",
+        "usage",
+    )
+
+    def __init__(
+        self,
+        resp: aiohttp.ClientResponse,
+        first: bytes,
+        scan: StreamScan,
+        vendor_type: str,
+        stream_filter: StreamFilter | None = None,
+    ) -> None:
+        self.status = resp.status
+        self.headers = resp.headers
+        self.content_type = "text/event-stream"
+        self._resp = resp
+        self._filter = stream_filter
+        self._first = stream_filter.feed(first) if stream_filter is not None else first
+        self._scan = scan
+        self._vendor_type = vendor_type
+        self._finished = False
+        self.usage = scan.usage
+
+    @property
+    def body(self) -> bytes:
+        return self._first
+
+    async def rest(self) -> AsyncIterator[bytes]:
+        scan = self._scan
+        filt = self._filter
+        content = self._resp.content
+        while True:
+            try:
+                chunk = await content.readany()
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise AttemptFailed(classify_transport(exc, phase="body")) from None
+            if not chunk:
+                if filt is not None and (tail := filt.tail()):
+                    yield tail
+                break
+            scan.feed(chunk)
+            if filt is None:
+                yield chunk
+            elif out := filt.feed(chunk):
+                yield out
+            if scan.error is not None:
+                self.usage = scan.usage
+                outcome = classify_stream_error(self._vendor_type, scan.error)
+                raise AttemptFailed(outcome, error_event_sent=True)
+        self.usage = scan.usage
+        if not scan.done:
+            raise AttemptFailed(
+                classify_transport(
+                    aiohttp.ClientPayloadError("stream ended without its terminator"),
+                    phase="body",
+                )
+            )
+        self._finished = True
+
+    def close(self) -> None:
+        if self._finished:
+            self._resp.release()
+        else:
+            self._resp.close()  # abort: the vendor sees the disconnect and stops generating
+
+
+class HTTPAdapter(VendorAdapter):
+    """A pooled aiohttp session per vendor; subclasses supply the wire format."""
+
+    def __init__(self, config: VendorConfig) -> None:
+        super().__init__(config)
+        self._session: aiohttp.ClientSession | None = None
+        self._timeouts: dict[str, aiohttp.ClientTimeout] = {}
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(
+            limit=self.config.max_connections,
+            limit_per_host=0,
+            ttl_dns_cache=60,
+            enable_cleanup_closed=True,
+        )
+        self._session = aiohttp.ClientSession(
+            base_url=None,
+            connector=connector,
+            skip_auto_headers=("User-Agent",),
+            cookie_jar=aiohttp.DummyCookieJar(),
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError("adapter used before start()")
+        return self._session
+
+    def _timeout(self, deployment: DeploymentConfig) -> aiohttp.ClientTimeout:
+        t = self._timeouts.get(deployment.id)
+        if t is None:
+            tm = deployment.timeouts
+            t = aiohttp.ClientTimeout(
+                total=None, connect=None, sock_connect=tm.connect_s, sock_read=tm.stream_idle_s
+            )
+            self._timeouts[deployment.id] = t
+        return t
+
+    @abstractmethod
+    def prepare(
+        self, deployment: DeploymentConfig, call: UpstreamCall
+    ) -> tuple[str, bytes, Mapping[str, str]]:
+        """URL, body and headers of one attempt."""
+
+    @abstractmethod
+    def new_scan(self) -> StreamScan: ...
+
+    def stream_filter(self, call: UpstreamCall) -> StreamFilter | None:
+        """A rewrite of this call's stream on its way to the client (none by default)."""
+        return None
+
+    @abstractmethod
+    def json_usage(self, data: bytes) -> Usage | None:
+        """Usage of a non-streamed 200; raises AttemptFailed if the body is not an answer."""
+
+    async def send_native(
+        self,
+        deployment: DeploymentConfig,
+        call: UpstreamCall,
+        *,
+        first_byte_s: float,
+        attempt_s: float,
+    ) -> UpstreamResponse:
+        session = self.session
+        url, body, headers = self.prepare(deployment, call)
+        vendor_type = self.config.type
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        phase = "connect"
+        resp: aiohttp.ClientResponse | None = None
+        try:
+            async with asyncio.timeout(first_byte_s) as budget:
+                resp = await session.post(
+                    url, data=body, headers=headers, timeout=self._timeout(deployment)
+                )
+                phase = "first_byte"
+                if resp.status >= 300:
+                    err = await resp.content.read(MAX_ERROR_BODY)
+                    resp.release()
+                    raise AttemptFailed(
+                        classify_response(vendor_type, resp.status, resp.headers, err)
+                    )
+                if call.stream and resp.content_type == "text/event-stream":
+                    return await self._first_chunk(resp, self.new_scan(), self.stream_filter(call))
+                # The first byte of the body is still "first byte": a vendor that sends
+                # headers and then stalls is as stuck as one that sends nothing.
+                first = await resp.content.readany()
+                budget.reschedule(started + max(attempt_s, first_byte_s))
+                phase = "body"
+                rest = await resp.read()
+                data = first + rest if rest else first
+                return JSONResponse(resp.status, data, self.json_usage(data), resp.headers)
+        except AttemptFailed:
+            raise
+        except asyncio.CancelledError:
+            if resp is not None:
+                resp.close()
+            raise
+        except Exception as exc:
+            if resp is not None:
+                resp.close()
+            raise AttemptFailed(classify_transport(exc, phase=phase)) from None
+
+    async def _first_chunk(
+        self,
+        resp: aiohttp.ClientResponse,
+        scan: StreamScan,
+        stream_filter: StreamFilter | None = None,
+    ) -> UpstreamResponse:
+        """Read up to the commit point; an error event or an empty stream before it fails the attempt."""
+        parts: list[bytes] = []
+        while True:
+            chunk = await resp.content.readany()
+            if not chunk:
+                break
+            parts.append(chunk)
+            scan.feed(chunk)
+            if scan.error is not None:
+                resp.close()
+                raise AttemptFailed(classify_stream_error(self.config.type, scan.error))
+            if scan.committed or scan.done:
+                break
+        if not parts:
+            resp.close()
+            raise AttemptFailed(
+                classify_transport(aiohttp.ClientPayloadError("empty stream"), phase="body")
+            )
+        return _StreamResponse(resp, b"".join(parts), scan, self.config.type, stream_filter)
