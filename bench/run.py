@@ -48,6 +48,8 @@ SCENARIOS = [
     Scenario("a", "JSON chat, concurrency 1", 1, 1000, 4.0),
     Scenario("b", "JSON chat, concurrency 32", 32, 6000, 5.0),
     Scenario("c", "streaming, 20 chunks, concurrency 16", 16, 3000, 5.0, stream=True),
+    # TTFB overhead without queueing: at c=16 a saturated single-process proxy queues.
+    Scenario("s", "streaming, 20 chunks, concurrency 1", 1, 1000, 4.0, stream=True),
     Scenario("d", "failover: primary 429 insufficient_quota", 8, 1000, 20.0, route="quota"),
     Scenario("e", "failover: primary 500 half the time", 8, 1000, 20.0, route="flaky"),
     Scenario(
@@ -228,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="short runs, one start: iterate fast")
     parser.add_argument("--runs", type=int, help="runs per figure (default 3, quick 1)")
     parser.add_argument("--targets", default="direct,ours,litellm,portkey")
-    parser.add_argument("--scenarios", default="abcdefg")
+    parser.add_argument("--scenarios", default="abcsdefg")
     parser.add_argument(
         "--out", type=Path, help="where to write the report (default bench/RESULTS.md; quick: none)"
     )
