@@ -234,7 +234,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--out", type=Path, help="where to write the report (default bench/RESULTS.md; quick: none)"
     )
+    parser.add_argument(
+        "--render",
+        action="store_true",
+        help="only re-render the report from its .json (after editing its notes section)",
+    )
     args = parser.parse_args(argv)
+    if args.render:
+        out = args.out or ROOT / "bench" / "RESULTS.md"
+        data = json.loads(out.with_suffix(".json").read_text())
+        _write(out, data)
+        return 0
 
     runs = args.runs or (1 if args.quick else 3)
     starts = 1 if args.quick else 3
@@ -278,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     skipped: dict[str, str] = {}
     results: dict[str, dict[str, Any]] = {}
     startup: dict[str, dict[str, Any]] = {}
-    command = "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = " ".join(["python -m bench", *(argv if argv is not None else sys.argv[1:])])
     try:
         _wait_upstream(env.upstream_port)
         for t in list(targets):
@@ -356,18 +366,25 @@ def main(argv: list[str] | None = None) -> int:
         "startup": startup,
         "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
+    if out is None:
+        print(report.render(data))
+        return 0
+    out.with_suffix(".json").write_text(json.dumps(data, indent=1, default=str))
+    _write(out, data)
+    return 0
+
+
+def _write(out: Path, data: dict[str, Any]) -> None:
+    """Render `data` to `out`, keeping the hand-written notes below the report's marker."""
     notes = ""
-    if out is not None and out.exists():
+    if out.exists():
         previous = out.read_text()
         if report.NOTES_MARK in previous:
             notes = previous.split(report.NOTES_MARK, 1)[1].strip("\n")
     text = report.render(data, notes)
     print(text)
-    if out is not None:
-        out.write_text(text)
-        out.with_suffix(".json").write_text(json.dumps(data, indent=1, default=str))
-        print(f"bench: wrote {out} and {out.with_suffix('.json')}")
-    return 0
+    out.write_text(text)
+    print(f"bench: wrote {out} and {out.with_suffix('.json')}")
 
 
 def _wait_upstream(port: int) -> None:

@@ -268,7 +268,8 @@ class Ours(Target):
             [_llm_proxy(), "check-config", str(probe)], capture_output=True, text=True
         )
         if check.returncode != 0:
-            lines = [ln.strip() for ln in check.stderr.splitlines() if "anth" in ln]
+            # "<file>:<line>: vendors.anth.type: ..." -> drop the (machine-specific) file name
+            lines = [ln.split(": ", 1)[-1] for ln in check.stderr.splitlines() if "anth" in ln]
             self.anthropic_error = (lines or check.stderr.strip().splitlines() or ["?"])[0]
             if self.translated:
                 return f"this build has no `anthropic` vendor type ({self.anthropic_error})"
