@@ -1,1 +1,1 @@
-"""Benchmarks (not tests): each module runs real processes on loopback and reports numbers."""
+"""The benchmark harness: a lean upstream, our proxy and its peers, one load generator."""

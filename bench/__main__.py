@@ -1,6 +1,7 @@
-"""`make bench` / `python -m bench`: run every benchmark and write its results under bench/results/."""
+"""`python -m bench`: see bench/run.py."""
 
-from bench import translated
+import sys
 
-if __name__ == "__main__":
-    translated.main()
+from bench.run import main
+
+sys.exit(main())

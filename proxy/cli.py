@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 
+from proxy.accesslog import AccessLog
 from proxy.config import Config, ConfigError, load_config
 
 __all__ = ["main"]
@@ -53,6 +54,8 @@ def setup_logging(level: str = "info", access_log: bool = True) -> None:
     root.setLevel(level.upper())
     logging.getLogger("llmproxy.access").setLevel(logging.INFO if access_log else logging.WARNING)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # The handler above writes exactly what the access log would: let it skip the logging module.
+    AccessLog.direct_to(sys.stderr.buffer)
 
 
 def _load(path: str) -> Config:

@@ -1,0 +1,225 @@
+"""The load generator: raw asyncio HTTP/1.1 keep-alive clients, one per concurrency slot.
+
+Why not aiohttp's client: on a 2-core machine its ~100 us of CPU per request would be
+the bottleneck for the direct baseline and would steal the CPU the targets need. This
+client pre-builds each request's bytes and parses only what it measures: the status,
+the end of the response (Content-Length or chunked), the time its first body byte
+arrived (time to first byte, for streams), and whether a stream ended properly.
+
+Every request is counted: a non-2xx status, a broken connection or a stream that ended
+without its terminator is a client error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+__all__ = ["LoadResult", "Request", "run_load"]
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One request, sent as the same bytes every time."""
+
+    host: str
+    port: int
+    path: str
+    body: bytes
+    headers: tuple[tuple[str, str], ...] = ()
+    # A successful response must contain this (e.g. b"[DONE]" for an OpenAI stream).
+    expect: bytes = b""
+
+    def wire(self) -> bytes:
+        lines = [
+            f"POST {self.path} HTTP/1.1",
+            f"Host: {self.host}:{self.port}",
+            "Content-Type: application/json",
+            f"Content-Length: {len(self.body)}",
+            *(f"{k}: {v}" for k, v in self.headers),
+        ]
+        return ("\r\n".join(lines) + "\r\n\r\n").encode() + self.body
+
+
+@dataclass(slots=True)
+class LoadResult:
+    requests: int = 0
+    errors: int = 0
+    elapsed_s: float = 0.0
+    latencies_s: list[float] = field(default_factory=list)  # successful requests only
+    ttfb_s: list[float] = field(default_factory=list)
+    statuses: Counter[int] = field(default_factory=Counter)
+    error_samples: list[str] = field(default_factory=list)
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+
+class _Response:
+    __slots__ = ("body", "status", "ttfb")
+
+    def __init__(self) -> None:
+        self.status = 0
+        self.ttfb = 0.0
+        self.body = bytearray()
+
+
+class _ClientProtocol(asyncio.Protocol):
+    """Parses one response at a time off a keep-alive connection."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self._buf = b""
+        self._waiter: asyncio.Future[_Response] | None = None
+        self._resp: _Response | None = None
+        self._headers_done = False
+        self._length = -1  # -1: chunked; else bytes of body left
+        self._chunk_left = 0  # chunked: bytes left in the current chunk (+2 for CRLF)
+        self.closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_exception(ConnectionError(f"connection lost: {exc}"))
+
+    def send(self, data: bytes) -> asyncio.Future[_Response]:
+        assert self.transport is not None
+        loop = asyncio.get_running_loop()
+        self._waiter = loop.create_future()
+        self._resp = _Response()
+        self._headers_done = False
+        self._buf = b""
+        self.transport.write(data)
+        return self._waiter
+
+    def data_received(self, data: bytes) -> None:
+        resp = self._resp
+        if resp is None:
+            return
+        if not self._headers_done:
+            buf = self._buf + data
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                self._buf = buf
+                return
+            head = buf[:end].lower()
+            resp.status = int(head[9:12])
+            i = head.find(b"\r\ncontent-length:")
+            if i >= 0:
+                j = head.find(b"\r\n", i + 2)
+                self._length = int(head[i + 17 : j if j >= 0 else len(head)])
+            elif b"transfer-encoding: chunked" in head:
+                self._length = -1
+                self._chunk_left = 0
+            else:
+                self._length = 1 << 62  # read to close (not expected from any target)
+            self._headers_done = True
+            self._buf = b""
+            data = buf[end + 4 :]
+            if not data and self._length != 0:
+                return
+        if data and not resp.ttfb:
+            resp.ttfb = time.perf_counter()
+        if self._length >= 0:
+            resp.body += data
+            self._length -= len(data)
+            if self._length <= 0:
+                self._complete()
+            return
+        self._feed_chunked(data)
+
+    def _feed_chunked(self, data: bytes) -> None:
+        resp = self._resp
+        assert resp is not None
+        buf = self._buf + data if self._buf else data
+        pos = 0
+        n = len(buf)
+        while pos < n:
+            if self._chunk_left:
+                take = min(self._chunk_left, n - pos)
+                resp.body += buf[pos : pos + take]
+                self._chunk_left -= take
+                pos += take
+                continue
+            eol = buf.find(b"\r\n", pos)
+            if eol < 0:
+                break
+            if eol == pos:  # the CRLF after a chunk's data
+                pos += 2
+                continue
+            size = int(buf[pos:eol].split(b";")[0], 16)
+            if size == 0:
+                if buf.find(b"\r\n", eol + 2) < 0:
+                    break  # trailer's empty line not here yet
+                self._buf = b""
+                self._complete()
+                return
+            self._chunk_left = size
+            pos = eol + 2
+        self._buf = buf[pos:]
+
+    def _complete(self) -> None:
+        waiter, resp = self._waiter, self._resp
+        self._waiter = self._resp = None
+        if waiter is not None and not waiter.done() and resp is not None:
+            waiter.set_result(resp)
+
+
+async def _connect(req: Request) -> _ClientProtocol:
+    loop = asyncio.get_running_loop()
+    _, proto = await loop.create_connection(_ClientProtocol, req.host, req.port)
+    return proto
+
+
+async def run_load(
+    req: Request, *, concurrency: int, requests: int, max_seconds: float, timeout_s: float = 30.0
+) -> LoadResult:
+    """Send `requests` requests (or as many as fit in `max_seconds`) from `concurrency` clients."""
+    result = LoadResult()
+    wire = req.wire()
+    expect = req.expect
+    issued = 0
+    started = time.perf_counter()
+    deadline = started + max_seconds
+
+    async def worker() -> None:
+        nonlocal issued
+        proto: _ClientProtocol | None = None
+        while issued < requests and time.perf_counter() < deadline:
+            issued += 1
+            t0 = time.perf_counter()
+            try:
+                if proto is None or proto.closed:
+                    proto = await _connect(req)
+                resp = await asyncio.wait_for(proto.send(wire), timeout_s)
+            except (OSError, TimeoutError) as exc:
+                result.requests += 1
+                result.errors += 1
+                if len(result.error_samples) < 5:
+                    result.error_samples.append(f"{type(exc).__name__}: {exc}")
+                if proto is not None and proto.transport is not None:
+                    proto.transport.close()
+                proto = None
+                continue
+            t1 = time.perf_counter()
+            result.requests += 1
+            result.statuses[resp.status] += 1
+            if 200 <= resp.status < 300 and (not expect or expect in resp.body):
+                result.latencies_s.append(t1 - t0)
+                result.ttfb_s.append((resp.ttfb or t1) - t0)
+            else:
+                result.errors += 1
+                if len(result.error_samples) < 5:
+                    result.error_samples.append(f"{resp.status}: {bytes(resp.body[:300])!r}")
+        if proto is not None and proto.transport is not None:
+            proto.transport.close()
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    result.elapsed_s = time.perf_counter() - started
+    return result

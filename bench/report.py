@@ -1,0 +1,223 @@
+"""Render a benchmark run as Markdown: the figures, the targets they are held to, the setup."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+__all__ = ["render"]
+
+NOTES_MARK = "<!-- notes: everything below this line is kept when the bench rewrites the file -->"
+
+
+def _f(v: Any, digits: int = 2) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    if isinstance(v, float):
+        return f"{v:,.{digits}f}"
+    return str(v)
+
+
+# (scenario, row label, key, digits); None key rows are computed.
+_ROWS: list[tuple[str, str, str, int]] = [
+    ("a", "latency p50 (ms)", "p50_ms", 2),
+    ("a", "latency p99 (ms)", "p99_ms", 2),
+    ("a", "CPU per request (ms)", "cpu_ms", 3),
+    ("b", "requests/s", "rps", 0),
+    ("b", "latency p50 (ms)", "p50_ms", 2),
+    ("b", "latency p99 (ms)", "p99_ms", 2),
+    ("b", "CPU per request (ms)", "cpu_ms", 3),
+    ("b", "upstream CPU per request (ms)", "upstream_cpu_ms", 3),
+    ("b", "load generator CPU per request (ms)", "loadgen_cpu_ms", 3),
+    ("c", "streams/s", "rps", 0),
+    ("c", "time to first byte p50 (ms)", "ttfb_p50_ms", 2),
+    ("c", "time to first byte p99 (ms)", "ttfb_p99_ms", 2),
+    ("c", "CPU per stream (ms)", "cpu_ms", 3),
+    ("c", "client errors (all runs)", "errors", 0),
+    ("s", "time to first byte p50 (ms)", "ttfb_p50_ms", 2),
+    ("s", "time to first byte p99 (ms)", "ttfb_p99_ms", 2),
+    ("s", "CPU per stream (ms)", "cpu_ms", 3),
+    ("d", "client errors (all runs)", "errors", 0),
+    ("d", "latency p50 (ms)", "p50_ms", 2),
+    ("d", "latency p99 (ms)", "p99_ms", 2),
+    ("d", "hits on the primary (per 1,000)", "primary_hits", 0),
+    ("d", "CPU per request (ms)", "cpu_ms", 3),
+    ("e", "client errors (all runs)", "errors", 0),
+    ("e", "latency p50 (ms)", "p50_ms", 2),
+    ("e", "latency p99 (ms)", "p99_ms", 2),
+    ("e", "hits on the primary (per 1,000)", "primary_hits", 0),
+    ("e", "CPU per request (ms)", "cpu_ms", 3),
+    ("f", "requests/s", "rps", 0),
+    ("f", "latency p50 (ms)", "p50_ms", 2),
+    ("f", "CPU per request (ms)", "cpu_ms", 3),
+    ("f", "client errors (all runs)", "errors", 0),
+]
+
+
+def _get(data: dict[str, Any], sc: str, target: str, key: str) -> Any:
+    return data["results"].get(sc, {}).get(target, {}).get(key)
+
+
+def _table(data: dict[str, Any]) -> list[str]:
+    targets = data["targets"]
+    names = list(targets)
+    lines = [
+        "| scenario | figure | " + " | ".join(targets[n] for n in names) + " |",
+        "|---|---|" + "---:|" * len(names),
+    ]
+    scenarios = data["scenarios"]
+    for sc, label, key, digits in _ROWS:
+        if sc not in data["results"]:
+            continue
+        cells = [_f(_get(data, sc, n, key), digits) for n in names]
+        lines.append(f"| ({sc}) {scenarios[sc]['title']} | {label} | " + " | ".join(cells) + " |")
+    if "a" in data["results"]:
+        direct = _get(data, "a", "direct", "p50_ms")
+        cells = [
+            _f(_get(data, "a", n, "p50_ms") - direct, 2)
+            if direct is not None and _get(data, "a", n, "p50_ms") is not None
+            else "-"
+            for n in names
+        ]
+        lines.insert(
+            5,
+            "| (a) JSON chat, concurrency 1 | added p50 over direct (ms) | "
+            + " | ".join(cells)
+            + " |",
+        )
+    su = data["startup"]
+    for label, key, digits in (
+        ("seconds from start to ready (median)", "ready_s", 2),
+        ("RSS idle (MB)", "rss_idle_mb", 0),
+        ("RSS after all scenarios (MB)", "rss_after_mb", 0),
+    ):
+        cells = [_f(su.get(n, {}).get(key), digits) for n in names]
+        lines.append(f"| (g) process | {label} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _num(data: dict[str, Any], sc: str, target: str, key: str) -> float | None:
+    v = _get(data, sc, target, key)
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
+
+
+def _diff(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a - b
+
+
+def _at_most(value: float | None, limit: float | None) -> bool | None:
+    return None if value is None or limit is None else value <= limit
+
+
+def _targets(data: dict[str, Any]) -> list[str]:
+    """Each target of issue 9, with the figure it is judged on and whether it holds."""
+    rows: list[tuple[str, str, bool | None]] = []
+    cpu = _num(data, "b", "ours", "cpu_ms")
+    rows.append(
+        (
+            "pass-through CPU per JSON request <= 0.25 ms (c=32)",
+            f"{_f(cpu, 3)} ms",
+            _at_most(cpu, 0.25),
+        )
+    )
+    added = _diff(_num(data, "a", "ours", "p50_ms"), _num(data, "a", "direct", "p50_ms"))
+    rows.append(
+        ("added latency p50 at concurrency 1 <= 0.3 ms", f"{_f(added, 2)} ms", _at_most(added, 0.3))
+    )
+    ours_rps = _num(data, "b", "ours", "rps")
+    for peer, factor in (("portkey", 3), ("litellm", 30)):
+        peer_rps = _num(data, "b", peer, "rps")
+        ratio = ours_rps / peer_rps if ours_rps is not None and peer_rps else None
+        ok = None if ratio is None else ratio >= factor
+        rows.append((f"throughput at c=32 >= {factor}x {peer}'s", f"{_f(ratio, 1)}x", ok))
+    scpu = _num(data, "c", "ours", "cpu_ms")
+    rows.append(("CPU per 20-chunk stream <= 0.6 ms", f"{_f(scpu, 3)} ms", _at_most(scpu, 0.6)))
+    sttfb = _diff(_num(data, "c", "ours", "ttfb_p50_ms"), _num(data, "c", "direct", "ttfb_p50_ms"))
+    rows.append(
+        ("stream TTFB p50 over direct <= 0.5 ms (c=16)", f"{_f(sttfb, 2)} ms", _at_most(sttfb, 0.5))
+    )
+    for sc in ("d", "e"):
+        if sc not in data["results"]:
+            continue
+        errs = _num(data, sc, "ours", "errors")
+        rows.append((f"({sc}) 0 client errors", _f(errs, 0), None if errs is None else errs == 0))
+        # One upstream round trip: the direct call's median at the same concurrency.
+        d99, d50 = _num(data, sc, "direct", "p99_ms"), _num(data, sc, "direct", "p50_ms")
+        bound = None if d99 is None or d50 is None else d99 + d50 + 5
+        p99 = _num(data, sc, "ours", "p99_ms")
+        rows.append(
+            (
+                f"({sc}) p99 <= direct p99 + one round trip + 5 ms (= {_f(bound, 2)} ms)",
+                f"{_f(p99, 2)} ms",
+                _at_most(p99, bound),
+            )
+        )
+    if "d" in data["results"]:
+        hits = _num(data, "d", "ours", "primary_hits")
+        rows.append(
+            (
+                "(d) hits on the quota-exhausted primary <= 10 of 1,000",
+                _f(hits, 0),
+                _at_most(hits, 10),
+            )
+        )
+    tcpu = _num(data, "f", "ours-litellm", "cpu_ms")
+    rows.append(
+        (
+            "translated path CPU per request (reported)",
+            f"{_f(tcpu, 3)} ms (pass-through {_f(cpu, 3)} ms)",
+            None,
+        )
+    )
+    rss = data["startup"].get("ours", {}).get("rss_idle_mb")
+    rows.append(
+        (
+            "RSS idle <= 80 MB (OpenAI-compatible vendors only)",
+            f"{_f(rss, 0)} MB",
+            _at_most(rss, 80),
+        )
+    )
+    ready = data["startup"].get("ours", {}).get("ready_s")
+    rows.append(
+        ("ready <= 0.5 s without litellm vendors", f"{_f(ready, 2)} s", _at_most(ready, 0.5))
+    )
+    lines = ["| target | ours | met |", "|---|---:|:---:|"]
+    for what, value, ok in rows:
+        mark = "-" if ok is None else ("yes" if ok else "**no**")
+        lines.append(f"| {what} | {value} | {mark} |")
+    return lines
+
+
+def render(data: dict[str, Any], notes: str = "") -> str:
+    m, v = data["machine"], data["versions"]
+    sc = data["scenarios"]
+    out = [
+        "# Benchmark results",
+        "",
+        f"Written by `{data['command']}` on {data['when']}"
+        + (" (**quick mode: not a reference run**)" if data["quick"] else "")
+        + f". Each figure is the median of {data['runs']} interleaved run(s) per target; "
+        "client errors are summed over the runs. CPU per request is the target process's "
+        "utime+stime (children included) from /proc over the run, divided by the requests sent.",
+        "",
+        f"Machine: {m['cores']} cores, {m['cpu']}, Linux {m['kernel']}. "
+        "Load generator, upstream and target share these cores.",
+        "",
+        "Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()) + ".",
+        "",
+        "Scenarios (concurrency, requests per run or time cap): "
+        + "; ".join(
+            f"({k}) {s['title']}: {s['requests']} requests or {s['max_seconds']:.0f} s"
+            for k, s in sc.items()
+        )
+        + ".",
+        "",
+    ]
+    for label, reason in data["skipped"].items():
+        out.append(f"- Skipped {label}: {reason}")
+    if data["skipped"]:
+        out.append("")
+    out += ["## Figures", "", *_table(data), "", "## Targets (issue 9)", "", *_targets(data), ""]
+    if notes:
+        out += ["", NOTES_MARK, notes.rstrip(), ""]
+    return "\n".join(out)

@@ -1,0 +1,398 @@
+"""`make bench` / `python -m bench`: run every scenario against every target, write RESULTS.md.
+
+Order of work: start the lean upstream; install/prepare the peers (a peer that cannot be
+installed is skipped with a line saying why); start every target (several times, for the
+start-up figure); then for each scenario, warm every target up and run the scenario
+round-robin over the targets (direct, ours, litellm, portkey, direct, ours, ...) so that
+a burst of noise on the machine hits all of them alike. Each figure is the median of the
+runs. CPU per request is read from /proc for every process: the target (with its
+children), the upstream and the load generator itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Coroutine
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from bench import report
+from bench.loadgen import LoadResult, run_load
+from bench.procstat import cpu_seconds, rss_bytes
+from bench.targets import (
+    PEERS,
+    ROOT,
+    Direct,
+    Env,
+    LiteLLM,
+    Ours,
+    Portkey,
+    Scenario,
+    Target,
+    free_port,
+    primary_prefix,
+)
+
+__all__ = ["SCENARIOS", "main"]
+
+SCENARIOS = [
+    Scenario("a", "JSON chat, concurrency 1", 1, 1000, 4.0),
+    Scenario("b", "JSON chat, concurrency 32", 32, 6000, 5.0),
+    Scenario("c", "streaming, 20 chunks, concurrency 16", 16, 3000, 5.0, stream=True),
+    # TTFB overhead without queueing: at c=16 a saturated single-process proxy queues.
+    Scenario("s", "streaming, 20 chunks, concurrency 1", 1, 1000, 4.0, stream=True),
+    Scenario("d", "failover: primary 429 insufficient_quota", 8, 1000, 20.0, route="quota"),
+    Scenario("e", "failover: primary 500 half the time", 8, 1000, 20.0, route="flaky"),
+    Scenario(
+        "f", "translated path: Anthropic vendor, concurrency 32", 32, 3000, 5.0, route="anthropic"
+    ),
+]
+
+
+@dataclass
+class Run:
+    """One scenario run against one target."""
+
+    requests: int
+    errors: int
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    ttfb_p50_ms: float
+    ttfb_p99_ms: float
+    cpu_ms: float  # target CPU per request (ms)
+    upstream_cpu_ms: float
+    loadgen_cpu_ms: float
+    primary_hits: int | None
+    error_samples: list[str] = field(default_factory=list)
+
+
+def _pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))] * 1000
+
+
+def _run(coro: Coroutine[Any, Any, LoadResult]) -> LoadResult:
+    """The load generator runs on uvloop where available (it halves the client's CPU)."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
+def _stats(port: int) -> dict[str, int]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stats", timeout=5) as resp:
+        data: dict[str, int] = json.loads(resp.read())
+        return data
+
+
+def _self_cpu() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+def measure(target: Target, scenario: Scenario, run: int, env: Env, upstream_pid: int) -> Run:
+    req = target.request(scenario, run)
+    prefix = primary_prefix(target.name, scenario, run)
+    hits_before = _stats(env.upstream_port).get(prefix, 0) if prefix else 0
+    own = target.proc.pid if target.proc is not None else None
+    t_cpu0 = cpu_seconds(own) if own else 0.0
+    u_cpu0 = cpu_seconds(upstream_pid)
+    l_cpu0 = _self_cpu()
+    result: LoadResult = _run(
+        run_load(
+            req,
+            concurrency=scenario.concurrency,
+            requests=scenario.requests,
+            max_seconds=scenario.max_seconds,
+        )
+    )
+    l_cpu = _self_cpu() - l_cpu0
+    u_cpu = cpu_seconds(upstream_pid) - u_cpu0
+    t_cpu = (cpu_seconds(own) - t_cpu0) if own else 0.0
+    n = max(result.requests, 1)
+    hits = _stats(env.upstream_port).get(prefix, 0) - hits_before if prefix else None
+    return Run(
+        requests=result.requests,
+        errors=result.errors,
+        rps=result.rps,
+        p50_ms=_pct(result.latencies_s, 0.50),
+        p99_ms=_pct(result.latencies_s, 0.99),
+        ttfb_p50_ms=_pct(result.ttfb_s, 0.50),
+        ttfb_p99_ms=_pct(result.ttfb_s, 0.99),
+        cpu_ms=t_cpu / n * 1000,
+        upstream_cpu_ms=u_cpu / n * 1000,
+        loadgen_cpu_ms=l_cpu / n * 1000,
+        primary_hits=hits,
+        error_samples=result.error_samples,
+    )
+
+
+def warm_up(target: Target, scenario: Scenario, seconds: float) -> None:
+    """Bring pools, caches and JITs up to speed, on a healthy route (never the failover state)."""
+    warm = scenario if scenario.route == "anthropic" else replace(scenario, route="bench")
+    _run(
+        run_load(
+            target.request(warm, 0),
+            concurrency=scenario.concurrency,
+            requests=2000,
+            max_seconds=seconds,
+        )
+    )
+
+
+def _median(values: list[float]) -> float:
+    clean = [v for v in values if v == v]  # drop NaN
+    return statistics.median(clean) if clean else float("nan")
+
+
+def summarise(runs: list[Run]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key in (
+        "rps",
+        "p50_ms",
+        "p99_ms",
+        "ttfb_p50_ms",
+        "ttfb_p99_ms",
+        "cpu_ms",
+        "upstream_cpu_ms",
+        "loadgen_cpu_ms",
+    ):
+        out[key] = _median([getattr(r, key) for r in runs])
+    out["errors"] = sum(r.errors for r in runs)
+    out["requests"] = sum(r.requests for r in runs)
+    hits = [r.primary_hits for r in runs if r.primary_hits is not None]
+    out["primary_hits"] = _median([float(h) for h in hits]) if hits else None
+    out["runs"] = [r.__dict__ for r in runs]
+    return out
+
+
+def _versions(targets: list[Target]) -> dict[str, str]:
+    import aiohttp
+
+    out = {
+        "python": sys.version.split()[0],
+        "aiohttp": aiohttp.__version__,
+    }
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        out["uvloop"] = version("uvloop")
+    except PackageNotFoundError:
+        out["uvloop"] = "not installed"
+
+    out["ours"] = version("llm-failover-proxy")
+    for t in targets:
+        if isinstance(t, LiteLLM):
+            r = subprocess.run(
+                [
+                    str(t.venv / "bin" / "python"),
+                    "-c",
+                    "import importlib.metadata as m;print(m.version('litellm'))",
+                ],
+                capture_output=True,
+                text=True,
+            )
+            out["litellm"] = r.stdout.strip() or "?"
+        if isinstance(t, Portkey):
+            pkg = t.entry.parent.parent / "package.json"
+            out["portkey gateway"] = json.loads(pkg.read_text())["version"]
+            out["node"] = subprocess.run(
+                ["node", "--version"], capture_output=True, text=True
+            ).stdout.strip()
+    return out
+
+
+def _machine() -> dict[str, str]:
+    model = "?"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return {"cores": str(os.cpu_count()), "cpu": model, "kernel": os.uname().release}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="short runs, one start: iterate fast")
+    parser.add_argument("--runs", type=int, help="runs per figure (default 3, quick 1)")
+    parser.add_argument("--targets", default="direct,ours,litellm,portkey")
+    parser.add_argument("--scenarios", default="abcsdefg")
+    parser.add_argument(
+        "--out", type=Path, help="where to write the report (default bench/RESULTS.md; quick: none)"
+    )
+    parser.add_argument(
+        "--render",
+        action="store_true",
+        help="only re-render the report from its .json (after editing its notes section)",
+    )
+    args = parser.parse_args(argv)
+    if args.render:
+        out = args.out or ROOT / "bench" / "RESULTS.md"
+        data = json.loads(out.with_suffix(".json").read_text())
+        _write(out, data)
+        return 0
+
+    runs = args.runs or (1 if args.quick else 3)
+    starts = 1 if args.quick else 3
+    scale = 0.25 if args.quick else 1.0
+    warm_s = 0.5 if args.quick else 1.5
+    out = args.out or (None if args.quick else ROOT / "bench" / "RESULTS.md")
+    wanted = set(args.scenarios)
+    scenarios = [
+        replace(
+            s,
+            requests=max(50, int(s.requests * scale)),
+            max_seconds=s.max_seconds * max(scale, 0.4),
+        )
+        if not s.fresh_state
+        else s
+        for s in SCENARIOS
+        if s.key in wanted
+    ]
+
+    logs = PEERS / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    env = Env(upstream_port=free_port(), runs=runs, logs=logs)
+    names = args.targets.split(",")
+    classes: dict[str, Any] = {
+        "direct": Direct,
+        "ours": Ours,
+        "litellm": LiteLLM,
+        "portkey": Portkey,
+    }
+    targets: list[Target] = [classes[n](env) for n in names]
+    if "ours" in names and "f" in wanted:
+        targets.insert(names.index("ours") + 1, Ours(env, translated=True))
+
+    print(f"bench: logs and configs in {logs}")
+    upstream = subprocess.Popen(
+        [sys.executable, "-m", "bench.upstream", "--port", str(env.upstream_port)],
+        stdout=open(logs / "upstream.log", "ab"),  # noqa: SIM115
+        stderr=subprocess.STDOUT,
+        cwd=ROOT,
+    )
+    skipped: dict[str, str] = {}
+    results: dict[str, dict[str, Any]] = {}
+    startup: dict[str, dict[str, Any]] = {}
+    command = " ".join(["python -m bench", *(argv if argv is not None else sys.argv[1:])])
+    try:
+        _wait_upstream(env.upstream_port)
+        for t in list(targets):
+            reason = t.prepare()
+            if reason:
+                print(f"bench: SKIP {t.label}: {reason}")
+                skipped[t.label] = reason
+                targets.remove(t)
+
+        # (g) start-up time (median of `starts`) and idle RSS.
+        for i in range(starts):
+            for t in targets:
+                if isinstance(t, Direct):
+                    continue
+                secs = t.start()
+                startup.setdefault(t.name, {}).setdefault("ready_s_all", []).append(secs)
+                print(f"bench: {t.label} ready in {secs:.2f} s")
+                if i < starts - 1:
+                    t.stop()
+        time.sleep(1.0)
+        for t in targets:
+            if t.proc is not None:
+                s = startup[t.name]
+                s["ready_s"] = _median(s["ready_s_all"])
+                s["rss_idle_mb"] = rss_bytes(t.pid) / 2**20
+
+        for sc in scenarios:
+            active = []
+            for t in targets:
+                reason = t.supports(sc)
+                if reason is None:
+                    active.append(t)
+            if sc.route == "anthropic" and not any(
+                isinstance(t, Ours) and t.translated for t in active
+            ):
+                why = skipped.get("ours, Anthropic vendor via litellm", "not requested")
+                print(f"bench: scenario ({sc.key}) for ours skipped: {why}")
+            print(f"bench: ({sc.key}) {sc.title}: warm-up")
+            for t in active:
+                warm_up(t, sc, warm_s)
+            per: dict[str, list[Run]] = {t.name: [] for t in active}
+            for run in range(runs):
+                for t in active:
+                    r = measure(t, sc, run, env, upstream.pid)
+                    per[t.name].append(r)
+                    hits = "" if r.primary_hits is None else f", primary hits {r.primary_hits}"
+                    print(
+                        f"  run {run + 1}/{runs} {t.name:13} {r.requests:5d} req {r.rps:8.0f}/s "
+                        f"p50 {r.p50_ms:7.2f} ms p99 {r.p99_ms:7.2f} ms "
+                        f"cpu {r.cpu_ms:6.3f} ms/req errors {r.errors}{hits}"
+                    )
+                    for sample in r.error_samples[:2]:
+                        print(f"      error: {sample}")
+            results[sc.key] = {name: summarise(rs) for name, rs in per.items()}
+
+        for t in targets:
+            if t.proc is not None:
+                startup[t.name]["rss_after_mb"] = rss_bytes(t.pid) / 2**20
+    finally:
+        for t in targets:
+            t.stop()
+        upstream.terminate()
+        upstream.wait(10)
+
+    data = {
+        "command": command,
+        "machine": _machine(),
+        "versions": _versions(targets),
+        "runs": runs,
+        "quick": args.quick,
+        "scenarios": {s.key: s.__dict__ for s in scenarios},
+        "targets": {t.name: t.label for t in targets},
+        "skipped": skipped,
+        "results": results,
+        "startup": startup,
+        "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
+    if out is None:
+        print(report.render(data))
+        return 0
+    out.with_suffix(".json").write_text(json.dumps(data, indent=1, default=str))
+    _write(out, data)
+    return 0
+
+
+def _write(out: Path, data: dict[str, Any]) -> None:
+    """Render `data` to `out`, keeping the hand-written notes below the report's marker."""
+    notes = ""
+    if out.exists():
+        previous = out.read_text()
+        if report.NOTES_MARK in previous:
+            notes = previous.split(report.NOTES_MARK, 1)[1].strip("\n")
+    text = report.render(data, notes)
+    print(text)
+    out.write_text(text)
+    print(f"bench: wrote {out} and {out.with_suffix('.json')}")
+
+
+def _wait_upstream(port: int) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            _stats(port)
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("the bench upstream did not start; see bench/.peers/logs/upstream.log")

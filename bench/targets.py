@@ -1,0 +1,458 @@
+"""What the benchmark drives: the upstream directly, our proxy, and the peers.
+
+Each target knows how to install itself (peers go to bench/.peers/, git-ignored), start
+as a subprocess with its logs in a file, tell when it is ready, and build the request
+of each scenario in its own dialect (model group names, auth and routing headers). All
+of them point at the same lean upstream (bench/upstream.py); its first path segment
+selects the behaviour and counts hits, so "hits on the primary" is measured at the
+upstream, the same way for every target.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+
+from bench.loadgen import Request
+
+__all__ = ["Direct", "Env", "LiteLLM", "Ours", "Portkey", "Scenario", "Target", "free_port"]
+
+ROOT = Path(__file__).resolve().parent.parent
+PEERS = ROOT / "bench" / ".peers"
+
+ANTHROPIC_MODEL = "claude-sonnet-4-5"
+PROMPT = [{"role": "user", "content": "Say hello in one short sentence."}]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass(frozen=True)
+class Scenario:
+    key: str  # "a".."f"
+    title: str
+    concurrency: int
+    requests: int
+    max_seconds: float
+    stream: bool = False
+    # "bench" (healthy), "quota" (primary 429 insufficient_quota), "flaky" (primary 50% 500),
+    # "anthropic" (the translated path)
+    route: str = "bench"
+
+    @property
+    def fresh_state(self) -> bool:
+        """Failover runs need a deployment the target has never seen (no cooldown yet)."""
+        return self.route in ("quota", "flaky")
+
+
+@dataclass
+class Env:
+    """Shared facts: where the upstream listens, how many runs, where logs go."""
+
+    upstream_port: int
+    runs: int
+    logs: Path
+
+    def upstream(self, prefix: str) -> str:
+        return f"http://127.0.0.1:{self.upstream_port}/{prefix}"
+
+
+def primary_prefix(target: str, scenario: Scenario, run: int) -> str | None:
+    if scenario.fresh_state and target != "direct":
+        return f"{scenario.route}-{target}-{run}"
+    return None
+
+
+def _chat_body(model: str, stream: bool) -> bytes:
+    body: dict[str, object] = {"model": model, "messages": PROMPT, "max_tokens": 32}
+    if stream:
+        body["stream"] = True
+    return orjson.dumps(body)
+
+
+def _group(scenario: Scenario, run: int) -> str:
+    return {"quota": f"fq-{run}", "flaky": f"f5-{run}", "anthropic": "anth"}.get(
+        scenario.route, "bench"
+    )
+
+
+class Target:
+    name = ""
+    label = ""
+
+    def __init__(self, env: Env) -> None:
+        self.env = env
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log: object | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def prepare(self) -> str | None:
+        """Install or configure; return why the target must be skipped, or None."""
+        return None
+
+    def supports(self, scenario: Scenario) -> str | None:
+        """Why this target cannot run `scenario`, or None."""
+        return None
+
+    def command(self) -> tuple[list[str], dict[str, str], Path | None]:
+        raise NotImplementedError
+
+    ready_path = "/"
+
+    def start(self, timeout_s: float = 120.0) -> float:
+        """Start the process; return seconds from spawn to its readiness answering 200."""
+        argv, extra_env, cwd = self.command()
+        log = open(self.env.logs / f"{self.name}.log", "ab")  # noqa: SIM115 - closed in stop()
+        self._log = log
+        t0 = time.perf_counter()
+        self.proc = subprocess.Popen(
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **extra_env},
+            cwd=cwd,
+        )
+        url = f"http://127.0.0.1:{self.port}{self.ready_path}"
+        while time.perf_counter() - t0 < timeout_s:
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"{self.label} exited with {self.proc.returncode} during start-up; "
+                    f"see {self.env.logs / (self.name + '.log')}"
+                )
+            try:
+                with urllib.request.urlopen(url, timeout=1) as resp:
+                    if resp.status == 200:
+                        return time.perf_counter() - t0
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            time.sleep(0.01)
+        self.stop()
+        raise RuntimeError(f"{self.label} was not ready within {timeout_s:.0f} s")
+
+    def stop(self) -> None:
+        proc = self.proc
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        self.proc = None
+        if self._log is not None:
+            self._log.close()  # type: ignore[attr-defined]
+            self._log = None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    # -- requests --------------------------------------------------------------------------
+
+    def request(self, scenario: Scenario, run: int) -> Request:
+        return Request(
+            "127.0.0.1",
+            self.port,
+            "/v1/chat/completions",
+            _chat_body(_group(scenario, run), scenario.stream),
+            self.headers(scenario, run),
+            b"[DONE]" if scenario.stream else b'"choices"',
+        )
+
+    def headers(self, scenario: Scenario, run: int) -> tuple[tuple[str, str], ...]:
+        return ()
+
+
+class Direct(Target):
+    """The upstream itself: the floor every proxy is measured against."""
+
+    name = label = "direct"
+
+    def start(self, timeout_s: float = 120.0) -> float:
+        return 0.0
+
+    def stop(self) -> None:
+        return None
+
+    def request(self, scenario: Scenario, run: int) -> Request:
+        port = self.env.upstream_port
+        if scenario.route == "anthropic":
+            body = orjson.dumps({"model": ANTHROPIC_MODEL, "max_tokens": 32, "messages": PROMPT})
+            return Request("127.0.0.1", port, "/ok-anth/v1/messages", body, (), b'"content"')
+        # In the failover scenarios "direct" is the healthy secondary, called directly.
+        return Request(
+            "127.0.0.1",
+            port,
+            "/ok/v1/chat/completions",
+            _chat_body("gpt-4o-mini", scenario.stream),
+            (),
+            b"[DONE]" if scenario.stream else b'"choices"',
+        )
+
+
+class Ours(Target):
+    """`llm-proxy serve` with metrics and the JSON access log on (to a file)."""
+
+    name = "ours"
+    label = "ours (llm-proxy)"
+    ready_path = "/health/ready"
+
+    def __init__(self, env: Env, *, translated: bool = False) -> None:
+        super().__init__(env)
+        self.translated = translated
+        if translated:
+            self.name = "ours-litellm"
+            self.label = "ours, Anthropic vendor via litellm"
+        self.config_path = env.logs / f"{self.name}.yaml"
+        self.anthropic_error: str | None = None
+
+    def _config(self, anthropic: bool) -> dict[str, object]:
+        env = self.env
+        vendors: dict[str, object] = {
+            "ok": {"type": "openai", "base_url": env.upstream("ok/v1"), "api_key": "sk-bench"}
+        }
+        models: dict[str, object] = {
+            "bench": {"deployments": [{"vendor": "ok", "model": "gpt-4o-mini"}]}
+        }
+        for run in range(env.runs):
+            for route, group in (("quota", f"fq-{run}"), ("flaky", f"f5-{run}")):
+                primary = f"{route}-{self.name}-{run}"
+                vendors[primary] = {
+                    "type": "openai",
+                    "base_url": env.upstream(f"{primary}/v1"),
+                    "api_key": "sk-bench",
+                }
+                models[group] = {
+                    "strategy": "priority",
+                    "deployments": [
+                        {"vendor": primary, "model": "gpt-4o-mini"},
+                        {"vendor": "ok", "model": "gpt-4o-mini"},
+                    ],
+                }
+        if anthropic:
+            vendors["anth"] = {
+                "type": "anthropic",
+                "base_url": env.upstream("ok-anth"),
+                "api_key": "sk-ant-bench",
+            }
+            models["anth"] = {"deployments": [{"vendor": "anth", "model": ANTHROPIC_MODEL}]}
+        return {
+            "server": {"host": "127.0.0.1", "port": self.port},
+            "vendors": vendors,
+            "models": models,
+        }
+
+    def prepare(self) -> str | None:
+        # Does this build have an `anthropic` vendor type? Ask check-config, not the code.
+        probe = self.env.logs / f"{self.name}-probe.yaml"
+        probe.write_bytes(orjson.dumps(self._config(anthropic=True)))
+        check = subprocess.run(
+            [_llm_proxy(), "check-config", str(probe)], capture_output=True, text=True
+        )
+        if check.returncode != 0:
+            # "<file>:<line>: vendors.anth.type: ..." -> drop the (machine-specific) file name
+            lines = [ln.split(": ", 1)[-1] for ln in check.stderr.splitlines() if "anth" in ln]
+            self.anthropic_error = (lines or check.stderr.strip().splitlines() or ["?"])[0]
+            if self.translated:
+                return f"this build has no `anthropic` vendor type ({self.anthropic_error})"
+        self.config_path.write_bytes(orjson.dumps(self._config(anthropic=self.translated)))
+        return None
+
+    def supports(self, scenario: Scenario) -> str | None:
+        if scenario.route == "anthropic" and not self.translated:
+            return "runs as the pass-through comparison of (f) only via scenario (b)"
+        if self.translated and scenario.route != "anthropic":
+            return "the litellm-vendor instance runs scenario (f) only"
+        return None
+
+    def command(self) -> tuple[list[str], dict[str, str], Path | None]:
+        return (
+            [_llm_proxy(), "serve", "--config", str(self.config_path), "--port", str(self.port)],
+            {},
+            None,
+        )
+
+
+def _llm_proxy() -> str:
+    exe = Path(sys.executable).parent / "llm-proxy"
+    return str(exe) if exe.exists() else (shutil.which("llm-proxy") or "llm-proxy")
+
+
+class LiteLLM(Target):
+    """LiteLLM Proxy in its own venv, no database, master key auth, fallbacks for failover."""
+
+    name = "litellm"
+    label = "LiteLLM Proxy"
+    ready_path = "/health/liveliness"
+    master_key = "sk-bench-master"
+
+    @property
+    def venv(self) -> Path:
+        return PEERS / "litellm-venv"
+
+    def prepare(self) -> str | None:
+        exe = self.venv / "bin" / "litellm"
+        if not exe.exists():
+            print("  installing LiteLLM Proxy into bench/.peers/litellm-venv (first run only)...")
+            try:
+                subprocess.run([sys.executable, "-m", "venv", str(self.venv)], check=True)
+                subprocess.run(
+                    [str(self.venv / "bin" / "pip"), "install", "--quiet", "litellm[proxy]"],
+                    check=True,
+                )
+            except (subprocess.CalledProcessError, OSError) as exc:
+                return f"`pip install 'litellm[proxy]'` failed ({exc})"
+        self._write_config()
+        return None
+
+    def _write_config(self) -> None:
+        env = self.env
+
+        def entry(name: str, prefix: str, model: str = "openai/gpt-4o-mini") -> dict[str, object]:
+            return {
+                "model_name": name,
+                "litellm_params": {
+                    "model": model,
+                    "api_base": env.upstream(prefix),
+                    "api_key": "sk-bench",
+                },
+            }
+
+        model_list = [
+            entry("bench", "ok/v1"),
+            entry("anth", "ok-anth", f"anthropic/{ANTHROPIC_MODEL}"),
+        ]
+        fallbacks = []
+        for run in range(env.runs):
+            for route, group in (("quota", f"fq-{run}"), ("flaky", f"f5-{run}")):
+                model_list.append(entry(group, f"{route}-{self.name}-{run}/v1"))
+                model_list.append(entry(f"{group}-secondary", "ok/v1"))
+                fallbacks.append({group: [f"{group}-secondary"]})
+        config = {
+            "model_list": model_list,
+            # Retries off: failover goes to the fallback group at once, like the others do.
+            "router_settings": {"num_retries": 0, "fallbacks": fallbacks},
+            "litellm_settings": {"num_retries": 0, "set_verbose": False},
+            "general_settings": {"master_key": self.master_key},
+        }
+        (env.logs / "litellm.yaml").write_bytes(orjson.dumps(config))
+
+    def command(self) -> tuple[list[str], dict[str, str], Path | None]:
+        return (
+            [
+                str(self.venv / "bin" / "litellm"),
+                "--config",
+                str(self.env.logs / "litellm.yaml"),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--num_workers",
+                "1",
+            ],
+            {
+                "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+                "LITELLM_LOG": "ERROR",
+                "LITELLM_DONT_SHOW_FEEDBACK_BOX": "true",
+            },
+            self.env.logs,
+        )
+
+    def headers(self, scenario: Scenario, run: int) -> tuple[tuple[str, str], ...]:
+        return (("Authorization", f"Bearer {self.master_key}"),)
+
+
+class Portkey(Target):
+    """Portkey's open-source gateway (Node), routed per request by its headers."""
+
+    name = "portkey"
+    label = "Portkey gateway"
+    ready_path = "/"
+
+    @property
+    def entry(self) -> Path:
+        return (
+            PEERS
+            / "portkey"
+            / "node_modules"
+            / "@portkey-ai"
+            / "gateway"
+            / "build"
+            / "start-server.js"
+        )
+
+    def prepare(self) -> str | None:
+        if shutil.which("node") is None:
+            return "no `node` on PATH (install Node.js 18+)"
+        if not self.entry.exists():
+            print("  installing @portkey-ai/gateway into bench/.peers/portkey (first run only)...")
+            where = PEERS / "portkey"
+            where.mkdir(parents=True, exist_ok=True)
+            try:
+                subprocess.run(
+                    ["npm", "install", "--no-audit", "--no-fund", "@portkey-ai/gateway"],
+                    cwd=where,
+                    check=True,
+                )
+            except (subprocess.CalledProcessError, OSError) as exc:
+                return f"`npm install @portkey-ai/gateway` failed ({exc})"
+        return None
+
+    def command(self) -> tuple[list[str], dict[str, str], Path | None]:
+        return (
+            ["node", str(self.entry), f"--port={self.port}", "--headless"],
+            {"NODE_ENV": "production"},
+            PEERS / "portkey",
+        )
+
+    def headers(self, scenario: Scenario, run: int) -> tuple[tuple[str, str], ...]:
+        env = self.env
+        if scenario.route == "anthropic":
+            return (
+                ("x-portkey-provider", "anthropic"),
+                ("x-portkey-custom-host", env.upstream("ok-anth/v1")),
+                ("Authorization", "Bearer sk-ant-bench"),
+            )
+        if scenario.fresh_state:
+            primary = primary_prefix(self.name, scenario, run)
+            config = {
+                "strategy": {"mode": "fallback"},
+                "targets": [
+                    {"provider": "openai", "custom_host": env.upstream(f"{p}/v1"), "api_key": "sk"}
+                    for p in (primary, "ok")
+                ],
+            }
+            return (("x-portkey-config", orjson.dumps(config).decode()),)
+        return (
+            ("x-portkey-provider", "openai"),
+            ("x-portkey-custom-host", env.upstream("ok/v1")),
+            ("Authorization", "Bearer sk-bench"),
+        )
+
+    def request(self, scenario: Scenario, run: int) -> Request:
+        req = super().request(scenario, run)
+        if scenario.route == "anthropic":
+            body = orjson.loads(req.body)
+            body["model"] = ANTHROPIC_MODEL
+            return Request(
+                req.host, req.port, req.path, orjson.dumps(body), req.headers, req.expect
+            )
+        return req

@@ -1,0 +1,373 @@
+"""A lean fake LLM upstream for the benchmark: raw asyncio Protocol, HTTP/1.1 keep-alive.
+
+It must never be the bottleneck, so every answer is pre-built bytes and parsing is the
+least HTTP/1.1 needs (request line, Content-Length or chunked body). The proxy fakes in
+proxy/fakes/ are richer (fault injection over HTTP, token estimates) and much slower.
+
+The first path segment picks the behaviour, so one process serves every deployment of
+every target and counts hits per deployment (GET /_stats):
+
+    /ok.../v1/chat/completions          200 JSON, or 20-chunk SSE when "stream": true
+    /quota.../v1/chat/completions       429 insufficient_quota (OpenAI's body)
+    /flaky.../v1/chat/completions       500 for half the requests (seeded, reproducible)
+    /<any>.../v1/messages               the same in Anthropic's Messages format
+    GET /_stats                          {"prefix": hits, ...};  POST /_reset clears it
+
+Run: python -m bench.upstream --port 9100
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import random
+import re
+import zlib
+from collections import Counter
+
+import orjson
+
+__all__ = ["STREAM_CHUNKS", "UpstreamProtocol", "serve"]
+
+STREAM_CHUNKS = 20
+_STREAM_RE = re.compile(rb'"stream"\s*:\s*true')
+_WORDS = [f"w{i} " for i in range(STREAM_CHUNKS)]
+
+
+def _response(status: str, content_type: bytes, body: bytes) -> bytes:
+    return (
+        b"HTTP/1.1 " + status.encode() + b"\r\ncontent-type: " + content_type + b"\r\n"
+        b"content-length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+    )
+
+
+def _chunk(data: bytes) -> bytes:
+    return f"{len(data):x}\r\n".encode() + data + b"\r\n"
+
+
+_SSE_HEAD = (
+    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n"
+    b"transfer-encoding: chunked\r\n\r\n"
+)
+_LAST_CHUNK = b"0\r\n\r\n"
+
+_OPENAI_JSON = _response(
+    "200 OK",
+    b"application/json",
+    orjson.dumps(
+        {
+            "id": "chatcmpl-bench",
+            "object": "chat.completion",
+            "created": 1700000000,
+            "model": "gpt-4o-mini",
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": "Hello! How can I help today?"},
+                    "finish_reason": "stop",
+                    "logprobs": None,
+                }
+            ],
+            "usage": {"prompt_tokens": 14, "completion_tokens": 9, "total_tokens": 23},
+        }
+    ),
+)
+
+
+def _openai_event(delta: dict[str, object], finish: str | None) -> bytes:
+    event = {
+        "id": "chatcmpl-bench",
+        "object": "chat.completion.chunk",
+        "created": 1700000000,
+        "model": "gpt-4o-mini",
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
+    }
+    return b"data: " + orjson.dumps(event) + b"\n\n"
+
+
+# 20 events with content, the last one carrying finish_reason, then [DONE].
+_OPENAI_SSE = (
+    [_openai_event({"role": "assistant", "content": _WORDS[0]}, None)]
+    + [_openai_event({"content": w}, None) for w in _WORDS[1:-1]]
+    + [_openai_event({"content": _WORDS[-1]}, "stop"), b"data: [DONE]\n\n"]
+)
+
+_OPENAI_QUOTA = _response(
+    "429 Too Many Requests",
+    b"application/json",
+    orjson.dumps(
+        {
+            "error": {
+                "message": "You exceeded your current quota, please check your plan and billing "
+                "details. For more information on this error, read the docs: "
+                "https://platform.openai.com/docs/guides/error-codes/api-errors.",
+                "type": "insufficient_quota",
+                "param": None,
+                "code": "insufficient_quota",
+            }
+        }
+    ),
+)
+_OPENAI_500 = _response(
+    "500 Internal Server Error",
+    b"application/json",
+    orjson.dumps(
+        {
+            "error": {
+                "message": "The server had an error while processing your request. Sorry about that!",
+                "type": "server_error",
+                "param": None,
+                "code": None,
+            }
+        }
+    ),
+)
+
+_ANTHROPIC_JSON = _response(
+    "200 OK",
+    b"application/json",
+    orjson.dumps(
+        {
+            "id": "msg_bench",
+            "type": "message",
+            "role": "assistant",
+            "model": "claude-sonnet-4-5",
+            "content": [{"type": "text", "text": "Hello! How can I help today?"}],
+            "stop_reason": "end_turn",
+            "stop_sequence": None,
+            "usage": {"input_tokens": 14, "output_tokens": 9},
+        }
+    ),
+)
+
+
+def _anthropic_event(name: str, data: dict[str, object]) -> bytes:
+    return b"event: " + name.encode() + b"\ndata: " + orjson.dumps({"type": name, **data}) + b"\n\n"
+
+
+# message_start, content_block_start, 20 deltas (the content), block stop, delta, stop.
+_ANTHROPIC_SSE = (
+    [
+        _anthropic_event(
+            "message_start",
+            {
+                "message": {
+                    "id": "msg_bench",
+                    "type": "message",
+                    "role": "assistant",
+                    "model": "claude-sonnet-4-5",
+                    "content": [],
+                    "stop_reason": None,
+                    "stop_sequence": None,
+                    "usage": {"input_tokens": 14, "output_tokens": 1},
+                }
+            },
+        ),
+        _anthropic_event(
+            "content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}}
+        ),
+    ]
+    + [
+        _anthropic_event(
+            "content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": w}}
+        )
+        for w in _WORDS
+    ]
+    + [
+        _anthropic_event("content_block_stop", {"index": 0}),
+        _anthropic_event(
+            "message_delta",
+            {
+                "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                "usage": {"output_tokens": STREAM_CHUNKS},
+            },
+        ),
+        _anthropic_event("message_stop", {}),
+    ]
+)
+_ANTHROPIC_CREDIT = _response(
+    "400 Bad Request",
+    b"application/json",
+    orjson.dumps(
+        {
+            "type": "error",
+            "error": {
+                "type": "invalid_request_error",
+                "message": "Your credit balance is too low to access the Anthropic API. Please "
+                "go to Plans & Billing to upgrade or purchase credits.",
+            },
+        }
+    ),
+)
+_ANTHROPIC_500 = _response(
+    "500 Internal Server Error",
+    b"application/json",
+    orjson.dumps({"type": "error", "error": {"type": "api_error", "message": "Internal error"}}),
+)
+
+
+def _stream_bytes(events: list[bytes]) -> list[bytes]:
+    return [_SSE_HEAD] + [_chunk(e) for e in events] + [_LAST_CHUNK]
+
+
+# (format) -> (json answer, stream writes, quota answer, 500 answer)
+_ANSWERS = {
+    "openai": (_OPENAI_JSON, _stream_bytes(_OPENAI_SSE), _OPENAI_QUOTA, _OPENAI_500),
+    "anthropic": (
+        _ANTHROPIC_JSON,
+        _stream_bytes(_ANTHROPIC_SSE),
+        _ANTHROPIC_CREDIT,
+        _ANTHROPIC_500,
+    ),
+}
+_NOT_FOUND = _response("404 Not Found", b"application/json", b'{"error":"no such path"}')
+
+
+class Upstream:
+    """Per-process state: hit counters and one seeded coin per flaky prefix."""
+
+    def __init__(self, seed: int = 42) -> None:
+        self.hits: Counter[str] = Counter()
+        self._seed = seed
+        self._coins: dict[str, random.Random] = {}
+
+    def flip(self, prefix: str) -> bool:
+        coin = self._coins.get(prefix)
+        if coin is None:
+            coin = self._coins[prefix] = random.Random(zlib.crc32(prefix.encode()) ^ self._seed)
+        return coin.random() < 0.5
+
+    def reset(self) -> None:
+        self.hits.clear()
+        self._coins.clear()
+
+
+class UpstreamProtocol(asyncio.Protocol):
+    """One client connection. Requests are handled in order as they complete in the buffer."""
+
+    __slots__ = ("_buf", "_state", "_transport")
+
+    def __init__(self, state: Upstream) -> None:
+        self._state = state
+        self._buf = b""
+        self._transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
+
+    def data_received(self, data: bytes) -> None:
+        buf = self._buf + data if self._buf else data
+        while True:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                break
+            head = buf[:end]
+            lower = head.lower()
+            start = end + 4
+            i = lower.find(b"\r\ncontent-length:")
+            if i >= 0:
+                j = lower.find(b"\r\n", i + 2)
+                length = int(lower[i + 17 : j if j >= 0 else len(lower)])
+                if len(buf) < start + length:
+                    break
+                body = buf[start : start + length]
+                buf = buf[start + length :]
+            elif b"\r\ntransfer-encoding: chunked" in lower:
+                decoded = _dechunk(buf, start)
+                if decoded is None:
+                    break
+                body, consumed = decoded
+                buf = buf[consumed:]
+            else:
+                body = b""
+                buf = buf[start:]
+            self._handle(head, body)
+        self._buf = buf
+
+    def _handle(self, head: bytes, body: bytes) -> None:
+        transport = self._transport
+        assert transport is not None
+        line_end = head.find(b"\r\n")
+        method, _, rest = head[: line_end if line_end >= 0 else len(head)].partition(b" ")
+        path = rest.partition(b" ")[0].decode("latin-1").partition("?")[0]
+        if method == b"GET" and path == "/_stats":
+            transport.write(
+                _response("200 OK", b"application/json", orjson.dumps(self._state.hits))
+            )
+            return
+        if method == b"POST" and path == "/_reset":
+            self._state.reset()
+            transport.write(_response("200 OK", b"application/json", b"{}"))
+            return
+        if path.endswith("/chat/completions"):
+            fmt = "openai"
+        elif path.endswith("/messages"):
+            fmt = "anthropic"
+        else:
+            transport.write(_NOT_FOUND)
+            return
+        prefix = path[1:].partition("/")[0]
+        self._state.hits[prefix] += 1
+        answer_json, answer_stream, quota, error = _ANSWERS[fmt]
+        if prefix.startswith("quota"):
+            transport.write(quota)
+        elif prefix.startswith("flaky") and self._state.flip(prefix):
+            transport.write(error)
+        elif _STREAM_RE.search(body):
+            for piece in answer_stream:
+                transport.write(piece)
+        else:
+            transport.write(answer_json)
+
+
+def _dechunk(buf: bytes, pos: int) -> tuple[bytes, int] | None:
+    """A chunked request body starting at `pos`: (body, end offset), or None if incomplete."""
+    parts: list[bytes] = []
+    while True:
+        eol = buf.find(b"\r\n", pos)
+        if eol < 0:
+            return None
+        size = int(buf[pos:eol].split(b";")[0], 16)
+        pos = eol + 2
+        if size == 0:
+            trailer_end = buf.find(b"\r\n", pos)
+            if trailer_end < 0:
+                return None
+            return b"".join(parts), trailer_end + 2
+        if len(buf) < pos + size + 2:
+            return None
+        parts.append(buf[pos : pos + size])
+        pos += size + 2
+
+
+async def serve(host: str, port: int) -> asyncio.Server:
+    state = Upstream()
+    loop = asyncio.get_running_loop()
+    return await loop.create_server(lambda: UpstreamProtocol(state), host, port, backlog=1024)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="lean fake LLM upstream for the benchmark")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=9100)
+    args = parser.parse_args()
+
+    async def run() -> None:
+        server = await serve(args.host, args.port)
+        print(f"bench upstream on http://{args.host}:{args.port}", flush=True)
+        async with server:
+            await server.serve_forever()
+
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover
+        runner = asyncio.run
+    else:
+        runner = uvloop.run
+    with contextlib.suppress(KeyboardInterrupt):
+        runner(run())
+
+
+if __name__ == "__main__":
+    main()
