@@ -33,6 +33,7 @@ __all__ = [
     "FailoverConfig",
     "ModelGroupConfig",
     "ServerConfig",
+    "StateConfig",
     "Timeouts",
     "VendorConfig",
     "load_config",
@@ -188,7 +189,11 @@ class CooldownConfig:
 
 @dataclass(frozen=True, slots=True)
 class StateConfig:
-    backend: Literal["memory"] = "memory"
+    """Where state shared between replicas lives: `memory` (one process) or `redis`."""
+
+    backend: Literal["memory", "redis"] = "memory"
+    url: str | None = None  # redis://[:password@]host:port/db, rediss://..., unix://...
+    key_prefix: str = "llmproxy"  # several proxy clusters may share one Redis
 
 
 @dataclass(frozen=True, slots=True)
@@ -605,6 +610,7 @@ def _resolve(spec: ConfigSpec, root: yaml.Node, loader: _Loader) -> Config | Non
             )
     if not spec.models:
         issue(("models",), "models", "must define at least one model group")
+    _check_state(spec.state, issue)
     if loader.issues:
         return None
     return Config(
@@ -620,6 +626,30 @@ def _resolve(spec: ConfigSpec, root: yaml.Node, loader: _Loader) -> Config | Non
         source=loader.file,
         version="",
     )
+
+
+_STATE_URL_RE = re.compile(r"^(redis|rediss|unix)://\S+$")
+
+
+def _check_state(state: StateConfig, issue: Callable[[tuple[str, ...], str, str], None]) -> None:
+    if state.backend == "redis" and not state.url:
+        issue(
+            ("state",),
+            "state.url",
+            "is required with backend redis (e.g. url: redis://redis:6379/0)",
+        )
+    elif state.backend == "redis" and not _STATE_URL_RE.match(state.url or ""):
+        issue(
+            ("state", "url"),
+            "state.url",
+            f"must be a redis://, rediss:// or unix:// URL, got {state.url!r}",
+        )
+    elif state.backend == "memory" and state.url:
+        issue(
+            ("state", "url"),
+            "state.url",
+            "is only used by backend redis; set `backend: redis` or remove the url",
+        )
 
 
 def parse_config(

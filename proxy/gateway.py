@@ -10,13 +10,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
+from typing import Any
 
 from proxy.config import Config, ConfigError, load_config
 from proxy.health.breaker import BreakerState
 from proxy.health.deployment import DeploymentState
 from proxy.metrics import Metrics
 from proxy.routing.router import ModelGroup, Router
+from proxy.state import StateBackend, make_backend
+from proxy.state.sync import StateSync
 from proxy.vendors import make_adapter
 from proxy.vendors.base import VendorAdapter
 
@@ -33,9 +36,16 @@ class Gateway:
     in, reusing the live state of deployments that exist before and after.
     """
 
-    def __init__(self, config: Config, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self, config: Config, metrics: Metrics | None = None, state: StateBackend | None = None
+    ) -> None:
         self.metrics = metrics or Metrics()
         self.deployments: dict[str, DeploymentState] = {}
+        # The backend is chosen once per process: `state:` changes take effect on restart.
+        self.state = state or make_backend(config.state)
+        self.sync = StateSync(self.state, lambda: self.deployments, self._state_event)
+        self.state.bind(self.sync.apply, self.sync.reconcile, self._state_up)
+        self.metrics.state_backend_up.set(1 if self.state.up else 0)
         self.adapters: dict[str, VendorAdapter] = {}
         self.config = config
         self.ready = False
@@ -59,6 +69,7 @@ class Gateway:
                 state = DeploymentState(
                     dep_cfg, b.fail_max, b.reset_timeout_s, self._breaker_changed
                 )
+                state.on_change = self.sync.changed
             else:
                 state.config = dep_cfg
                 state.breaker.reconfigure(b.fail_max, b.reset_timeout_s)
@@ -86,13 +97,19 @@ class Gateway:
                 else:
                     adapters[name] = make_adapter(vendor)
                     await adapters[name].start()
+            if config.state != self.config.state:
+                log.warning(
+                    "the state: section changed; it takes effect when the proxy restarts",
+                    extra={"event": "config_reload"},
+                )
+            new_ids = set(config.deployments) - set(self.deployments)
             self._swap(config, self._states_for(config), adapters)
+            if new_ids and self.state.shared and self.state.up:
+                self._background(self._reconcile())  # pick up what peers know of them
             retired = [a for name, a in old_adapters.items() if adapters.get(name) is not a]
             if retired:
                 self._to_close.extend(retired)
-                task = asyncio.create_task(self._retire(old_router, retired))
-                self._retiring.add(task)
-                task.add_done_callback(self._retiring.discard)
+                self._background(self._retire(old_router, retired))
         log.info(
             "config reloaded: version %s",
             config.version,
@@ -122,6 +139,19 @@ class Gateway:
         self.metrics.config_reloads.labels("success").inc()
         return config
 
+    def _background(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
+    async def _reconcile(self) -> None:
+        try:
+            await self.sync.reconcile()
+        except Exception as exc:  # the backend's supervisor reconnects and reconciles again
+            log.warning(
+                "state reconcile after reload failed: %s", exc, extra={"event": "state_reconcile"}
+            )
+
     async def _retire(self, router: Router, adapters: list[VendorAdapter]) -> None:
         """Close replaced vendors' pools once the old generation's requests are done."""
         await router.drained()
@@ -130,12 +160,26 @@ class Gateway:
             await adapter.close()
 
     def _breaker_changed(self, dep_id: str, state: BreakerState) -> None:
+        source = "peer" if self.sync.applying else "local"
         log.warning(
-            "breaker %s for deployment %s",
+            "breaker %s for deployment %s%s",
             state.name.lower().replace("_", "-"),
             dep_id,
-            extra={"event": "breaker_state", "deployment": dep_id, "state": state.name.lower()},
+            " (decided by a peer replica)" if source == "peer" else "",
+            extra={
+                "event": "breaker_state",
+                "deployment": dep_id,
+                "state": state.name.lower(),
+                "source": source,
+            },
         )
+        self.sync.changed(dep_id, "breaker")
+
+    def _state_event(self, direction: str) -> None:
+        self.metrics.state_events.labels(direction).inc()
+
+    def _state_up(self, up: bool) -> None:
+        self.metrics.state_backend_up.set(1 if up else 0)
 
     def _gauge_snapshot(self) -> Iterator[tuple[str, int, bool, float]]:
         now = time.monotonic()
@@ -150,6 +194,7 @@ class Gateway:
     async def start(self) -> None:
         for adapter in self.adapters.values():
             await adapter.start()
+        await self.state.start()
         self.ready = True
 
     async def close(self) -> None:
@@ -159,3 +204,4 @@ class Gateway:
         for adapter in [*self.adapters.values(), *self._to_close]:
             await adapter.close()
         self._to_close.clear()
+        await self.state.close()

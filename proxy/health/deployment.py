@@ -67,6 +67,7 @@ class DeploymentState:
         "id",
         "in_flight",
         "last_class",
+        "on_change",
         "repeats",
     )
 
@@ -93,6 +94,9 @@ class DeploymentState:
         self.ewma_latency_s: float | None = None
         self.last_class = ""
         self.repeats = 0
+        # Called with (deployment id, field group) when this replica changes shared state;
+        # the state sync publishes it to peer replicas (proxy/state/sync.py).
+        self.on_change: Callable[[str, str], None] | None = None
 
     def usable(self, now: float) -> bool:
         """Not cooling, healthy, and the breaker would admit an attempt."""
@@ -120,6 +124,8 @@ class DeploymentState:
             if until > self.cooldown_until:
                 self.cooldown_until = until
                 self.cooldown_reason = cls
+                if self.on_change is not None:
+                    self.on_change(self.id, "cooldown")
         return seconds
 
     def observe_success(self, latency_s: float) -> None:
@@ -131,3 +137,5 @@ class DeploymentState:
     def clear_cooldown(self) -> None:
         self.cooldown_until = 0.0
         self.cooldown_reason = ""
+        if self.on_change is not None:
+            self.on_change(self.id, "cooldown")
