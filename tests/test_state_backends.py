@@ -234,6 +234,7 @@ async def test_an_older_change_never_overwrites_a_newer_one(
     stale = Change("a/model-a", "breaker", {"state": "closed", "opened_at": "0"}, ts - 1, "peer")
     assert a.sync.apply(stale) is False
     assert a.deployments["a/model-a"].breaker.state is BreakerState.OPEN
+
     # Redis keeps the newest too: a late writer does not win there either.
     async def shared_state() -> str:
         shared = await a.state.snapshot(["a/model-a"])
