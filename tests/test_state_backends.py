@@ -98,7 +98,7 @@ async def test_rate_limit_is_atomic_across_replicas(
 async def test_rate_limit_falls_back_to_a_per_replica_share_when_redis_is_down(
     backends: Backends, redis_server: RedisServer
 ) -> None:
-    a, b = await backends(redis_server.url), await backends(redis_server.url)
+    a, _ = await backends(redis_server.url), await backends(redis_server.url)
     await eventually(lambda: a.replicas == 2)  # heartbeats: both replicas are counted
     redis_server.kill()
     await eventually(lambda: not a.up)
