@@ -90,6 +90,25 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _workers_problem(config: Config, workers: int, port: int) -> str | None:
+    """Why `--workers` cannot be used with this config, if it cannot."""
+    if workers < 1:
+        return "--workers must be at least 1"
+    if workers == 1:
+        return None
+    if config.state.backend != "redis":
+        return (
+            f"--workers {workers} needs the shared state backend: with `state: {{backend: "
+            f"{config.state.backend}}}` every worker would keep its own breakers and cooldowns, "
+            "so a vendor one worker gave up on would still get traffic from the others. Set "
+            "`state: {backend: redis, url: redis://HOST:6379/0}` in the config, or run one "
+            "process per container and scale the containers."
+        )
+    if port == 0:
+        return "--workers needs a fixed port (server.port or --port), not 0"
+    return None
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from proxy.limits import LedgerError
     from proxy.server import serve
@@ -98,12 +117,33 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = _load(args.config)
     host = args.host or config.server.host
     port = args.port if args.port is not None else config.server.port
+    problem = _workers_problem(config, args.workers, port)
+    if problem:
+        print(f"llm-proxy: {problem}", file=sys.stderr)
+        return 2
     loop = new_event_loop()
     asyncio.set_event_loop(loop)
     try:
+        if args.workers > 1:
+            from proxy.workers import run_workers
+
+            child = [
+                "--config", args.config, "--host", host, "--port", str(port),
+                "--log-level", args.log_level, "--shutdown-grace-s", str(args.shutdown_grace_s),
+                "--drain-delay-s", str(args.drain_delay_s), "--reuse-port",
+            ]  # fmt: skip
+            if args.no_access_log:
+                child.append("--no-access-log")
+            stop_timeout = args.shutdown_grace_s + args.drain_delay_s + 10
+            return loop.run_until_complete(run_workers(child, args.workers, stop_timeout))
         loop.run_until_complete(
             serve(
-                config, host, port, grace_s=args.shutdown_grace_s, drain_delay_s=args.drain_delay_s
+                config,
+                host,
+                port,
+                grace_s=args.shutdown_grace_s,
+                drain_delay_s=args.drain_delay_s,
+                reuse_port=args.reuse_port,
             )
         )
     except LedgerError as exc:
@@ -316,6 +356,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.0,
         help="on SIGTERM, keep accepting this long after readiness turns 503 "
         "(lets load balancers notice before the socket closes)",
+    )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="serving processes sharing the port (SO_REUSEPORT); more than 1 needs "
+        "state.backend redis",
+    )
+    serve.add_argument(
+        "--reuse-port",
+        action="store_true",
+        help="set SO_REUSEPORT, so that several processes can listen on the same port",
     )
     serve.set_defaults(func=cmd_serve)
 

@@ -39,6 +39,7 @@ __all__ = [
     "ModelGroupConfig",
     "Price",
     "ServerConfig",
+    "StateConfig",
     "Timeouts",
     "VendorConfig",
     "load_config",
@@ -278,7 +279,11 @@ class CooldownConfig:
 
 @dataclass(frozen=True, slots=True)
 class StateConfig:
-    backend: Literal["memory"] = "memory"
+    """Where state shared between replicas lives: `memory` (one process) or `redis`."""
+
+    backend: Literal["memory", "redis"] = "memory"
+    url: str | None = None  # redis://[:password@]host:port/db, rediss://..., unix://...
+    key_prefix: str = "llmproxy"  # several proxy clusters may share one Redis
     # The usage ledger's SQLite file (embedded mode). Unset: usage is kept in memory only.
     sqlite_path: str | None = None
 
@@ -802,6 +807,7 @@ def _resolve(spec: ConfigSpec, root: yaml.Node, loader: _Loader) -> Config | Non
         issue(("models",), "models", "must define at least one model group")
     server = _resolve_server(spec.server, root, issue)
     clients = _resolve_clients(spec, groups, deployments, root, issue)
+    _check_state(spec.state, issue)
     if loader.issues:
         return None
     return Config(
@@ -986,6 +992,30 @@ def _resolve_clients(
                 continue
         out.append(ClientConfig(c.name, digest, allowed, c.limits))
     return tuple(out)
+
+
+_STATE_URL_RE = re.compile(r"^(redis|rediss|unix)://\S+$")
+
+
+def _check_state(state: StateConfig, issue: Callable[[tuple[str, ...], str, str], None]) -> None:
+    if state.backend == "redis" and not state.url:
+        issue(
+            ("state",),
+            "state.url",
+            "is required with backend redis (e.g. url: redis://redis:6379/0)",
+        )
+    elif state.backend == "redis" and not _STATE_URL_RE.match(state.url or ""):
+        issue(
+            ("state", "url"),
+            "state.url",
+            f"must be a redis://, rediss:// or unix:// URL, got {state.url!r}",
+        )
+    elif state.backend == "memory" and state.url:
+        issue(
+            ("state", "url"),
+            "state.url",
+            "is only used by backend redis; set `backend: redis` or remove the url",
+        )
 
 
 def parse_config(

@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
+from typing import Any
 
 from proxy.config import Config, ConfigError, load_config
 from proxy.health.breaker import BreakerState
@@ -20,6 +21,8 @@ from proxy.limits import Limits, UsageLedger
 from proxy.limits.ledger import utc_day
 from proxy.metrics import Metrics
 from proxy.routing.router import ModelGroup, Router
+from proxy.state import StateBackend, make_backend
+from proxy.state.sync import StateSync
 from proxy.vendors import make_adapter
 from proxy.vendors.base import VendorAdapter
 
@@ -36,9 +39,16 @@ class Gateway:
     in, reusing the live state of deployments that exist before and after.
     """
 
-    def __init__(self, config: Config, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self, config: Config, metrics: Metrics | None = None, state: StateBackend | None = None
+    ) -> None:
         self.metrics = metrics or Metrics()
         self.deployments: dict[str, DeploymentState] = {}
+        # The backend is chosen once per process: `state:` changes take effect on restart.
+        self.state = state or make_backend(config.state)
+        self.sync = StateSync(self.state, lambda: self.deployments, self._state_event)
+        self.state.bind(self.sync.apply, self.sync.reconcile, self._state_up)
+        self.metrics.state_backend_up.set(1 if self.state.up else 0)
         self.adapters: dict[str, VendorAdapter] = {}
         self.config = config
         self.ready = False
@@ -65,6 +75,7 @@ class Gateway:
                 state = DeploymentState(
                     dep_cfg, b.fail_max, b.reset_timeout_s, self._breaker_changed
                 )
+                state.on_change = self.sync.changed
             else:
                 state.config = dep_cfg
                 state.breaker.reconfigure(b.fail_max, b.reset_timeout_s)
@@ -118,6 +129,7 @@ class Gateway:
                 else:
                     adapters[name] = make_adapter(vendor)
                     await adapters[name].start()
+            new_ids = set(config.deployments) - set(self.deployments)
             old_health = self.health
             self._swap(
                 config, self._states_for(config), adapters, self._limits_for(config, self.limits)
@@ -125,12 +137,12 @@ class Gateway:
             if self.ready:
                 await old_health.stop()
                 self.health.start()
+            if new_ids and self.state.shared and self.state.up:
+                self._background(self._reconcile())  # pick up what peers know of them
             retired = [a for name, a in old_adapters.items() if adapters.get(name) is not a]
             if retired:
                 self._to_close.extend(retired)
-                task = asyncio.create_task(self._retire(old_router, retired))
-                self._retiring.add(task)
-                task.add_done_callback(self._retiring.discard)
+                self._background(self._retire(old_router, retired))
         log.info(
             "config reloaded: version %s",
             config.version,
@@ -160,6 +172,19 @@ class Gateway:
         self.metrics.config_reloads.labels("success").inc()
         return config
 
+    def _background(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
+    async def _reconcile(self) -> None:
+        try:
+            await self.sync.reconcile()
+        except Exception as exc:  # the backend's supervisor reconnects and reconciles again
+            log.warning(
+                "state reconcile after reload failed: %s", exc, extra={"event": "state_reconcile"}
+            )
+
     async def _retire(self, router: Router, adapters: list[VendorAdapter]) -> None:
         """Close replaced vendors' pools once the old generation's requests are done."""
         await router.drained()
@@ -168,12 +193,26 @@ class Gateway:
             await adapter.close()
 
     def _breaker_changed(self, dep_id: str, state: BreakerState) -> None:
+        source = "peer" if self.sync.applying else "local"
         log.warning(
-            "breaker %s for deployment %s",
+            "breaker %s for deployment %s%s",
             state.label,
             dep_id,
-            extra={"event": "breaker_state", "deployment": dep_id, "state": state.name.lower()},
+            " (decided by a peer replica)" if source == "peer" else "",
+            extra={
+                "event": "breaker_state",
+                "deployment": dep_id,
+                "state": state.name.lower(),
+                "source": source,
+            },
         )
+        self.sync.changed(dep_id, "breaker")
+
+    def _state_event(self, direction: str) -> None:
+        self.metrics.state_events.labels(direction).inc()
+
+    def _state_up(self, up: bool) -> None:
+        self.metrics.state_backend_up.set(1 if up else 0)
 
     def _gauge_snapshot(self) -> Iterator[tuple[str, int, bool, float]]:
         now = time.monotonic()
@@ -197,6 +236,7 @@ class Gateway:
             )
         for adapter in self.adapters.values():
             await adapter.start()
+        await self.state.start()
         self.health.start()  # probes run in the background: readiness does not wait on them
         self.ready = True
 
@@ -209,3 +249,4 @@ class Gateway:
             await adapter.close()
         self._to_close.clear()
         await self.ledger.close()
+        await self.state.close()

@@ -196,6 +196,17 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self.state_backend_up = Gauge(
+            "llmproxy_state_backend_up",
+            "1 if the shared state backend (Redis) is reachable, else 0 (always 1 for memory).",
+            registry=r,
+        )
+        self.state_events = Counter(
+            "llmproxy_state_events",
+            "Deployment state changes shared between replicas: published by this one, applied from peers.",
+            ["direction"],
+            registry=r,
+        )
         self._children: dict[tuple[Any, ...], Any] = {}
 
     def add_deployment_gauges(

@@ -23,7 +23,13 @@ log = logging.getLogger("llmproxy")
 
 
 async def serve(
-    config: Config, host: str, port: int, *, grace_s: float, drain_delay_s: float = 0.0
+    config: Config,
+    host: str,
+    port: int,
+    *,
+    grace_s: float,
+    drain_delay_s: float = 0.0,
+    reuse_port: bool = False,
 ) -> None:
     """Serve until SIGTERM/SIGINT, then shut down gracefully."""
     app = create_app(config)
@@ -33,7 +39,7 @@ async def serve(
     )
     await runner.setup()
     try:
-        await web.TCPSite(runner, host, port).start()
+        await web.TCPSite(runner, host, port, reuse_port=reuse_port or None).start()
     except OSError as exc:
         await runner.cleanup()
         raise SystemExit(f"llm-proxy: cannot listen on {host}:{port}: {exc.strerror}") from None

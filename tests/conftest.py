@@ -146,3 +146,7 @@ async def pair(
         )
     )
     return a, b, proxy
+
+
+# A real redis-server per test (shared-state tests); at the bottom: it imports free_port.
+from tests.redis_server import persistent_redis, redis_server  # noqa: E402, F401

@@ -61,7 +61,9 @@ async def test_usage_after_200_mixed_requests_equals_the_vendors_reported_usage(
     a = await fakes("a", chunks=6, cached_tokens=3)
     db = tmp_path / "usage.sqlite3"
     proxy = await proxies(keyed_config(a, extra=f"state: {{sqlite_path: '{db}'}}\n"))
-    client = openai.AsyncOpenAI(base_url=f"{proxy.url}/v1", api_key=KEY_A, max_retries=0)
+    client = openai.AsyncOpenAI(
+        base_url=f"{proxy.url}/v1", api_key=KEY_A, max_retries=0, timeout=20
+    )
     gate = asyncio.Semaphore(25)
 
     async def one(i: int) -> dict[str, Any]:
@@ -176,7 +178,7 @@ async def serve(tmp_path: Path) -> AsyncIterator[Any]:
 
 
 async def _traffic(url: str, n: int, offset: int) -> None:
-    client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key=KEY_A, max_retries=0)
+    client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key=KEY_A, max_retries=0, timeout=20)
     await asyncio.gather(*(_mixed_request(client, offset + i) for i in range(n)))
 
 
@@ -222,7 +224,7 @@ async def test_usage_and_daily_limits_survive_a_restart_and_a_kill_9(
     assert_matches(await ledger_totals(), 40)
 
     # The daily limit counts what the ledger holds: exhaust it, restart, still refused.
-    client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key=KEY_A, max_retries=0)
+    client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key=KEY_A, max_retries=0, timeout=20)
     with pytest.raises(openai.RateLimitError):
         for i in range(20):
             await client.chat.completions.create(
@@ -236,7 +238,7 @@ async def test_usage_and_daily_limits_survive_a_restart_and_a_kill_9(
             model="smart", messages=[{"role": "user", "content": "after restart"}]
         )
     assert refused.value.code == "tokens_per_day"
-    other = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key=KEY_B, max_retries=0)
+    other = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key=KEY_B, max_retries=0, timeout=20)
     await other.chat.completions.create(model="smart", messages=[{"role": "user", "content": "b"}])
     async with aiohttp.ClientSession() as s:
         status, _ = await admin(s, url, "POST", "/admin/clients/team-a/reset-usage")

@@ -137,6 +137,17 @@ class DeploymentBreaker:
         """Monotonic time the breaker last opened (0 if it never did)."""
         return self._opened_at
 
+    def adopt(self, state: BreakerState, opened_at: float) -> None:
+        """Take a state decided elsewhere (a peer replica), opened at `opened_at` (monotonic).
+
+        The listener still fires on a real transition, so logs and gauges follow; a trial
+        this replica has out is forgotten, as on any transition.
+        """
+        if state is not self.state:
+            self.force(state)
+        if state is BreakerState.OPEN:
+            self._opened_at = opened_at
+
     def open_until(self) -> float:
         """Monotonic time at which an open breaker may let a trial through (0 if not open)."""
         if self.drained:

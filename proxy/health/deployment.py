@@ -70,6 +70,7 @@ class DeploymentState:
         "id",
         "in_flight",
         "last_class",
+        "on_change",
         "repeats",
     )
 
@@ -101,6 +102,9 @@ class DeploymentState:
         self.in_flight = 0
         self.last_class = ""
         self.repeats = 0
+        # Called with (deployment id, field group) when this replica changes shared state;
+        # the state sync publishes it to peer replicas (proxy/state/sync.py).
+        self.on_change: Callable[[str, str], None] | None = None
 
     def usable(self, now: float) -> bool:
         """Not cooling, healthy, under its caps, and the breaker would admit an attempt."""
@@ -148,6 +152,8 @@ class DeploymentState:
                 self.cooldown_until = until
                 self.cooldown_since = now
                 self.cooldown_reason = cls
+                if self.on_change is not None:
+                    self.on_change(self.id, "cooldown")
         return seconds
 
     def observe_success(self, latency_s: float) -> None:
@@ -164,3 +170,5 @@ class DeploymentState:
     def clear_cooldown(self) -> None:
         self.cooldown_until = 0.0
         self.cooldown_reason = ""
+        if self.on_change is not None:
+            self.on_change(self.id, "cooldown")
