@@ -134,6 +134,7 @@ async def test_serve_answers_logs_json_and_drains_a_stream_on_sigterm(
     requests = [r for r in lines if r.get("event") == "request"]
     assert len(requests) == 2
     assert requests[0]["status"] == 200 and requests[0]["model_group"] == "smart"
+    assert requests[0]["client"] is None  # an open proxy: no client key
     assert requests[0]["attempts"][0]["deployment"] == "a/model-a"
     assert requests[1]["stream"] is True
     assert all("key-a" not in json.dumps(r) for r in lines)  # no credentials in logs

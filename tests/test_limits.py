@@ -350,3 +350,21 @@ async def test_budget_usd_per_day_counts_the_deployments_prices(
     assert state.budget.used == pytest.approx(spent)
     # Overshoot is bounded by one request's real cost.
     assert spent <= 0.0003 + spent / refused_at
+
+
+async def test_the_access_log_names_the_client_never_its_key(
+    fakes: FakeFactory, proxies: ProxyFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    import orjson
+
+    from tests.limits_helpers import KEY_A
+
+    a = await fakes("a")
+    proxy = await proxies(keyed_config(a))
+    with caplog.at_level(logging.INFO, logger="llmproxy.access"):
+        async with aiohttp.ClientSession() as s:
+            status, _, _ = await post(s, proxy, chat_body("hi"))
+    assert status == 200
+    lines = [orjson.loads(r.getMessage()) for r in caplog.records if r.name == "llmproxy.access"]
+    assert [line["client"] for line in lines] == ["team-a"]
+    assert KEY_A not in caplog.text

@@ -91,6 +91,10 @@ function render(doc) {
     row[1].dataset.breaker = state;
     return row;
   }));
+  if (doc.open) {
+    fill("clients", [[cell("none: the proxy is open (no client keys configured)")]]);
+    return;
+  }
   fill("clients", Object.entries(doc.clients || {}).map(([name, c]) => {
     const today = c.today || {};
     const tokens = (today.prompt_tokens || 0) + (today.completion_tokens || 0);

@@ -172,7 +172,7 @@ async def proxy_request(
         duration = time.monotonic() - started
         metrics.request_done(group_name, status, duration)
         if AccessLog.enabled():
-            _log(request, rid, group_name, status, duration, trace, served, stream)
+            _log(request, rid, client, group_name, status, duration, trace, served, stream)
 
 
 def _success_attempt(served: Served) -> Attempt:
@@ -228,6 +228,7 @@ async def _relay_stream(
 def _log(
     request: web.Request,
     rid: str,
+    client: ClientState | None,
     group: str,
     status: int,
     duration: float,
@@ -240,6 +241,7 @@ def _log(
         "request_id": rid,
         "method": request.method,
         "path": request.path,
+        "client": client.name if client is not None else None,
         "model_group": group,
         "status": status,
         "stream": stream,
