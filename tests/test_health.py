@@ -263,3 +263,20 @@ def test_bad_health_check_settings_are_reported_with_their_lines() -> None:
         "r.yaml:6: models.g.deployments[0].health_check.interval_s: must be greater than 0" in text
     )
     assert "r.yaml:6: models.g.deployments[0].rpm: must be at least 1, got 0" in text
+
+
+async def test_anthropic_deployments_are_probed_by_listing_models(
+    fakes: FakeFactory, proxies: ProxyFactory
+) -> None:
+    claude = await fakes("claude", vendor="anthropic")
+    models = "  smart:\n    deployments:\n      - {vendor: claude, model: claude-sonnet-4-5}\n"
+    proxy = await proxies(build_config({"claude": claude}, models, FAST_CHECKS))
+    await wait_for(lambda: claude.stats.model_list_requests >= 2)
+    assert claude.stats.total_requests == 0  # no tokens spent on probes
+    status = proxy.gateway.health.status("claude/claude-sonnet-4-5")
+    assert status is not None and status["last_result"] == "success"
+    assert status["disabled"] is None
+    # A dead Anthropic vendor is taken out of routing by probes alone.
+    await claude.apply_fault(Fault.preset("refuse"))
+    dep = proxy.gateway.deployments["claude/claude-sonnet-4-5"]
+    await wait_for(lambda: not dep.healthy)

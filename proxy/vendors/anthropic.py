@@ -120,6 +120,12 @@ class AnthropicAdapter(HTTPAdapter):
             headers = {**headers, **call.forward_headers}
         return self._url, rewrite_model(call.raw, call.parsed, deployment.model), headers
 
+    def models_url(self) -> str | None:
+        return f"{self.config.base_url}/v1/models"
+
+    def probe_headers(self) -> Mapping[str, str]:
+        return self._headers
+
     def new_scan(self) -> StreamScan:
         return _MessagesScan()
 

@@ -17,7 +17,12 @@ from typing import Protocol
 import aiohttp
 
 from proxy.config import DeploymentConfig, VendorConfig
-from proxy.routing.classify import classify_response, classify_stream_error, classify_transport
+from proxy.routing.classify import (
+    Outcome,
+    classify_response,
+    classify_stream_error,
+    classify_transport,
+)
 from proxy.vendors.base import AttemptFailed, UpstreamCall, UpstreamResponse, Usage, VendorAdapter
 
 __all__ = ["HTTPAdapter", "JSONResponse", "StreamFilter", "StreamScan", "invalid_json"]
@@ -219,6 +224,35 @@ class HTTPAdapter(VendorAdapter):
 
     @abstractmethod
     def new_scan(self) -> StreamScan: ...
+
+    def models_url(self) -> str | None:
+        """The vendor's model list (a health probe that costs no tokens), if it has one."""
+        return None
+
+    def probe_headers(self) -> Mapping[str, str]:
+        """Headers (credentials) for a health probe request."""
+        return {}
+
+    async def probe(
+        self, deployment: DeploymentConfig, kind: str, timeout_s: float
+    ) -> Outcome | None:
+        """`models`: GET the vendor's model list; other kinds as the base class does them."""
+        url = self.models_url() if kind == "models" else None
+        if url is None:
+            return await super().probe(deployment, kind, timeout_s)
+        phase = "connect"
+        try:
+            async with (
+                asyncio.timeout(timeout_s),
+                self.session.get(url, headers=self.probe_headers()) as resp,
+            ):
+                phase = "body"
+                body = await resp.content.read(MAX_ERROR_BODY)
+                if resp.status >= 300:
+                    return classify_response(self.config.type, resp.status, resp.headers, body)
+                return None
+        except Exception as exc:
+            return classify_transport(exc, phase=phase)
 
     def stream_filter(self, call: UpstreamCall) -> StreamFilter | None:
         """A rewrite of this call's stream on its way to the client (none by default)."""

@@ -8,7 +8,6 @@ only parsing is what accounting and error detection need (usage, in-stream error
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -18,9 +17,9 @@ from urllib.parse import quote, urlencode
 import orjson
 
 from proxy.config import DeploymentConfig, VendorConfig
-from proxy.routing.classify import Outcome, classify_response, classify_transport
+from proxy.routing.classify import classify_response
 from proxy.vendors.base import AttemptFailed, UpstreamCall, Usage
-from proxy.vendors.http import MAX_ERROR_BODY, HTTPAdapter, StreamFilter, StreamScan, invalid_json
+from proxy.vendors.http import HTTPAdapter, StreamFilter, StreamScan, invalid_json
 
 __all__ = ["OpenAICompatAdapter", "rewrite_model"]
 
@@ -256,27 +255,10 @@ class OpenAICompatAdapter(HTTPAdapter):
     def stream_filter(self, call: UpstreamCall) -> StreamFilter | None:
         return _UsageStripper() if self._asks_usage(call) else None
 
-    async def probe(
-        self, deployment: DeploymentConfig, kind: str, timeout_s: float
-    ) -> Outcome | None:
-        """`models`: GET the vendor's model list, which costs no tokens on OpenAI-compatible servers."""
-        if kind != "models":
-            return await super().probe(deployment, kind, timeout_s)
-        phase = "connect"
-        try:
-            async with (
-                asyncio.timeout(timeout_s),
-                self.session.get(self._models_url(), headers=self._headers) as resp,
-            ):
-                phase = "body"
-                body = await resp.content.read(MAX_ERROR_BODY)
-                if resp.status >= 300:
-                    return classify_response(self.config.type, resp.status, resp.headers, body)
-                return None
-        except Exception as exc:
-            return classify_transport(exc, phase=phase)
+    def probe_headers(self) -> Mapping[str, str]:
+        return self._headers
 
-    def _models_url(self) -> str:
+    def models_url(self) -> str | None:
         base = self.config.base_url
         if self.profile.azure_urls:
             return (
