@@ -24,6 +24,12 @@ EXPECTED = {
     "llmproxy_model_group_usable_deployments": ("gauge", {"model_group"}),
     "llmproxy_upstream_ratelimit_remaining": ("gauge", {"deployment", "kind"}),
     "llmproxy_build_info": ("gauge", {"version", "python"}),
+    "llmproxy_client_limit_rejections": ("counter", {"client", "reason"}),
+    "llmproxy_client_budget_used_ratio": ("gauge", {"client", "limit"}),
+    "llmproxy_config_reloads": ("counter", {"result"}),
+    "llmproxy_health_checks": ("counter", {"deployment", "outcome_class"}),
+    "llmproxy_hedges": ("counter", {"model_group", "result"}),
+    "llmproxy_state_backend_up": ("gauge", set()),
     "llmproxy_stream_aborts": ("counter", {"model_group", "deployment", "outcome_class"}),
 }
 
