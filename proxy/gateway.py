@@ -96,7 +96,9 @@ class Gateway:
         self.router = Router(config, self.groups, adapters, self.metrics)
         self.limits = limits
         previous = getattr(self, "health", None)
-        self.health = HealthChecker(states, adapters, self.metrics)
+        self.health = HealthChecker(
+            states, adapters, self.metrics, leases=self.state.lease if self.state.shared else None
+        )
         if previous is not None:
             self.health.adopt(previous)
 
