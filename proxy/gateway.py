@@ -104,7 +104,7 @@ class Gateway:
 
     def _limits_for(self, config: Config, previous: Limits | None) -> Limits:
         """Client limits for `config`; clients whose settings did not change keep their live counters."""
-        limits = Limits(config, self.metrics, self.ledger)
+        limits = Limits(config, self.metrics, self.ledger, state=self.state)
         if previous is not None:
             for name, state in limits.clients.items():
                 old = previous.clients.get(name)

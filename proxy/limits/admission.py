@@ -29,7 +29,9 @@ from proxy.api.errors import ApiError
 from proxy.config import ClientConfig, Config, Price
 from proxy.limits.buckets import Bucket, DayCounter
 from proxy.limits.ledger import UsageLedger, utc_day
+from proxy.limits.shared import SharedWindow
 from proxy.metrics import Metrics
+from proxy.state.base import StateBackend
 from proxy.vendors.base import Usage
 
 __all__ = ["OPEN", "ClientState", "Limits", "Ticket", "estimate_tokens"]
@@ -90,6 +92,7 @@ class ClientState:
         "loops",
         "name",
         "rpm",
+        "shared_rpm",
         "tokens_day",
         "tpm",
     )
@@ -100,6 +103,8 @@ class ClientState:
         self.name = config.name
         self.in_flight = 0
         self.rpm = Bucket(lim.rpm, now, overdraft=False) if lim.rpm else None
+        # With a shared backend: the cluster-wide rpm, in grants (Limits sets it).
+        self.shared_rpm: SharedWindow | None = None
         self.tpm = Bucket(lim.tpm, now, overdraft=True) if lim.tpm else None
         self.tokens_day = DayCounter(lim.tokens_per_day) if lim.tokens_per_day else None
         self.budget = DayCounter(lim.budget_usd_per_day) if lim.budget_usd_per_day else None
@@ -176,6 +181,7 @@ class Limits:
         ledger: UsageLedger,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        state: StateBackend | None = None,
     ) -> None:
         self.metrics = metrics
         self.ledger = ledger
@@ -187,6 +193,8 @@ class Limits:
         self._by_digest: dict[str, ClientState] = {}
         for c in config.clients or ():
             st = ClientState(c, now)
+            if state is not None and state.shared and c.limits.rpm:
+                st.shared_rpm = SharedWindow(state, f"rpm:{c.name}", c.limits.rpm)
             self.clients[c.name] = st
             self._by_digest[c.key_sha256] = st
         # Worst-case price per group (its deployments and fallbacks), for budget reservations.
@@ -277,6 +285,12 @@ class Limits:
             )
         return state
 
+    async def ready(self, state: ClientState | None) -> None:
+        """Before `admit`: with a shared backend, make sure a cluster-wide grant is at hand
+        (awaits one round trip only when this replica has none left; see limits/shared.py)."""
+        if state is not None and state.shared_rpm is not None:
+            await state.shared_rpm.ready()
+
     def admit(
         self,
         state: ClientState | None,
@@ -349,6 +363,15 @@ class Limits:
                     f"(back to full in {_human(rpm.reset_s())}).",
                     wait,
                 )
+        shared = state.shared_rpm
+        if shared is not None and not shared.fits(now):
+            wait = shared.retry_after_s or 1.0
+            raise self._refuse(
+                state,
+                "rpm",
+                f"limit {lim.rpm} across all replicas, all taken; retry after {_human(wait)}.",
+                wait,
+            )
         reserve_tokens = tokens
         if tpm is not None:
             tpm.refill(now)
@@ -382,6 +405,8 @@ class Limits:
         if rpm is not None:
             rpm.reserve(1)
             rpm.settle(1, 1)
+        if shared is not None:
+            shared.take()
         if tpm is not None:
             tpm.reserve(reserve_tokens)
         if state.tokens_day is not None:

@@ -1,0 +1,91 @@
+"""Client limits and usage shared by real `llm-proxy serve` replicas through one Redis."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import aiohttp
+
+from proxy.limits.shared import SharedWindow
+from tests.conftest import FakeFactory
+from tests.limits_helpers import KEY_A, chat_body, keyed_config
+from tests.redis_server import RedisServer
+from tests.test_replicas import _replicas, _until, processes
+
+__all__ = ["processes"]  # the fixture, re-exported for this module's tests
+
+REPLICAS = 3
+RPM = 60
+CHUNK = RPM // (4 * REPLICAS)  # SharedWindow.chunk() with three replicas seen
+
+
+async def _send(urls: list[str], count: int) -> list[tuple[int, str | None]]:
+    """`count` chat requests as team-a, spread round-robin over `urls`, 10 at a time."""
+    sem = asyncio.Semaphore(10)
+    async with aiohttp.ClientSession() as s:
+
+        async def one(i: int) -> tuple[int, str | None]:
+            async with (
+                sem,
+                s.post(
+                    f"{urls[i % len(urls)]}/v1/chat/completions",
+                    json=chat_body(f"hello {i}"),
+                    headers={"Authorization": f"Bearer {KEY_A}"},
+                ) as r,
+            ):
+                body = await r.json()
+                return r.status, (body.get("error") or {}).get("code")
+
+        return await asyncio.gather(*(one(i) for i in range(count)))
+
+
+async def test_an_rpm_limit_holds_across_replicas_and_degrades_to_a_share_without_redis(
+    fakes: FakeFactory,
+    tmp_path: Path,
+    processes: list[asyncio.subprocess.Process],
+    redis_server: RedisServer,
+) -> None:
+    a = await fakes("a")
+    config = tmp_path / "proxy.yaml"
+    config.write_text(
+        keyed_config(
+            a,
+            f"{{rpm: {RPM}}}",
+            extra=f"state: {{backend: redis, url: '{redis_server.url}'}}\n",
+        )
+    )
+    urls = await _replicas(config, REPLICAS, processes)
+    for _ in range(100):  # every replica has counted the three (chunks depend on it)
+        if redis_server.command("ZCARD", "llmproxy:replicas").strip() == f":{REPLICAS}":
+            break
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(1.2)  # one more heartbeat each: all have seen all
+
+    results = await _send(urls, 2 * RPM)
+    ok = sum(1 for status, _ in results if status == 200)
+    refused = [code for status, code in results if status != 200]
+    # The documented tolerance: + replicas x chunk; unused grants may leave as many unused.
+    assert RPM - REPLICAS * CHUNK <= ok <= RPM + REPLICAS * CHUNK, ok
+    assert set(refused) == {"rpm"}
+    assert a.stats.total_requests == ok
+
+    # Redis goes away: each replica admits its share (limit / replicas seen), never zero.
+    redis_server.kill()
+    for url in urls:
+        await _until(url, "llmproxy_state_backend_up", 0, 5)
+    for url in urls:
+        alone = await _send([url], RPM)
+        assert sum(1 for status, _ in alone if status == 200) == RPM // REPLICAS
+
+
+def test_chunks_shrink_with_the_replica_count() -> None:
+    class Seen:
+        replicas = 1
+
+    window = SharedWindow(Seen(), "rpm:x", 60)  # type: ignore[arg-type]
+    assert window.chunk() == 15
+    Seen.replicas = 3
+    assert window.chunk() == 5
+    Seen.replicas = 100
+    assert window.chunk() == 1
