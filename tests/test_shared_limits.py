@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
+from typing import Any, cast
 
 import aiohttp
 
+from proxy.fakes import FakeOpenAI
 from proxy.limits.shared import SharedWindow
 from tests.conftest import FakeFactory
-from tests.limits_helpers import KEY_A, chat_body, keyed_config
+from tests.limits_helpers import KEY_A, admin, chat_body, keyed_config
 from tests.redis_server import RedisServer
 from tests.test_replicas import _replicas, _until, processes
 
@@ -89,3 +92,71 @@ def test_chunks_shrink_with_the_replica_count() -> None:
     assert window.chunk() == 5
     Seen.replicas = 100
     assert window.chunk() == 1
+
+
+async def _usage(url: str, query: str = "") -> dict[str, Any]:
+    async with aiohttp.ClientSession() as s:
+        status, body = await admin(s, url, "GET", f"/admin/usage{query}")
+    assert status == 200, body
+    return cast(dict[str, Any], body)
+
+
+async def _settled(urls: list[str], fake: FakeOpenAI, requests: int, timeout_s: float) -> None:
+    """Until every replica's cluster ledger shows `requests` and exactly the fake's tokens."""
+    deadline = time.monotonic() + timeout_s
+    want = {
+        "requests": requests,
+        "prompt_tokens": fake.stats.tokens["prompt"],
+        "completion_tokens": fake.stats.tokens["completion"],
+    }
+    for url in urls:
+        while True:
+            body = await _usage(url)
+            got = {k: body["totals"].get(k) for k in want}
+            if body["scope"] == "cluster" and got == want:
+                break
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{url}: {body['scope']} ledger {got} != {want}")
+            await asyncio.sleep(0.05)
+
+
+async def test_the_usage_ledger_across_replicas_equals_what_the_vendor_reported(
+    fakes: FakeFactory,
+    tmp_path: Path,
+    processes: list[asyncio.subprocess.Process],
+    persistent_redis: RedisServer,
+) -> None:
+    a = await fakes("a")
+    config = tmp_path / "proxy.yaml"
+    config.write_text(
+        keyed_config(
+            a,
+            "{tokens_per_day: 1000000}",
+            extra=f"state: {{backend: redis, url: '{persistent_redis.url}'}}\n",
+        )
+    )
+    urls = await _replicas(config, REPLICAS, processes)
+    assert {s for s, _ in await _send(urls, 30)} == {200}
+    await _settled(urls, a, 30, 5)
+
+    # Daily limits count the cluster: replica 3 sees what replicas 1 and 2 served.
+    team_a = (await _usage(urls[0], "?client=team-a"))["totals"]
+    tokens = team_a["prompt_tokens"] + team_a["completion_tokens"]
+    deadline = time.monotonic() + 5
+    while True:
+        limits = (await _usage(urls[2], "?client=team-a"))["limits"]
+        if limits["tokens_per_day"]["used"] == tokens:
+            break
+        assert time.monotonic() < deadline, (limits, tokens)
+        await asyncio.sleep(0.05)
+
+    # An outage: usage accounted meanwhile is flushed on return, once.
+    persistent_redis.kill()
+    for url in urls:
+        await _until(url, "llmproxy_state_backend_up", 0, 5)
+    assert {s for s, _ in await _send(urls, 9)} == {200}
+    assert (await _usage(urls[0]))["scope"] == "replica"
+    persistent_redis.start()
+    for url in urls:
+        await _until(url, "llmproxy_state_backend_up", 1, 15)
+    await _settled(urls, a, 39, 5)

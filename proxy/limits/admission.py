@@ -91,6 +91,7 @@ class ClientState:
         "loop_sweep_at",
         "loops",
         "name",
+        "others_applied",
         "rpm",
         "shared_rpm",
         "tokens_day",
@@ -125,6 +126,8 @@ class ClientState:
             if c is not None
         )
         self.day = ""
+        # Other replicas' usage today (tokens, cost) already in the daily counters' `used`.
+        self.others_applied: tuple[float, float] = (0, 0.0)
 
 
 class Ticket:
@@ -524,11 +527,27 @@ class Limits:
         if state.day == today:
             return
         state.day = today
+        state.others_applied = self.ledger.others_today(today, state.name)
         tokens, cost = self.ledger.counted_today(today, state.name)
         if state.tokens_day is not None:
             state.tokens_day.used = float(tokens)
         if state.budget is not None:
             state.budget.used = cost
+
+    def apply_shared(self) -> None:
+        """Fold the other replicas' usage today (the ledger's last `refresh`) into the daily
+        counters: with replicas, daily limits count the whole cluster's usage."""
+        today = self._today()
+        for state in self.clients.values():
+            if state.day != today:
+                continue  # rolled on its next request, from the ledger (others included)
+            tokens, cost = self.ledger.others_today(today, state.name)
+            old_tokens, old_cost = state.others_applied
+            if state.tokens_day is not None:
+                state.tokens_day.used += tokens - old_tokens
+            if state.budget is not None:
+                state.budget.used += cost - old_cost
+            state.others_applied = (tokens, cost)
 
     def reset(self, name: str) -> ClientState:
         """The emergency quota reset: full buckets, daily counters from zero, loop history forgotten.
