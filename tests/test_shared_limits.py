@@ -23,7 +23,9 @@ RPM = 60
 CHUNK = RPM // (4 * REPLICAS)  # SharedWindow.chunk() with three replicas seen
 
 
-async def _send(urls: list[str], count: int) -> list[tuple[int, str | None]]:
+async def _send(
+    urls: list[str], count: int, pad: str = "", **fields: Any
+) -> list[tuple[int, str | None]]:
     """`count` chat requests as team-a, spread round-robin over `urls`, 10 at a time."""
     sem = asyncio.Semaphore(10)
     async with aiohttp.ClientSession() as s:
@@ -33,7 +35,7 @@ async def _send(urls: list[str], count: int) -> list[tuple[int, str | None]]:
                 sem,
                 s.post(
                     f"{urls[i % len(urls)]}/v1/chat/completions",
-                    json=chat_body(f"hello {i}"),
+                    json=chat_body(f"hello {i}{pad}", **fields),
                     headers={"Authorization": f"Bearer {KEY_A}"},
                 ) as r,
             ):
@@ -59,11 +61,7 @@ async def test_an_rpm_limit_holds_across_replicas_and_degrades_to_a_share_withou
         )
     )
     urls = await _replicas(config, REPLICAS, processes)
-    for _ in range(100):  # every replica has counted the three (chunks depend on it)
-        if redis_server.command("ZCARD", "llmproxy:replicas").strip() == f":{REPLICAS}":
-            break
-        await asyncio.sleep(0.05)
-    await asyncio.sleep(1.2)  # one more heartbeat each: all have seen all
+    await _seen_by_all(redis_server)
 
     results = await _send(urls, 2 * RPM)
     ok = sum(1 for status, _ in results if status == 200)
@@ -80,6 +78,40 @@ async def test_an_rpm_limit_holds_across_replicas_and_degrades_to_a_share_withou
     for url in urls:
         alone = await _send([url], RPM)
         assert sum(1 for status, _ in alone if status == 200) == RPM // REPLICAS
+
+
+async def test_a_tpm_limit_holds_across_replicas_on_the_tokens_really_used(
+    fakes: FakeFactory,
+    tmp_path: Path,
+    processes: list[asyncio.subprocess.Process],
+    redis_server: RedisServer,
+) -> None:
+    a = await fakes("a")
+    tpm = 3000
+    config = tmp_path / "proxy.yaml"
+    config.write_text(
+        keyed_config(
+            a, f"{{tpm: {tpm}}}", extra=f"state: {{backend: redis, url: '{redis_server.url}'}}\n"
+        )
+    )
+    urls = await _replicas(config, REPLICAS, processes)
+    await _seen_by_all(redis_server)
+    results = await _send(urls, 100, pad=" " + "x" * 400, max_tokens=5)
+    used = a.stats.tokens["prompt"] + a.stats.tokens["completion"]
+    refused = {code for status, code in results if status != 200}
+    assert refused == {"tpm"}
+    chunk = tpm // (4 * REPLICAS)
+    estimate = 5 + 500 // 4  # max_tokens + the prompt estimate of a ~500-byte body
+    # Unused refunds stay on their replica; a reservation below the real use is repaid.
+    assert tpm - REPLICAS * (chunk + estimate) <= used <= tpm + REPLICAS * (chunk + estimate)
+
+
+async def _seen_by_all(redis_server: RedisServer) -> None:
+    for _ in range(100):  # every replica has counted the three (chunks depend on it)
+        if redis_server.command("ZCARD", "llmproxy:replicas").strip() == f":{REPLICAS}":
+            break
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(1.2)  # one more heartbeat each: all have seen all
 
 
 def test_chunks_shrink_with_the_replica_count() -> None:

@@ -94,6 +94,7 @@ class ClientState:
         "others_applied",
         "rpm",
         "shared_rpm",
+        "shared_tpm",
         "tokens_day",
         "tpm",
     )
@@ -104,8 +105,9 @@ class ClientState:
         self.name = config.name
         self.in_flight = 0
         self.rpm = Bucket(lim.rpm, now, overdraft=False) if lim.rpm else None
-        # With a shared backend: the cluster-wide rpm, in grants (Limits sets it).
+        # With a shared backend: the cluster-wide rpm and tpm, in grants (Limits sets them).
         self.shared_rpm: SharedWindow | None = None
+        self.shared_tpm: SharedWindow | None = None
         self.tpm = Bucket(lim.tpm, now, overdraft=True) if lim.tpm else None
         self.tokens_day = DayCounter(lim.tokens_per_day) if lim.tokens_per_day else None
         self.budget = DayCounter(lim.budget_usd_per_day) if lim.budget_usd_per_day else None
@@ -196,8 +198,11 @@ class Limits:
         self._by_digest: dict[str, ClientState] = {}
         for c in config.clients or ():
             st = ClientState(c, now)
-            if state is not None and state.shared and c.limits.rpm:
-                st.shared_rpm = SharedWindow(state, f"rpm:{c.name}", c.limits.rpm)
+            if state is not None and state.shared:
+                if c.limits.rpm:
+                    st.shared_rpm = SharedWindow(state, f"rpm:{c.name}", c.limits.rpm)
+                if c.limits.tpm:
+                    st.shared_tpm = SharedWindow(state, f"tpm:{c.name}", c.limits.tpm)
             self.clients[c.name] = st
             self._by_digest[c.key_sha256] = st
         # Worst-case price per group (its deployments and fallbacks), for budget reservations.
@@ -288,11 +293,18 @@ class Limits:
             )
         return state
 
-    async def ready(self, state: ClientState | None) -> None:
-        """Before `admit`: with a shared backend, make sure a cluster-wide grant is at hand
-        (awaits one round trip only when this replica has none left; see limits/shared.py)."""
-        if state is not None and state.shared_rpm is not None:
+    async def ready(
+        self, state: ClientState | None, endpoint: str, body: Mapping[str, Any], raw_len: int
+    ) -> None:
+        """Before `admit`: with a shared backend, make sure cluster-wide grants are at hand
+        (awaits a round trip only when this replica has too few left; see limits/shared.py)."""
+        if state is None:
+            return
+        if state.shared_rpm is not None:
             await state.shared_rpm.ready()
+        if state.shared_tpm is not None:
+            tokens = sum(estimate_tokens(endpoint, body, raw_len))
+            await state.shared_tpm.ready(min(tokens, state.shared_tpm.limit))
 
     def admit(
         self,
@@ -389,6 +401,17 @@ class Limits:
                     f"{_human(wait)} (back to full in {_human(tpm.reset_s())}).",
                     wait,
                 )
+        shared_tpm = state.shared_tpm
+        if shared_tpm is not None and not shared_tpm.fits(now, reserve_tokens):
+            wait = shared_tpm.retry_after_s or 1.0
+            raise self._refuse(
+                state,
+                "tpm",
+                f"limit {lim.tpm} across all replicas, this request reserves about "
+                f"{int(reserve_tokens)} (prompt estimate + max_tokens) and fewer are left; "
+                f"retry after {_human(wait)}.",
+                wait,
+            )
         for counter, reason, amount in (
             (state.tokens_day, "tokens_per_day", tokens),
             (state.budget, "budget_usd_per_day", cost),
@@ -410,6 +433,8 @@ class Limits:
             rpm.settle(1, 1)
         if shared is not None:
             shared.take()
+        if shared_tpm is not None:
+            shared_tpm.take(reserve_tokens)
         if tpm is not None:
             tpm.reserve(reserve_tokens)
         if state.tokens_day is not None:
@@ -447,6 +472,8 @@ class Limits:
         if state.tpm is not None:
             state.tpm.refill(self.clock())
             state.tpm.settle(ticket.tokens, actual)
+        if state.shared_tpm is not None:
+            state.shared_tpm.settle(ticket.tokens, actual)
         today = self._today()
         self._roll(state, today)
         if state.tokens_day is not None:

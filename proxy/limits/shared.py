@@ -1,4 +1,4 @@
-"""A client's cluster-wide request limit (`rpm`), taken from the shared backend in chunks.
+"""A client's cluster-wide per-minute limits (`rpm`, `tpm`), taken from the shared backend in chunks.
 
 Awaiting Redis on every request would cost about half of the proxy's per-request CPU
 budget (README, "Scaling out"). So a replica takes *grants* from the shared sliding
@@ -18,11 +18,17 @@ taken, not when it is used, so
 
 `chunk` is `limit / (4 x replicas)` (at least 1): 60 rpm on three replicas takes 5 at a time.
 While the backend is down, grants come from this replica's share (`limit / replicas`).
+
+Tokens (`tpm`) are reserved as an estimate and settled with the vendor's figure: what a
+request did not use goes back to this replica's grants, and what it used beyond its
+estimate is a deficit repaid from the next chunk, so the shared window ends up counting
+the real usage (give or take grants that expired unused).
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 
 from proxy.state.base import StateBackend
@@ -34,7 +40,7 @@ WINDOW_S = 60.0
 
 
 class SharedWindow:
-    """This replica's grants against one client's cluster-wide per-minute limit."""
+    """This replica's grants against one client's cluster-wide per-minute limit (requests or tokens)."""
 
     __slots__ = ("_fetch", "available", "backend", "key", "limit", "retry_after_s", "taken_at")
 
@@ -42,7 +48,7 @@ class SharedWindow:
         self.backend = backend
         self.key = key
         self.limit = limit
-        self.available = 0
+        self.available = 0.0  # negative: used beyond the grants (a deficit the next chunk repays)
         self.taken_at = 0.0
         self.retry_after_s = 0.0  # when the shared window last refused: its retry hint
         self._fetch: asyncio.Task[None] | None = None
@@ -50,36 +56,40 @@ class SharedWindow:
     def chunk(self) -> int:
         return max(1, self.limit // (4 * self.backend.replicas))
 
-    def fits(self, now: float) -> bool:
-        """A grant is at hand (call `ready` first so one has been fetched if possible)."""
-        if self.available and now - self.taken_at > GRANT_TTL_S:
-            self.available = 0
-        return self.available > 0
+    def fits(self, now: float, amount: float = 1) -> bool:
+        """`amount` is at hand in grants (call `ready` first so they have been fetched if possible)."""
+        if self.available > 0 and now - self.taken_at > GRANT_TTL_S:
+            self.available = 0.0
+        return self.available >= amount
 
-    def take(self) -> None:
-        self.available -= 1
-        if self.available == 0:
-            self._start()  # the next chunk is on its way before the next request asks
+    def take(self, amount: float = 1) -> None:
+        self.available -= amount
+        if self.available <= 0:
+            self._start(0)  # the next chunk is on its way before the next request asks
 
-    async def ready(self) -> None:
-        """Wait (one round trip) only if no grant is at hand."""
-        if self.fits(time.monotonic()):
+    def settle(self, reserved: float, actual: float) -> None:
+        """A request's real usage replaces its reservation (tokens)."""
+        self.available += reserved - actual
+
+    async def ready(self, amount: float = 1) -> None:
+        """Wait (one round trip) only if `amount` is not at hand."""
+        if self.fits(time.monotonic(), amount):
             return
-        task = self._start()
-        await asyncio.shield(task)
+        await asyncio.shield(self._start(amount))
 
-    def _start(self) -> asyncio.Task[None]:
+    def _start(self, amount: float) -> asyncio.Task[None]:
         task = self._fetch
         if task is None or task.done():
-            task = self._fetch = asyncio.get_running_loop().create_task(self._take_chunk())
+            # A chunk, or what this request lacks if more (plus any deficit, repaid).
+            want = max(self.chunk(), math.ceil(amount - self.available))
+            task = self._fetch = asyncio.get_running_loop().create_task(self._take_chunk(want))
         return task
 
-    async def _take_chunk(self) -> None:
-        result = await self.backend.hit(self.key, self.limit, WINDOW_S, self.chunk(), partial=True)
+    async def _take_chunk(self, want: int) -> None:
+        result = await self.backend.hit(self.key, self.limit, WINDOW_S, want, partial=True)
         now = time.monotonic()
         if result.granted:
-            if not self.fits(now):
-                self.available = 0
+            self.fits(now)  # drop expired grants first
             self.available += result.granted
             self.taken_at = now
             self.retry_after_s = 0.0
