@@ -11,6 +11,7 @@ import aiohttp
 
 from proxy.fakes import FakeOpenAI
 from proxy.limits.shared import SharedWindow
+from proxy.state import MemoryBackend
 from tests.conftest import FakeFactory
 from tests.limits_helpers import KEY_A, admin, chat_body, keyed_config
 from tests.redis_server import RedisServer
@@ -192,3 +193,20 @@ async def test_the_usage_ledger_across_replicas_equals_what_the_vendor_reported(
     for url in urls:
         await _until(url, "llmproxy_state_backend_up", 1, 15)
     await _settled(urls, a, 39, 5)
+
+
+async def test_token_grants_are_refunded_locally_and_overuse_is_repaid() -> None:
+    backend = MemoryBackend("r1")
+    window = SharedWindow(backend, "tpm:x", 1000)  # one replica: chunks of 250
+    await window.ready(100)
+    assert window.available == 250
+    window.take(100)
+    window.settle(100, 40)  # used less than reserved: back to this replica's grants
+    assert window.available == 210
+    window.take(100)
+    window.settle(100, 400)  # used more: a deficit
+    assert window.available == -190
+    await window.ready(100)  # the next take covers the deficit and this request: 290
+    assert window.available == 100
+    left = (await backend.hit("tpm:x", 1000, 60, 1000, partial=True)).granted
+    assert left == 1000 - 250 - 290  # the window counted both takes, nothing more

@@ -28,12 +28,15 @@ the real usage (give or take grants that expired unused).
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
 
 from proxy.state.base import StateBackend
 
 __all__ = ["GRANT_TTL_S", "SharedWindow"]
+
+log = logging.getLogger("llmproxy.state")
 
 GRANT_TTL_S = 5.0  # grants not used within this long are dropped
 WINDOW_S = 60.0
@@ -86,7 +89,12 @@ class SharedWindow:
         return task
 
     async def _take_chunk(self, want: int) -> None:
-        result = await self.backend.hit(self.key, self.limit, WINDOW_S, want, partial=True)
+        try:
+            result = await self.backend.hit(self.key, self.limit, WINDOW_S, want, partial=True)
+        except Exception:  # backends fall back locally on their own errors: this is a bug
+            log.exception("taking a chunk of %s from the state backend failed", self.key)
+            self.retry_after_s = 1.0
+            return
         now = time.monotonic()
         if result.granted:
             self.fits(now)  # drop expired grants first
