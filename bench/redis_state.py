@@ -11,13 +11,17 @@ Starts its own redis-server (Debian's `redis-server`) on a free port and measure
 3. the proxy's CPU per pass-through request with `state.backend: memory` and `redis`:
    a real `llm-proxy serve` subprocess, its CPU time read from /proc, a fake vendor, and
    an aiohttp client doing a fixed number of requests at concurrency 16. Routing reads the
-   in-process state either way, so the two numbers should agree within noise.
+   in-process state either way, so the two numbers should agree within noise;
+4. the same with a client key that has an `rpm` and a `tokens_per_day` limit: with Redis
+   the rpm is taken from the shared window in chunks (proxy/limits/shared.py) and every
+   request's usage is added to the cluster's ledger (6 counter additions, batched).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import os
 import shutil
 import socket
@@ -83,9 +87,21 @@ async def bench_hits(url: str, hits: int) -> None:
     await redis.close()
 
 
-async def bench_requests(url: str | None, requests: int, vendor: FakeOpenAI) -> float:
+KEY = "sk-bench-0123456789"
+CLIENTS = (
+    "clients:\n"
+    f"  - {{name: bench, key_sha256: {hashlib.sha256(KEY.encode()).hexdigest()}, "
+    "limits: {rpm: 4000, tokens_per_day: 1000000000000}}\n"
+)
+
+
+async def bench_requests(
+    url: str | None, requests: int, vendor: FakeOpenAI, clients: bool = False
+) -> float:
     """CPU seconds per request of a proxy subprocess with the given state backend."""
     state = f"state: {{backend: redis, url: '{url}'}}\n" if url else ""
+    state += CLIENTS if clients else ""
+    headers = {"Authorization": f"Bearer {KEY}"} if clients else {}
     with tempfile.TemporaryDirectory() as tmp:
         config = Path(tmp) / "proxy.yaml"
         config.write_text(
@@ -115,7 +131,9 @@ async def bench_requests(url: str | None, requests: int, vendor: FakeOpenAI) -> 
 
                 async def worker(n: int) -> None:
                     for _ in range(n):
-                        async with s.post(f"{base}/v1/chat/completions", json=body) as r:
+                        async with s.post(
+                            f"{base}/v1/chat/completions", json=body, headers=headers
+                        ) as r:
                             await r.read()
                             assert r.status == 200, r.status
 
@@ -152,11 +170,14 @@ async def main() -> None:
             vendor = FakeOpenAI("a")
             await vendor.start("127.0.0.1", 0)
             try:
-                for name, u in (("memory", None), ("redis", url)):
-                    per = await bench_requests(u, args.requests, vendor)
-                    print(
-                        f"proxy CPU per pass-through request, state {name:6}: {per * 1e6:6.0f} us"
-                    )
+                for clients in (False, True):
+                    for name, u in (("memory", None), ("redis", url)):
+                        per = await bench_requests(u, args.requests, vendor, clients)
+                        what = "keyed client (rpm, tokens_per_day)" if clients else "open proxy"
+                        print(
+                            f"proxy CPU per pass-through request, {what}, state {name:6}: "
+                            f"{per * 1e6:6.0f} us"
+                        )
             finally:
                 await vendor.stop()
         finally:

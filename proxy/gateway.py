@@ -8,6 +8,7 @@ keeps its state too.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Coroutine, Iterator
@@ -21,7 +22,7 @@ from proxy.limits import Limits, UsageLedger
 from proxy.limits.ledger import utc_day
 from proxy.metrics import Metrics
 from proxy.routing.router import ModelGroup, Router
-from proxy.state import StateBackend, make_backend
+from proxy.state import StateBackend, StateBackendDown, make_backend
 from proxy.state.sync import StateSync
 from proxy.vendors import make_adapter
 from proxy.vendors.base import VendorAdapter
@@ -29,6 +30,8 @@ from proxy.vendors.base import VendorAdapter
 __all__ = ["Gateway"]
 
 log = logging.getLogger("llmproxy")
+
+USAGE_REFRESH_S = 1.0  # how often a replica reads the cluster's usage today (shared backend)
 
 
 class Gateway:
@@ -55,7 +58,8 @@ class Gateway:
         self._reload_lock = asyncio.Lock()
         self._retiring: set[asyncio.Task[None]] = set()
         self._to_close: list[VendorAdapter] = []  # replaced by a reload, closed once idle
-        self.ledger = UsageLedger(config.state.sqlite_path)
+        self.ledger = UsageLedger(config.state.sqlite_path, self.state)
+        self._usage_task: asyncio.Task[None] | None = None
         self._swap(
             config,
             self._states_for(config),
@@ -96,13 +100,15 @@ class Gateway:
         self.router = Router(config, self.groups, adapters, self.metrics)
         self.limits = limits
         previous = getattr(self, "health", None)
-        self.health = HealthChecker(states, adapters, self.metrics)
+        self.health = HealthChecker(
+            states, adapters, self.metrics, leases=self.state.lease if self.state.shared else None
+        )
         if previous is not None:
             self.health.adopt(previous)
 
     def _limits_for(self, config: Config, previous: Limits | None) -> Limits:
         """Client limits for `config`; clients whose settings did not change keep their live counters."""
-        limits = Limits(config, self.metrics, self.ledger)
+        limits = Limits(config, self.metrics, self.ledger, state=self.state)
         if previous is not None:
             for name, state in limits.clients.items():
                 old = previous.clients.get(name)
@@ -237,11 +243,30 @@ class Gateway:
         for adapter in self.adapters.values():
             await adapter.start()
         await self.state.start()
+        if self.ledger.backend is not None:
+            self._usage_task = asyncio.create_task(self._share_usage(), name="usage-refresh")
         self.health.start()  # probes run in the background: readiness does not wait on them
         self.ready = True
 
+    async def _share_usage(self) -> None:
+        """Keep daily limits counting the other replicas' usage (a second behind at most)."""
+        while True:
+            try:
+                await self.ledger.refresh(utc_day(time.time()))
+            except StateBackendDown:
+                pass  # the last known figures stay; the backend reconnects by itself
+            except Exception:  # a bug here must not stop the refreshes for good
+                log.exception("refreshing the cluster's usage failed")
+            else:
+                self.limits.apply_shared()
+            await asyncio.sleep(USAGE_REFRESH_S)
+
     async def close(self) -> None:
         self.ready = False
+        if self._usage_task is not None:
+            self._usage_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._usage_task
         await self.health.stop()
         for task in list(self._retiring):
             task.cancel()

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import aiohttp
 import openai
 
 from proxy.fakes import FakeOpenAI, Fault
@@ -210,3 +211,60 @@ async def test_workers_share_one_port_and_stop_together(
     assert await asyncio.wait_for(proc.wait(), 30) == 0
     await asyncio.sleep(0.2)
     assert redis_server.command("ZCARD", "llmproxy:replicas").strip() == ":0"
+
+
+PROBE_S = 0.2
+PROBES = (
+    f"health_check: {{interval_s: {PROBE_S}, timeout_s: 0.5, jitter: 0, "
+    "unhealthy_threshold: 2, healthy_threshold: 2}\n"
+)
+
+
+async def test_one_replica_probes_each_deployment_and_its_verdict_reaches_all(
+    fakes: FakeFactory,
+    tmp_path: Path,
+    processes: list[asyncio.subprocess.Process],
+    redis_server: RedisServer,
+) -> None:
+    a, b = await fakes("a"), await fakes("b")
+    config = tmp_path / "proxy.yaml"
+    config.write_text(
+        build_config(
+            {"a": a, "b": b},
+            two_deployments(),
+            PROBES + f"state: {{backend: redis, url: '{redis_server.url}'}}\n",
+        )
+    )
+    urls = await _replicas(config, 3, processes)
+    await asyncio.sleep(0.5)  # every replica's first lease request is in
+    before, started = a.stats.model_list_requests, time.monotonic()
+    await asyncio.sleep(2.0)
+    probes = a.stats.model_list_requests - before
+    elapsed = time.monotonic() - started
+    # One prober at 5 probes/s: about 10 (three would make about 30).
+    assert 1 <= probes <= elapsed / PROBE_S + 3, probes
+    # Exactly one replica says it probes `a`; the others name a peer.
+    probers = []
+    for url in urls:
+        async with aiohttp.ClientSession() as s, s.get(f"{url}/admin/status") as r:
+            deps = (await r.json())["deployments"]
+            probers.append(deps["a/model-a"]["health_check"]["prober"])
+    assert sorted(probers) == ["a peer replica", "a peer replica", "this replica"], probers
+
+    healthy_a = 'llmproxy_deployment_healthy{deployment="a/model-a"}'
+    await a.apply_fault(Fault.preset("refuse"))
+    for url in urls:  # the holder's verdict, applied by every replica
+        await _until(url, healthy_a, 0, 5)
+    for url in urls:
+        assert await _served_by(url) == "b/model-b=success"
+    await a.unrefuse()
+    for url in urls:
+        await _until(url, healthy_a, 1, 5)
+
+    # The holder goes away: another replica takes the lease over and probes on.
+    holder = probers.index("this replica")
+    processes[holder].terminate()
+    await asyncio.wait_for(processes[holder].wait(), 30)
+    seen = a.stats.model_list_requests
+    await asyncio.sleep(1.0)
+    assert a.stats.model_list_requests > seen

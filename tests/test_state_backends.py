@@ -86,6 +86,20 @@ async def test_rate_limit_admits_exactly_the_limit(
     assert (await backend.hit("client-b:rpm", 5, 60)).allowed  # keys are independent
 
 
+@pytest.mark.parametrize("kind", ["memory", "redis"])
+async def test_a_partial_hit_takes_as_much_as_fits(
+    kind: str, backends: Backends, request: pytest.FixtureRequest
+) -> None:
+    url = request.getfixturevalue("redis_server").url if kind == "redis" else None
+    backend = await backends(url)
+    granted = [(await backend.hit("c:rpm", 12, 60, 5, partial=True)).granted for _ in range(4)]
+    assert granted == [5, 5, 2, 0]
+    refused = await backend.hit("c:rpm", 12, 60, 5, partial=True)
+    assert not refused.allowed and refused.retry_after_s > 0
+    whole = await backend.hit("d:rpm", 12, 60, 5)
+    assert whole.granted == 5 and (await backend.hit("d:rpm", 3, 60, 5)).granted == 0
+
+
 async def test_rate_limit_is_atomic_across_replicas(
     backends: Backends, redis_server: RedisServer
 ) -> None:

@@ -262,7 +262,12 @@ async def usage(request: web.Request) -> web.StreamResponse:
         )
     days = int(raw_days)
     since = utc_day(gw.limits.wall() - (days - 1) * 86400)
-    rows = await gw.ledger.query(name, since)
+    until = utc_day(gw.limits.wall())
+    rows = await gw.ledger.query_cluster(name, since, until)
+    scope = "cluster"
+    if rows is None:  # embedded mode, or the shared backend is down: this replica's ledger
+        rows = await gw.ledger.query(name, since)
+        scope = "replica"
     totals: dict[str, Any] = {}
     for row in rows:
         for k, v in row.items():
@@ -272,8 +277,9 @@ async def usage(request: web.Request) -> web.StreamResponse:
         totals["cost_usd"] = round(totals["cost_usd"], 6)
     body: dict[str, Any] = {
         "since": since,
-        "until": utc_day(gw.limits.wall()),
+        "until": until,
         "persistent": gw.ledger.persistent,
+        "scope": scope,
         "rows": rows,
         "totals": totals,
     }

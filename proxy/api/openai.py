@@ -114,6 +114,7 @@ async def proxy_request(
                 param="model",
             )
         group_name = group.name
+        await gw.limits.ready(client, endpoint, body, len(raw))
         ticket = gw.limits.admit(client, group_name, endpoint, body, len(raw))
         stream = body.get("stream") is True
         # A keyed client's stream usage is needed for its limits and the ledger, asked or not.

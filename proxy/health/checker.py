@@ -14,6 +14,13 @@ breaker's wait short (see `_BREAKER_AFTER_PASS`).
 
 Probes never delay readiness: loops start in the background and a deployment is healthy
 until probes say otherwise.
+
+With a shared state backend one replica probes each deployment for the whole cluster:
+the holder of the deployment's probe lease. Its verdict (`healthy`) is published as the
+`health` field group and applied by every replica, so probes do not multiply by replica
+count. The others keep asking for the lease at the probe interval and take over within
+`_lease_ttl` when the holder stops renewing (crash, partition); while the backend is down
+every replica probes for itself (duplicated probes are better than none).
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ import logging
 import random
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -35,6 +42,7 @@ from proxy.health.breaker import BreakerState
 from proxy.health.deployment import DeploymentState
 from proxy.metrics import Metrics
 from proxy.routing.classify import POLICIES, Outcome, OutcomeClass
+from proxy.state.base import Lease
 from proxy.vendors.base import ProbeUnsupported, VendorAdapter
 
 __all__ = ["HealthChecker", "ProbeStatus", "Verdict"]
@@ -65,6 +73,15 @@ _BREAKER_AFTER_PASS: Mapping[str, BreakerState] = {
     "completion": BreakerState.CLOSED,
 }
 
+LeaseFactory = Callable[[str, float], Lease]
+
+
+def _lease_ttl(cfg: HealthCheckConfig) -> float:
+    """How long a probe lease outlives its last renewal: the holder renews before each
+    probe, so the longest gap is one probe's timeout plus the longest jittered wait."""
+    return 2.0 * (cfg.interval_s * (1.0 + cfg.jitter) + cfg.timeout_s)
+
+
 _PROBE_CRASHED = Outcome(OutcomeClass.SERVER_ERROR, None, None, "the probe itself crashed")
 
 
@@ -81,6 +98,7 @@ class ProbeStatus:
     last_message: str | None = None
     last_latency_s: float | None = None
     disabled: str | None = None  # why probing stopped (unsupported probe kind)
+    prober: str = "this replica"  # or "a peer replica": who holds the probe lease
     pass_starts: deque[float] = field(default_factory=deque)  # starts of the current passes
 
     def to_dict(self) -> dict[str, Any]:
@@ -102,6 +120,7 @@ class ProbeStatus:
                 None if self.last_latency_s is None else round(self.last_latency_s * 1000, 2)
             ),
             "disabled": self.disabled,
+            "prober": self.prober,
         }
 
 
@@ -114,6 +133,7 @@ class HealthChecker:
         adapters: Mapping[str, VendorAdapter],
         metrics: Metrics,
         rng: random.Random | None = None,
+        leases: LeaseFactory | None = None,
     ) -> None:
         self.deployments = deployments
         self.adapters = adapters
@@ -125,6 +145,8 @@ class HealthChecker:
             if dep.config.health_check.enabled
         }
         self._tasks: list[asyncio.Task[None]] = []
+        self._leases = leases
+        self._held: dict[str, Lease] = {}  # probe leases this replica holds now
 
     def adopt(self, previous: HealthChecker) -> None:
         """After a reload: deployments whose health_check settings did not change keep their counts."""
@@ -146,6 +168,9 @@ class HealthChecker:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        held, self._held = self._held, {}
+        for lease in held.values():  # a peer (or our next config generation) takes over now
+            await lease.release()
 
     async def _loop(self, dep_id: str) -> None:
         status = self.probes[dep_id]
@@ -154,8 +179,26 @@ class HealthChecker:
         # The first probe comes soon (a vendor that is down at start-up is found quickly),
         # spread over a fraction of the interval so deployments do not all probe at once.
         await asyncio.sleep(self.rng.uniform(0.0, jitter * cfg.interval_s))
-        while await self.check(dep_id):
+        lease = None if self._leases is None else self._leases(f"probe:{dep_id}", _lease_ttl(cfg))
+        while True:
+            if (lease is None or await self._holds(dep_id, lease)) and not await self.check(dep_id):
+                return
             await asyncio.sleep(cfg.interval_s * self.rng.uniform(1.0 - jitter, 1.0 + jitter))
+
+    async def _holds(self, dep_id: str, lease: Lease) -> bool:
+        """Take or renew `dep_id`'s probe lease; whether this replica probes it now."""
+        status = self.probes[dep_id]
+        if not await lease.acquire():
+            self._held.pop(dep_id, None)
+            status.prober = "a peer replica"
+            return False
+        self._held[dep_id] = lease
+        if status.prober != "this replica":
+            # Taking over from a peer: the shared verdict stands; our own counts are stale.
+            status.prober = "this replica"
+            status.passes = status.failures = 0
+            status.pass_starts.clear()
+        return True
 
     async def check(self, dep_id: str) -> bool:
         """Probe once and apply the verdict; False when this deployment cannot be probed."""
@@ -204,6 +247,7 @@ class HealthChecker:
             dep.healthy = True
             dep.ewma_latency_s = None  # least-latency measures it afresh
             self._log_transition(dep, "healthy", status)
+            self._share(dep)
         breaker = dep.breaker
         if (
             breaker.state is BreakerState.OPEN
@@ -226,6 +270,13 @@ class HealthChecker:
         if dep.healthy and status.failures >= status.config.unhealthy_threshold:
             dep.healthy = False
             self._log_transition(dep, "unhealthy", status)
+            self._share(dep)
+
+    @staticmethod
+    def _share(dep: DeploymentState) -> None:
+        """Publish this prober's verdict to peer replicas (proxy/state/sync.py)."""
+        if dep.on_change is not None:
+            dep.on_change(dep.id, "health")
 
     def _log_transition(self, dep: DeploymentState, state: str, status: ProbeStatus) -> None:
         log.warning(

@@ -29,7 +29,9 @@ from proxy.api.errors import ApiError
 from proxy.config import ClientConfig, Config, Price
 from proxy.limits.buckets import Bucket, DayCounter
 from proxy.limits.ledger import UsageLedger, utc_day
+from proxy.limits.shared import SharedWindow
 from proxy.metrics import Metrics
+from proxy.state.base import StateBackend
 from proxy.vendors.base import Usage
 
 __all__ = ["OPEN", "ClientState", "Limits", "Ticket", "estimate_tokens"]
@@ -89,7 +91,10 @@ class ClientState:
         "loop_sweep_at",
         "loops",
         "name",
+        "others_applied",
         "rpm",
+        "shared_rpm",
+        "shared_tpm",
         "tokens_day",
         "tpm",
     )
@@ -100,6 +105,9 @@ class ClientState:
         self.name = config.name
         self.in_flight = 0
         self.rpm = Bucket(lim.rpm, now, overdraft=False) if lim.rpm else None
+        # With a shared backend: the cluster-wide rpm and tpm, in grants (Limits sets them).
+        self.shared_rpm: SharedWindow | None = None
+        self.shared_tpm: SharedWindow | None = None
         self.tpm = Bucket(lim.tpm, now, overdraft=True) if lim.tpm else None
         self.tokens_day = DayCounter(lim.tokens_per_day) if lim.tokens_per_day else None
         self.budget = DayCounter(lim.budget_usd_per_day) if lim.budget_usd_per_day else None
@@ -120,6 +128,8 @@ class ClientState:
             if c is not None
         )
         self.day = ""
+        # Other replicas' usage today (tokens, cost) already in the daily counters' `used`.
+        self.others_applied: tuple[float, float] = (0, 0.0)
 
 
 class Ticket:
@@ -176,6 +186,7 @@ class Limits:
         ledger: UsageLedger,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        state: StateBackend | None = None,
     ) -> None:
         self.metrics = metrics
         self.ledger = ledger
@@ -187,6 +198,11 @@ class Limits:
         self._by_digest: dict[str, ClientState] = {}
         for c in config.clients or ():
             st = ClientState(c, now)
+            if state is not None and state.shared:
+                if c.limits.rpm:
+                    st.shared_rpm = SharedWindow(state, f"rpm:{c.name}", c.limits.rpm)
+                if c.limits.tpm:
+                    st.shared_tpm = SharedWindow(state, f"tpm:{c.name}", c.limits.tpm)
             self.clients[c.name] = st
             self._by_digest[c.key_sha256] = st
         # Worst-case price per group (its deployments and fallbacks), for budget reservations.
@@ -277,6 +293,19 @@ class Limits:
             )
         return state
 
+    async def ready(
+        self, state: ClientState | None, endpoint: str, body: Mapping[str, Any], raw_len: int
+    ) -> None:
+        """Before `admit`: with a shared backend, make sure cluster-wide grants are at hand
+        (awaits a round trip only when this replica has too few left; see limits/shared.py)."""
+        if state is None:
+            return
+        if state.shared_rpm is not None:
+            await state.shared_rpm.ready()
+        if state.shared_tpm is not None:
+            tokens = sum(estimate_tokens(endpoint, body, raw_len))
+            await state.shared_tpm.ready(min(tokens, state.shared_tpm.limit))
+
     def admit(
         self,
         state: ClientState | None,
@@ -349,6 +378,15 @@ class Limits:
                     f"(back to full in {_human(rpm.reset_s())}).",
                     wait,
                 )
+        shared = state.shared_rpm
+        if shared is not None and not shared.fits(now):
+            wait = shared.retry_after_s or 1.0
+            raise self._refuse(
+                state,
+                "rpm",
+                f"limit {lim.rpm} across all replicas, all taken; retry after {_human(wait)}.",
+                wait,
+            )
         reserve_tokens = tokens
         if tpm is not None:
             tpm.refill(now)
@@ -363,6 +401,17 @@ class Limits:
                     f"{_human(wait)} (back to full in {_human(tpm.reset_s())}).",
                     wait,
                 )
+        shared_tpm = state.shared_tpm
+        if shared_tpm is not None and not shared_tpm.fits(now, reserve_tokens):
+            wait = shared_tpm.retry_after_s or 1.0
+            raise self._refuse(
+                state,
+                "tpm",
+                f"limit {lim.tpm} across all replicas, this request reserves about "
+                f"{int(reserve_tokens)} (prompt estimate + max_tokens) and fewer are left; "
+                f"retry after {_human(wait)}.",
+                wait,
+            )
         for counter, reason, amount in (
             (state.tokens_day, "tokens_per_day", tokens),
             (state.budget, "budget_usd_per_day", cost),
@@ -382,6 +431,10 @@ class Limits:
         if rpm is not None:
             rpm.reserve(1)
             rpm.settle(1, 1)
+        if shared is not None:
+            shared.take()
+        if shared_tpm is not None:
+            shared_tpm.take(reserve_tokens)
         if tpm is not None:
             tpm.reserve(reserve_tokens)
         if state.tokens_day is not None:
@@ -419,6 +472,8 @@ class Limits:
         if state.tpm is not None:
             state.tpm.refill(self.clock())
             state.tpm.settle(ticket.tokens, actual)
+        if state.shared_tpm is not None:
+            state.shared_tpm.settle(ticket.tokens, actual)
         today = self._today()
         self._roll(state, today)
         if state.tokens_day is not None:
@@ -499,11 +554,27 @@ class Limits:
         if state.day == today:
             return
         state.day = today
+        state.others_applied = self.ledger.others_today(today, state.name)
         tokens, cost = self.ledger.counted_today(today, state.name)
         if state.tokens_day is not None:
             state.tokens_day.used = float(tokens)
         if state.budget is not None:
             state.budget.used = cost
+
+    def apply_shared(self) -> None:
+        """Fold the other replicas' usage today (the ledger's last `refresh`) into the daily
+        counters: with replicas, daily limits count the whole cluster's usage."""
+        today = self._today()
+        for state in self.clients.values():
+            if state.day != today:
+                continue  # rolled on its next request, from the ledger (others included)
+            tokens, cost = self.ledger.others_today(today, state.name)
+            old_tokens, old_cost = state.others_applied
+            if state.tokens_day is not None:
+                state.tokens_day.used += tokens - old_tokens
+            if state.budget is not None:
+                state.budget.used += cost - old_cost
+            state.others_applied = (tokens, cost)
 
     def reset(self, name: str) -> ClientState:
         """The emergency quota reset: full buckets, daily counters from zero, loop history forgotten.

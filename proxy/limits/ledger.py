@@ -9,11 +9,18 @@ row), which makes a retried batch harmless: each request is accounted exactly on
 
 SQLite runs in WAL mode with `synchronous=NORMAL`: a commit survives the process dying
 (the OS has the WAL pages), not a power cut of the machine. One proxy process per file.
+
+With a shared state backend (replicas), every request is also added to the cluster's
+ledger in Redis through the backend's exactly-once counters (`usage:<day>` hashes): the
+admin API reads the cluster's totals there, and `refresh` keeps a copy of the other
+replicas' usage today, so daily limits count the whole cluster's spending. Each replica's
+SQLite file, if set, keeps what that replica served.
 """
 
 from __future__ import annotations
 
 import asyncio
+import calendar
 import contextlib
 import logging
 import os
@@ -25,6 +32,8 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from proxy.state.base import StateBackend, StateBackendDown
+
 __all__ = ["LedgerError", "UsageLedger", "UsageRow", "utc_day"]
 
 log = logging.getLogger("llmproxy.ledger")
@@ -34,6 +43,10 @@ log = logging.getLogger("llmproxy.ledger")
 _DURABLE_WAIT_S = 2.0
 # After a failed write, wait this long before the next try (the rows stay dirty).
 _RETRY_S = 1.0
+# Costs travel to the shared ledger as integer nano-dollars (counters are integers).
+_NANO = 1_000_000_000
+# The shared ledger's fields: "<client>\t<model group>\t<UsageRow field>".
+_SHARED_FIELDS = ("requests", "errors", "prompt_tokens", "completion_tokens", "cached_tokens")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS usage (
@@ -116,8 +129,12 @@ ResetKey = tuple[str, str]  # (day, client)
 class UsageLedger:
     """Usage rows in memory, persisted to SQLite in the background when `path` is set."""
 
-    def __init__(self, path: str | None) -> None:
+    def __init__(self, path: str | None, backend: StateBackend | None = None) -> None:
         self.path = path
+        self.backend = backend if backend is not None and backend.shared else None
+        # Other replicas' usage today per client (tokens, cost), as of the last `refresh`.
+        self.others: dict[str, tuple[int, float]] = {}
+        self.others_day = ""
         self.rows: dict[RowKey, UsageRow] = {}
         # Usage already counted when a client's limits were last reset (admin), per day.
         self.resets: dict[ResetKey, tuple[int, float]] = {}
@@ -229,15 +246,85 @@ class UsageLedger:
         row.completion_tokens += completion
         row.cached_tokens += cached
         row.cost_usd += cost_usd
+        if self.backend is not None:
+            self._share(day, client, group, ok, prompt, completion, cached, cost_usd)
         if self._writer is None:
             return None
         self._dirty.add(key)
         return self._schedule()
 
+    def _share(
+        self,
+        day: str,
+        client: str,
+        group: str,
+        ok: bool,
+        prompt: int,
+        completion: int,
+        cached: int,
+        cost_usd: float,
+    ) -> None:
+        assert self.backend is not None
+        key, prefix = f"usage:{day}", f"{client}\t{group}\t"
+        add = self.backend.add
+        add(key, prefix + "requests", 1)
+        for name, amount in (
+            ("errors", 0 if ok else 1),
+            ("prompt_tokens", prompt),
+            ("completion_tokens", completion),
+            ("cached_tokens", cached),
+            ("cost_usd", round(cost_usd * _NANO)),
+        ):
+            if amount:
+                add(key, prefix + name, amount)
+
+    async def cluster_day(self, day: str) -> dict[tuple[str, str], UsageRow]:
+        """The whole cluster's usage on `day` per (client, group); raises StateBackendDown."""
+        assert self.backend is not None
+        out: dict[tuple[str, str], UsageRow] = {}
+        for name, value in (await self.backend.counters(f"usage:{day}")).items():
+            client, group, field = name.split("\t")
+            row = out.get((client, group))
+            if row is None:
+                row = out[(client, group)] = UsageRow()
+            if field == "cost_usd":
+                row.cost_usd = value / _NANO
+            elif field in _SHARED_FIELDS:
+                setattr(row, field, value)
+        return out
+
+    async def refresh(self, day: str) -> None:
+        """Update `others`: the cluster's usage today minus this replica's (StateBackendDown:
+        the last known figures stay)."""
+        cluster = await self.cluster_day(day)
+        totals: dict[str, tuple[int, float]] = {}
+        for (client, _), row in cluster.items():
+            t, c = totals.get(client, (0, 0.0))
+            totals[client] = (t + row.tokens, c + row.cost_usd)
+        others: dict[str, tuple[int, float]] = {}
+        for client, (t, c) in totals.items():
+            ours_t, ours_c = self._ours(day, client)
+            others[client] = (max(0, t - ours_t), max(0.0, c - ours_c))
+        self.others, self.others_day = others, day
+
+    def others_today(self, day: str, client: str) -> tuple[int, float]:
+        return self.others.get(client, (0, 0.0)) if day == self.others_day else (0, 0.0)
+
+    def _ours(self, day: str, client: str) -> tuple[int, float]:
+        tokens = 0
+        cost = 0.0
+        for (d, c, _), r in self.rows.items():
+            if d == day and c == client:
+                tokens += r.tokens
+                cost += r.cost_usd
+        return tokens, cost
+
     def mark_reset(self, day: str, client: str) -> tuple[int, float]:
-        """Remember `client`'s usage today as the base its limits now count from."""
-        tokens = sum(r.tokens for (d, c, _), r in self.rows.items() if d == day and c == client)
-        cost = sum(r.cost_usd for (d, c, _), r in self.rows.items() if d == day and c == client)
+        """Remember `client`'s usage today (the cluster's, as last known) as the base its
+        limits now count from."""
+        tokens, cost = self._ours(day, client)
+        other_t, other_c = self.others_today(day, client)
+        tokens, cost = tokens + other_t, cost + other_c
         self.resets[(day, client)] = (tokens, cost)
         if self._writer is not None:
             self._dirty_resets.add((day, client))
@@ -245,13 +332,11 @@ class UsageLedger:
         return tokens, cost
 
     def counted_today(self, day: str, client: str) -> tuple[int, float]:
-        """Tokens and cost of `client` on `day` that count toward its daily limits."""
-        tokens = 0
-        cost = 0.0
-        for (d, c, _), r in self.rows.items():
-            if d == day and c == client:
-                tokens += r.tokens
-                cost += r.cost_usd
+        """Tokens and cost of `client` on `day` that count toward its daily limits (the
+        cluster's, with a shared backend)."""
+        tokens, cost = self._ours(day, client)
+        other_t, other_c = self.others_today(day, client)
+        tokens, cost = tokens + other_t, cost + other_c
         base_tokens, base_cost = self.resets.get((day, client), (0, 0.0))
         return tokens - base_tokens, cost - base_cost
 
@@ -331,6 +416,28 @@ class UsageLedger:
                 self.rows.pop(key, None)
 
     # ------------------------------------------------------------------ queries (admin)
+
+    async def query_cluster(
+        self, client: str | None, since: str, until: str
+    ) -> list[dict[str, Any]] | None:
+        """Rows of the whole cluster from day `since` to `until`, oldest first; None without a
+        shared backend or while it is down (the caller falls back to this replica's rows)."""
+        if self.backend is None:
+            return None
+        days: list[str] = []
+        wall = calendar.timegm(time.strptime(until, "%Y-%m-%d"))
+        while len(days) < 400 and (day := utc_day(wall - 86400 * len(days))) >= since:
+            days.append(day)
+        try:
+            per_day = await asyncio.gather(*(self.cluster_day(d) for d in reversed(days)))
+        except StateBackendDown:
+            return None
+        return [
+            {"day": d, "client": c, "model_group": g, **_row_dict(r)}
+            for d, rows in zip(reversed(days), per_day, strict=True)
+            for (c, g), r in sorted(rows.items())
+            if client is None or c == client
+        ]
 
     async def query(self, client: str | None, since: str) -> list[dict[str, Any]]:
         """Rows from day `since` on (for one client or all), oldest first."""

@@ -69,17 +69,24 @@ class RateLimit:
     remaining: int  # left in the window after this hit
     retry_after_s: float  # 0 when allowed; else when `cost` would next be admitted
     reset_s: float  # until the window is fully replenished
+    granted: int = 0  # what was counted: `cost`, or with `partial` as much of it as fitted
 
 
 def sliding_window(
-    now_ms: int, window_ms: int, limit: int, cost: int, state: tuple[int, int, int] | None
+    now_ms: int,
+    window_ms: int,
+    limit: int,
+    cost: int,
+    state: tuple[int, int, int] | None,
+    partial: bool = False,
 ) -> tuple[RateLimit, tuple[int, int, int]]:
     """One admission against a sliding-window counter; the in-process twin of `redis.HIT_LUA`.
 
     `state` is (window index, count in that window, count in the window before). The
     estimate weighs the previous window by how much of it still overlaps the sliding
     window: at most `limit` are admitted in any window-long span, give or take the
-    estimate's assumption that the previous window's hits were spread evenly.
+    estimate's assumption that the previous window's hits were spread evenly. `partial`
+    counts as much of `cost` as fits (at least 1 is asked for): a replica taking a chunk.
     """
     idx = now_ms // window_ms
     w_idx, cur, prev = state if state is not None else (idx, 0, 0)
@@ -89,6 +96,8 @@ def sliding_window(
         prev, cur = 0, 0
     elapsed = now_ms - idx * window_ms
     weight = 1.0 - elapsed / window_ms
+    if partial:
+        cost = max(1, min(cost, math.floor(limit - (prev * weight + cur))))
     allowed = prev * weight + cur + cost <= limit
     if allowed:
         cur += cost
@@ -109,6 +118,7 @@ def sliding_window(
         max(0, math.floor(limit - estimate)),
         retry_ms / 1000.0,
         reset_ms / 1000.0,
+        cost if allowed else 0,
     )
     return result, (idx, cur, prev)
 
@@ -150,6 +160,11 @@ class StateBackend(ABC):
         self._on_connect: OnConnect | None = None
         self._on_up: OnUp | None = None
 
+    def share(self, limit: int) -> int:
+        """This replica's share of a cluster-wide limit when it cannot ask the others: at least 1,
+        so a Redis outage never locks a paying client out."""
+        return max(1, math.floor(limit / self.replicas))
+
     def bind(self, on_change: OnChange, on_connect: OnConnect, on_up: OnUp) -> None:
         """Who to tell: a peer's change arrived; (re)connected, reconcile now; up/down."""
         self._on_change = on_change
@@ -179,8 +194,11 @@ class StateBackend(ABC):
         return {}
 
     @abstractmethod
-    async def hit(self, key: str, limit: int, window_s: float, cost: int = 1) -> RateLimit:
-        """Count `cost` against `key` if it fits in `limit` per sliding `window_s`."""
+    async def hit(
+        self, key: str, limit: int, window_s: float, cost: int = 1, partial: bool = False
+    ) -> RateLimit:
+        """Count `cost` against `key` if it fits in `limit` per sliding `window_s`
+        (`partial`: as much of it as fits, at least 1; `granted` says how much)."""
 
     @abstractmethod
     def add(self, key: str, field: str, amount: int) -> None:

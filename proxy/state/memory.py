@@ -35,10 +35,14 @@ class MemoryBackend(StateBackend):
             lambda: defaultdict(int)
         )
 
-    async def hit(self, key: str, limit: int, window_s: float, cost: int = 1) -> RateLimit:
-        return self.hit_now(key, limit, window_s, cost)
+    async def hit(
+        self, key: str, limit: int, window_s: float, cost: int = 1, partial: bool = False
+    ) -> RateLimit:
+        return self.hit_now(key, limit, window_s, cost, partial)
 
-    def hit_now(self, key: str, limit: int, window_s: float, cost: int = 1) -> RateLimit:
+    def hit_now(
+        self, key: str, limit: int, window_s: float, cost: int = 1, partial: bool = False
+    ) -> RateLimit:
         """`hit` without awaiting (also the Redis backend's fallback during an outage)."""
         result, self._windows[key] = sliding_window(
             int(time.time() * 1000),
@@ -46,6 +50,7 @@ class MemoryBackend(StateBackend):
             limit,
             cost,
             self._windows.get(key),
+            partial,
         )
         return result
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import random
 import time
 from collections.abc import Iterable
@@ -58,8 +57,9 @@ return 1
 """
 
 # Sliding-window rate limit (the twin of base.sliding_window), on Redis's clock so replicas
-# with skewed clocks agree. KEYS[1]: the limiter's hash. ARGV: limit, window ms, cost.
-# Returns {allowed, remaining, retry ms, reset ms}.
+# with skewed clocks agree. KEYS[1]: the limiter's hash. ARGV: limit, window ms, cost,
+# partial ('1': count as much of cost as fits). Returns {allowed, remaining, retry ms,
+# reset ms, counted}.
 HIT_LUA = """
 local limit, w, cost = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local t = redis.call('TIME')
@@ -70,6 +70,7 @@ local widx, cur, prev = tonumber(h[1]) or idx, tonumber(h[2]) or 0, tonumber(h[3
 if widx == idx - 1 then prev = cur; cur = 0 elseif widx < idx - 1 then prev = 0; cur = 0 end
 local elapsed = now - idx * w
 local weight = 1 - elapsed / w
+if ARGV[4] == '1' then cost = math.max(1, math.min(cost, math.floor(limit - (prev * weight + cur)))) end
 local allowed = 0
 if prev * weight + cur + cost <= limit then allowed = 1; cur = cur + cost end
 redis.call('HSET', KEYS[1], 'w', idx, 'cur', cur, 'prev', prev)
@@ -84,7 +85,7 @@ end
 local reset = 0
 if cur > 0 then reset = 2 * w - elapsed elseif prev > 0 then reset = w - elapsed end
 local remaining = math.max(0, math.floor(limit - (prev * weight + cur)))
-return {allowed, remaining, math.ceil(retry), math.ceil(reset)}
+return {allowed, remaining, math.ceil(retry), math.ceil(reset), allowed * cost}
 """
 
 # Apply a batch of counter additions once. KEYS[1]: the batch's id key, then one counter
@@ -385,23 +386,32 @@ class RedisBackend(StateBackend):
 
     # --------------------------------------------------------------- counters, limits, leases
 
-    async def hit(self, key: str, limit: int, window_s: float, cost: int = 1) -> RateLimit:
+    async def hit(
+        self, key: str, limit: int, window_s: float, cost: int = 1, partial: bool = False
+    ) -> RateLimit:
         """One Redis round trip; during an outage, this replica's share of `limit` locally."""
         window_ms = max(1, int(window_s * 1000))
         if self.up:
             try:
-                allowed, remaining, retry_ms, reset_ms = await self._hit(
-                    keys=[f"{self.prefix}:rl:{key}"], args=[limit, window_ms, cost]
+                allowed, remaining, retry_ms, reset_ms, counted = await self._hit(
+                    keys=[f"{self.prefix}:rl:{key}"],
+                    args=[limit, window_ms, cost, "1" if partial else "0"],
                 )
             except (RedisError, OSError) as exc:
                 self._broken(exc)
             else:
                 return RateLimit(
-                    bool(allowed), limit, int(remaining), retry_ms / 1000.0, reset_ms / 1000.0
+                    bool(allowed),
+                    limit,
+                    int(remaining),
+                    retry_ms / 1000.0,
+                    reset_ms / 1000.0,
+                    int(counted),
                 )
-        share = max(1, math.floor(limit / self.replicas))
-        local = self._local.hit_now(key, share, window_s, cost)
-        return RateLimit(local.allowed, limit, local.remaining, local.retry_after_s, local.reset_s)
+        local = self._local.hit_now(key, self.share(limit), window_s, cost, partial)
+        return RateLimit(
+            local.allowed, limit, local.remaining, local.retry_after_s, local.reset_s, local.granted
+        )
 
     def add(self, key: str, field: str, amount: int) -> None:
         k = (key, field)

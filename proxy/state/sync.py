@@ -4,7 +4,7 @@ Routing reads `DeploymentState` without awaiting anything. This module turns a l
 change of that state into a `Change` for the backend to publish, and folds peers'
 changes back in. What travels is a table of field groups (data, not code paths): each
 group says how to read its fields off a `DeploymentState` and how to apply them. A new
-shared signal (e.g. the health verdict) is one more row.
+shared signal is one more row.
 
 Times travel as wall-clock seconds (monotonic clocks are per process) and are turned
 back into this process's monotonic time on arrival.
@@ -62,11 +62,24 @@ def _apply_cooldown(dep: DeploymentState, fields: Mapping[str, str]) -> None:
     dep.cooldown_reason = fields["reason"]
 
 
+def _read_health(dep: DeploymentState) -> dict[str, str]:
+    return {"healthy": "1" if dep.healthy else "0"}
+
+
+def _apply_health(dep: DeploymentState, fields: Mapping[str, str]) -> None:
+    healthy = {"1": True, "0": False}[fields["healthy"]]
+    if healthy and not dep.healthy:
+        dep.ewma_latency_s = None  # least-latency measures it afresh (as the prober does)
+    dep.healthy = healthy
+
+
 GROUPS: dict[str, FieldGroup] = {
     g.name: g
     for g in (
         FieldGroup("breaker", _read_breaker, _apply_breaker),
         FieldGroup("cooldown", _read_cooldown, _apply_cooldown),
+        # The verdict of the replica holding the deployment's probe lease (health/checker.py).
+        FieldGroup("health", _read_health, _apply_health),
     )
 }
 
