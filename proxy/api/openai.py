@@ -10,8 +10,8 @@ raise instead of reporting a truncated answer as complete.
 from __future__ import annotations
 
 import asyncio
+import random
 import re
-import secrets
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -34,6 +34,7 @@ __all__ = ["GATEWAY", "OPENAI", "Inbound", "proxy_request", "routes"]
 
 GATEWAY: web.AppKey[Gateway] = web.AppKey("gateway", Gateway)
 
+_getrandbits = random.getrandbits
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 _CLIENT_GONE = Outcome(OutcomeClass.CLIENT_CANCELLED, None, None, "the client disconnected")
 
@@ -43,7 +44,9 @@ def request_id(request: web.Request) -> str:
     rid = request.headers.get("x-request-id")
     if rid is not None and _REQUEST_ID_RE.match(rid):
         return rid
-    return secrets.token_hex(12)
+    # A correlation id, not a secret: the Mersenne Twister (re-seeded in forked workers by
+    # the random module) instead of os.urandom, whose syscall cost 1.5% of a request's CPU.
+    return f"{_getrandbits(96):024x}"
 
 
 def stream_error_message(served: Served, outcome: Outcome) -> str:

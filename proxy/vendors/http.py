@@ -294,7 +294,8 @@ class HTTPAdapter(VendorAdapter):
                 # The first byte of the body is still "first byte": a vendor that sends
                 # headers and then stalls is as stuck as one that sends nothing.
                 first = await resp.content.readany()
-                budget.reschedule(started + max(attempt_s, first_byte_s))
+                if not resp.content.at_eof():  # most answers arrive whole: no timer to move
+                    budget.reschedule(started + max(attempt_s, first_byte_s))
                 phase = "body"
                 rest = await resp.read()
                 data = first + rest if rest else first
