@@ -46,7 +46,8 @@ class AccessLog:
         cls._stream = stream
 
     @classmethod
-    def write(cls, record: dict[str, Any]) -> None:
+    def write(cls, record: dict[str, Any], loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """Log `record`; `loop`, the running loop if the caller has it at hand (saves a getpid)."""
         record["ts"] = round(time.time(), 3)
         stream = cls._stream
         if stream is None:
@@ -54,7 +55,7 @@ class AccessLog:
             return
         line = orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
         try:
-            loop = asyncio.get_running_loop()
+            loop = loop or asyncio.get_running_loop()
         except RuntimeError:  # no event loop (a script, a test): write at once
             cls.flush()
             stream.write(line)

@@ -177,8 +177,19 @@ async def proxy_request(
         if AccessLog.enabled():
             # Written on the loop's next turn, once aiohttp has sent the answer: the log
             # line's build and write stay off the client's critical path.
-            asyncio.get_running_loop().call_soon(
-                _log, request, rid, client, group_name, status, duration, trace, served, stream
+            loop = asyncio.get_running_loop()
+            loop.call_soon(
+                _log,
+                loop,
+                request,
+                rid,
+                client,
+                group_name,
+                status,
+                duration,
+                trace,
+                served,
+                stream,
             )
 
 
@@ -240,6 +251,7 @@ async def _relay_stream(
 
 
 def _log(
+    loop: asyncio.AbstractEventLoop,
     request: web.Request,
     rid: str,
     client: ClientState | None,
@@ -279,7 +291,7 @@ def _log(
                 "completion": usage.completion,
                 "cached_prompt": usage.cached_prompt,
             }
-    AccessLog.write(record)
+    AccessLog.write(record, loop)
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
