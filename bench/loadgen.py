@@ -178,21 +178,40 @@ async def _connect(req: Request) -> _ClientProtocol:
 
 
 async def run_load(
-    req: Request, *, concurrency: int, requests: int, max_seconds: float, timeout_s: float = 30.0
+    req: Request,
+    *,
+    concurrency: int,
+    requests: int,
+    max_seconds: float,
+    rate: float | None = None,
+    timeout_s: float = 30.0,
 ) -> LoadResult:
-    """Send `requests` requests (or as many as fit in `max_seconds`) from `concurrency` clients."""
+    """Send `requests` requests (or as many as fit in `max_seconds`) from `concurrency` clients.
+
+    With `rate`, request i is not sent before `start + i / rate`: a fixed request rate with at
+    most `concurrency` in flight. Below the target's saturation point this measures what
+    each request costs rather than how long it queued; a target too slow for the rate falls
+    behind (its `requests/s` shows by how much) instead of piling up unbounded work. Latency
+    is measured from the moment a request is sent.
+    """
     result = LoadResult()
     wire = req.wire()
     expect = req.expect
     issued = 0
     started = time.perf_counter()
     deadline = started + max_seconds
+    interval = 1.0 / rate if rate else 0.0
 
     async def worker() -> None:
         nonlocal issued
         proto: _ClientProtocol | None = None
         while issued < requests and time.perf_counter() < deadline:
+            due = started + issued * interval
             issued += 1
+            if interval:
+                wait = due - time.perf_counter()
+                if wait > 0:
+                    await asyncio.sleep(wait)
             t0 = time.perf_counter()
             try:
                 if proto is None or proto.closed:

@@ -50,8 +50,28 @@ SCENARIOS = [
     Scenario("c", "streaming, 20 chunks, concurrency 16", 16, 3000, 5.0, stream=True),
     # TTFB overhead without queueing: at c=16 a saturated single-process proxy queues.
     Scenario("s", "streaming, 20 chunks, concurrency 1", 1, 1000, 4.0, stream=True),
-    Scenario("d", "failover: primary 429 insufficient_quota", 8, 1000, 20.0, route="quota"),
-    Scenario("e", "failover: primary 500 half the time", 8, 1000, 20.0, route="flaky"),
+    # Failover cost, not saturation: a fixed 200 requests/s (well below every proxy's
+    # saturation point but LiteLLM's), at most 4 in flight, the same schedule for every target.
+    Scenario(
+        "d",
+        "failover: primary 429 insufficient_quota, 200 requests/s",
+        4,
+        1000,
+        15.0,
+        route="quota",
+        rate=200.0,
+    ),
+    Scenario(
+        "e",
+        "failover: primary 500 half the time, 200 requests/s",
+        4,
+        1000,
+        15.0,
+        route="flaky",
+        rate=200.0,
+    ),
+    # OpenAI client -> our native Anthropic adapter (OpenAI<->Anthropic translation in
+    # process, no litellm) -> the upstream's /v1/messages.
     Scenario(
         "f", "translated path: Anthropic vendor, concurrency 32", 32, 3000, 5.0, route="anthropic"
     ),
@@ -117,6 +137,7 @@ def measure(target: Target, scenario: Scenario, run: int, env: Env, upstream_pid
             concurrency=scenario.concurrency,
             requests=scenario.requests,
             max_seconds=scenario.max_seconds,
+            rate=scenario.rate,
         )
     )
     l_cpu = _self_cpu() - l_cpu0
@@ -324,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
             if sc.route == "anthropic" and not any(
                 isinstance(t, Ours) and t.translated for t in active
             ):
-                why = skipped.get("ours, Anthropic vendor via litellm", "not requested")
+                why = skipped.get(Ours.translated_label, "not requested")
                 print(f"bench: scenario ({sc.key}) for ours skipped: {why}")
             print(f"bench: ({sc.key}) {sc.title}: warm-up")
             for t in active:

@@ -52,6 +52,8 @@ class Scenario:
     # "bench" (healthy), "quota" (primary 429 insufficient_quota), "flaky" (primary 50% 500),
     # "anthropic" (the translated path)
     route: str = "bench"
+    # Requests per second (fixed schedule, `concurrency` = most in flight); None: closed loop.
+    rate: float | None = None
 
     @property
     def fresh_state(self) -> bool:
@@ -214,13 +216,14 @@ class Ours(Target):
     name = "ours"
     label = "ours (llm-proxy)"
     ready_path = "/health/ready"
+    translated_label = "ours, Anthropic vendor (native translation)"
 
     def __init__(self, env: Env, *, translated: bool = False) -> None:
         super().__init__(env)
         self.translated = translated
         if translated:
-            self.name = "ours-litellm"
-            self.label = "ours, Anthropic vendor via litellm"
+            self.name = "ours-anthropic"
+            self.label = self.translated_label
         self.config_path = env.logs / f"{self.name}.yaml"
         self.anthropic_error: str | None = None
 

@@ -5,16 +5,21 @@ logger is enabled, so a deployment that turns access logs off pays nothing for t
 Never contains API keys or prompt text.
 
 `llm-proxy serve` owns stderr's log format, so it hands the stream over with
-`AccessLog.direct_to()`: lines are then written straight to it, one write per line,
-skipping the LogRecord/handler/formatter round trip (about 4% of a pass-through
-request's CPU). Anyone embedding the app keeps the plain logger path.
+`AccessLog.direct_to()`: lines are then written straight to it, skipping the
+LogRecord/handler/formatter round trip (about 4% of a pass-through request's CPU). The
+lines of one event-loop turn go out in one write at the start of the next turn (under
+load several requests finish per turn; the write was 3% of a request's CPU), so at most
+one turn's lines are lost in a crash; `flush()` runs at exit. Anyone embedding the app
+keeps the plain logger path.
 """
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import logging
 import time
-from typing import IO, Any
+from typing import IO, Any, ClassVar
 
 import orjson
 
@@ -26,7 +31,9 @@ _logger = logging.getLogger("llmproxy.access")
 class AccessLog:
     __slots__ = ()
 
-    _stream: IO[bytes] | None = None
+    _stream: ClassVar[IO[bytes] | None] = None
+    _pending: ClassVar[list[bytes]] = []
+    _flush_on: ClassVar[asyncio.AbstractEventLoop | None] = None  # a flush is scheduled there
 
     @staticmethod
     def enabled() -> bool:
@@ -35,14 +42,41 @@ class AccessLog:
     @classmethod
     def direct_to(cls, stream: IO[bytes] | None) -> None:
         """Write lines straight to `stream` (None: back to the `llmproxy.access` logger)."""
+        cls.flush()
         cls._stream = stream
 
     @classmethod
-    def write(cls, record: dict[str, Any]) -> None:
+    def write(cls, record: dict[str, Any], loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """Log `record`; `loop`, the running loop if the caller has it at hand (saves a getpid)."""
         record["ts"] = round(time.time(), 3)
         stream = cls._stream
         if stream is None:
             _logger.info(orjson.dumps(record).decode())
             return
-        stream.write(orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE))
+        line = orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
+        try:
+            loop = loop or asyncio.get_running_loop()
+        except RuntimeError:  # no event loop (a script, a test): write at once
+            cls.flush()
+            stream.write(line)
+            stream.flush()
+            return
+        cls._pending.append(line)
+        if cls._flush_on is not loop:  # (a loop that closed before its flush ran counts as none)
+            cls._flush_on = loop
+            loop.call_soon(cls.flush)
+
+    @classmethod
+    def flush(cls) -> None:
+        """Write the lines held for this event-loop turn."""
+        pending, stream = cls._pending, cls._stream
+        if not pending or stream is None:
+            cls._flush_on = None
+            return
+        cls._pending = []
+        cls._flush_on = None
+        stream.write(b"".join(pending))
         stream.flush()
+
+
+atexit.register(AccessLog.flush)
