@@ -262,7 +262,10 @@ class FakeStats:
 
     ``tokens`` sums the usage of responses that completed (a JSON answer, or a stream
     that reached its terminator), i.e. exactly what the fake reported or, for a stream
-    sent without ``include_usage``, would have reported. ``disconnects`` counts clients
+    sent without ``include_usage``, would have reported. ``tokens_unfinished`` sums what
+    streams cut short by a fault (drop, truncate, error event) had cost when they ended:
+    the prompt plus one completion token per event sent, billed but never delivered
+    whole (the chaos suite's "tokens wasted"). ``disconnects`` counts clients
     that went away before their response finished (not connections the fake cut itself).
     """
 
@@ -271,6 +274,7 @@ class FakeStats:
     tokens: dict[str, int] = field(
         default_factory=lambda: {"prompt": 0, "completion": 0, "cached": 0}
     )
+    tokens_unfinished: int = 0
     disconnects: int = 0
     in_flight: int = 0
     faults: Counter[str] = field(default_factory=Counter)
@@ -281,6 +285,7 @@ class FakeStats:
         self.requests.clear()
         self.model_list_requests = 0
         self.tokens.update(prompt=0, completion=0, cached=0)
+        self.tokens_unfinished = 0
         self.disconnects = 0
         self.faults.clear()
         self.last_requests.clear()
@@ -297,6 +302,7 @@ class FakeStats:
             "total_requests": self.total_requests,
             "model_list_requests": self.model_list_requests,
             "tokens": dict(self.tokens),
+            "tokens_unfinished": self.tokens_unfinished,
             "disconnects": self.disconnects,
             "in_flight": self.in_flight,
             "faults": dict(self.faults),
@@ -422,6 +428,9 @@ class FakeVendor(abc.ABC):
         #: ``cached_tokens`` reported per chat answer (``prompt_tokens`` is raised to match).
         self.cached_tokens = cached_tokens
         self.stats = FakeStats(last_requests=deque(maxlen=max_recorded))
+        #: Called as each LLM request arrives, before any fault (the chaos suite samples the
+        #: proxy's view of this vendor at that instant).
+        self.on_request: Callable[[], None] | None = None
         self._fault: Fault | None = fault
         self._rng = random.Random(seed)
         self._id_prefix = os.urandom(6).hex()
@@ -695,6 +704,8 @@ class FakeVendor(abc.ABC):
             stats = self.stats
             stats.requests[request.path] += 1
             stats.in_flight += 1
+            if self.on_request is not None:
+                self.on_request()
             generation = self._cut_generation
             try:
                 raw = await request.read()
@@ -835,7 +846,10 @@ class FakeVendor(abc.ABC):
                 self.stats.faults["stall_after_headers"] += 1
                 await asyncio.sleep(fault.stall_after_headers_s)
         delay = self.chunk_delay_s
+        end_at = min((n for n in (drop_at, error_at, truncate_at) if n is not None), default=None)
         for i in range(len(events) + 1):
+            if i == end_at:
+                self.stats.tokens_unfinished += i + (usage.prompt if usage is not None else 0)
             if drop_at is not None and i >= drop_at:
                 self.stats.faults["drop"] += 1
                 transport = call.request.transport
