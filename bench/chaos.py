@@ -49,13 +49,10 @@ def table(rows: Sequence[tuple[Scenario, ScenarioResult]], args: argparse.Namesp
         "|---|---|---|---|---|---|---|---|",
     ]
     for sc, r in rows:
-        bound = (
-            "0"
-            if sc.max_errors is None
-            else "all (no backup)"
-            if not sc.backup
-            else "≤ in flight + fail_max"
-        )
+        if sc.max_errors is None:
+            bound = "0"
+        else:
+            bound = "bounded: no backup" if not sc.backup else "bounded: bytes already relayed"
         out.append(
             f"| {sc.name} | {sc.title} | {r.errors}/{r.requests} | {bound} | "
             f"{r.added_p50_ms:+.0f} | {r.added_p99_ms:+.0f} | {r.after_detection} / {r.a_requests} | "
