@@ -20,7 +20,7 @@ import pytest
 from hypothesis import strategies as st
 
 from proxy.api.admin import ADMIN_ROUTES
-from tests.test_openapi_schemathesis import _Background
+from tests.test_openapi_schemathesis import ADMIN_KEY, _Background
 
 LLM_PATHS = (
     "/v1/chat/completions",
@@ -141,8 +141,8 @@ def test_admin_endpoints_survive_hostile_input(
     path = path.replace("{name}", quote(param, safe="")).replace("{id:.+}", quote(param, safe=""))
     if query:
         path += "?" + urlencode(query)
-    status, data = _send(port, method, path, body if method != "GET" else None,
-                         {"Content-Type": "application/json"})  # fmt: skip
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {ADMIN_KEY}"}
+    status, data = _send(port, method, path, body if method != "GET" else None, headers)
     if path.startswith("/admin/reload"):
         assert status in (200, 400, 405, 415), (status, data[:300])
     _check(port, status, data)
