@@ -17,7 +17,13 @@ from typing import Protocol
 import aiohttp
 
 from proxy.config import DeploymentConfig, VendorConfig
-from proxy.routing.classify import classify_response, classify_stream_error, classify_transport
+from proxy.routing.classify import (
+    classify_response,
+    classify_stream_error,
+    classify_transport,
+    redact,
+    without_secret,
+)
 from proxy.vendors.base import AttemptFailed, UpstreamCall, UpstreamResponse, Usage, VendorAdapter
 
 __all__ = ["HTTPAdapter", "JSONResponse", "StreamFilter", "StreamScan", "invalid_json"]
@@ -112,6 +118,7 @@ class _StreamResponse(UpstreamResponse):
         "_idle_s",
         "_resp",
         "_scan",
+        "_secret",
         "_vendor_type",
         "content_type",
         "headers",
@@ -127,6 +134,7 @@ class _StreamResponse(UpstreamResponse):
         vendor_type: str,
         stream_filter: StreamFilter | None,
         idle_s: float,
+        secret: str | None,
     ) -> None:
         self.status = resp.status
         self.headers = resp.headers
@@ -138,6 +146,7 @@ class _StreamResponse(UpstreamResponse):
         self._vendor_type = vendor_type
         self._finished = False
         self._idle_s = idle_s
+        self._secret = secret
         self.usage = scan.usage
 
     @property
@@ -168,6 +177,10 @@ class _StreamResponse(UpstreamResponse):
                 )
             previous = chunk
             scan.feed(chunk)
+            if scan.error is not None:
+                # The vendor's error event is relayed as it came, minus our credentials
+                # (some vendors echo the key they were sent).
+                chunk = redact(chunk, self._secret)
             if filt is None:
                 yield chunk
             elif out := filt.feed(chunk):
@@ -175,7 +188,7 @@ class _StreamResponse(UpstreamResponse):
             if scan.error is not None:
                 self.usage = scan.usage
                 outcome = classify_stream_error(self._vendor_type, scan.error)
-                raise AttemptFailed(outcome, error_event_sent=True)
+                raise AttemptFailed(without_secret(outcome, self._secret), error_event_sent=True)
         self.usage = scan.usage
         if not scan.done:
             raise AttemptFailed(
@@ -295,7 +308,10 @@ class HTTPAdapter(VendorAdapter):
                 rest = await resp.read()
                 data = first + rest if rest else first
                 return JSONResponse(resp.status, data, self.json_usage(data), resp.headers)
-        except AttemptFailed:
+        except AttemptFailed as failed:
+            secret = self.config.api_key
+            if secret and secret in failed.outcome.message:
+                raise AttemptFailed(without_secret(failed.outcome, secret)) from None
             raise
         except asyncio.CancelledError:
             if resp is not None:
@@ -339,4 +355,12 @@ class HTTPAdapter(VendorAdapter):
             raise AttemptFailed(
                 classify_transport(aiohttp.ClientPayloadError("empty stream"), phase="body")
             )
-        return _StreamResponse(resp, b"".join(parts), scan, self.config.type, stream_filter, idle_s)
+        return _StreamResponse(
+            resp,
+            b"".join(parts),
+            scan,
+            self.config.type,
+            stream_filter,
+            idle_s,
+            self.config.api_key,
+        )
