@@ -102,6 +102,12 @@ async def test_no_secret_reaches_any_output_surface(
         assert await call("solo-b", CLIENT_KEY) == 400
         assert "Bad request" in seen[-2], seen[-2]
         assert await call("smart", WRONG_KEY) == 401
+        # A malformed request (an oversized Authorization header): aiohttp answers 400 and
+        # would log the start of the offending line, i.e. the key.
+        async with s.get(
+            f"{proxy.url}/v1/models", headers={"Authorization": f"Bearer {CLIENT_KEY}" + "x" * 9000}
+        ) as r:
+            assert r.status == 400
         for path in ("/admin/status", "/admin/usage"):
             async with s.get(
                 f"{proxy.url}{path}", headers={"Authorization": f"Bearer {ADMIN_KEY}"}
