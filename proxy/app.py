@@ -11,6 +11,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from proxy.api import admin, anthropic, dashboard, openai, openapi
@@ -77,8 +78,31 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=data, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
+class _MalformedRequestFilter(logging.Filter):
+    """aiohttp logs a malformed request (an oversized header, a bad request line) at ERROR
+    with a traceback whose message quotes the start of the offending line: an oversized
+    `Authorization` header puts the client's key in our logs. The client already got its
+    400; keep one line, without the bytes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            record.msg = "malformed HTTP request answered with %s (%s)"
+            record.args = (exc.code, type(exc).__name__)
+            record.exc_info = record.exc_text = None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+def _quiet_malformed_requests() -> None:
+    server_log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, _MalformedRequestFilter) for f in server_log.filters):
+        server_log.addFilter(_MalformedRequestFilter())
+
+
 def create_app(config: Config, gateway: Gateway | None = None) -> web.Application:
     """Build the application for `config` (the gateway is started with the app)."""
+    _quiet_malformed_requests()
     gw = gateway or Gateway(config)
     # The body limit is enforced (with a JSON error) by the handlers; aiohttp's own limit
     # is set one byte above so that it never answers first with a plain-text 413.

@@ -96,7 +96,11 @@ class Fault:
     final chunk, no terminator: the client sees a truncated chunked body);
     ``error_event_after_chunks`` sends the vendor's in-stream error event after N events
     and ends the stream cleanly but without the success terminator (``body``, if set, is
-    the event's payload).
+    the event's payload); ``truncate_after_chunks`` ends the stream cleanly after N events
+    with neither an error event nor the terminator (a vendor that just stops).
+
+    ``drip_s`` sends the body one byte at a time, ``drip_s`` apart (JSON and streams): a
+    vendor that is alive but uselessly slow, which only an overall deadline catches.
 
     Listener: ``refuse`` closes the listening socket (connects get ECONNREFUSED, pooled
     connections are closed too, as when a host dies); clearing it rebinds the same port;
@@ -120,6 +124,8 @@ class Fault:
     stall_after_headers_s: float = 0.0
     drop_after_chunks: int | None = None
     error_event_after_chunks: int | None = None
+    truncate_after_chunks: int | None = None
+    drip_s: float = 0.0
     refuse: bool = False
     refuse_for_s: float | None = None
     black_hole: bool = False
@@ -131,10 +137,10 @@ class Fault:
             raise ValueError(f"unknown error kind {self.error!r}; known: {sorted(ERROR_KINDS)}")
         if not 0.0 <= self.rate <= 1.0:
             raise ValueError(f"rate must be within 0..1, got {self.rate}")
-        for name in ("latency_s", "stall_s", "stall_after_headers_s"):
+        for name in ("latency_s", "stall_s", "stall_after_headers_s", "drip_s"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
-        for name in ("retry_after_s", "refuse_for_s", "drop_after_chunks"):
+        for name in ("retry_after_s", "refuse_for_s", "drop_after_chunks", "truncate_after_chunks"):
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise ValueError(f"{name} must be >= 0")
@@ -224,6 +230,11 @@ PRESETS: dict[str, Fault] = {
     "stall_first_byte": Fault(stall_after_headers_s=_STALL_S),
     "drop_midstream": Fault(drop_after_chunks=2),
     "error_event_midstream": Fault(error_event_after_chunks=2),
+    "truncated_stream": Fault(truncate_after_chunks=2),
+    # A 200 whose JSON body is cut off: the answer cannot be parsed.
+    "invalid_json": Fault(status=200, body=b'{"id": "chatcmpl-x", "choices": [{"index": 0, "mess'),
+    # Alive, but a byte a second: only the attempt deadline catches it.
+    "slow_drip": Fault(drip_s=1.0),
     "refuse": Fault(refuse=True),
     "black_hole": Fault(black_hole=True),
 }
@@ -251,7 +262,10 @@ class FakeStats:
 
     ``tokens`` sums the usage of responses that completed (a JSON answer, or a stream
     that reached its terminator), i.e. exactly what the fake reported or, for a stream
-    sent without ``include_usage``, would have reported. ``disconnects`` counts clients
+    sent without ``include_usage``, would have reported. ``tokens_unfinished`` sums what
+    streams cut short by a fault (drop, truncate, error event) had cost when they ended:
+    the prompt plus one completion token per event sent, billed but never delivered
+    whole (the chaos suite's "tokens wasted"). ``disconnects`` counts clients
     that went away before their response finished (not connections the fake cut itself).
     """
 
@@ -260,6 +274,7 @@ class FakeStats:
     tokens: dict[str, int] = field(
         default_factory=lambda: {"prompt": 0, "completion": 0, "cached": 0}
     )
+    tokens_unfinished: int = 0
     disconnects: int = 0
     in_flight: int = 0
     faults: Counter[str] = field(default_factory=Counter)
@@ -270,6 +285,7 @@ class FakeStats:
         self.requests.clear()
         self.model_list_requests = 0
         self.tokens.update(prompt=0, completion=0, cached=0)
+        self.tokens_unfinished = 0
         self.disconnects = 0
         self.faults.clear()
         self.last_requests.clear()
@@ -286,6 +302,7 @@ class FakeStats:
             "total_requests": self.total_requests,
             "model_list_requests": self.model_list_requests,
             "tokens": dict(self.tokens),
+            "tokens_unfinished": self.tokens_unfinished,
             "disconnects": self.disconnects,
             "in_flight": self.in_flight,
             "faults": dict(self.faults),
@@ -411,6 +428,9 @@ class FakeVendor(abc.ABC):
         #: ``cached_tokens`` reported per chat answer (``prompt_tokens`` is raised to match).
         self.cached_tokens = cached_tokens
         self.stats = FakeStats(last_requests=deque(maxlen=max_recorded))
+        #: Called as each LLM request arrives, before any fault (the chaos suite samples the
+        #: proxy's view of this vendor at that instant).
+        self.on_request: Callable[[], None] | None = None
         self._fault: Fault | None = fault
         self._rng = random.Random(seed)
         self._id_prefix = os.urandom(6).hex()
@@ -684,6 +704,8 @@ class FakeVendor(abc.ABC):
             stats = self.stats
             stats.requests[request.path] += 1
             stats.in_flight += 1
+            if self.on_request is not None:
+                self.on_request()
             generation = self._cut_generation
             try:
                 raw = await request.read()
@@ -778,6 +800,15 @@ class FakeVendor(abc.ABC):
             await resp.write(data)
             self._count_usage(usage)
             return resp
+        if fault is not None and fault.drip_s:
+            self.stats.faults["drip"] += 1
+            resp = web.StreamResponse(status=status, headers=fault.headers)
+            resp.content_type = "application/json"
+            resp.content_length = len(data)
+            await resp.prepare(call.request)
+            await self._drip(resp, data, fault.drip_s)
+            self._count_usage(usage)
+            return resp
         out = web.Response(body=data, status=status, content_type="application/json")
         if fault is not None and fault.headers:
             out.headers.update(fault.headers)
@@ -804,14 +835,21 @@ class FakeVendor(abc.ABC):
             headers.update(fault.headers)
         resp = web.StreamResponse(headers=headers)
         await resp.prepare(call.request)
-        drop_at = error_at = None
+        drop_at = error_at = truncate_at = None
+        drip = 0.0
         if fault is not None:
             drop_at, error_at = fault.drop_after_chunks, fault.error_event_after_chunks
+            truncate_at, drip = fault.truncate_after_chunks, fault.drip_s
+            if drip:
+                self.stats.faults["drip"] += 1
             if fault.stall_after_headers_s:
                 self.stats.faults["stall_after_headers"] += 1
                 await asyncio.sleep(fault.stall_after_headers_s)
         delay = self.chunk_delay_s
+        end_at = min((n for n in (drop_at, error_at, truncate_at) if n is not None), default=None)
         for i in range(len(events) + 1):
+            if i == end_at:
+                self.stats.tokens_unfinished += i + (usage.prompt if usage is not None else 0)
             if drop_at is not None and i >= drop_at:
                 self.stats.faults["drop"] += 1
                 transport = call.request.transport
@@ -824,16 +862,30 @@ class FakeVendor(abc.ABC):
                 await resp.write(self.stream_error_event(call, fault))
                 await resp.write_eof()
                 return resp
+            if truncate_at is not None and i >= truncate_at:
+                self.stats.faults["truncate"] += 1
+                await resp.write_eof()
+                return resp
             if i == len(events):
                 break
             if i and delay:
                 await asyncio.sleep(delay)
-            await resp.write(events[i])
+            if drip:
+                await self._drip(resp, events[i], drip)
+            else:
+                await resp.write(events[i])
         if trailer is not None:
             await resp.write(trailer)
         await resp.write_eof()
         self._count_usage(usage)
         return resp
+
+    @staticmethod
+    async def _drip(resp: web.StreamResponse, data: bytes, interval_s: float) -> None:
+        for i in range(len(data)):
+            if i:
+                await asyncio.sleep(interval_s)
+            await resp.write(data[i : i + 1])
 
     # ------------------------------------------------------------------ control endpoints
 

@@ -16,6 +16,7 @@ message is lower-cased once per call, and nothing here can raise into the router
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import enum
 import math
 import re
@@ -925,6 +926,24 @@ _SECRET_RE: Final = re.compile(
     r"|(?i:[?&](?:key|api[-_]?key|token|access_token|sig|signature))=[^\s&\"']+"
 )
 _SPACE_RE: Final = re.compile(r"[\s\x00-\x1f\x7f]+")
+
+
+def redact(data: bytes, secret: str | None) -> bytes:
+    """``data`` with key-like tokens and the literal ``secret`` (a vendor's own credential,
+    whatever its shape) replaced: for vendor bytes relayed as they are (an in-stream error
+    event), which never go through ``_clean``."""
+    text = _SECRET_RE.sub("[redacted]", data.decode("utf-8", "replace"))
+    if secret:
+        text = text.replace(secret, "[redacted]")
+    return text.encode()
+
+
+def without_secret(outcome: Outcome, secret: str | None) -> Outcome:
+    """``outcome`` with a literal ``secret`` removed from its message (``_clean`` removes
+    only key-*shaped* tokens; an Azure key is 32 bare hex digits)."""
+    if not secret or secret not in outcome.message:
+        return outcome
+    return dataclasses.replace(outcome, message=outcome.message.replace(secret, "[redacted]"))
 
 
 def _clean(text: str, limit: int = _MAX_MESSAGE_CHARS) -> str:

@@ -318,7 +318,11 @@ class Router:
             raise
         ttfb = clock() - now
         self.metrics.ratelimit(dep.id, response.headers)
-        dep.breaker.record(permit, success=True)
+        if permit is not Permit.NORMAL or response.content_type != _SSE:
+            # A stream's verdict waits for its end (`_finish`): recording success at its
+            # first byte would reset the breaker's count on every attempt, so a vendor
+            # whose streams all break after the first event would never trip it.
+            dep.breaker.record(permit, success=True)
         dep.observe_success(ttfb)
         return Served(self, walk.group, dep, permit, response, now, ttfb)
 
@@ -354,6 +358,8 @@ class Router:
             metrics.attempt(dep.id, abandoned_as, served.ttfb_s)
             return
         if failure is None:
+            if served.permit is Permit.NORMAL and served.response.content_type == _SSE:
+                dep.breaker.record(Permit.NORMAL, success=True)
             metrics.attempt(dep.id, OutcomeClass.SUCCESS, served.ttfb_s)
             return
         if failure.cls is not OutcomeClass.CLIENT_CANCELLED:
@@ -363,6 +369,8 @@ class Router:
             dep.observe(failure, 0.0, self.config.cooldowns)
         metrics.attempt(dep.id, failure.cls, served.ttfb_s)
 
+
+_SSE = "text/event-stream"
 
 # Classes that prove the vendor is up and answering (the request itself was the problem).
 _VENDOR_ANSWERED = frozenset(

@@ -22,6 +22,8 @@ from proxy.routing.classify import (
     classify_response,
     classify_stream_error,
     classify_transport,
+    redact,
+    without_secret,
 )
 from proxy.vendors.base import AttemptFailed, UpstreamCall, UpstreamResponse, Usage, VendorAdapter
 
@@ -97,13 +99,27 @@ class JSONResponse(UpstreamResponse):
         return None
 
 
+def _event_ends(previous: bytes, chunk: bytes) -> bool:
+    """True if ``chunk`` completes an SSE event (a blank line), also across a chunk edge."""
+    return b"\n\n" in chunk or (previous.endswith(b"\n") and chunk.startswith(b"\n"))
+
+
 class _StreamResponse(UpstreamResponse):
+    """A relayed stream after its commit point.
+
+    ``stream_idle_s`` bounds the time between *events*, not only between bytes (the socket
+    read timeout): a vendor that drips a byte at a time never trips a read timeout, but
+    it does not complete an event either, and would otherwise hold the client forever.
+    """
+
     __slots__ = (
         "_filter",
         "_finished",
         "_first",
+        "_idle_s",
         "_resp",
         "_scan",
+        "_secret",
         "_vendor_type",
         "content_type",
         "headers",
@@ -117,7 +133,9 @@ class _StreamResponse(UpstreamResponse):
         first: bytes,
         scan: StreamScan,
         vendor_type: str,
-        stream_filter: StreamFilter | None = None,
+        stream_filter: StreamFilter | None,
+        idle_s: float,
+        secret: str | None,
     ) -> None:
         self.status = resp.status
         self.headers = resp.headers
@@ -128,6 +146,8 @@ class _StreamResponse(UpstreamResponse):
         self._scan = scan
         self._vendor_type = vendor_type
         self._finished = False
+        self._idle_s = idle_s
+        self._secret = secret
         self.usage = scan.usage
 
     @property
@@ -138,6 +158,9 @@ class _StreamResponse(UpstreamResponse):
         scan = self._scan
         filt = self._filter
         content = self._resp.content
+        loop = asyncio.get_running_loop()
+        last_event = loop.time()
+        previous = self._first
         while True:
             try:
                 chunk = await content.readany()
@@ -147,7 +170,18 @@ class _StreamResponse(UpstreamResponse):
                 if filt is not None and (tail := filt.tail()):
                     yield tail
                 break
+            if _event_ends(previous, chunk):
+                last_event = loop.time()
+            elif loop.time() - last_event > self._idle_s:
+                raise AttemptFailed(
+                    classify_transport(TimeoutError("no complete event"), phase="body")
+                )
+            previous = chunk
             scan.feed(chunk)
+            if scan.error is not None:
+                # The vendor's error event is relayed as it came, minus our credentials
+                # (some vendors echo the key they were sent).
+                chunk = redact(chunk, self._secret)
             if filt is None:
                 yield chunk
             elif out := filt.feed(chunk):
@@ -155,7 +189,7 @@ class _StreamResponse(UpstreamResponse):
             if scan.error is not None:
                 self.usage = scan.usage
                 outcome = classify_stream_error(self._vendor_type, scan.error)
-                raise AttemptFailed(outcome, error_event_sent=True)
+                raise AttemptFailed(without_secret(outcome, self._secret), error_event_sent=True)
         self.usage = scan.usage
         if not scan.done:
             raise AttemptFailed(
@@ -290,7 +324,12 @@ class HTTPAdapter(VendorAdapter):
                         classify_response(vendor_type, resp.status, resp.headers, err)
                     )
                 if call.stream and resp.content_type == "text/event-stream":
-                    return await self._first_chunk(resp, self.new_scan(), self.stream_filter(call))
+                    return await self._first_chunk(
+                        resp,
+                        self.new_scan(),
+                        self.stream_filter(call),
+                        deployment.timeouts.stream_idle_s,
+                    )
                 # The first byte of the body is still "first byte": a vendor that sends
                 # headers and then stalls is as stuck as one that sends nothing.
                 first = await resp.content.readany()
@@ -300,7 +339,10 @@ class HTTPAdapter(VendorAdapter):
                 rest = await resp.read()
                 data = first + rest if rest else first
                 return JSONResponse(resp.status, data, self.json_usage(data), resp.headers)
-        except AttemptFailed:
+        except AttemptFailed as failed:
+            secret = self.config.api_key
+            if secret and secret in failed.outcome.message:
+                raise AttemptFailed(without_secret(failed.outcome, secret)) from None
             raise
         except asyncio.CancelledError:
             if resp is not None:
@@ -315,24 +357,41 @@ class HTTPAdapter(VendorAdapter):
         self,
         resp: aiohttp.ClientResponse,
         scan: StreamScan,
-        stream_filter: StreamFilter | None = None,
+        stream_filter: StreamFilter | None,
+        idle_s: float,
     ) -> UpstreamResponse:
-        """Read up to the commit point; an error event or an empty stream before it fails the attempt."""
+        """Read up to the commit point; an error event or an empty stream before it fails the attempt.
+
+        The commit point needs at least one complete event: a vendor that drips its first
+        event a byte at a time is still "before the first byte" for the failover budget.
+        """
         parts: list[bytes] = []
+        whole_event = False
+        previous = b""
         while True:
             chunk = await resp.content.readany()
             if not chunk:
                 break
             parts.append(chunk)
+            whole_event = whole_event or _event_ends(previous, chunk)
+            previous = chunk
             scan.feed(chunk)
             if scan.error is not None:
                 resp.close()
                 raise AttemptFailed(classify_stream_error(self.config.type, scan.error))
-            if scan.committed or scan.done:
+            if (scan.committed and whole_event) or scan.done:
                 break
         if not parts:
             resp.close()
             raise AttemptFailed(
                 classify_transport(aiohttp.ClientPayloadError("empty stream"), phase="body")
             )
-        return _StreamResponse(resp, b"".join(parts), scan, self.config.type, stream_filter)
+        return _StreamResponse(
+            resp,
+            b"".join(parts),
+            scan,
+            self.config.type,
+            stream_filter,
+            idle_s,
+            self.config.api_key,
+        )
