@@ -21,12 +21,17 @@ Pair = tuple[FakeOpenAI, FakeOpenAI, RunningProxy]
 BODY = {"model": "smart", "messages": [{"role": "user", "content": "hi"}], "stream": True}
 
 
-async def _wait_for(predicate: object, timeout: float = 5.0) -> None:
+async def _wait_for(predicate: object, what: str = "condition", timeout: float = 5.0) -> None:
     for _ in range(int(timeout / 0.02)):
         if predicate():  # type: ignore[operator]
             return
         await asyncio.sleep(0.02)
-    raise AssertionError("condition not reached")
+    raise AssertionError(f"{what}: not reached within {timeout} s")
+
+
+def _request_tasks() -> int:
+    """Tasks other than the health checker's probe loops (they come and go on their own clock)."""
+    return sum(1 for t in asyncio.all_tasks() if not t.get_name().startswith("health:"))
 
 
 def _pooled(proxy: RunningProxy, vendor: str) -> tuple[int, int]:
@@ -43,7 +48,7 @@ async def test_hanging_up_mid_stream_cancels_upstream_and_leaks_no_task_or_conne
     a, _, proxy = pair
     a.chunks = 50
     a.chunk_delay_s = 0.05
-    before = len(asyncio.all_tasks())
+    before = _request_tasks()
     rounds = 10
     async with aiohttp.ClientSession() as s:
         for i in range(rounds):
@@ -55,13 +60,15 @@ async def test_hanging_up_mid_stream_cancels_upstream_and_leaks_no_task_or_conne
             assert resp.status == 200
             await resp.content.readline()
             resp.close()  # hang up after the first event
-            await _wait_for(lambda n=i + 1: a.stats.disconnects == n)  # type: ignore[misc]
-    await _wait_for(lambda: proxy.gateway.router.active == 0 and a.stats.in_flight == 0)
+            await _wait_for(lambda n=i + 1: a.stats.disconnects == n, "the fake saw the hang-up")  # type: ignore[misc]
+    await _wait_for(
+        lambda: proxy.gateway.router.active == 0 and a.stats.in_flight == 0, "requests ended"
+    )
     # The aborted upstream connections were closed, not returned to the pool half-read.
-    await _wait_for(lambda: _pooled(proxy, "a")[0] == 0)
+    await _wait_for(lambda: _pooled(proxy, "a")[0] == 0, "no connection checked out")
     assert _pooled(proxy, "a")[1] == 0
     # Every handler task (the proxy's and the fake's) ended: nothing accumulates per hang-up.
-    await _wait_for(lambda: len(asyncio.all_tasks()) <= before)
+    await _wait_for(lambda: _request_tasks() <= before, f"task count back to {before}")
     assert a.stats.tokens["completion"] == 0  # none of the streams was generated to the end
 
 
