@@ -4,39 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import aiohttp
 import pytest
 
 from proxy.fakes import FakeOpenAI
 from tests.conftest import FakeFactory, build_config, free_port, two_deployments
-
-ROOT = Path(__file__).resolve().parent.parent
-CLI = [sys.executable, "-m", "proxy.cli"]
-ENV = {**os.environ, "NO_COLOR": "1", "PYTHONUNBUFFERED": "1"}
-
-
-async def _run(*args: str, timeout: float = 60) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        *CLI,
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        cwd=ROOT,
-        env=ENV,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+from tests.processes import Serve, run_cli, spawn_serve, wait_ready
 
 
 async def test_check_config_accepts_a_valid_file() -> None:
-    code, out, _ = await _run("check-config", "config/example.yaml")
+    code, out, _ = await run_cli("check-config", "config/example.yaml")
     assert code == 0
     assert "config/example.yaml: OK" in out
 
@@ -47,7 +27,7 @@ async def test_check_config_rejects_a_broken_file_with_its_lines(tmp_path: Path)
         "vendors:\n  a: {type: openai, base_url: http://x/v1, api_kee: k}\nmodels:\n  g:\n"
         "    deployments: [{vendor: b, model: m}]\n"
     )
-    code, out, err = await _run("check-config", str(broken))
+    code, out, err = await run_cli("check-config", str(broken))
     assert code == 2
     assert f"{broken}:2: vendors.a.api_kee: unknown key" in err
     assert f"{broken}:5: models.g.deployments[0].vendor: names unknown vendor 'b'" in err
@@ -57,58 +37,33 @@ async def test_check_config_rejects_a_broken_file_with_its_lines(tmp_path: Path)
 async def test_serve_refuses_to_start_on_a_broken_config(tmp_path: Path) -> None:
     broken = tmp_path / "broken.yaml"
     broken.write_text("vendors: {a: {type: openai, api_key: ${NOT_SET_ANYWHERE}}}\nmodels: {}\n")
-    code, _, err = await _run("serve", "--config", str(broken))
+    code, _, err = await run_cli("serve", "--config", str(broken))
     assert code == 2
     assert "environment variable NOT_SET_ANYWHERE is not set" in err
 
 
 @pytest.fixture
-async def served(
-    fakes: FakeFactory, tmp_path: Path
-) -> AsyncIterator[tuple[FakeOpenAI, str, asyncio.subprocess.Process]]:
+async def served(fakes: FakeFactory, tmp_path: Path) -> AsyncIterator[tuple[FakeOpenAI, Serve]]:
     a, b = await fakes("a", chunk_delay_s=0.1), await fakes("b")
     config = tmp_path / "proxy.yaml"
     config.write_text(build_config({"a": a, "b": b}, two_deployments()))
-    port = free_port()
-    proc = await asyncio.create_subprocess_exec(
-        *CLI,
-        "serve",
-        "--config",
-        str(config),
-        "--port",
-        str(port),
-        "--shutdown-grace-s",
-        "10",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        cwd=ROOT,
-        env=ENV,
+    server = await spawn_serve(
+        config, free_port(), "--shutdown-grace-s", "10", log_path=tmp_path / "serve.log"
     )
-    url = f"http://127.0.0.1:{port}"
-    async with aiohttp.ClientSession() as s:
-        for _ in range(100):  # up to ~10 s for the process to be ready
-            try:
-                async with s.get(f"{url}/health/ready") as r:
-                    if r.status == 200:
-                        break
-            except aiohttp.ClientConnectionError:
-                pass
-            await asyncio.sleep(0.1)
-        else:
-            proc.kill()
-            raise AssertionError("the proxy did not become ready")
-    yield a, url, proc
-    if proc.returncode is None:
-        proc.kill()
-        await proc.wait()
+    await wait_ready(server)
+    yield a, server
+    if server.proc.returncode is None:
+        server.proc.kill()
+        await server.proc.wait()
 
 
 async def test_serve_answers_logs_json_and_drains_a_stream_on_sigterm(
-    served: tuple[FakeOpenAI, str, asyncio.subprocess.Process],
+    served: tuple[FakeOpenAI, Serve],
 ) -> None:
     import openai
 
-    fake, url, proc = served
+    fake, server = served
+    url, proc = server.url, server.proc
     client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="k", max_retries=0)
     done = await client.chat.completions.create(
         model="smart", messages=[{"role": "user", "content": "hi"}]
@@ -125,12 +80,7 @@ async def test_serve_answers_logs_json_and_drains_a_stream_on_sigterm(
     assert chunks[-1].choices[0].finish_reason == "stop"
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == "".join(fake.pieces)
     assert await asyncio.wait_for(proc.wait(), 15) == 0
-    assert proc.stderr is not None
-    lines = [
-        json.loads(line)
-        for line in (await proc.stderr.read()).decode().splitlines()
-        if line.startswith("{")
-    ]
+    lines = server.records()
     requests = [r for r in lines if r.get("event") == "request"]
     assert len(requests) == 2
     assert requests[0]["status"] == 200 and requests[0]["model_group"] == "smart"
@@ -142,7 +92,7 @@ async def test_serve_answers_logs_json_and_drains_a_stream_on_sigterm(
 
 async def test_demo_shows_failovers_with_no_client_errors() -> None:
     port = str(free_port())
-    code, out, err = await _run(
+    code, out, err = await run_cli(
         "demo", "--no-serve", "--requests", "16", "--port", port, timeout=90
     )
     assert code == 0, err

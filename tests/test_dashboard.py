@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +12,7 @@ import pytest
 
 from proxy.fakes import Fault
 from tests.conftest import FakeFactory, ProxyFactory, build_config, two_deployments
+from tests.processes import run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -42,21 +41,6 @@ def chromium() -> str:
     return CHROMIUM
 
 
-async def _cli(*args: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "proxy.cli",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        cwd=ROOT,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 30)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
-
-
 async def test_dashboard_and_cli_show_the_same_breaker_states(
     fakes: FakeFactory, proxies: ProxyFactory, chromium: str
 ) -> None:
@@ -82,7 +66,7 @@ async def test_dashboard_and_cli_show_the_same_breaker_states(
             model="smart", messages=[{"role": "user", "content": "x"}]
         )
 
-    code, out, err = await _cli("status", "--url", proxy.url, "--json")
+    code, out, err = await run_cli("status", "--url", proxy.url, "--json")
     assert code == 0, err
     doc: dict[str, Any] = json.loads(out)
     assert doc["deployments"]["a/model-a"]["breaker"]["state"] == "open"
@@ -114,7 +98,7 @@ async def test_dashboard_and_cli_show_the_same_breaker_states(
     assert shown["a/model-a"][1] == "open"
     assert shown["b/model-b"][3].endswith("(rate_limited)")
 
-    code, table, _ = await _cli("status", "--url", proxy.url)
+    code, table, _ = await run_cli("status", "--url", proxy.url)
     assert code == 0
     lines = {
         line.split()[0]: line.split()

@@ -4,9 +4,7 @@ out of the client's stream, and persistence across a restart and a kill -9."""
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,7 @@ import pytest
 from proxy.vendors.openai_compat import _UsageStripper, with_stream_usage
 from tests.conftest import FakeFactory, ProxyFactory, free_port
 from tests.limits_helpers import KEY_A, KEY_B, PRICE, admin, keyed_config
+from tests.processes import run_cli, spawn_serve, wait_ready
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -126,49 +125,15 @@ def test_the_usage_event_is_stripped_even_when_split_across_reads() -> None:
         assert out == content + done, cut
 
 
-async def _wait_ready(url: str, proc: asyncio.subprocess.Process) -> None:
-    async with aiohttp.ClientSession() as s:
-        for _ in range(150):
-            if proc.returncode is not None:
-                raise AssertionError("the proxy exited")
-            try:
-                async with s.get(f"{url}/health/ready") as r:
-                    if r.status == 200:
-                        return
-            except aiohttp.ClientConnectionError:
-                pass
-            await asyncio.sleep(0.1)
-    raise AssertionError("the proxy did not become ready")
-
-
-async def _spawn(config: Path, port: int) -> asyncio.subprocess.Process:
-    """`llm-proxy serve` as a real process (stderr kept for the start-up error test)."""
-    return await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "proxy.cli",
-        "serve",
-        "--config",
-        str(config),
-        "--port",
-        str(port),
-        "--no-access-log",
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-        cwd=ROOT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-
-
 @pytest.fixture
 async def serve(tmp_path: Path) -> AsyncIterator[Any]:
     procs: list[asyncio.subprocess.Process] = []
 
     async def start(config: Path, port: int) -> asyncio.subprocess.Process:
-        proc = await _spawn(config, port)
-        procs.append(proc)
-        await _wait_ready(f"http://127.0.0.1:{port}", proc)
-        return proc
+        server = await spawn_serve(config, port, "--no-access-log", log_path=tmp_path / "serve.log")
+        procs.append(server.proc)
+        await wait_ready(server)
+        return server.proc
 
     yield start
     for p in procs:
@@ -261,9 +226,7 @@ async def test_an_unusable_sqlite_path_is_a_clear_startup_error(
     a = await fakes("a")
     config = tmp_path / "proxy.yaml"
     config.write_text(keyed_config(a, extra="state: {sqlite_path: /nonexistent/dir/u.db}\n"))
-    proc = await _spawn(config, free_port())
-    _, err = await asyncio.wait_for(proc.communicate(), 30)
-    assert proc.returncode == 2
-    text = err.decode()
+    code, _, text = await run_cli("serve", "--config", str(config), "--port", str(free_port()))
+    assert code == 2
     assert "cannot open the usage ledger '/nonexistent/dir/u.db' (state.sqlite_path)" in text
     assert "Traceback" not in text

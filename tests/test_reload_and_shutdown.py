@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -17,6 +15,7 @@ from proxy.config import parse_config
 from proxy.fakes import Fault
 from proxy.health.breaker import BreakerState
 from tests.conftest import FakeFactory, ProxyFactory, build_config, free_port, two_deployments
+from tests.processes import run_cli, spawn_serve, wait_ready
 
 ROOT = Path(__file__).resolve().parent.parent
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -65,34 +64,10 @@ async def test_reload_keeps_state_and_in_flight_streams_finish_on_the_old_config
 
 
 async def _start(config: Path, *extra: str) -> tuple[asyncio.subprocess.Process, str]:
-    port = free_port()
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "proxy.cli",
-        "serve",
-        "--config",
-        str(config),
-        "--port",
-        str(port),
-        *extra,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-        cwd=ROOT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    url = f"http://127.0.0.1:{port}"
-    async with aiohttp.ClientSession() as s:
-        for _ in range(100):
-            try:
-                async with s.get(f"{url}/health/ready") as r:
-                    if r.status == 200:
-                        return proc, url
-            except aiohttp.ClientConnectionError:
-                pass
-            await asyncio.sleep(0.1)
-    proc.kill()
-    raise AssertionError("proxy did not become ready")
+    """`llm-proxy serve` on CONFIG, ready; its log goes to serve.log beside the config."""
+    server = await spawn_serve(config, free_port(), *extra, log_path=config.parent / "serve.log")
+    await wait_ready(server)
+    return server.proc, server.url
 
 
 @pytest.fixture
@@ -156,8 +131,7 @@ async def test_sighup_reloads_a_valid_file_and_keeps_the_old_config_on_a_broken_
     assert (await client.chat.completions.create(model="fast", messages=MESSAGES)).choices  # type: ignore[arg-type]
     proc.send_signal(signal.SIGTERM)
     assert await asyncio.wait_for(proc.wait(), 15) == 0
-    assert proc.stderr is not None
-    log = (await proc.stderr.read()).decode()
+    log = (config.parent / "serve.log").read_text()
     assert "models.smart.deployments: must list at least one deployment" in log
 
 
@@ -197,21 +171,6 @@ async def test_sigterm_with_20_open_streams_lets_all_finish_and_readiness_fails_
     assert await asyncio.wait_for(proc.wait(), 20) == 0
 
 
-async def _cli(*args: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "proxy.cli",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        cwd=ROOT,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 30)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
-
-
 async def test_reload_command_and_admin_endpoint(
     fakes: FakeFactory, tmp_path: Path, processes: list[asyncio.subprocess.Process]
 ) -> None:
@@ -226,7 +185,7 @@ async def test_reload_command_and_admin_endpoint(
             two_deployments() + "  fast:\n    deployments:\n      - {vendor: b, model: model-b}\n",
         )
     )
-    code, out, err = await _cli("reload", "--url", url)
+    code, out, err = await run_cli("reload", "--url", url)
     assert code == 0, err
     assert out.startswith("reloaded: config version ")
     assert await _models(url) == ["smart", "fast"]
@@ -234,10 +193,10 @@ async def test_reload_command_and_admin_endpoint(
     config.write_text(
         build_config({"a": a, "b": b}, "  smart:\n    strategy: random\n    deployments: []\n")
     )
-    code, out, err = await _cli("reload", "--url", url)
+    code, out, err = await run_cli("reload", "--url", url)
     assert code == 1
     assert "reload failed (400): The new config was rejected" in err
     assert "models.smart.strategy: must be one of" in err
     assert await _models(url) == ["smart", "fast"]
-    code, _, err = await _cli("reload", "--url", "http://127.0.0.1:9")  # nothing listens there
+    code, _, err = await run_cli("reload", "--url", "http://127.0.0.1:9")  # nothing listens there
     assert code == 1 and "cannot reach the proxy" in err
