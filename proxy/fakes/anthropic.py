@@ -16,8 +16,18 @@ from typing import Any, ClassVar
 import orjson
 from aiohttp import web
 
-from proxy.fakes.base import Call, FakeVendor, Fault, Route, Usage, estimate_tokens, text_chars
-from proxy.fakes.openai import _BAD_GATEWAY_HTML, _seconds
+from proxy.fakes.base import (
+    Call,
+    FakeVendor,
+    Fault,
+    Route,
+    Usage,
+    bad_gateway,
+    estimate_tokens,
+    overridden_body,
+    seconds_text,
+    text_chars,
+)
 
 __all__ = ["ANTHROPIC_ERRORS", "FakeAnthropic"]
 
@@ -149,7 +159,7 @@ class FakeAnthropic(FakeVendor):
         kind = fault.error or _KIND_FOR_STATUS.get(fault.status or 500)
         headers: dict[str, str] = {"request-id": self._request_id()}
         if fault.retry_after_s is not None:
-            headers["retry-after"] = _seconds(max(1.0, fault.retry_after_s))
+            headers["retry-after"] = seconds_text(max(1.0, fault.retry_after_s))
         if kind == "rate_limited":
             retry = fault.retry_after_s if fault.retry_after_s is not None else 1.0
             reset = datetime.now(UTC) + timedelta(seconds=retry)
@@ -157,25 +167,17 @@ class FakeAnthropic(FakeVendor):
             headers["anthropic-ratelimit-requests-remaining"] = "0"
             headers["anthropic-ratelimit-requests-reset"] = reset.strftime("%Y-%m-%dT%H:%M:%SZ")
         if kind == "bad_gateway" and fault.body is None:
-            return web.Response(
-                status=fault.status or 502,
-                body=_BAD_GATEWAY_HTML,
-                headers=headers,
-                content_type="text/html",
-            )
+            return bad_gateway(fault, headers)
         status = fault.status
-        if isinstance(fault.body, bytes):
-            body = fault.body
-        elif fault.body is not None:
-            body = orjson.dumps(fault.body)
-        elif kind in ANTHROPIC_ERRORS:
+        body = overridden_body(fault)
+        if body is None and kind in ANTHROPIC_ERRORS:
             default_status, type_, template = ANTHROPIC_ERRORS[kind]
             model = call.body.get("model") if isinstance(call.body.get("model"), str) else "claude"
             body = _error_body(
                 type_, fault.message or template.format(model=model), headers["request-id"]
             )
             status = status or default_status
-        else:
+        elif body is None:
             assert status is not None
             type_ = "api_error" if status >= 500 else "invalid_request_error"
             body = _error_body(

@@ -380,6 +380,33 @@ def estimate_tokens(chars: int) -> int:
     return max(1, chars // 4)
 
 
+#: Vendors' 502s come from their edge (e.g. Cloudflare) as HTML, not JSON: the proxy must cope.
+BAD_GATEWAY_HTML = (
+    b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
+    b"<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>cloudflare</center>\r\n"
+    b"</body>\r\n</html>\r\n"
+)
+
+
+def seconds_text(value: float) -> str:
+    """``2.0`` -> ``"2"``, ``1.5`` -> ``"1.5"`` (header/message friendly)."""
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+def bad_gateway(fault: Fault, headers: Mapping[str, str] | None = None) -> web.Response:
+    """The HTML 502 every vendor's edge sends (`bad_gateway` with no body override)."""
+    return web.Response(
+        status=fault.status or 502, body=BAD_GATEWAY_HTML, headers=headers, content_type="text/html"
+    )
+
+
+def overridden_body(fault: Fault) -> bytes | None:
+    """The fault's own body (bytes as-is, a dict as JSON), or None to render the vendor's."""
+    if isinstance(fault.body, bytes):
+        return fault.body
+    return orjson.dumps(fault.body) if fault.body is not None else None
+
+
 class FakeVendor(abc.ABC):
     """A fake vendor served by aiohttp on a real socket, with switchable faults.
 

@@ -16,8 +16,17 @@ from typing import Any, ClassVar
 import orjson
 from aiohttp import web
 
-from proxy.fakes.base import Call, FakeVendor, Fault, Route, Usage, estimate_tokens
-from proxy.fakes.openai import _BAD_GATEWAY_HTML, _seconds
+from proxy.fakes.base import (
+    Call,
+    FakeVendor,
+    Fault,
+    Route,
+    Usage,
+    bad_gateway,
+    estimate_tokens,
+    overridden_body,
+    seconds_text,
+)
 
 __all__ = ["GEMINI_ERRORS", "FakeGemini"]
 
@@ -168,19 +177,14 @@ class FakeGemini(FakeVendor):
         kind = fault.error or _KIND_FOR_STATUS.get(fault.status or 500)
         headers: dict[str, str] = {}
         if kind == "bad_gateway" and fault.body is None:
-            return web.Response(
-                status=fault.status or 502, body=_BAD_GATEWAY_HTML, content_type="text/html"
-            )
+            return bad_gateway(fault, headers)
         status = fault.status
-        if isinstance(fault.body, bytes):
-            body = fault.body
-        elif fault.body is not None:
-            body = orjson.dumps(fault.body)
-        elif kind in GEMINI_ERRORS:
+        body = overridden_body(fault)
+        if body is None and kind in GEMINI_ERRORS:
             default_status, rpc, template = GEMINI_ERRORS[kind]
             model = self._model(call)
             retry = fault.retry_after_s if fault.retry_after_s is not None else 1.0
-            message = fault.message or template.format(model=model, retry=_seconds(retry))
+            message = fault.message or template.format(model=model, retry=seconds_text(retry))
             details: list[dict[str, Any]] = []
             if kind == "rate_limited":
                 details = [
@@ -188,7 +192,7 @@ class FakeGemini(FakeVendor):
                     _HELP,
                     {
                         "@type": "type.googleapis.com/google.rpc.RetryInfo",
-                        "retryDelay": f"{_seconds(retry)}s",
+                        "retryDelay": f"{seconds_text(retry)}s",
                     },
                 ]
             elif kind == "insufficient_quota":
@@ -204,12 +208,12 @@ class FakeGemini(FakeVendor):
                 ]
             status = status or default_status
             body = orjson.dumps(_error(status, rpc, message, details))
-        else:
+        elif body is None:
             assert status is not None
             rpc = "INTERNAL" if status >= 500 else "INVALID_ARGUMENT"
             body = orjson.dumps(_error(status, rpc, fault.message or f"Fake {status} error"))
         if fault.retry_after_s is not None and kind not in ("rate_limited",):
-            headers["retry-after"] = _seconds(fault.retry_after_s)
+            headers["retry-after"] = seconds_text(fault.retry_after_s)
         return web.Response(
             status=status or 500, body=body, headers=headers, content_type="application/json"
         )

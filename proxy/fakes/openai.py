@@ -24,7 +24,10 @@ from proxy.fakes.base import (
     Fault,
     Route,
     Usage,
+    bad_gateway,
     estimate_tokens,
+    overridden_body,
+    seconds_text,
     text_chars,
 )
 
@@ -108,13 +111,6 @@ OPENAI_ERRORS: dict[str, tuple[int, str, str | None, str | None, str]] = {
     ),
 }
 
-#: OpenAI's 502s come from its edge (Cloudflare) as HTML, not JSON: the proxy must cope.
-_BAD_GATEWAY_HTML = (
-    b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
-    b"<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>cloudflare</center>\r\n"
-    b"</body>\r\n</html>\r\n"
-)
-
 #: A bare status (no ``error`` kind) renders the closest kind's body.
 _KIND_FOR_STATUS: dict[int, str] = {
     400: "bad_request",
@@ -154,11 +150,6 @@ def _error_body(
 
 def _sse(payload: Any) -> bytes:
     return b"data: " + orjson.dumps(payload) + b"\n\n"
-
-
-def _seconds(value: float) -> str:
-    """``2.0`` -> ``"2"``, ``1.5`` -> ``"1.5"`` (header/message friendly)."""
-    return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
 def _vector(item: Any, dims: int) -> list[float]:
@@ -243,32 +234,24 @@ class FakeOpenAI(FakeVendor):
         kind = fault.error or _KIND_FOR_STATUS.get(fault.status or 500)
         headers: dict[str, str] = {}
         if fault.retry_after_s is not None:
-            headers["retry-after"] = _seconds(fault.retry_after_s)
+            headers["retry-after"] = seconds_text(fault.retry_after_s)
             headers["retry-after-ms"] = str(round(fault.retry_after_s * 1000))
         if kind == "rate_limited":
             retry = fault.retry_after_s if fault.retry_after_s is not None else 1.0
             headers["x-ratelimit-limit-requests"] = "3"
             headers["x-ratelimit-remaining-requests"] = "0"
-            headers["x-ratelimit-reset-requests"] = f"{_seconds(retry)}s"
+            headers["x-ratelimit-reset-requests"] = f"{seconds_text(retry)}s"
         if kind == "bad_gateway" and fault.body is None:
-            return web.Response(
-                status=fault.status or 502,
-                body=_BAD_GATEWAY_HTML,
-                headers=headers,
-                content_type="text/html",
-            )
+            return bad_gateway(fault, headers)
         status = fault.status
-        if isinstance(fault.body, bytes):
-            body = fault.body
-        elif fault.body is not None:
-            body = orjson.dumps(fault.body)
-        elif kind in OPENAI_ERRORS:
+        body = overridden_body(fault)
+        if body is None and kind in OPENAI_ERRORS:
             default_status, type_, code, param, template = OPENAI_ERRORS[kind]
-            retry_s = _seconds(fault.retry_after_s if fault.retry_after_s is not None else 1.0)
+            retry_s = seconds_text(fault.retry_after_s if fault.retry_after_s is not None else 1.0)
             message = fault.message or template.format(model=_model(call), retry=retry_s)
             body = _error_body(message, type_, code, param)
             status = status or default_status
-        else:
+        elif body is None:
             assert status is not None  # is_error without a known kind means a bare status
             type_ = "server_error" if status >= 500 else "invalid_request_error"
             body = _error_body(fault.message or f"Fake {status} error", type_)
