@@ -15,6 +15,7 @@ import aiohttp
 import orjson
 
 from proxy.fakes import FakeOpenAI
+from proxy.vendors.http import HTTPAdapter
 from tests.conftest import RunningProxy
 
 Pair = tuple[FakeOpenAI, FakeOpenAI, RunningProxy]
@@ -35,11 +36,10 @@ def _request_tasks() -> int:
 
 
 def _pooled(proxy: RunningProxy, vendor: str) -> tuple[int, int]:
-    """(connections checked out, idle pooled connections) of a vendor adapter's connector."""
-    connector = proxy.gateway.adapters[vendor].session.connector  # type: ignore[attr-defined]
-    assert isinstance(connector, aiohttp.TCPConnector)
-    # No public API for these counts; aiohttp keeps them in _acquired and _conns.
-    return len(connector._acquired), sum(len(v) for v in connector._conns.values())
+    """(connections checked out, idle pooled connections) of a vendor adapter's pool."""
+    adapter = proxy.gateway.adapters[vendor]
+    assert isinstance(adapter, HTTPAdapter)
+    return adapter.pool.stats()
 
 
 async def test_hanging_up_mid_stream_cancels_upstream_and_leaks_no_task_or_connection(

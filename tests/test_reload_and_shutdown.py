@@ -57,10 +57,10 @@ async def test_reload_keeps_state_and_in_flight_streams_finish_on_the_old_config
     assert [m.id for m in (await client.models.list()).data] == ["smart", "extra"]
     await asyncio.wait_for(gw.router.drained(), 5)
     for _ in range(50):  # the replaced vendor's pool is closed once its last request ended
-        if old_adapter._session is None:  # type: ignore[attr-defined]
+        if old_adapter._pool is None:  # type: ignore[attr-defined]
             break
         await asyncio.sleep(0.05)
-    assert old_adapter._session is None  # type: ignore[attr-defined]
+    assert old_adapter._pool is None  # type: ignore[attr-defined]
 
 
 async def _start(config: Path, *extra: str) -> tuple[asyncio.subprocess.Process, str]:

@@ -1,4 +1,4 @@
-"""Anthropic's Messages API, spoken natively on the aiohttp path.
+"""Anthropic's Messages API, spoken natively on the shared HTTP path.
 
 Requests from `/v1/messages` (the Anthropic SDK, Claude Code) pass through byte for byte
 except `model`, with the client's `anthropic-beta` header, so thinking, prompt caching and
@@ -13,15 +13,14 @@ must still fail over.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping
 from typing import Any
 
-import aiohttp
 import orjson
 
 from proxy.config import DeploymentConfig, VendorConfig
 from proxy.formats.sse import SSEParser
+from proxy.http1 import ProtocolError
 from proxy.routing.classify import classify_response
 from proxy.vendors.base import AttemptFailed, UpstreamCall, Usage
 from proxy.vendors.http import HTTPAdapter, StreamScan, invalid_json
@@ -145,19 +144,17 @@ class AnthropicAdapter(HTTPAdapter):
         payload = {k: v for k, v in body.items() if k not in ("max_tokens", "stream")}
         payload["model"] = deployment.model
         try:
-            async with (
-                asyncio.timeout(min(deployment.timeouts.first_byte_s, _COUNT_TIMEOUT_S)),
-                self.session.post(
-                    f"{self._url}/count_tokens",
-                    data=orjson.dumps(payload),
-                    headers=self._headers,
-                    timeout=self._timeout(deployment),
-                ) as resp,
-            ):
-                if resp.status != 200:
-                    return None
-                doc = orjson.loads(await resp.read())
-        except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError):
+            status, data = await self.post(
+                deployment,
+                f"{self._url}/count_tokens",
+                orjson.dumps(payload),
+                self._headers,
+                min(deployment.timeouts.first_byte_s, _COUNT_TIMEOUT_S),
+            )
+            if status != 200:
+                return None
+            doc = orjson.loads(data)
+        except (ProtocolError, OSError, TimeoutError, orjson.JSONDecodeError):
             return None  # best effort: the caller estimates instead
         count = doc.get("input_tokens") if isinstance(doc, dict) else None
         return count if isinstance(count, int) else None

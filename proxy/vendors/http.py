@@ -1,6 +1,6 @@
-"""The native aiohttp path shared by every vendor we speak ourselves (OpenAI-compatible,
-Azure OpenAI, Anthropic): one pooled session per vendor, the attempt's phases and budgets,
-error classification, and the relay of a stream chunk by chunk.
+"""The native HTTP path shared by every vendor we speak ourselves (OpenAI-compatible,
+Azure OpenAI, Anthropic): one connection pool per vendor (`proxy.http1`), the attempt's
+phases and budgets, error classification, and the relay of a stream chunk by chunk.
 
 A subclass says only what differs per wire format: the request (`prepare`), how to watch
 its stream (`new_scan`: usage, in-stream errors, the terminator, the commit point) and
@@ -17,6 +17,7 @@ from typing import Protocol
 import aiohttp
 
 from proxy.config import DeploymentConfig, VendorConfig
+from proxy.http1 import Pool, ProtocolError, Response
 from proxy.routing.classify import (
     Outcome,
     classify_response,
@@ -129,7 +130,7 @@ class _StreamResponse(UpstreamResponse):
 
     def __init__(
         self,
-        resp: aiohttp.ClientResponse,
+        resp: Response,
         first: bytes,
         scan: StreamScan,
         vendor_type: str,
@@ -157,14 +158,15 @@ class _StreamResponse(UpstreamResponse):
     async def rest(self) -> AsyncIterator[bytes]:
         scan = self._scan
         filt = self._filter
-        content = self._resp.content
+        resp = self._resp
+        idle_s = self._idle_s
         loop = asyncio.get_running_loop()
         last_event = loop.time()
         previous = self._first
         while True:
             try:
-                chunk = await content.readany()
-            except (aiohttp.ClientError, TimeoutError) as exc:
+                chunk = await resp.read_some(last_event + idle_s)
+            except (ProtocolError, OSError, TimeoutError) as exc:
                 raise AttemptFailed(classify_transport(exc, phase="body")) from None
             if not chunk:
                 if filt is not None and (tail := filt.tail()):
@@ -172,7 +174,7 @@ class _StreamResponse(UpstreamResponse):
                 break
             if _event_ends(previous, chunk):
                 last_event = loop.time()
-            elif loop.time() - last_event > self._idle_s:
+            elif loop.time() - last_event > idle_s:
                 raise AttemptFailed(
                     classify_transport(TimeoutError("no complete event"), phase="body")
                 )
@@ -208,47 +210,25 @@ class _StreamResponse(UpstreamResponse):
 
 
 class HTTPAdapter(VendorAdapter):
-    """A pooled aiohttp session per vendor; subclasses supply the wire format."""
+    """One connection pool per vendor; subclasses supply the wire format."""
 
     def __init__(self, config: VendorConfig) -> None:
         super().__init__(config)
-        self._session: aiohttp.ClientSession | None = None
-        self._timeouts: dict[str, aiohttp.ClientTimeout] = {}
+        self._pool: Pool | None = None
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(
-            limit=self.config.max_connections,
-            limit_per_host=0,
-            ttl_dns_cache=60,
-            enable_cleanup_closed=True,
-        )
-        self._session = aiohttp.ClientSession(
-            base_url=None,
-            connector=connector,
-            skip_auto_headers=("User-Agent",),
-            cookie_jar=aiohttp.DummyCookieJar(),
-        )
+        self._pool = Pool(limit=self.config.max_connections)
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
 
     @property
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None:
+    def pool(self) -> Pool:
+        if self._pool is None:
             raise RuntimeError("adapter used before start()")
-        return self._session
-
-    def _timeout(self, deployment: DeploymentConfig) -> aiohttp.ClientTimeout:
-        t = self._timeouts.get(deployment.id)
-        if t is None:
-            tm = deployment.timeouts
-            t = aiohttp.ClientTimeout(
-                total=None, connect=None, sock_connect=tm.connect_s, sock_read=tm.stream_idle_s
-            )
-            self._timeouts[deployment.id] = t
-        return t
+        return self._pool
 
     @abstractmethod
     def prepare(
@@ -275,18 +255,47 @@ class HTTPAdapter(VendorAdapter):
         if url is None:
             return await super().probe(deployment, kind, timeout_s)
         phase = "connect"
+        pool = self.pool
+        deadline = pool.loop.time() + timeout_s
         try:
-            async with (
-                asyncio.timeout(timeout_s),
-                self.session.get(url, headers=self.probe_headers()) as resp,
-            ):
-                phase = "body"
-                body = await resp.content.read(MAX_ERROR_BODY)
-                if resp.status >= 300:
-                    return classify_response(self.config.type, resp.status, resp.headers, body)
-                return None
+            resp = await pool.request(
+                "GET",
+                url,
+                self.probe_headers(),
+                deadline=deadline,
+                connect_s=deployment.timeouts.connect_s,
+            )
+            phase = "body"
+            try:
+                body = await resp.read(MAX_ERROR_BODY, deadline)
+            finally:
+                resp.release()
+            if resp.status >= 300:
+                return classify_response(self.config.type, resp.status, resp.headers, body)
+            return None
         except Exception as exc:
             return classify_transport(exc, phase=phase)
+
+    async def post(
+        self,
+        deployment: DeploymentConfig,
+        url: str,
+        body: bytes,
+        headers: Mapping[str, str],
+        timeout_s: float,
+    ) -> tuple[int, bytes]:
+        """A small side request (e.g. a token count): status and body, within `timeout_s`.
+
+        Raises what the pool raises (OSError, TimeoutError, ProtocolError)."""
+        pool = self.pool
+        deadline = pool.loop.time() + timeout_s
+        resp = await pool.request(
+            "POST", url, headers, body, deadline=deadline, connect_s=deployment.timeouts.connect_s
+        )
+        try:
+            return resp.status, await resp.read(MAX_ERROR_BODY, deadline)
+        finally:
+            resp.release()
 
     def stream_filter(self, call: UpstreamCall) -> StreamFilter | None:
         """A rewrite of this call's stream on its way to the client (none by default)."""
@@ -304,41 +313,44 @@ class HTTPAdapter(VendorAdapter):
         first_byte_s: float,
         attempt_s: float,
     ) -> UpstreamResponse:
-        session = self.session
+        pool = self.pool
         url, body, headers = self.prepare(deployment, call)
         vendor_type = self.config.type
-        started = asyncio.get_running_loop().time()
+        started = pool.loop.time()
+        # Headers and the first chunk of the body must come within the first-byte budget: a
+        # vendor that sends headers and then stalls is as stuck as one that sends nothing.
+        first_by = started + first_byte_s
         phase = "connect"
-        resp: aiohttp.ClientResponse | None = None
+        resp: Response | None = None
         try:
-            # timeout_at, not timeout: the loop is at hand (each lookup is a getpid syscall)
-            async with asyncio.timeout_at(started + first_byte_s) as budget:
-                resp = await session.post(
-                    url, data=body, headers=headers, timeout=self._timeout(deployment)
+            resp = await pool.request(
+                "POST",
+                url,
+                headers,
+                body,
+                deadline=first_by,
+                connect_s=deployment.timeouts.connect_s,
+            )
+            phase = "first_byte"
+            if resp.status >= 300:
+                err = await resp.read(MAX_ERROR_BODY, first_by)
+                resp.release()
+                raise AttemptFailed(classify_response(vendor_type, resp.status, resp.headers, err))
+            if call.stream and resp.content_type == "text/event-stream":
+                return await self._first_chunk(
+                    resp,
+                    self.new_scan(),
+                    self.stream_filter(call),
+                    deployment.timeouts.stream_idle_s,
+                    first_by,
                 )
-                phase = "first_byte"
-                if resp.status >= 300:
-                    err = await resp.content.read(MAX_ERROR_BODY)
-                    resp.release()
-                    raise AttemptFailed(
-                        classify_response(vendor_type, resp.status, resp.headers, err)
-                    )
-                if call.stream and resp.content_type == "text/event-stream":
-                    return await self._first_chunk(
-                        resp,
-                        self.new_scan(),
-                        self.stream_filter(call),
-                        deployment.timeouts.stream_idle_s,
-                    )
-                # The first byte of the body is still "first byte": a vendor that sends
-                # headers and then stalls is as stuck as one that sends nothing.
-                first = await resp.content.readany()
-                if not resp.content.at_eof():  # most answers arrive whole: no timer to move
-                    budget.reschedule(started + max(attempt_s, first_byte_s))
-                phase = "body"
-                rest = await resp.read()
-                data = first + rest if rest else first
-                return JSONResponse(resp.status, data, self.json_usage(data), resp.headers)
+            data = await resp.read_some(first_by)
+            phase = "body"
+            if not resp.at_eof:  # most answers arrive whole
+                rest = await resp.read(deadline=started + max(attempt_s, first_byte_s))
+                data += rest
+            resp.release()
+            return JSONResponse(resp.status, data, self.json_usage(data), resp.headers)
         except AttemptFailed as failed:
             secret = self.config.api_key
             if secret and secret in failed.outcome.message:
@@ -355,10 +367,11 @@ class HTTPAdapter(VendorAdapter):
 
     async def _first_chunk(
         self,
-        resp: aiohttp.ClientResponse,
+        resp: Response,
         scan: StreamScan,
         stream_filter: StreamFilter | None,
         idle_s: float,
+        first_by: float,
     ) -> UpstreamResponse:
         """Read up to the commit point; an error event or an empty stream before it fails the attempt.
 
@@ -369,7 +382,7 @@ class HTTPAdapter(VendorAdapter):
         whole_event = False
         previous = b""
         while True:
-            chunk = await resp.content.readany()
+            chunk = await resp.read_some(first_by)
             if not chunk:
                 break
             parts.append(chunk)
@@ -388,7 +401,7 @@ class HTTPAdapter(VendorAdapter):
             )
         return _StreamResponse(
             resp,
-            b"".join(parts),
+            parts[0] if len(parts) == 1 else b"".join(parts),
             scan,
             self.config.type,
             stream_filter,
