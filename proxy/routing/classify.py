@@ -34,6 +34,8 @@ from typing import Final
 import aiohttp
 import orjson
 
+from proxy.http1 import BodyIncomplete, ProtocolError
+
 __all__ = [
     "POLICIES",
     "RULES",
@@ -1077,8 +1079,14 @@ TRANSPORT_RULES: tuple[TransportRule, ...] = (
     TransportRule("timeout", (TimeoutError,), None, _C.TIMEOUT, "timed out"),
     # The response started and then broke off: the vendor sent a truncated answer.
     TransportRule(
-        "truncated", (aiohttp.ClientPayloadError,), None, _C.SERVER_ERROR, "truncated response"
+        "truncated",
+        (aiohttp.ClientPayloadError, BodyIncomplete),
+        None,
+        _C.SERVER_ERROR,
+        "truncated response",
     ),
+    # Not HTTP we can read (bad status line, bad chunking, an unknown content-encoding).
+    TransportRule("malformed", (ProtocolError,), None, _C.SERVER_ERROR, "malformed response"),
     TransportRule(
         "lost_mid_body",
         _CONNECTION_ERRORS,
