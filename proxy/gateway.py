@@ -42,6 +42,8 @@ class Gateway:
     in, reusing the live state of deployments that exist before and after.
     """
 
+    loop: asyncio.AbstractEventLoop  # the loop it was started on (set by `start`)
+
     def __init__(
         self, config: Config, metrics: Metrics | None = None, state: StateBackend | None = None
     ) -> None:
@@ -231,6 +233,7 @@ class Gateway:
             yield name, sum(1 for dep, _ in group.members if dep.usable(now))
 
     async def start(self) -> None:
+        self.loop = asyncio.get_running_loop()
         await self.ledger.open(utc_day(time.time()))
         self.limits.load()
         self.limits.log_mode()

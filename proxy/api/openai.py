@@ -91,7 +91,7 @@ async def proxy_request(
     request: web.Request, endpoint: str, schema: EndpointSchema, inbound: Inbound = OPENAI
 ) -> web.StreamResponse:
     gw = request.app[GATEWAY]
-    metrics = gw.metrics
+    gw.metrics.in_flight.inc()
     started = time.monotonic()
     rid = request_id(request)
     trace = Trace()
@@ -101,7 +101,7 @@ async def proxy_request(
     stream = False
     client: ClientState | None = None
     ticket: Ticket = OPEN
-    metrics.in_flight.inc()
+    first_byte_s: float | None = None
     try:
         client = gw.limits.authenticate(request.headers)
         raw, parsed = await read_json(request, gw.config.server.max_body_bytes)
@@ -145,9 +145,8 @@ async def proxy_request(
         status = 200
         if stream and served.response.content_type == "text/event-stream":
             return await _relay_stream(request, served, headers, started, ticket, inbound)
-        served.finish()
         await _settle(gw, ticket, served)
-        metrics.first_byte(group_name, time.monotonic() - started)
+        first_byte_s = time.monotonic() - started
         return web.Response(
             body=served.response.body, content_type="application/json", headers=headers
         )
@@ -172,26 +171,49 @@ async def proxy_request(
         return inbound.final_error(final, headers)
     finally:
         ticket.settle(None, None, served=False)  # a no-op once the answer has settled it
-        metrics.in_flight.dec()
-        duration = time.monotonic() - started
-        metrics.request_done(group_name, status, duration)
-        if AccessLog.enabled():
-            # Written on the loop's next turn, once aiohttp has sent the answer: the log
-            # line's build and write stay off the client's critical path.
-            loop = asyncio.get_running_loop()
-            loop.call_soon(
-                _log,
-                loop,
-                request,
-                rid,
-                client,
-                group_name,
-                status,
-                duration,
-                trace,
-                served,
-                stream,
-            )
+        # The rest (metrics, the router's bookkeeping, the access log) runs on the loop's
+        # next turn, once aiohttp has sent the answer: it stays off the client's critical
+        # path, and still runs before the loop reads another request (so a client that
+        # scrapes /metrics after its answer sees it counted).
+        gw.loop.call_soon(
+            _request_done,
+            gw,
+            request,
+            rid,
+            client,
+            group_name,
+            status,
+            started,
+            first_byte_s,
+            trace,
+            served,
+            stream,
+        )
+
+
+def _request_done(
+    gw: Gateway,
+    request: web.Request,
+    rid: str,
+    client: ClientState | None,
+    group: str,
+    status: int,
+    started: float,
+    first_byte_s: float | None,
+    trace: Trace,
+    served: Served | None,
+    stream: bool,
+) -> None:
+    duration = time.monotonic() - started
+    metrics = gw.metrics
+    if served is not None:
+        served.finish()  # a JSON answer's; a relayed stream has finished it already
+    if first_byte_s is not None:
+        metrics.first_byte(group, first_byte_s)
+    metrics.in_flight.dec()
+    metrics.request_done(group, status, duration)
+    if AccessLog.enabled():
+        _log(gw.loop, request, rid, client, group, status, duration, trace, served, stream)
 
 
 def _success_attempt(served: Served) -> Attempt:
