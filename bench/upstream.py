@@ -38,7 +38,7 @@ from collections import Counter
 
 import orjson
 
-__all__ = ["STREAM_CHUNKS", "STREAM_GAP_MS", "UpstreamProtocol", "serve"]
+__all__ = ["STREAM_CHUNKS", "STREAM_GAP_MS", "Upstream", "UpstreamProtocol", "serve"]
 
 STREAM_CHUNKS = 20
 STREAM_GAP_MS = 1.0  # a very fast model: 1,000 tokens/s
