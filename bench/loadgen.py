@@ -6,6 +6,14 @@ client pre-builds each request's bytes and parses only what it measures: the sta
 the end of the response (Content-Length or chunked), the time its first body byte
 arrived (time to first byte, for streams), and whether a stream ended properly.
 
+For a stream it also records how its events arrived: each read that completes SSE events
+(a b"\n\n" in the body) is timed, and an event that completes in the same read as an
+earlier event of its stream counts as coalesced. Against an upstream that paces its
+events, a proxy that relays each event as it arrives shows the upstream's gaps and no
+more coalescing than the direct call; one that buffers shows coalesced events (gap 0)
+and longer gaps. The reader's own scheduling can coalesce too (two events in the socket
+before it reads), which is why the figures are compared with the direct call's.
+
 Every request is counted: a non-2xx status, a broken connection or a stream that ended
 without its terminator is a client error.
 """
@@ -31,6 +39,8 @@ class Request:
     headers: tuple[tuple[str, str], ...] = ()
     # A successful response must contain this (e.g. b"[DONE]" for an OpenAI stream).
     expect: bytes = b""
+    # An SSE stream: record how its events arrive (LoadResult.events, coalesced, event_gaps_s).
+    stream: bool = False
 
     def wire(self) -> bytes:
         lines = [
@@ -52,19 +62,46 @@ class LoadResult:
     ttfb_s: list[float] = field(default_factory=list)
     statuses: Counter[int] = field(default_factory=Counter)
     error_samples: list[str] = field(default_factory=list)
+    # Streams (successful ones only): SSE events received, how many of them arrived in the
+    # same read as an earlier event of their stream, and the time from each event to the
+    # next as the client saw it (0 for a coalesced event; the first event is the TTFB).
+    events: int = 0
+    coalesced: int = 0
+    event_gaps_s: list[float] = field(default_factory=list)
 
     @property
     def rps(self) -> float:
         return self.requests / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
+    @property
+    def coalesced_pct(self) -> float:
+        return 100 * self.coalesced / self.events if self.events else float("nan")
+
 
 class _Response:
-    __slots__ = ("body", "status", "ttfb")
+    __slots__ = ("body", "coalesced", "events", "gaps", "last_event", "status", "ttfb")
 
     def __init__(self) -> None:
         self.status = 0
         self.ttfb = 0.0
         self.body = bytearray()
+        self.events = 0
+        self.coalesced = 0
+        self.gaps: list[float] = []
+        self.last_event = 0.0
+
+    def note_events(self, since: int, now: float) -> None:
+        """Count the events that body bytes from offset `since` on completed, read at `now`."""
+        n = self.body.count(b"\n\n", since - 1 if since else 0)
+        if not n:
+            return
+        if self.last_event:
+            self.gaps.append(now - self.last_event)
+        if n > 1:
+            self.gaps += [0.0] * (n - 1)
+            self.coalesced += n - 1
+        self.events += n
+        self.last_event = now
 
 
 class _ClientProtocol(asyncio.Protocol):
@@ -78,6 +115,7 @@ class _ClientProtocol(asyncio.Protocol):
         self._headers_done = False
         self._length = -1  # -1: chunked; else bytes of body left
         self._chunk_left = 0  # chunked: bytes left in the current chunk (+2 for CRLF)
+        self._stream = False
         self.closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -88,11 +126,12 @@ class _ClientProtocol(asyncio.Protocol):
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_exception(ConnectionError(f"connection lost: {exc}"))
 
-    def send(self, data: bytes) -> asyncio.Future[_Response]:
+    def send(self, data: bytes, stream: bool = False) -> asyncio.Future[_Response]:
         assert self.transport is not None
         loop = asyncio.get_running_loop()
         self._waiter = loop.create_future()
         self._resp = _Response()
+        self._stream = stream
         self._headers_done = False
         self._buf = b""
         self.transport.write(data)
@@ -124,15 +163,21 @@ class _ClientProtocol(asyncio.Protocol):
             data = buf[end + 4 :]
             if not data and self._length != 0:
                 return
-        if data and not resp.ttfb:
-            resp.ttfb = time.perf_counter()
+        now = time.perf_counter() if data and (self._stream or not resp.ttfb) else 0.0
+        if now and not resp.ttfb:
+            resp.ttfb = now
+        # The waiter's callbacks run on a later turn of the loop, so counting the events
+        # after _complete() still counts them before the worker reads the response.
+        since = len(resp.body)
         if self._length >= 0:
             resp.body += data
             self._length -= len(data)
             if self._length <= 0:
                 self._complete()
-            return
-        self._feed_chunked(data)
+        else:
+            self._feed_chunked(data)
+        if now and self._stream:
+            resp.note_events(since, now)
 
     def _feed_chunked(self, data: bytes) -> None:
         resp = self._resp
@@ -197,6 +242,7 @@ async def run_load(
     result = LoadResult()
     wire = req.wire()
     expect = req.expect
+    stream = req.stream
     issued = 0
     started = time.perf_counter()
     deadline = started + max_seconds
@@ -216,7 +262,7 @@ async def run_load(
             try:
                 if proto is None or proto.closed:
                     proto = await _connect(req)
-                resp = await asyncio.wait_for(proto.send(wire), timeout_s)
+                resp = await asyncio.wait_for(proto.send(wire, stream), timeout_s)
             except (OSError, TimeoutError) as exc:
                 result.requests += 1
                 result.errors += 1
@@ -232,6 +278,10 @@ async def run_load(
             if 200 <= resp.status < 300 and (not expect or expect in resp.body):
                 result.latencies_s.append(t1 - t0)
                 result.ttfb_s.append((resp.ttfb or t1) - t0)
+                if stream:
+                    result.events += resp.events
+                    result.coalesced += resp.coalesced
+                    result.event_gaps_s += resp.gaps
             else:
                 result.errors += 1
                 if len(result.error_samples) < 5:

@@ -41,15 +41,45 @@ from bench.targets import (
     free_port,
     primary_prefix,
 )
+from bench.upstream import STREAM_GAP_MS
 
 __all__ = ["SCENARIOS", "main"]
 
 SCENARIOS = [
     Scenario("a", "JSON chat, concurrency 1", 1, 1000, 4.0),
     Scenario("b", "JSON chat, concurrency 32", 32, 6000, 5.0),
-    Scenario("c", "streaming, 20 chunks, concurrency 16", 16, 3000, 5.0, stream=True),
-    # TTFB overhead without queueing: at c=16 a saturated single-process proxy queues.
-    Scenario("s", "streaming, 20 chunks, concurrency 1", 1, 1000, 4.0, stream=True),
+    # Streams paced like a (very fast) vendor's: an event every {gap}. The proxies are not
+    # saturated, so time to first byte is their overhead, and the client can see whether
+    # each event is relayed as it arrives (coalesced events, gaps between events).
+    Scenario(
+        "c",
+        "streaming, 20 chunks {gap} apart, concurrency 16",
+        16,
+        3000,
+        5.0,
+        stream=True,
+        route="paced",
+    ),
+    # The same stream one at a time: overhead and relaying with nothing else in flight.
+    Scenario(
+        "s",
+        "streaming, 20 chunks {gap} apart, concurrency 1",
+        1,
+        200,
+        5.0,
+        stream=True,
+        route="paced",
+    ),
+    # Saturation: the upstream writes the whole stream at once, so each proxy runs as fast
+    # as its CPU allows; time to first byte here is mostly queueing in the proxy.
+    Scenario(
+        "t",
+        "streaming burst: 20 chunks written at once, concurrency 16",
+        16,
+        3000,
+        5.0,
+        stream=True,
+    ),
     # Failover cost, not saturation: a fixed 200 requests/s (well below every proxy's
     # saturation point but LiteLLM's), at most 4 in flight, the same schedule for every target.
     Scenario(
@@ -93,6 +123,11 @@ class Run:
     upstream_cpu_ms: float
     loadgen_cpu_ms: float
     primary_hits: int | None
+    # Streams: % of events that arrived in the same read as an earlier one of their stream,
+    # and the client-side time between consecutive events (NaN for JSON scenarios).
+    coalesced_pct: float = float("nan")
+    gap_p50_ms: float = float("nan")
+    gap_p99_ms: float = float("nan")
     error_samples: list[str] = field(default_factory=list)
 
 
@@ -157,13 +192,16 @@ def measure(target: Target, scenario: Scenario, run: int, env: Env, upstream_pid
         upstream_cpu_ms=u_cpu / n * 1000,
         loadgen_cpu_ms=l_cpu / n * 1000,
         primary_hits=hits,
+        coalesced_pct=result.coalesced_pct,
+        gap_p50_ms=_pct(result.event_gaps_s, 0.50),
+        gap_p99_ms=_pct(result.event_gaps_s, 0.99),
         error_samples=result.error_samples,
     )
 
 
 def warm_up(target: Target, scenario: Scenario, seconds: float) -> None:
     """Bring pools, caches and JITs up to speed, on a healthy route (never the failover state)."""
-    warm = scenario if scenario.route == "anthropic" else replace(scenario, route="bench")
+    warm = replace(scenario, route="bench") if scenario.fresh_state else scenario
     _run(
         run_load(
             target.request(warm, 0),
@@ -190,6 +228,9 @@ def summarise(runs: list[Run]) -> dict[str, Any]:
         "cpu_ms",
         "upstream_cpu_ms",
         "loadgen_cpu_ms",
+        "coalesced_pct",
+        "gap_p50_ms",
+        "gap_p99_ms",
     ):
         out[key] = _median([getattr(r, key) for r in runs])
     out["errors"] = sum(r.errors for r in runs)
@@ -251,7 +292,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="short runs, one start: iterate fast")
     parser.add_argument("--runs", type=int, help="runs per figure (default 3, quick 1)")
     parser.add_argument("--targets", default="direct,ours,litellm,portkey")
-    parser.add_argument("--scenarios", default="abcsdefg")
+    parser.add_argument(
+        "--scenarios",
+        default="abcstdefg",
+        help="scenario letters: a b (JSON), c s (paced streams), t (burst streams), "
+        "d e (failover), f (translated path), g (start-up and RSS, always measured)",
+    )
+    parser.add_argument(
+        "--stream-gap-ms",
+        type=float,
+        default=STREAM_GAP_MS,
+        help="time between the events of a paced stream, scenarios (c) and (s)",
+    )
     parser.add_argument(
         "--out", type=Path, help="where to write the report (default bench/RESULTS.md; quick: none)"
     )
@@ -273,9 +325,11 @@ def main(argv: list[str] | None = None) -> int:
     warm_s = 0.5 if args.quick else 1.5
     out = args.out or (None if args.quick else ROOT / "bench" / "RESULTS.md")
     wanted = set(args.scenarios)
+    gap = f"{args.stream_gap_ms:g} ms"
     scenarios = [
         replace(
             s,
+            title=s.title.format(gap=gap),
             requests=max(50, int(s.requests * scale)),
             max_seconds=s.max_seconds * max(scale, 0.4),
         )
@@ -301,7 +355,15 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"bench: logs and configs in {logs}")
     upstream = subprocess.Popen(
-        [sys.executable, "-m", "bench.upstream", "--port", str(env.upstream_port)],
+        [
+            sys.executable,
+            "-m",
+            "bench.upstream",
+            "--port",
+            str(env.upstream_port),
+            "--stream-gap-ms",
+            str(args.stream_gap_ms),
+        ],
         stdout=open(logs / "upstream.log", "ab"),  # noqa: SIM115
         stderr=subprocess.STDOUT,
         cwd=ROOT,
@@ -356,10 +418,17 @@ def main(argv: list[str] | None = None) -> int:
                     r = measure(t, sc, run, env, upstream.pid)
                     per[t.name].append(r)
                     hits = "" if r.primary_hits is None else f", primary hits {r.primary_hits}"
+                    events = (
+                        f"\n      ttfb p50 {r.ttfb_p50_ms:.2f} ms p99 {r.ttfb_p99_ms:.2f} ms, "
+                        f"events coalesced {r.coalesced_pct:.1f}%, gap between events "
+                        f"p50 {r.gap_p50_ms:.2f} ms p99 {r.gap_p99_ms:.2f} ms"
+                        if sc.stream
+                        else ""
+                    )
                     print(
                         f"  run {run + 1}/{runs} {t.name:13} {r.requests:5d} req {r.rps:8.0f}/s "
                         f"p50 {r.p50_ms:7.2f} ms p99 {r.p99_ms:7.2f} ms "
-                        f"cpu {r.cpu_ms:6.3f} ms/req errors {r.errors}{hits}"
+                        f"cpu {r.cpu_ms:6.3f} ms/req errors {r.errors}{hits}{events}"
                     )
                     for sample in r.error_samples[:2]:
                         print(f"      error: {sample}")
@@ -381,6 +450,7 @@ def main(argv: list[str] | None = None) -> int:
         "runs": runs,
         "quick": args.quick,
         "scenarios": {s.key: s.__dict__ for s in scenarios},
+        "stream_gap_ms": args.stream_gap_ms,
         "targets": {t.name: t.label for t in targets},
         "skipped": skipped,
         "results": results,

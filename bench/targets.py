@@ -18,7 +18,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import orjson
@@ -43,14 +43,15 @@ def free_port() -> int:
 
 @dataclass(frozen=True)
 class Scenario:
-    key: str  # "a".."f"
+    key: str  # "a".."f", "s", "t"
     title: str
     concurrency: int
     requests: int
     max_seconds: float
     stream: bool = False
-    # "bench" (healthy), "quota" (primary 429 insufficient_quota), "flaky" (primary 50% 500),
-    # "anthropic" (the translated path)
+    # "bench" (healthy; a stream comes in one burst), "paced" (healthy; a stream's events come
+    # `--stream-gap-ms` apart), "quota" (primary 429 insufficient_quota), "flaky" (primary
+    # 50% 500), "anthropic" (the translated path)
     route: str = "bench"
     # Requests per second (fixed schedule, `concurrency` = most in flight); None: closed loop.
     rate: float | None = None
@@ -87,9 +88,18 @@ def _chat_body(model: str, stream: bool) -> bytes:
 
 
 def _group(scenario: Scenario, run: int) -> str:
-    return {"quota": f"fq-{run}", "flaky": f"f5-{run}", "anthropic": "anth"}.get(
+    return {"quota": f"fq-{run}", "flaky": f"f5-{run}", "anthropic": "anth", "paced": "paced"}.get(
         scenario.route, "bench"
     )
+
+
+def _healthy_prefix(scenario: Scenario) -> str:
+    """The upstream prefix a healthy OpenAI-format call goes to: paced streams or the burst."""
+    return "paced" if scenario.route == "paced" else "ok"
+
+
+def _expect(scenario: Scenario) -> bytes:
+    return b"[DONE]" if scenario.stream else b'"choices"'
 
 
 class Target:
@@ -176,7 +186,8 @@ class Target:
             "/v1/chat/completions",
             _chat_body(_group(scenario, run), scenario.stream),
             self.headers(scenario, run),
-            b"[DONE]" if scenario.stream else b'"choices"',
+            _expect(scenario),
+            stream=scenario.stream,
         )
 
     def headers(self, scenario: Scenario, run: int) -> tuple[tuple[str, str], ...]:
@@ -203,10 +214,11 @@ class Direct(Target):
         return Request(
             "127.0.0.1",
             port,
-            "/ok/v1/chat/completions",
+            f"/{_healthy_prefix(scenario)}/v1/chat/completions",
             _chat_body("gpt-4o-mini", scenario.stream),
             (),
-            b"[DONE]" if scenario.stream else b'"choices"',
+            _expect(scenario),
+            stream=scenario.stream,
         )
 
 
@@ -230,10 +242,16 @@ class Ours(Target):
     def _config(self, anthropic: bool) -> dict[str, object]:
         env = self.env
         vendors: dict[str, object] = {
-            "ok": {"type": "openai", "base_url": env.upstream("ok/v1"), "api_key": "sk-bench"}
+            "ok": {"type": "openai", "base_url": env.upstream("ok/v1"), "api_key": "sk-bench"},
+            "paced": {
+                "type": "openai",
+                "base_url": env.upstream("paced/v1"),
+                "api_key": "sk-bench",
+            },
         }
         models: dict[str, object] = {
-            "bench": {"deployments": [{"vendor": "ok", "model": "gpt-4o-mini"}]}
+            "bench": {"deployments": [{"vendor": "ok", "model": "gpt-4o-mini"}]},
+            "paced": {"deployments": [{"vendor": "paced", "model": "gpt-4o-mini"}]},
         }
         for run in range(env.runs):
             for route, group in (("quota", f"fq-{run}"), ("flaky", f"f5-{run}")):
@@ -341,6 +359,7 @@ class LiteLLM(Target):
 
         model_list = [
             entry("bench", "ok/v1"),
+            entry("paced", "paced/v1"),
             entry("anth", "ok-anth", f"anthropic/{ANTHROPIC_MODEL}"),
         ]
         fallbacks = []
@@ -446,7 +465,7 @@ class Portkey(Target):
             return (("x-portkey-config", orjson.dumps(config).decode()),)
         return (
             ("x-portkey-provider", "openai"),
-            ("x-portkey-custom-host", env.upstream("ok/v1")),
+            ("x-portkey-custom-host", env.upstream(f"{_healthy_prefix(scenario)}/v1")),
             ("Authorization", "Bearer sk-bench"),
         )
 
@@ -455,7 +474,5 @@ class Portkey(Target):
         if scenario.route == "anthropic":
             body = orjson.loads(req.body)
             body["model"] = ANTHROPIC_MODEL
-            return Request(
-                req.host, req.port, req.path, orjson.dumps(body), req.headers, req.expect
-            )
+            return replace(req, body=orjson.dumps(body))
         return req

@@ -8,12 +8,21 @@ The first path segment picks the behaviour, so one process serves every deployme
 every target and counts hits per deployment (GET /_stats):
 
     /ok.../v1/chat/completions          200 JSON, or 20-chunk SSE when "stream": true
+                                        (the whole stream in one burst of writes)
+    /paced.../v1/chat/completions       the same, but a stream is paced like a vendor's:
+                                        head and first event at once, then one write per
+                                        event, `--stream-gap-ms` apart (default 1 ms)
     /quota.../v1/chat/completions       429 insufficient_quota (OpenAI's body)
     /flaky.../v1/chat/completions       500 for half the requests (seeded, reproducible)
     /<any>.../v1/messages               the same in Anthropic's Messages format
     GET /_stats                          {"prefix": hits, ...};  POST /_reset clears it
 
-Run: python -m bench.upstream --port 9100
+A paced stream is a chain of `loop.call_later` timers on its connection (no task per
+stream); the connection answers nothing else until its stream is done (HTTP/1.1 order),
+and a lost connection cancels the chain. Events leave `gap` apart plus the loop's wake-up
+latency (~0.1 ms), never less than `gap / 2` apart.
+
+Run: python -m bench.upstream --port 9100 [--stream-gap-ms 1]
 """
 
 from __future__ import annotations
@@ -23,14 +32,16 @@ import asyncio
 import contextlib
 import random
 import re
+import time
 import zlib
 from collections import Counter
 
 import orjson
 
-__all__ = ["STREAM_CHUNKS", "UpstreamProtocol", "serve"]
+__all__ = ["STREAM_CHUNKS", "STREAM_GAP_MS", "Upstream", "UpstreamProtocol", "serve"]
 
 STREAM_CHUNKS = 20
+STREAM_GAP_MS = 1.0  # a very fast model: 1,000 tokens/s
 _STREAM_RE = re.compile(rb'"stream"\s*:\s*true')
 _WORDS = [f"w{i} " for i in range(STREAM_CHUNKS)]
 
@@ -211,12 +222,25 @@ def _stream_bytes(events: list[bytes]) -> list[bytes]:
     return [_SSE_HEAD] + [_chunk(e) for e in events] + [_LAST_CHUNK]
 
 
-# (format) -> (json answer, stream writes, quota answer, 500 answer)
+def _paced_writes(events: list[bytes]) -> tuple[bytes, ...]:
+    """One write per event: the head rides with the first, the terminator with the last."""
+    chunks = [_chunk(e) for e in events]
+    return (_SSE_HEAD + chunks[0], *chunks[1:-1], chunks[-1] + _LAST_CHUNK)
+
+
+# (format) -> (json answer, burst stream writes, paced stream writes, quota answer, 500 answer)
 _ANSWERS = {
-    "openai": (_OPENAI_JSON, _stream_bytes(_OPENAI_SSE), _OPENAI_QUOTA, _OPENAI_500),
+    "openai": (
+        _OPENAI_JSON,
+        _stream_bytes(_OPENAI_SSE),
+        _paced_writes(_OPENAI_SSE),
+        _OPENAI_QUOTA,
+        _OPENAI_500,
+    ),
     "anthropic": (
         _ANTHROPIC_JSON,
         _stream_bytes(_ANTHROPIC_SSE),
+        _paced_writes(_ANTHROPIC_SSE),
         _ANTHROPIC_CREDIT,
         _ANTHROPIC_500,
     ),
@@ -225,10 +249,11 @@ _NOT_FOUND = _response("404 Not Found", b"application/json", b'{"error":"no such
 
 
 class Upstream:
-    """Per-process state: hit counters and one seeded coin per flaky prefix."""
+    """Per-process state: hit counters, one seeded coin per flaky prefix, the stream pace."""
 
-    def __init__(self, seed: int = 42) -> None:
+    def __init__(self, seed: int = 42, stream_gap_s: float = STREAM_GAP_MS / 1000) -> None:
         self.hits: Counter[str] = Counter()
+        self.stream_gap_s = stream_gap_s
         self._seed = seed
         self._coins: dict[str, random.Random] = {}
 
@@ -246,19 +271,28 @@ class Upstream:
 class UpstreamProtocol(asyncio.Protocol):
     """One client connection. Requests are handled in order as they complete in the buffer."""
 
-    __slots__ = ("_buf", "_state", "_transport")
+    __slots__ = ("_buf", "_last_write", "_loop", "_pacing", "_state", "_transport")
 
     def __init__(self, state: Upstream) -> None:
         self._state = state
         self._buf = b""
         self._transport: asyncio.Transport | None = None
+        self._loop = asyncio.get_running_loop()
+        # The timer of the paced stream being written; requests wait in _buf meanwhile.
+        self._pacing: asyncio.TimerHandle | None = None
+        self._last_write = 0.0  # time.monotonic() of the paced stream's last write
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
 
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._pacing is not None:
+            self._pacing.cancel()
+            self._pacing = None
+
     def data_received(self, data: bytes) -> None:
         buf = self._buf + data if self._buf else data
-        while True:
+        while self._pacing is None:
             end = buf.find(b"\r\n\r\n")
             if end < 0:
                 break
@@ -309,16 +343,50 @@ class UpstreamProtocol(asyncio.Protocol):
             return
         prefix = path[1:].partition("/")[0]
         self._state.hits[prefix] += 1
-        answer_json, answer_stream, quota, error = _ANSWERS[fmt]
+        answer_json, answer_stream, answer_paced, quota, error = _ANSWERS[fmt]
         if prefix.startswith("quota"):
             transport.write(quota)
         elif prefix.startswith("flaky") and self._state.flip(prefix):
             transport.write(error)
         elif _STREAM_RE.search(body):
-            for piece in answer_stream:
-                transport.write(piece)
+            if prefix.startswith("paced"):
+                self._pace(answer_paced, 0)
+            else:
+                for piece in answer_stream:
+                    transport.write(piece)
         else:
             transport.write(answer_json)
+
+    def _pace(self, writes: tuple[bytes, ...], i: int) -> None:
+        """Write event `i` of a paced stream and arm the timer for the next one.
+
+        uvloop's timers count whole milliseconds from its clock's last tick, so a timer
+        armed late in a millisecond can fire a few microseconds later, when the loop wakes
+        for other work. An event due that early waits for the next tick instead: events
+        never leave less than half a gap apart (without that the upstream itself would
+        bunch events, a few percent of them at concurrency 16).
+        """
+        transport = self._transport
+        assert transport is not None
+        if transport.is_closing():
+            self._pacing = None
+            return
+        gap = self._state.stream_gap_s
+        loop = self._loop
+        now = time.monotonic()
+        early = gap - (now - self._last_write)
+        if i and early > gap / 2:
+            self._pacing = loop.call_later(max(early, 0.001), self._pace, writes, i)
+            return
+        transport.write(writes[i])
+        self._last_write = now
+        i += 1
+        if i < len(writes):
+            self._pacing = loop.call_later(gap, self._pace, writes, i)
+            return
+        self._pacing = None
+        if self._buf:  # a request that arrived during the stream
+            self.data_received(b"")
 
 
 def _dechunk(buf: bytes, pos: int) -> tuple[bytes, int] | None:
@@ -341,8 +409,10 @@ def _dechunk(buf: bytes, pos: int) -> tuple[bytes, int] | None:
         pos += size + 2
 
 
-async def serve(host: str, port: int) -> asyncio.Server:
-    state = Upstream()
+async def serve(
+    host: str, port: int, *, stream_gap_s: float = STREAM_GAP_MS / 1000
+) -> asyncio.Server:
+    state = Upstream(stream_gap_s=stream_gap_s)
     loop = asyncio.get_running_loop()
     return await loop.create_server(lambda: UpstreamProtocol(state), host, port, backlog=1024)
 
@@ -351,11 +421,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="lean fake LLM upstream for the benchmark")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=9100)
+    parser.add_argument(
+        "--stream-gap-ms",
+        type=float,
+        default=STREAM_GAP_MS,
+        help="time between the events of a paced stream (/paced... routes)",
+    )
     args = parser.parse_args()
+    if not args.stream_gap_ms > 0:
+        parser.error("--stream-gap-ms must be more than 0 (the /ok... routes stream in a burst)")
 
     async def run() -> None:
-        server = await serve(args.host, args.port)
-        print(f"bench upstream on http://{args.host}:{args.port}", flush=True)
+        server = await serve(args.host, args.port, stream_gap_s=args.stream_gap_ms / 1000)
+        print(
+            f"bench upstream on http://{args.host}:{args.port} "
+            f"(paced streams: an event every {args.stream_gap_ms:g} ms)",
+            flush=True,
+        )
         async with server:
             await server.serve_forever()
 

@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from bench.loadgen import Request, run_load
-from bench.upstream import STREAM_CHUNKS, serve
+from bench.upstream import STREAM_CHUNKS, Upstream, UpstreamProtocol, serve
 
 
 @pytest.fixture
@@ -74,3 +74,76 @@ async def test_loadgen_counts_successes_and_errors(upstream: int) -> None:
     bad = Request("127.0.0.1", upstream, "/quota/v1/chat/completions", CHAT, expect=b'"choices"')
     result = await run_load(bad, concurrency=2, requests=10, max_seconds=20)
     assert (result.requests, result.errors, result.statuses[429]) == (10, 10, 10)
+
+
+class _Recorder:
+    """A transport that records what the upstream writes."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closing = False
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+
+def _post(path: str, body: bytes) -> bytes:
+    return f"POST {path} HTTP/1.1\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body
+
+
+async def _paced(writes: list[bytes], count: int) -> None:
+    for _ in range(500):  # 5 s at most
+        if len(writes) >= count:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{len(writes)} of {count} writes")
+
+
+async def test_paced_stream_is_one_write_per_event_and_holds_the_next_request() -> None:
+    proto = UpstreamProtocol(Upstream(stream_gap_s=0.001))
+    transport = _Recorder()
+    proto.connection_made(transport)  # type: ignore[arg-type]
+    # A pipelined JSON request arrives with the stream's: it is answered after the stream.
+    proto.data_received(
+        _post("/paced/v1/chat/completions", STREAM) + _post("/ok/v1/chat/completions", CHAT)
+    )
+    assert len(transport.writes) == 1
+    await _paced(transport.writes, STREAM_CHUNKS + 2)
+    *stream, answer = transport.writes
+    assert len(stream) == STREAM_CHUNKS + 1  # 20 events and [DONE]
+    assert stream[0].startswith(b"HTTP/1.1 200 OK\r\n")
+    assert all(w.count(b"\n\n") == 1 for w in stream)  # one SSE event per write
+    assert stream[-1].endswith(b"data: [DONE]\n\n\r\n0\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n") and b'"choices"' in answer
+
+
+async def test_paced_stream_stops_when_the_connection_is_lost() -> None:
+    proto = UpstreamProtocol(Upstream(stream_gap_s=0.001))
+    transport = _Recorder()
+    proto.connection_made(transport)  # type: ignore[arg-type]
+    proto.data_received(_post("/paced/v1/chat/completions", STREAM))
+    proto.connection_lost(None)
+    await asyncio.sleep(0.05)
+    assert len(transport.writes) == 1
+
+
+async def test_loadgen_counts_stream_events(upstream: int) -> None:
+    for prefix in ("paced", "ok"):
+        req = Request(
+            "127.0.0.1",
+            upstream,
+            f"/{prefix}/v1/chat/completions",
+            STREAM,
+            expect=b"[DONE]",
+            stream=True,
+        )
+        result = await asyncio.wait_for(
+            run_load(req, concurrency=2, requests=6, max_seconds=20), timeout=30
+        )
+        assert (result.requests, result.errors) == (6, 0)
+        assert result.events == 6 * (STREAM_CHUNKS + 1)
+        assert len(result.event_gaps_s) == 6 * STREAM_CHUNKS  # the first event is the TTFB
+        assert result.coalesced == result.event_gaps_s.count(0.0)
