@@ -19,8 +19,9 @@ from proxy.api.errors import ApiError, json_error
 from proxy.api.openai import GATEWAY
 from proxy.config import Config
 from proxy.gateway import Gateway
+from proxy.listener import FastHandler, Listener
 
-__all__ = ["GATEWAY", "create_app"]
+__all__ = ["FAST_ROUTES", "GATEWAY", "create_app", "listen"]
 
 log = logging.getLogger("llmproxy")
 
@@ -98,6 +99,33 @@ def _quiet_malformed_requests() -> None:
     server_log = logging.getLogger("aiohttp.server")
     if not any(isinstance(f, _MalformedRequestFilter) for f in server_log.filters):
         server_log.addFilter(_MalformedRequestFilter())
+
+
+# The proxied endpoints, served on the listener's fast lane (`proxy.listener`); aiohttp
+# serves them too (and everything else) on connections handed over to it.
+FAST_ROUTES: dict[str, FastHandler] = {
+    "/v1/chat/completions": openai.chat_completions,
+    "/v1/completions": openai.completions,
+    "/v1/embeddings": openai.embeddings,
+    "/v1/messages": anthropic.messages,
+}
+
+
+async def listen(
+    app: web.Application, host: str, port: int, *, grace_s: float, reuse_port: bool = False
+) -> Listener:
+    """Set the app up and start listening; `Listener.close` shuts both down."""
+    runner = web.AppRunner(
+        app, access_log=None, handler_cancellation=True, shutdown_timeout=grace_s
+    )
+    await runner.setup()
+    listener = Listener(runner, FAST_ROUTES, max_body=app[GATEWAY].config.server.max_body_bytes)
+    try:
+        await listener.start(host, port, reuse_port=reuse_port)
+    except OSError:
+        await runner.cleanup()
+        raise
+    return listener
 
 
 def create_app(config: Config, gateway: Gateway | None = None) -> web.Application:

@@ -12,9 +12,7 @@ import contextlib
 import logging
 import signal
 
-from aiohttp import web
-
-from proxy.app import GATEWAY, create_app
+from proxy.app import GATEWAY, create_app, listen
 from proxy.config import Config, ConfigError
 
 __all__ = ["serve"]
@@ -34,14 +32,9 @@ async def serve(
     """Serve until SIGTERM/SIGINT, then shut down gracefully."""
     app = create_app(config)
     gateway = app[GATEWAY]
-    runner = web.AppRunner(
-        app, access_log=None, handler_cancellation=True, shutdown_timeout=grace_s
-    )
-    await runner.setup()
     try:
-        await web.TCPSite(runner, host, port, reuse_port=reuse_port or None).start()
+        listener = await listen(app, host, port, grace_s=grace_s, reuse_port=reuse_port)
     except OSError as exc:
-        await runner.cleanup()
         raise SystemExit(f"llm-proxy: cannot listen on {host}:{port}: {exc.strerror}") from None
     log.info(
         "serving on http://%s:%d (config %s, version %s)",
@@ -80,5 +73,5 @@ async def serve(
     )
     if drain_delay_s > 0:  # give load balancers time to see readiness fail before the socket closes
         await asyncio.sleep(drain_delay_s)
-    await runner.cleanup()
+    await listener.close(grace_s)
     log.info("stopped", extra={"event": "stopped"})

@@ -11,12 +11,12 @@ import aiohttp
 import anthropic
 import openai
 import pytest
-from aiohttp import web
 
-from proxy.app import GATEWAY, create_app
+from proxy.app import GATEWAY, create_app, listen
 from proxy.config import Config, load_config
 from proxy.fakes import FAKES, FakeOpenAI, FakeVendor
 from proxy.gateway import Gateway
+from proxy.listener import Listener
 
 
 def free_port() -> int:
@@ -30,7 +30,7 @@ def free_port() -> int:
 class RunningProxy:
     config: Config
     gateway: Gateway
-    runner: web.AppRunner
+    listener: Listener
     port: int
     sdk_clients: list[anthropic.AsyncAnthropic] = field(default_factory=list)
 
@@ -117,12 +117,9 @@ async def proxies(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Pro
         path.write_text(config_text)
         config = load_config(path, env={})
         app = create_app(config)
-        runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=2)
-        await runner.setup()
         port = free_port()
-        site = web.TCPSite(runner, "127.0.0.1", port)
-        await site.start()
-        proxy = RunningProxy(config, app[GATEWAY], runner, port)
+        listener = await listen(app, "127.0.0.1", port, grace_s=2)
+        proxy = RunningProxy(config, app[GATEWAY], listener, port)
         running.append(proxy)
         return proxy
 
@@ -130,7 +127,7 @@ async def proxies(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Pro
     for p in running:
         for client in p.sdk_clients:
             await client.close()
-        await p.runner.cleanup()
+        await p.listener.close(2)
 
 
 @pytest.fixture

@@ -172,7 +172,7 @@ async def test_probes_stop_with_the_proxy(
 ) -> None:
     a, _, proxy = checked
     await wait_for(lambda: a.stats.model_list_requests >= 1)
-    await proxy.runner.cleanup()
+    await proxy.listener.close(2)
     seen = a.stats.model_list_requests
     await asyncio.sleep(3 * INTERVAL_S)
     assert a.stats.model_list_requests == seen

@@ -21,6 +21,7 @@ from aiohttp import web
 from proxy.api.errors import ApiError
 from proxy.api.openai import GATEWAY, Inbound, proxy_request, stream_error_message
 from proxy.api.validation import EndpointSchema, read_json, validate
+from proxy.listener import ProxiedRequest
 from proxy.routing.classify import FinalError, Outcome, OutcomeClass
 from proxy.routing.router import Served
 
@@ -143,7 +144,7 @@ def _validate(body: Any, schema: EndpointSchema) -> dict[str, Any]:
     return checked
 
 
-def _forward_headers(request: web.Request) -> Mapping[str, str]:
+def _forward_headers(request: ProxiedRequest) -> Mapping[str, str]:
     beta = request.headers.get("anthropic-beta")
     return {"anthropic-beta": beta} if beta else {}
 
@@ -151,7 +152,7 @@ def _forward_headers(request: web.Request) -> Mapping[str, str]:
 ANTHROPIC = Inbound("anthropic", _validate, _error, _final_error, _stream_error, _forward_headers)
 
 
-async def messages(request: web.Request) -> web.StreamResponse:
+async def messages(request: ProxiedRequest) -> web.StreamResponse:
     return await proxy_request(request, "messages", MESSAGES, ANTHROPIC)
 
 

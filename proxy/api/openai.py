@@ -25,6 +25,7 @@ from proxy.api.errors import ApiError, error_body, json_error
 from proxy.api.validation import CHAT, COMPLETIONS, EMBEDDINGS, EndpointSchema, read_json, validate
 from proxy.gateway import Gateway
 from proxy.limits import OPEN, ClientState, Ticket
+from proxy.listener import FastRequest, ProxiedRequest
 from proxy.metrics import UNKNOWN_GROUP
 from proxy.routing.classify import FinalError, Outcome, OutcomeClass
 from proxy.routing.router import AllFailed, Attempt, Served, Trace
@@ -39,7 +40,7 @@ _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 _CLIENT_GONE = Outcome(OutcomeClass.CLIENT_CANCELLED, None, None, "the client disconnected")
 
 
-def request_id(request: web.Request) -> str:
+def request_id(request: ProxiedRequest) -> str:
     """The client's x-request-id if it is sane (bounded, printable), else a new one."""
     rid = request.headers.get("x-request-id")
     if rid is not None and _REQUEST_ID_RE.match(rid):
@@ -67,7 +68,7 @@ def final_error_response(final: FinalError, headers: Mapping[str, str]) -> web.R
     )
 
 
-def _no_forwarded_headers(request: web.Request) -> Mapping[str, str]:
+def _no_forwarded_headers(request: ProxiedRequest) -> Mapping[str, str]:
     return {}
 
 
@@ -81,14 +82,17 @@ class Inbound:
     error: Callable[[ApiError, Mapping[str, str]], web.Response]
     final_error: Callable[[FinalError, Mapping[str, str]], web.Response]
     stream_error: Callable[[Served, Outcome], bytes]
-    forward_headers: Callable[[web.Request], Mapping[str, str]] = _no_forwarded_headers
+    forward_headers: Callable[[ProxiedRequest], Mapping[str, str]] = _no_forwarded_headers
 
 
 OPENAI = Inbound("openai", validate, json_error, final_error_response, stream_error_event)
 
 
 async def proxy_request(
-    request: web.Request, endpoint: str, schema: EndpointSchema, inbound: Inbound = OPENAI
+    request: ProxiedRequest,
+    endpoint: str,
+    schema: EndpointSchema,
+    inbound: Inbound = OPENAI,
 ) -> web.StreamResponse:
     gw = request.app[GATEWAY]
     gw.metrics.in_flight.inc()
@@ -193,7 +197,7 @@ async def proxy_request(
 
 def _request_done(
     gw: Gateway,
-    request: web.Request,
+    request: ProxiedRequest,
     rid: str,
     client: ClientState | None,
     group: str,
@@ -237,7 +241,7 @@ class _EventStream(web.StreamResponse):
 
 
 async def _relay_stream(
-    request: web.Request,
+    request: ProxiedRequest,
     served: Served,
     headers: dict[str, str],
     started: float,
@@ -246,10 +250,15 @@ async def _relay_stream(
 ) -> web.StreamResponse:
     headers["Content-Type"] = "text/event-stream"
     headers["Cache-Control"] = "no-cache"
-    resp = _EventStream(status=200, headers=headers)
+    resp: web.StreamResponse
+    if isinstance(request, FastRequest):
+        resp = request.event_stream(200, headers)  # its head leaves with the first chunk
+    else:
+        resp = _EventStream(status=200, headers=headers)
     failure: Outcome | None = None
     try:
-        await resp.prepare(request)
+        if not isinstance(request, FastRequest):
+            await resp.prepare(request)
         await resp.write(served.response.body)
         request.app[GATEWAY].metrics.first_byte(served.group.name, time.monotonic() - started)
         try:
@@ -275,7 +284,7 @@ async def _relay_stream(
 
 def _log(
     loop: asyncio.AbstractEventLoop,
-    request: web.Request,
+    request: ProxiedRequest,
     rid: str,
     client: ClientState | None,
     group: str,
@@ -317,15 +326,15 @@ def _log(
     AccessLog.write(record, loop)
 
 
-async def chat_completions(request: web.Request) -> web.StreamResponse:
+async def chat_completions(request: ProxiedRequest) -> web.StreamResponse:
     return await proxy_request(request, "chat/completions", CHAT)
 
 
-async def completions(request: web.Request) -> web.StreamResponse:
+async def completions(request: ProxiedRequest) -> web.StreamResponse:
     return await proxy_request(request, "completions", COMPLETIONS)
 
 
-async def embeddings(request: web.Request) -> web.StreamResponse:
+async def embeddings(request: ProxiedRequest) -> web.StreamResponse:
     return await proxy_request(request, "embeddings", EMBEDDINGS)
 
 

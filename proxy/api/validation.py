@@ -15,6 +15,7 @@ import orjson
 from aiohttp import web
 
 from proxy.api.errors import ApiError
+from proxy.listener import ProxiedRequest
 
 __all__ = ["CHAT", "COMPLETIONS", "EMBEDDINGS", "EndpointSchema", "read_json", "validate"]
 
@@ -178,7 +179,7 @@ def validate(body: Any, schema: EndpointSchema) -> dict[str, Any]:
     return body
 
 
-async def read_json(request: web.Request, limit: int) -> tuple[bytes, Any]:
+async def read_json(request: ProxiedRequest, limit: int) -> tuple[bytes, Any]:
     """Read the body once (at most `limit` bytes) and parse it. Raises ApiError on bad input."""
     ctype = request.content_type
     if (
@@ -194,7 +195,7 @@ async def read_json(request: web.Request, limit: int) -> tuple[bytes, Any]:
     length = request.content_length
     if length is not None and length > limit:
         raise _too_large(limit)
-    if length is not None:
+    if length is not None or not isinstance(request, web.BaseRequest):
         try:
             raw = await request.read()
         except web.HTTPRequestEntityTooLarge:

@@ -1,0 +1,439 @@
+"""The listener: the proxy's HTTP/1.1 front door, with a fast lane for the proxied endpoints.
+
+Why not aiohttp's server alone: its request machinery (a task per request, a Request object,
+routing, middleware, a StreamResponse and its writer) cost ~110 us of CPU per request here,
+most of a proxied request's CPU and latency once the upstream hop was lean. The requests a
+proxy lives on are few and plain (a POST of a JSON body with a Content-Length to one of the
+paths in `fast_routes`), so the listener parses those itself and answers them through the
+same handlers, and hands every other connection to aiohttp at a request boundary: admin,
+metrics, the dashboard, GETs, chunked or `Expect` uploads, HTTP/1.0, anything unusual or
+malformed. aiohttp then owns that connection for good, with its own parser, limits and
+error answers; the fast lane never has to be lenient.
+
+Lifecycle: `start()` listens; `close()` stops listening, lets the requests in flight finish
+(within the grace period; streams included), closes idle keep-alive connections, then
+cleans up the aiohttp runner (which drains the connections it owns and runs the app's
+shutdown and cleanup hooks).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from email.utils import formatdate
+from http import HTTPStatus
+from typing import Any, Final
+
+from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from proxy.api.errors import ApiError, json_error
+
+__all__ = ["FastEventStream", "FastHandler", "FastRequest", "Listener", "ProxiedRequest"]
+
+log = logging.getLogger("llmproxy")
+
+FastHandler = Callable[[Any], Awaitable[web.StreamResponse]]
+
+_MAX_HEAD: Final = 8190  # aiohttp's own line limit; a longer head is aiohttp's to judge
+_KEEPALIVE_S: Final = 75.0  # aiohttp's default keep-alive timeout
+_SWEEP_S: Final = 5.0
+_TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# Headers whose presence sends the request to aiohttp (it knows what to do with them).
+_NOT_FAST: Final = frozenset({"transfer-encoding", "expect", "upgrade"})
+
+
+class FastRequest:
+    """The parts of a request the proxied endpoints read (a subset of `web.Request`'s API)."""
+
+    __slots__ = (
+        "_body",
+        "_conn",
+        "app",
+        "content_length",
+        "content_type",
+        "headers",
+        "method",
+        "path",
+    )
+
+    def __init__(
+        self,
+        conn: _Connection,
+        app: web.Application,
+        method: str,
+        path: str,
+        headers: CIMultiDictProxy[str],
+        body: bytes,
+    ) -> None:
+        self._conn = conn
+        self.app = app
+        self.method = method
+        self.path = path
+        self.headers = headers
+        self._body = body
+        self.content_length: int | None = len(body)
+        ctype = headers.get("Content-Type")
+        self.content_type = (
+            ctype.partition(";")[0].strip().lower() if ctype else "application/octet-stream"
+        )
+
+    async def read(self) -> bytes:
+        return self._body
+
+    def event_stream(self, status: int, headers: Mapping[str, str]) -> FastEventStream:
+        """The streamed answer to this request (`prepare` is a no-op; the head goes first)."""
+        return FastEventStream(self._conn, status, headers)
+
+
+ProxiedRequest = web.Request | FastRequest
+
+
+class FastEventStream(web.StreamResponse):
+    """A streamed answer written straight to the connection, chunk-encoded.
+
+    The head leaves with the first chunk (one send instead of two). `write` waits only when
+    the client is not reading (the transport's buffer is over its high-water mark).
+    """
+
+    def __init__(self, conn: _Connection, status: int, headers: Mapping[str, str]) -> None:
+        super().__init__(status=status, headers=headers)
+        self._conn = conn
+        self._head: bytes | None = _head(status, headers, b"Transfer-Encoding: chunked\r\n")
+        self._eof_sent = False
+
+    async def prepare(self, request: Any) -> None:
+        return None
+
+    async def write(self, data: bytes | bytearray | memoryview) -> None:
+        conn = self._conn
+        transport = conn.transport
+        if transport is None or transport.is_closing():
+            raise ConnectionResetError("the client closed the connection")
+        if not data:
+            return
+        frame = b"%x\r\n%s\r\n" % (len(data), data)
+        if self._head is not None:
+            frame = self._head + frame
+            self._head = None
+        transport.write(frame)
+        if conn.writing_paused:
+            await conn.drained()
+
+    async def write_eof(self, data: bytes = b"") -> None:
+        if self._eof_sent:
+            return
+        if data:
+            await self.write(data)
+        transport = self._conn.transport
+        if transport is None or transport.is_closing():
+            raise ConnectionResetError("the client closed the connection")
+        tail = b"0\r\n\r\n"
+        if self._head is not None:
+            tail = self._head + tail
+            self._head = None
+        self._eof_sent = True
+        transport.write(tail)
+
+
+_date_second = 0
+_date_header = b""
+
+
+def _date() -> bytes:
+    global _date_second, _date_header
+    now = int(time.time())
+    if now != _date_second:
+        _date_second = now
+        _date_header = b"Date: " + formatdate(now, usegmt=True).encode("ascii") + b"\r\n"
+    return _date_header
+
+
+_REASONS: Final = {s.value: s.phrase.encode("ascii") for s in HTTPStatus}
+
+
+def _head(status: int, headers: Mapping[str, str], extra: bytes) -> bytes:
+    lines = "".join([f"{name}: {value}\r\n" for name, value in headers.items()])
+    return (
+        b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"Unknown"))
+        + _date()
+        + lines.encode("latin-1")
+        + extra
+        + b"\r\n"
+    )
+
+
+def _serialize(resp: web.StreamResponse) -> bytes:
+    """A `web.Response` (status, headers, bytes body) as HTTP/1.1 bytes."""
+    body = resp.body if isinstance(resp, web.Response) else None
+    if not isinstance(body, (bytes, bytearray)):
+        body = b""
+    headers = resp.headers
+    if "Content-Type" not in headers and resp.content_type:
+        headers = CIMultiDict(headers)
+        headers["Content-Type"] = resp.content_type
+    return _head(resp.status, headers, b"Content-Length: %d\r\n" % len(body)) + bytes(body)
+
+
+def _internal_error() -> bytes:
+    return _serialize(
+        json_error(
+            ApiError(
+                500,
+                "The proxy hit an internal error; it has been logged. Retry the request.",
+                type="server_error",
+                code="internal_error",
+            )
+        )
+    )
+
+
+class _Connection(asyncio.Protocol):
+    """One client connection while it is on the fast lane."""
+
+    __slots__ = (
+        "_buf",
+        "_drain_waiter",
+        "_listener",
+        "_task",
+        "close_after",
+        "last_active",
+        "transport",
+        "writing_paused",
+    )
+
+    def __init__(self, listener: Listener) -> None:
+        self._listener = listener
+        self.transport: asyncio.Transport | None = None
+        self._buf = b""
+        self._task: asyncio.Task[None] | None = None
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self.writing_paused = False
+        self.close_after = False
+        self.last_active = 0.0
+
+    @property
+    def busy(self) -> bool:
+        return self._task is not None
+
+    # -- asyncio.Protocol --------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
+        self._listener.connections.add(self)
+        self.last_active = self._listener.loop.time()
+
+    def data_received(self, data: bytes) -> None:
+        self._buf = self._buf + data if self._buf else data
+        self.last_active = self._listener.loop.time()
+        if self._task is None:
+            self._next()
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._listener.connections.discard(self)
+        self.transport = None
+        if self._task is not None:
+            self._task.cancel()  # the client went away: stop the upstream call too
+        waiter = self._drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(ConnectionResetError("the client closed the connection"))
+
+    def pause_writing(self) -> None:
+        self.writing_paused = True
+
+    def resume_writing(self) -> None:
+        self.writing_paused = False
+        waiter = self._drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def drained(self) -> None:
+        if not self.writing_paused:
+            return
+        waiter = self._drain_waiter = self._listener.loop.create_future()
+        try:
+            await waiter
+        finally:
+            self._drain_waiter = None
+
+    # -- requests ------------------------------------------------------------------------
+
+    def _next(self) -> None:
+        """Start the next complete request in the buffer, or hand the connection over."""
+        buf = self._buf
+        if not buf or self.transport is None:
+            return
+        end = buf.find(b"\r\n\r\n")
+        if end < 0:
+            if len(buf) > _MAX_HEAD:
+                self._hand_over()
+            return
+        parsed = self._parse(buf, end)
+        if parsed is None:
+            self._hand_over()
+            return
+        handler, method, path, headers, length, close = parsed
+        start = end + 4
+        if len(buf) - start < length:
+            return  # wait for the rest of the body
+        body = buf[start : start + length]
+        self._buf = buf[start + length :]
+        self.close_after = close
+        listener = self._listener
+        request = FastRequest(self, listener.app, method, path, headers, body)
+        self._task = listener.loop.create_task(self._serve(handler, request))
+
+    def _parse(
+        self, buf: bytes, end: int
+    ) -> tuple[FastHandler, str, str, CIMultiDictProxy[str], int, bool] | None:
+        if end > _MAX_HEAD:
+            return None
+        lines = buf[:end].decode("latin-1").split("\r\n")
+        method, _, rest = lines[0].partition(" ")
+        path, _, version = rest.partition(" ")
+        if method != "POST" or version != "HTTP/1.1":
+            return None
+        handler = self._listener.routes.get(path)
+        if handler is None:
+            return None
+        pairs: list[tuple[str, str]] = []
+        length = -1
+        close = False
+        for line in lines[1:]:
+            name, sep, value = line.partition(":")
+            if not sep or not _TOKEN.fullmatch(name):
+                return None
+            value = value.strip(" \t")
+            if "\n" in value or "\r" in value or "\x00" in value:
+                return None
+            lower = name.lower()
+            if lower == "content-length":
+                if length >= 0 or not value.isdigit() or not value.isascii():
+                    return None
+                length = int(value)
+            elif lower in _NOT_FAST:
+                return None
+            elif lower == "connection":
+                close = "close" in value.lower()
+            pairs.append((name, value))
+        if length < 0 or length > self._listener.max_body:
+            return None  # aiohttp answers what the handler would (411, 413) its own way
+        return handler, method, path, CIMultiDictProxy(CIMultiDict(pairs)), length, close
+
+    async def _serve(self, handler: FastHandler, request: FastRequest) -> None:
+        listener = self._listener
+        listener.in_flight += 1
+        try:
+            try:
+                resp = await handler(request)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("unhandled error serving %s %s", request.method, request.path)
+                data: bytes | None = _internal_error()
+            else:
+                data = None if isinstance(resp, FastEventStream) else _serialize(resp)
+            transport = self.transport
+            if transport is None:
+                return
+            if data is not None:
+                transport.write(data)
+            if self.close_after or listener.closing:
+                transport.close()
+                return
+        finally:
+            listener.in_flight -= 1
+            self._task = None
+        self.last_active = listener.loop.time()
+        if self._buf:
+            self._next()
+
+    def _hand_over(self) -> None:
+        """Give the connection (and what it has sent so far) to aiohttp, for good."""
+        transport = self.transport
+        listener = self._listener
+        if transport is None:
+            return
+        listener.connections.discard(self)
+        if listener.closing:
+            transport.close()
+            return
+        protocol = listener.runner.server
+        assert protocol is not None, "the aiohttp runner is not set up"
+        handler = protocol()
+        transport.set_protocol(handler)
+        handler.connection_made(transport)
+        buf, self._buf = self._buf, b""
+        self.transport = None
+        if buf:
+            handler.data_received(buf)
+
+    def close_if_idle(self, idle_before: float) -> None:
+        if self._task is None and self.transport is not None and self.last_active < idle_before:
+            self.transport.close()
+
+
+class Listener:
+    """Listens for clients; serves `routes` on the fast lane and hands the rest to aiohttp."""
+
+    def __init__(
+        self,
+        runner: web.AppRunner,
+        routes: Mapping[str, FastHandler],
+        *,
+        max_body: int,
+        keepalive_s: float = _KEEPALIVE_S,
+    ) -> None:
+        self.runner = runner
+        self.app = runner.app
+        self.routes = dict(routes)
+        self.max_body = max_body
+        self.keepalive_s = keepalive_s
+        self.connections: set[_Connection] = set()
+        self.in_flight = 0
+        self.closing = False
+        self.loop = asyncio.get_running_loop()
+        self._servers: list[asyncio.Server] = []
+        self._sweeper: asyncio.TimerHandle | None = None
+
+    async def start(self, host: str, port: int, *, reuse_port: bool = False) -> None:
+        server = await self.loop.create_server(
+            lambda: _Connection(self), host, port, backlog=1024, reuse_port=reuse_port or None
+        )
+        self._servers.append(server)
+        if self._sweeper is None:
+            self._sweeper = self.loop.call_later(_SWEEP_S, self._sweep)
+
+    @property
+    def port(self) -> int:
+        return int(self._servers[0].sockets[0].getsockname()[1])
+
+    def _sweep(self) -> None:
+        """Close keep-alive connections idle for longer than `keepalive_s`."""
+        idle_before = self.loop.time() - self.keepalive_s
+        for conn in list(self.connections):
+            conn.close_if_idle(idle_before)
+        self._sweeper = self.loop.call_later(_SWEEP_S, self._sweep)
+
+    async def close(self, grace_s: float) -> None:
+        """Stop listening, drain the fast lane within `grace_s`, then clean up aiohttp's side."""
+        self.closing = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        for server in self._servers:
+            server.close()
+        deadline = self.loop.time() + grace_s
+        for conn in list(self.connections):
+            conn.close_if_idle(float("inf"))
+        while self.in_flight and self.loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        for conn in list(self.connections):  # past the grace period: cut what is left
+            if conn.transport is not None:
+                conn.transport.close()
+        await self.runner.cleanup()
