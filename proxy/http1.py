@@ -22,7 +22,7 @@ import asyncio
 import ssl
 import zlib
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import urlsplit
@@ -443,6 +443,8 @@ class Response:
         "_conn",
         "_eof",
         "_error",
+        "_on_data",
+        "_on_end",
         "_released",
         "_waiter",
         "content_type",
@@ -464,10 +466,15 @@ class Response:
         self._error: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._released = False
+        self._on_data: Callable[[bytes], None] | None = None
+        self._on_end: Callable[[BaseException | None], None] | None = None
 
     # -- fed by the connection ----------------------------------------------------------
 
     def _push(self, data: bytes) -> None:
+        if self._on_data is not None:
+            self._on_data(data)
+            return
         self._chunks.append(data)
         self._buffered += len(data)
         self._wake()
@@ -475,11 +482,49 @@ class Response:
     def _finish(self) -> None:
         self._eof = True
         self._wake()
+        if self._on_end is not None:
+            self._on_end(None)
 
     def _break(self, exc: BaseException) -> None:
         self._error = exc
         self._eof = True
         self._wake()
+        if self._on_end is not None:
+            self._on_end(exc)
+
+    # -- delivery by callback (a relay that has nothing to wait for between chunks) -------
+
+    def deliver_to(
+        self, on_data: Callable[[bytes], None], on_end: Callable[[BaseException | None], None]
+    ) -> None:
+        """From now on hand each piece of the body to `on_data` as it arrives (what is
+        buffered first), and call `on_end` once: with None at the body's end, or the error
+        that broke it. Both run inside the connection's data callback: they must not block."""
+        chunks = self._chunks
+        while chunks:
+            data = chunks.popleft()
+            self._buffered -= len(data)
+            on_data(data)
+        self._conn._resume()
+        if self._eof:
+            on_end(self._error)
+            return
+        self._on_data = on_data
+        self._on_end = on_end
+
+    def stop_delivery(self) -> None:
+        self._on_data = self._on_end = None
+
+    def pause(self) -> None:
+        """Stop reading the socket (the consumer is not keeping up)."""
+        transport = self._conn.transport
+        if transport is not None and not self._eof:
+            transport.pause_reading()
+
+    def resume(self) -> None:
+        transport = self._conn.transport
+        if transport is not None and not self._eof:
+            transport.resume_reading()
 
     def _wake(self) -> None:
         waiter = self._waiter

@@ -108,9 +108,9 @@ class FastEventStream(web.StreamResponse):
     async def prepare(self, request: Any) -> None:
         return None
 
-    async def write(self, data: bytes | bytearray | memoryview) -> None:
-        conn = self._conn
-        transport = conn.transport
+    def send(self, data: bytes) -> None:
+        """Queue one chunk for the client (the `StreamOut` side of a relay)."""
+        transport = self._conn.transport
         if transport is None or transport.is_closing():
             raise ConnectionResetError("the client closed the connection")
         if not data:
@@ -120,8 +120,18 @@ class FastEventStream(web.StreamResponse):
             frame = self._head + frame
             self._head = None
         transport.write(frame)
-        if conn.writing_paused:
-            await conn.drained()
+
+    @property
+    def congested(self) -> bool:
+        return self._conn.writing_paused
+
+    async def drained(self) -> None:
+        await self._conn.drained()
+
+    async def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.send(bytes(data))
+        if self._conn.writing_paused:
+            await self._conn.drained()
 
     async def write_eof(self, data: bytes = b"") -> None:
         if self._eof_sent:

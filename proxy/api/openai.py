@@ -25,7 +25,7 @@ from proxy.api.errors import ApiError, error_body, json_error
 from proxy.api.validation import CHAT, COMPLETIONS, EMBEDDINGS, EndpointSchema, read_json, validate
 from proxy.gateway import Gateway
 from proxy.limits import OPEN, ClientState, Ticket
-from proxy.listener import FastRequest, ProxiedRequest
+from proxy.listener import FastEventStream, FastRequest, ProxiedRequest
 from proxy.metrics import UNKNOWN_GROUP
 from proxy.routing.classify import FinalError, Outcome, OutcomeClass
 from proxy.routing.router import AllFailed, Attempt, Served, Trace
@@ -262,8 +262,11 @@ async def _relay_stream(
         await resp.write(served.response.body)
         request.app[GATEWAY].metrics.first_byte(served.group.name, time.monotonic() - started)
         try:
-            async for chunk in served.response.rest():
-                await resp.write(chunk)
+            if isinstance(resp, FastEventStream):
+                await served.response.relay(resp)
+            else:
+                async for chunk in served.response.rest():
+                    await resp.write(chunk)
         except AttemptFailed as failed:
             failure = failed.outcome
             if not failed.error_event_sent:

@@ -19,7 +19,7 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import orjson
 
@@ -31,6 +31,7 @@ __all__ = [
     "AttemptFailed",
     "Endpoint",
     "ProbeUnsupported",
+    "StreamOut",
     "UpstreamCall",
     "UpstreamResponse",
     "Usage",
@@ -110,6 +111,19 @@ _PROBE_COMPLETION: dict[str, Any] = {
 _PROBE_COMPLETION_RAW = orjson.dumps(_PROBE_COMPLETION)
 
 
+class StreamOut(Protocol):
+    """Where a relayed stream goes: the client's connection."""
+
+    def send(self, data: bytes) -> None:
+        """Queue `data` for the client now; raises ConnectionResetError if it has gone."""
+
+    @property
+    def congested(self) -> bool:
+        """The client is not reading fast enough: wait for `drained` before sending more."""
+
+    async def drained(self) -> None: ...
+
+
 class UpstreamResponse(ABC):
     """A successful upstream answer (status 2xx) of one attempt."""
 
@@ -131,6 +145,15 @@ class UpstreamResponse(ABC):
         It yields bytes in the inbound (OpenAI) SSE format, ready to relay, as they arrive.
         Usage seen in the stream is stored in `usage` by the time the iterator ends.
         """
+
+    async def relay(self, out: StreamOut) -> None:
+        """Send the stream after the first chunk to `out` as it arrives (what `rest` yields).
+
+        Raises AttemptFailed if it breaks off, ConnectionResetError if the client left."""
+        async for chunk in self.rest():
+            out.send(chunk)
+            if out.congested:
+                await out.drained()
 
     @abstractmethod
     def close(self) -> None:

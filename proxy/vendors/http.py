@@ -26,7 +26,14 @@ from proxy.routing.classify import (
     redact,
     without_secret,
 )
-from proxy.vendors.base import AttemptFailed, UpstreamCall, UpstreamResponse, Usage, VendorAdapter
+from proxy.vendors.base import (
+    AttemptFailed,
+    StreamOut,
+    UpstreamCall,
+    UpstreamResponse,
+    Usage,
+    VendorAdapter,
+)
 
 __all__ = ["HTTPAdapter", "JSONResponse", "StreamFilter", "StreamScan", "invalid_json"]
 
@@ -202,11 +209,151 @@ class _StreamResponse(UpstreamResponse):
             )
         self._finished = True
 
+    async def relay(self, out: StreamOut) -> None:
+        """`rest` without a task wake-up per chunk: the connection hands each piece to
+        `_Splice.on_data`, which checks it (the same way `rest` does) and sends it on at
+        once; this task wakes only at the end, on a failure, when the client falls behind
+        (reading from the vendor pauses until it catches up), or to check the idle budget."""
+        loop = asyncio.get_running_loop()
+        resp = self._resp
+        idle_s = self._idle_s
+        splice = _Splice(self, out, loop)
+        resp.deliver_to(splice.on_data, splice.on_end)
+        try:
+            while True:
+                if splice.failure is not None:
+                    raise splice.failure
+                if splice.ended:
+                    break
+                if splice.congested:
+                    await out.drained()
+                    splice.congested = False
+                    resp.resume()
+                    continue
+                waiter = splice.waiter = loop.create_future()
+                timer = loop.call_at(splice.last_event + idle_s, _wake, waiter)
+                try:
+                    await waiter
+                finally:
+                    timer.cancel()
+                    splice.waiter = None
+                if (
+                    splice.failure is None
+                    and not splice.ended
+                    and loop.time() - splice.last_event > idle_s
+                ):
+                    raise AttemptFailed(
+                        classify_transport(TimeoutError("no complete event"), phase="body")
+                    )
+        finally:
+            resp.stop_delivery()
+            self.usage = self._scan.usage
+        filt = self._filter
+        if filt is not None and (tail := filt.tail()):
+            out.send(tail)
+        if not self._scan.done:
+            raise AttemptFailed(
+                classify_transport(
+                    aiohttp.ClientPayloadError("stream ended without its terminator"),
+                    phase="body",
+                )
+            )
+        self._finished = True
+
     def close(self) -> None:
         if self._finished:
             self._resp.release()
         else:
             self._resp.close()  # abort: the vendor sees the disconnect and stops generating
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+class _Splice:
+    """The per-chunk side of `_StreamResponse.relay`, run inside the connection's callback."""
+
+    __slots__ = (
+        "clock",
+        "congested",
+        "ended",
+        "failure",
+        "last_event",
+        "out",
+        "previous",
+        "stream",
+        "waiter",
+    )
+
+    def __init__(
+        self, stream: _StreamResponse, out: StreamOut, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        self.stream = stream
+        self.out = out
+        self.clock = loop.time
+        self.last_event = loop.time()
+        self.previous = stream._first
+        self.failure: BaseException | None = None
+        self.ended = False
+        self.congested = False
+        self.waiter: asyncio.Future[None] | None = None
+
+    def on_data(self, chunk: bytes) -> None:
+        if self.failure is not None:
+            return
+        stream = self.stream
+        now = self.clock()
+        if _event_ends(self.previous, chunk):
+            self.last_event = now
+        elif now - self.last_event > stream._idle_s:
+            self._fail(
+                AttemptFailed(classify_transport(TimeoutError("no complete event"), phase="body"))
+            )
+            return
+        self.previous = chunk
+        scan = stream._scan
+        scan.feed(chunk)
+        error = scan.error
+        if error is not None:
+            # The vendor's error event is relayed as it came, minus our credentials.
+            chunk = redact(chunk, stream._secret)
+        out = self.out
+        try:
+            filt = stream._filter
+            if filt is None:
+                out.send(chunk)
+            elif data := filt.feed(chunk):
+                out.send(data)
+        except ConnectionResetError as exc:
+            self._fail(exc)
+            return
+        if error is not None:
+            outcome = classify_stream_error(stream._vendor_type, error)
+            self._fail(
+                AttemptFailed(without_secret(outcome, stream._secret), error_event_sent=True)
+            )
+        elif out.congested and not self.congested:
+            self.congested = True
+            stream._resp.pause()
+            self._wake()
+
+    def on_end(self, error: BaseException | None) -> None:
+        self.ended = True
+        if error is not None and self.failure is None:
+            self.failure = AttemptFailed(classify_transport(error, phase="body"))
+        self._wake()
+
+    def _fail(self, exc: BaseException) -> None:
+        self.failure = exc
+        self.stream._resp.stop_delivery()
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
 
 class HTTPAdapter(VendorAdapter):

@@ -1,0 +1,211 @@
+"""The listener's fast lane and its hand-over to aiohttp, seen from raw client sockets.
+
+A plain POST with a Content-Length to a proxied path is answered on the fast lane; every
+other request (and every later request on that connection) goes to aiohttp, which must
+then see the connection exactly as the client sent it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import orjson
+import pytest
+
+from proxy.fakes import FakeOpenAI
+from proxy.fakes.base import Fault
+from tests.conftest import FakeFactory, ProxyFactory, RunningProxy, build_config
+
+BODY = orjson.dumps({"model": "smart", "messages": [{"role": "user", "content": "hi"}]})
+
+
+@pytest.fixture
+async def proxy(fakes: FakeFactory, proxies: ProxyFactory) -> tuple[FakeOpenAI, RunningProxy]:
+    a = await fakes("a")
+    config = build_config({"a": a}, "  smart:\n    deployments:\n      - {vendor: a, model: m}\n")
+    return a, await proxies(config)
+
+
+def post(path: str = "/v1/chat/completions", body: bytes = BODY, extra: str = "") -> bytes:
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n{extra}\r\n"
+    ).encode() + body
+
+
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    while head.startswith(b"HTTP/1.1 100 "):  # an interim answer (to Expect: 100-continue)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split(" ")[1])
+    headers = {}
+    for line in lines[1:]:
+        if line:
+            k, _, v = line.partition(":")
+            headers[k.strip().lower()] = v.strip()
+    if "content-length" in headers:
+        body = await asyncio.wait_for(reader.readexactly(int(headers["content-length"])), 10)
+    else:  # chunked
+        parts = []
+        while True:
+            size = int((await asyncio.wait_for(reader.readuntil(b"\r\n"), 10)).strip(), 16)
+            data = await asyncio.wait_for(reader.readexactly(size + 2), 10)
+            if not size:
+                break
+            parts.append(data[:-2])
+        body = b"".join(parts)
+    return status, headers, body
+
+
+async def connect(proxy: RunningProxy) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.open_connection("127.0.0.1", proxy.port)
+
+
+async def test_keep_alive_and_pipelined_requests_on_the_fast_lane(
+    proxy: tuple[FakeOpenAI, RunningProxy],
+) -> None:
+    _, p = proxy
+    reader, writer = await connect(p)
+    writer.write(
+        post() + post() + post("/v1/embeddings", orjson.dumps({"model": "smart", "input": "x"}))
+    )
+    for kind in ("chat.completion", "chat.completion", "list"):
+        status, headers, body = await read_response(reader)
+        assert status == 200, body
+        assert orjson.loads(body)["object"] == kind
+        assert headers["content-type"] == "application/json"
+        assert "date" in headers and headers["x-proxy-deployment"] == "a/m"
+    assert len(p.listener.connections) == 1  # still ours: nothing was handed over
+    writer.close()
+
+
+async def test_a_stream_is_chunk_encoded_and_ends_with_done(
+    proxy: tuple[FakeOpenAI, RunningProxy],
+) -> None:
+    _, p = proxy
+    reader, writer = await connect(p)
+    body = orjson.dumps({**orjson.loads(BODY), "stream": True})
+    writer.write(post(body=body) + post())
+    status, headers, data = await read_response(reader)
+    assert status == 200 and headers["transfer-encoding"] == "chunked"
+    assert headers["content-type"] == "text/event-stream"
+    assert data.endswith(b"data: [DONE]\n\n")
+    status, _, data = await read_response(reader)  # the next request on the same connection
+    assert status == 200 and orjson.loads(data)["object"] == "chat.completion"
+    writer.close()
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status"),
+    [
+        (b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n", 200),  # not a proxied endpoint
+        (b"GET /v1/chat/completions HTTP/1.1\r\nHost: x\r\n\r\n", 405),  # wrong method
+        (post("/v1/chat/completions?x=1"), 200),  # a query string: aiohttp's to route
+        (post().replace(b"HTTP/1.1", b"HTTP/1.0", 1), 200),
+        (post(extra="Expect: 100-continue\r\n"), 200),
+        (
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n" % (len(BODY), BODY),
+            200,
+        ),
+        (post(extra="Content-Length: 5\r\n"), 400),  # two lengths: a smuggling attempt
+        (post(extra="Bad Header: x\r\n"), 400),  # not a token
+        (post(extra="X-Long: " + "a" * 9000 + "\r\n"), 400),
+    ],
+)
+async def test_everything_else_is_handed_to_aiohttp_as_sent(
+    proxy: tuple[FakeOpenAI, RunningProxy], request_bytes: bytes, status: int
+) -> None:
+    _, p = proxy
+    reader, writer = await connect(p)
+    writer.write(request_bytes)
+    got, headers, body = await read_response(reader)
+    assert got == status, body
+    assert len(p.listener.connections) == 0  # aiohttp owns the connection now
+    writer.close()
+
+
+async def test_a_connection_moves_to_aiohttp_at_a_request_boundary(
+    proxy: tuple[FakeOpenAI, RunningProxy],
+) -> None:
+    _, p = proxy
+    reader, writer = await connect(p)
+    writer.write(post() + b"GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n" + post())
+    statuses = [(await read_response(reader))[0] for _ in range(3)]
+    assert statuses == [200, 200, 200]  # the third POST was served by aiohttp
+    writer.close()
+
+
+async def test_connection_close_is_honoured(proxy: tuple[FakeOpenAI, RunningProxy]) -> None:
+    _, p = proxy
+    reader, writer = await connect(p)
+    writer.write(post(extra="Connection: close\r\n"))
+    status, _, _ = await read_response(reader)
+    assert status == 200
+    assert await asyncio.wait_for(reader.read(), 5) == b""  # closed by the proxy
+    writer.close()
+
+
+async def test_a_bad_body_is_a_json_4xx_on_the_fast_lane(
+    proxy: tuple[FakeOpenAI, RunningProxy],
+) -> None:
+    _, p = proxy
+    reader, writer = await connect(p)
+    writer.write(post(body=b"{not json") + post(body=BODY.replace(b"smart", b"nope")))
+    status, headers, body = await read_response(reader)
+    assert status == 400 and orjson.loads(body)["error"]["code"] == "invalid_json"
+    status, headers, body = await read_response(reader)
+    assert status == 404 and orjson.loads(body)["error"]["code"] == "model_not_found"
+    writer.close()
+
+
+async def test_a_handler_bug_is_a_logged_json_500_and_the_connection_lives_on(
+    proxy: tuple[FakeOpenAI, RunningProxy], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, p = proxy
+
+    async def broken(request: object) -> object:
+        raise RuntimeError("bug")
+
+    monkeypatch.setitem(p.listener.routes, "/v1/completions", broken)
+    reader, writer = await connect(p)
+    writer.write(post("/v1/completions") + post())
+    status, _, body = await read_response(reader)
+    assert status == 500 and orjson.loads(body)["error"]["code"] == "internal_error"
+    status, _, _ = await read_response(reader)
+    assert status == 200
+    writer.close()
+
+
+async def test_idle_keep_alive_connections_are_closed(
+    proxy: tuple[FakeOpenAI, RunningProxy],
+) -> None:
+    _, p = proxy
+    p.listener.keepalive_s = 0.0
+    reader, writer = await connect(p)
+    writer.write(post())
+    assert (await read_response(reader))[0] == 200
+    p.listener._sweep()  # what the periodic sweep does every few seconds
+    assert await asyncio.wait_for(reader.read(), 5) == b""
+    writer.close()
+
+
+async def test_a_client_that_hangs_up_mid_request_cancels_the_upstream_call(
+    proxy: tuple[FakeOpenAI, RunningProxy],
+) -> None:
+    a, p = proxy
+    a.set_fault(Fault(stall_s=30))
+    reader, writer = await connect(p)
+    writer.write(post())
+    for _ in range(100):
+        if a.stats.in_flight == 1:
+            break
+        await asyncio.sleep(0.02)
+    assert a.stats.in_flight == 1
+    writer.close()
+    for _ in range(100):
+        if a.stats.in_flight == 0 and p.listener.in_flight == 0:
+            break
+        await asyncio.sleep(0.02)
+    assert (a.stats.in_flight, p.listener.in_flight) == (0, 0)
