@@ -783,14 +783,10 @@ class Pool:
             if context is None:
                 context = self._ssl = ssl.create_default_context()
         conn = _Connection(self, key)
-        # wait_for, not asyncio.timeout: a request may run before its task exists (the
-        # listener starts requests eagerly), and asyncio.timeout needs the current task.
-        await asyncio.wait_for(
-            self.loop.create_connection(
+        async with asyncio.timeout_at(deadline):
+            await self.loop.create_connection(
                 lambda: conn, host, port, ssl=context, server_hostname=host if tls else None
-            ),
-            max(0.0, deadline - self.loop.time()),
-        )
+            )
         return conn
 
     def _put(self, conn: _Connection) -> None:

@@ -22,8 +22,7 @@ import asyncio
 import logging
 import re
 import time
-import types
-from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from email.utils import formatdate
 from http import HTTPStatus
 from typing import Any, Final
@@ -208,7 +207,6 @@ class _Connection(asyncio.Protocol):
     __slots__ = (
         "_buf",
         "_drain_waiter",
-        "_eager",
         "_listener",
         "_task",
         "close_after",
@@ -224,7 +222,6 @@ class _Connection(asyncio.Protocol):
         self._task: asyncio.Task[None] | None = None
         self._drain_waiter: asyncio.Future[None] | None = None
         self.writing_paused = False
-        self._eager = False
         self.close_after = False
         self.last_active = 0.0
 
@@ -278,50 +275,29 @@ class _Connection(asyncio.Protocol):
     # -- requests ------------------------------------------------------------------------
 
     def _next(self) -> None:
-        """Serve the complete requests in the buffer, one at a time."""
-        while self._task is None and self._start_one():
-            pass
-
-    def _start_one(self) -> bool:
-        """Start the next complete request, or hand the connection over; True if another
-        request may follow at once (this one was answered without waiting)."""
+        """Start the next complete request in the buffer, or hand the connection over."""
         buf = self._buf
-        if not buf or self.transport is None or self.transport.is_closing():
-            return False
+        if not buf or self.transport is None:
+            return
         end = buf.find(b"\r\n\r\n")
         if end < 0:
             if len(buf) > _MAX_HEAD:
                 self._hand_over()
-            return False
+            return
         parsed = self._parse(buf, end)
         if parsed is None:
             self._hand_over()
-            return False
+            return
         handler, method, path, headers, length, close = parsed
         start = end + 4
         if len(buf) - start < length:
-            return False  # wait for the rest of the body
+            return  # wait for the rest of the body
         body = buf[start : start + length]
         self._buf = buf[start + length :]
         self.close_after = close
         listener = self._listener
         request = FastRequest(self, listener.app, method, path, headers, body)
-        coro = self._serve(handler, request)
-        # Run it now, up to its first wait (usually the vendor's answer): a task would only
-        # start on the loop's next turn, behind every other callback of this one.
-        self._eager = True
-        try:
-            waiting_on = coro.send(None)
-        except StopIteration:
-            return True  # answered already (a 4xx): on to the next request, if any
-        except BaseException:
-            log.exception("unhandled error serving %s %s", method, path)
-            self._abort()
-            return False
-        finally:
-            self._eager = False
-        self._task = listener.loop.create_task(_adopt(coro, waiting_on))
-        return False
+        self._task = listener.loop.create_task(self._serve(handler, request))
 
     def _parse(
         self, buf: bytes, end: int
@@ -385,13 +361,8 @@ class _Connection(asyncio.Protocol):
             listener.in_flight -= 1
             self._task = None
         self.last_active = listener.loop.time()
-        if self._buf and not self._eager:  # (an eager run returns to `_next`'s loop instead)
-            # Outside this task: the next request's eager start must not run inside it.
-            listener.loop.call_soon(self._next)
-
-    def _abort(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
+        if self._buf:
+            self._next()
 
     def _hand_over(self) -> None:
         """Give the connection (and what it has sent so far) to aiohttp, for good."""
@@ -416,23 +387,6 @@ class _Connection(asyncio.Protocol):
     def close_if_idle(self, idle_before: float) -> None:
         if self._task is None and self.transport is not None and self.last_active < idle_before:
             self.transport.close()
-
-
-@types.coroutine
-def _adopt(coro: Coroutine[Any, Any, None], waiting_on: Any) -> Generator[Any, None, None]:
-    """Go on with `coro` in a task after it ran eagerly up to `waiting_on`, what it yielded
-    (Python 3.12's eager task start, which 3.11 lacks)."""
-    while True:
-        try:
-            yield waiting_on
-        except BaseException as exc:  # the task was cancelled while it waited: pass it on
-            try:
-                waiting_on = coro.throw(exc)
-            except StopIteration:
-                return
-            continue
-        break
-    yield from coro
 
 
 class Listener:

@@ -329,8 +329,6 @@ class LiteLLMAdapter(VendorAdapter):
                     "vendors serve it",
                 )
             )
-        if asyncio.current_task() is None:
-            await asyncio.sleep(0)  # started eagerly by the listener: asyncio.timeout needs a task
         params = self.call_params(deployment, call)
         vendor_type = self.config.type
         phase = "first_byte"
