@@ -207,7 +207,10 @@ class _Connection(asyncio.Protocol):
     __slots__ = (
         "_buf",
         "_drain_waiter",
+        "_have",
         "_listener",
+        "_need",
+        "_parts",
         "_task",
         "close_after",
         "last_active",
@@ -219,6 +222,8 @@ class _Connection(asyncio.Protocol):
         self._listener = listener
         self.transport: asyncio.Transport | None = None
         self._buf = b""
+        self._parts: list[bytes] | None = None  # a body still arriving
+        self._have = self._need = 0
         self._task: asyncio.Task[None] | None = None
         self._drain_waiter: asyncio.Future[None] | None = None
         self.writing_paused = False
@@ -237,8 +242,17 @@ class _Connection(asyncio.Protocol):
         self.last_active = self._listener.loop.time()
 
     def data_received(self, data: bytes) -> None:
-        self._buf = self._buf + data if self._buf else data
         self.last_active = self._listener.loop.time()
+        parts = self._parts
+        if parts is not None:  # the rest of a large body: joined once, not copied per piece
+            parts.append(data)
+            self._have += len(data)
+            if self._have < self._need:
+                return
+            self._buf = b"".join(parts)
+            self._parts = None
+        else:
+            self._buf = self._buf + data if self._buf else data
         if self._task is None:
             self._next()
 
@@ -290,8 +304,10 @@ class _Connection(asyncio.Protocol):
             return
         handler, method, path, headers, length, close = parsed
         start = end + 4
-        if len(buf) - start < length:
-            return  # wait for the rest of the body
+        if len(buf) - start < length:  # wait for the rest of the body
+            self._parts, self._have, self._need = [buf], len(buf), start + length
+            self._buf = b""
+            return
         body = buf[start : start + length]
         self._buf = buf[start + length :]
         self.close_after = close

@@ -209,3 +209,26 @@ async def test_a_client_that_hangs_up_mid_request_cancels_the_upstream_call(
             break
         await asyncio.sleep(0.02)
     assert (a.stats.in_flight, p.listener.in_flight) == (0, 0)
+
+
+async def test_a_large_body_arriving_in_pieces_is_read_whole(
+    proxy: tuple[FakeOpenAI, RunningProxy],
+) -> None:
+    a, p = proxy
+    big = orjson.dumps(
+        {"model": "smart", "messages": [{"role": "user", "content": "x" * 900_000}]}
+    )
+    data = post(body=big)
+    reader, writer = await connect(p)
+    for i in range(0, len(data), 16384):
+        writer.write(data[i : i + 16384])
+        await writer.drain()
+        if i % (8 * 16384) == 0:
+            await asyncio.sleep(0.005)  # let the proxy see it in many pieces
+    status, _, body = await read_response(reader)
+    assert status == 200, body
+    assert len(p.listener.connections) == 1  # served on the fast lane
+    assert a.stats.total_requests == 1
+    sent = a.stats.last_requests[-1].body
+    assert sent["messages"][0]["content"] == "x" * 900_000  # every byte reached the vendor
+    writer.close()
