@@ -215,9 +215,7 @@ async def test_a_large_body_arriving_in_pieces_is_read_whole(
     proxy: tuple[FakeOpenAI, RunningProxy],
 ) -> None:
     a, p = proxy
-    big = orjson.dumps(
-        {"model": "smart", "messages": [{"role": "user", "content": "x" * 900_000}]}
-    )
+    big = orjson.dumps({"model": "smart", "messages": [{"role": "user", "content": "x" * 900_000}]})
     data = post(body=big)
     reader, writer = await connect(p)
     for i in range(0, len(data), 16384):

@@ -17,11 +17,10 @@ import hypothesis
 import pytest
 import requests
 import schemathesis
-from aiohttp import web
 from schemathesis.checks import positive_data_acceptance
 
 from proxy.api.openapi import openapi_document
-from proxy.app import create_app
+from proxy.app import create_app, listen
 from proxy.config import load_config, sha256_hex
 from proxy.fakes import FakeOpenAI
 from tests.conftest import build_config, free_port
@@ -57,12 +56,10 @@ class _Background:
         path = Path(tempfile.mkdtemp()) / "proxy.yaml"
         path.write_text(text)
         app = create_app(load_config(path, env={}))
-        runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=1)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", self.port).start()
+        listener = await listen(app, "127.0.0.1", self.port, grace_s=1)
         self.ready.set()
         await self._stop.wait()
-        await runner.cleanup()
+        await listener.close(1)
         await fake.stop()
 
     def start(self) -> None:

@@ -29,12 +29,12 @@ from typing import Any
 
 import aiohttp
 import orjson
-from aiohttp import web
 
-from proxy.app import GATEWAY, create_app
+from proxy.app import GATEWAY, create_app, listen
 from proxy.config import parse_config
 from proxy.fakes import FakeOpenAI, Fault
 from proxy.gateway import Gateway
+from proxy.listener import Listener
 from tests.conftest import build_config, free_port
 from tests.redis_server import RedisServer
 
@@ -263,7 +263,7 @@ async def _running(scenario: Scenario) -> AsyncIterator[tuple[Env, str]]:
     await a.start()
     if b is not None:
         await b.start()
-    runner: web.AppRunner | None = None
+    listener: Listener | None = None
     try:
         vendors = {"a": a} if b is None else {"a": a, "b": b}
         deps = "      - {vendor: a, model: model-a}\n" + (
@@ -280,14 +280,12 @@ async def _running(scenario: Scenario) -> AsyncIterator[tuple[Env, str]]:
             text = text.replace(a.base_url, scenario.a_url)
         config = parse_config(text + scenario.extra_config, env={})
         app = create_app(config)
-        runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=1)
-        await runner.setup()
         port = free_port()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
+        listener = await listen(app, "127.0.0.1", port, grace_s=1)
         yield Env(a, b, app[GATEWAY]), f"http://127.0.0.1:{port}"
     finally:
-        if runner is not None:
-            await runner.cleanup()
+        if listener is not None:
+            await listener.close(1)
         await a.stop()
         if b is not None:
             await b.stop()
