@@ -39,6 +39,7 @@ log = logging.getLogger("llmproxy")
 FastHandler = Callable[[Any], Awaitable[web.StreamResponse]]
 
 _MAX_HEAD: Final = 8190  # aiohttp's own line limit; a longer head is aiohttp's to judge
+_MAX_HEADERS: Final = 128  # aiohttp's header count limit (it answers 400 beyond it)
 _KEEPALIVE_S: Final = 75.0  # aiohttp's default keep-alive timeout
 _SWEEP_S: Final = 5.0
 _TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -323,7 +324,7 @@ class _Connection(asyncio.Protocol):
         lines = buf[:end].decode("latin-1").split("\r\n")
         method, _, rest = lines[0].partition(" ")
         path, _, version = rest.partition(" ")
-        if method != "POST" or version != "HTTP/1.1":
+        if method != "POST" or version != "HTTP/1.1" or len(lines) > _MAX_HEADERS + 1:
             return None
         handler = self._listener.routes.get(path)
         if handler is None:
