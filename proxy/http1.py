@@ -175,8 +175,10 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.got_bytes = True
+        waiter = None
         if self.response is None:
-            if self._head_waiter is None:  # bytes nobody asked for: the connection is unusable
+            waiter = self._head_waiter
+            if waiter is None:  # bytes nobody asked for: the connection is unusable
                 self._abort()
                 return
             data = self._buf + data if self._buf else data
@@ -193,6 +195,11 @@ class _Connection(asyncio.Protocol):
                 self._feed_body(data)
             except ProtocolError as exc:
                 self._fail(exc)
+        # The caller learns of the answer only now, with the body bytes that came along in
+        # hand, and last: it resumes inside this call (see `_PromptFuture`) and may reuse
+        # or reset this connection.
+        if waiter is not None and not waiter.done() and self.response is not None:
+            waiter.set_result(self.response)
 
     def eof_received(self) -> bool:
         return False  # close the transport; connection_lost settles the rest
@@ -300,9 +307,6 @@ class _Connection(asyncio.Protocol):
         self.response = response
         if framing == _NONE:
             response._finish()
-        waiter = self._head_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(response)
 
     def _feed_body(self, data: bytes) -> None:
         response = self.response
@@ -612,6 +616,40 @@ class Response:
         self._conn._pool._discard(self._conn)
 
 
+class _PromptFuture(asyncio.futures._PyFuture):  # type: ignore[name-defined,misc]
+    """A future whose result wakes its waiter at once, inside the `set_result` call.
+
+    An answer's head arrives in a connection callback; with a plain future the request's
+    task would resume only on the loop's next turn, after every other callback of this
+    one: under streaming load (a burst of relayed events per turn) that wait was ~0.2 ms
+    of a stream's time to first byte. Only results are prompt; exceptions and
+    cancellation take the usual scheduled path.
+    """
+
+    _prompt = False
+
+    def set_result(self, result: Any) -> None:
+        self._prompt = True
+        try:
+            super().set_result(result)
+        finally:
+            self._prompt = False
+
+    def _Future__schedule_callbacks(self) -> None:
+        if not self._prompt:
+            super()._Future__schedule_callbacks()
+            return
+        callbacks = self._callbacks[:]
+        self._callbacks[:] = []
+        for callback, context in callbacks:
+            try:
+                context.run(callback, self)
+            except Exception as exc:  # a callback's bug must not break the connection's
+                self._loop.call_exception_handler(
+                    {"message": "error in a future's done callback", "exception": exc}
+                )
+
+
 def _expire(waiter: asyncio.Future[Any]) -> None:
     if not waiter.done():
         waiter.set_exception(TimeoutError())
@@ -673,7 +711,7 @@ class Pool:
         loop = self.loop
         for retry in (False, True):
             conn = await self._acquire(target.key, deadline, connect_s)
-            waiter: asyncio.Future[Response] = loop.create_future()
+            waiter: asyncio.Future[Response] = _PromptFuture(loop=loop)
             timer = loop.call_at(deadline, _expire, waiter)
             try:
                 conn.send(data, waiter)

@@ -426,3 +426,19 @@ async def test_https_with_certificate_verification(tls_files: tuple[Path, Path])
         await good.close()
         await untrusted.close()
         server.close()
+
+
+async def test_the_caller_resumes_inside_the_callback_that_brought_the_head(pool: Pool) -> None:
+    """No wait for the loop's next turn (behind every other callback of this one) between
+    an answer's head arriving and the request's task going on with it."""
+    import inspect
+
+    ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    async with RawServer(answering(ok)) as srv:
+        resp = await pool.request("POST", srv.url, {}, b"", deadline=deadline(pool))
+        callers = [frame.function for frame in inspect.stack()]
+        assert "data_received" in callers, callers
+        # The body that came with the head is already in hand: no wait for it (a deadline
+        # already past would raise TimeoutError if the read had to wait).
+        assert await resp.read_some(pool.loop.time() - 1) == b"ok"
+        resp.release()
