@@ -435,7 +435,7 @@ async def test_the_caller_resumes_inside_the_callback_that_brought_the_head(pool
 
     ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
     async with RawServer(answering(ok)) as srv:
-        resp = await pool.request("POST", srv.url, {}, b"", deadline=deadline(pool))
+        resp = await pool.request("POST", srv.url, {}, b"", deadline=deadline(pool), prompt=True)
         callers = [frame.function for frame in inspect.stack()]
         assert "data_received" in callers, callers
         # The body that came with the head is already in hand: no wait for it (a deadline

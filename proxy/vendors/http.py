@@ -477,6 +477,7 @@ class HTTPAdapter(VendorAdapter):
                 body,
                 deadline=first_by,
                 connect_s=deployment.timeouts.connect_s,
+                prompt=call.stream,
             )
             phase = "first_byte"
             if resp.status >= 300:
