@@ -40,6 +40,7 @@ FastHandler = Callable[[Any], Awaitable[web.StreamResponse]]
 
 _MAX_HEAD: Final = 8190  # aiohttp's own line limit; a longer head is aiohttp's to judge
 _MAX_HEADERS: Final = 128  # aiohttp's header count limit (it answers 400 beyond it)
+_PIPELINE_LIMIT: Final = 256 * 1024  # bytes held behind a request in flight
 _KEEPALIVE_S: Final = 75.0  # aiohttp's default keep-alive timeout
 _SWEEP_S: Final = 5.0
 _TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -212,6 +213,7 @@ class _Connection(asyncio.Protocol):
         "_listener",
         "_need",
         "_parts",
+        "_reading_paused",
         "_task",
         "close_after",
         "last_active",
@@ -228,12 +230,9 @@ class _Connection(asyncio.Protocol):
         self._task: asyncio.Task[None] | None = None
         self._drain_waiter: asyncio.Future[None] | None = None
         self.writing_paused = False
+        self._reading_paused = False
         self.close_after = False
         self.last_active = 0.0
-
-    @property
-    def busy(self) -> bool:
-        return self._task is not None
 
     # -- asyncio.Protocol --------------------------------------------------------------
 
@@ -256,6 +255,11 @@ class _Connection(asyncio.Protocol):
             self._buf = self._buf + data if self._buf else data
         if self._task is None:
             self._next()
+        elif len(self._buf) > _PIPELINE_LIMIT and not self._reading_paused:
+            # Requests pipelined behind one in flight: stop reading until it is answered.
+            self._reading_paused = True
+            if self.transport is not None:
+                self.transport.pause_reading()
 
     def eof_received(self) -> bool:
         return False
@@ -377,6 +381,9 @@ class _Connection(asyncio.Protocol):
         finally:
             listener.in_flight -= 1
             self._task = None
+        if self._reading_paused and self.transport is not None:
+            self._reading_paused = False
+            self.transport.resume_reading()
         self.last_active = listener.loop.time()
         if self._buf:
             self._next()

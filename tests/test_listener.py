@@ -230,3 +230,23 @@ async def test_a_large_body_arriving_in_pieces_is_read_whole(
     sent = a.stats.last_requests[-1].body
     assert sent["messages"][0]["content"] == "x" * 900_000  # every byte reached the vendor
     writer.close()
+
+
+async def test_requests_pipelined_behind_one_in_flight_are_not_buffered_without_bound(
+    proxy: tuple[FakeOpenAI, RunningProxy],
+) -> None:
+    a, p = proxy
+    a.set_fault(Fault(stall_s=30))
+    reader, writer = await connect(p)
+    writer.write(post())
+    for _ in range(100):
+        if a.stats.in_flight == 1:
+            break
+        await asyncio.sleep(0.02)
+    burst = post() * 40_000  # ~5 MB of pipelined requests
+    writer.write(burst)
+    await asyncio.sleep(0.5)  # the proxy reads what it will, then stops
+    (conn,) = p.listener.connections
+    held = len(conn._buf) + sum(len(x) for x in conn._parts or [])
+    assert held < 2 * 1024 * 1024, held  # paused near 256 KiB, not the whole 5 MB
+    writer.transport.abort()
