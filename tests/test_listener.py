@@ -62,6 +62,21 @@ async def connect(proxy: RunningProxy) -> tuple[asyncio.StreamReader, asyncio.St
     return await asyncio.open_connection("127.0.0.1", proxy.port)
 
 
+async def stalled_request(
+    a: FakeOpenAI, p: RunningProxy
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A connection whose request is in flight at a vendor that never answers."""
+    a.set_fault(Fault(stall_s=30))
+    reader, writer = await connect(p)
+    writer.write(post())
+    for _ in range(100):
+        if a.stats.in_flight == 1:
+            break
+        await asyncio.sleep(0.02)
+    assert a.stats.in_flight == 1
+    return reader, writer
+
+
 async def test_keep_alive_and_pipelined_requests_on_the_fast_lane(
     proxy: tuple[FakeOpenAI, RunningProxy],
 ) -> None:
@@ -195,14 +210,7 @@ async def test_a_client_that_hangs_up_mid_request_cancels_the_upstream_call(
     proxy: tuple[FakeOpenAI, RunningProxy],
 ) -> None:
     a, p = proxy
-    a.set_fault(Fault(stall_s=30))
-    reader, writer = await connect(p)
-    writer.write(post())
-    for _ in range(100):
-        if a.stats.in_flight == 1:
-            break
-        await asyncio.sleep(0.02)
-    assert a.stats.in_flight == 1
+    _, writer = await stalled_request(a, p)
     writer.close()
     for _ in range(100):
         if a.stats.in_flight == 0 and p.listener.in_flight == 0:
@@ -236,13 +244,7 @@ async def test_requests_pipelined_behind_one_in_flight_are_not_buffered_without_
     proxy: tuple[FakeOpenAI, RunningProxy],
 ) -> None:
     a, p = proxy
-    a.set_fault(Fault(stall_s=30))
-    reader, writer = await connect(p)
-    writer.write(post())
-    for _ in range(100):
-        if a.stats.in_flight == 1:
-            break
-        await asyncio.sleep(0.02)
+    _, writer = await stalled_request(a, p)
     burst = post() * 40_000  # ~5 MB of pipelined requests
     writer.write(burst)
     await asyncio.sleep(0.5)  # the proxy reads what it will, then stops
