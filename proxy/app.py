@@ -15,7 +15,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from proxy.api import admin, anthropic, dashboard, openai, openapi
-from proxy.api.errors import ApiError, json_error
+from proxy.api.errors import ApiError, internal_error, json_error
 from proxy.api.openai import GATEWAY
 from proxy.config import Config
 from proxy.gateway import Gateway
@@ -53,14 +53,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return json_error(err)
     except Exception:
         log.exception("unhandled error serving %s %s", request.method, request.path)
-        return json_error(
-            ApiError(
-                500,
-                "The proxy hit an internal error; it has been logged. Retry the request.",
-                type="server_error",
-                code="internal_error",
-            )
-        )
+        return internal_error()
 
 
 async def live(request: web.Request) -> web.Response:

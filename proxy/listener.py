@@ -4,7 +4,7 @@ Why not aiohttp's server alone: its request machinery (a task per request, a Req
 routing, middleware, a StreamResponse and its writer) cost ~110 us of CPU per request here,
 most of a proxied request's CPU and latency once the upstream hop was lean. The requests a
 proxy lives on are few and plain (a POST of a JSON body with a Content-Length to one of the
-paths in `fast_routes`), so the listener parses those itself and answers them through the
+paths in `routes`), so the listener parses those itself and answers them through the
 same handlers, and hands every other connection to aiohttp at a request boundary: admin,
 metrics, the dashboard, GETs, chunked or `Expect` uploads, HTTP/1.0, anything unusual or
 malformed. aiohttp then owns that connection for good, with its own parser, limits and
@@ -30,7 +30,7 @@ from typing import Any, Final
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from proxy.api.errors import ApiError, json_error
+from proxy.api.errors import internal_error
 
 __all__ = ["FastEventStream", "FastHandler", "FastRequest", "Listener", "ProxiedRequest"]
 
@@ -191,16 +191,7 @@ def _serialize(resp: web.StreamResponse) -> bytes:
 
 
 def _internal_error() -> bytes:
-    return _serialize(
-        json_error(
-            ApiError(
-                500,
-                "The proxy hit an internal error; it has been logged. Retry the request.",
-                type="server_error",
-                code="internal_error",
-            )
-        )
-    )
+    return _serialize(internal_error())
 
 
 class _Connection(asyncio.Protocol):

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 import orjson
 from aiohttp import web
 
-__all__ = ["ApiError", "error_body", "json_error"]
+__all__ = ["ApiError", "error_body", "internal_error", "json_error"]
 
 
 class ApiError(Exception):
@@ -48,4 +48,16 @@ def json_error(err: ApiError, extra_headers: Mapping[str, str] | None = None) ->
         body=error_body(err.message, err.type, err.code, err.param),
         content_type="application/json",
         headers=headers,
+    )
+
+
+def internal_error() -> web.Response:
+    """The answer to a request that hit a bug: the details are in the log, not the client's."""
+    return json_error(
+        ApiError(
+            500,
+            "The proxy hit an internal error; it has been logged. Retry the request.",
+            type="server_error",
+            code="internal_error",
+        )
     )
