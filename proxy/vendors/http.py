@@ -163,44 +163,35 @@ class _StreamResponse(UpstreamResponse):
         return self._first
 
     async def rest(self) -> AsyncIterator[bytes]:
-        scan = self._scan
-        filt = self._filter
         resp = self._resp
         idle_s = self._idle_s
         loop = asyncio.get_running_loop()
-        last_event = loop.time()
-        previous = self._first
+        check = _ChunkCheck(self, loop.time())
         while True:
             try:
-                chunk = await resp.read_some(last_event + idle_s)
+                chunk = await resp.read_some(check.last_event + idle_s)
             except (ProtocolError, OSError, TimeoutError) as exc:
                 raise AttemptFailed(classify_transport(exc, phase="body")) from None
             if not chunk:
-                if filt is not None and (tail := filt.tail()):
-                    yield tail
                 break
-            if _event_ends(previous, chunk):
-                last_event = loop.time()
-            elif loop.time() - last_event > idle_s:
-                raise AttemptFailed(
-                    classify_transport(TimeoutError("no complete event"), phase="body")
-                )
-            previous = chunk
-            scan.feed(chunk)
-            if scan.error is not None:
-                # The vendor's error event is relayed as it came, minus our credentials
-                # (some vendors echo the key they were sent).
-                chunk = redact(chunk, self._secret)
-            if filt is None:
-                yield chunk
-            elif out := filt.feed(chunk):
+            out, failure = check(chunk, loop.time())
+            if out:
                 yield out
-            if scan.error is not None:
-                self.usage = scan.usage
-                outcome = classify_stream_error(self._vendor_type, scan.error)
-                raise AttemptFailed(without_secret(outcome, self._secret), error_event_sent=True)
-        self.usage = scan.usage
-        if not scan.done:
+            if failure is not None:
+                raise failure
+        if tail := self._tail():
+            yield tail
+        self._ended()
+
+    def _tail(self) -> bytes:
+        """What the stream filter still holds at the end of the stream."""
+        filt = self._filter
+        return filt.tail() if filt is not None else b""
+
+    def _ended(self) -> None:
+        """The vendor's stream ended: it is an answer only if it ended with its terminator."""
+        self.usage = self._scan.usage
+        if not self._scan.done:
             raise AttemptFailed(
                 classify_transport(
                     aiohttp.ClientPayloadError("stream ended without its terminator"),
@@ -248,17 +239,9 @@ class _StreamResponse(UpstreamResponse):
         finally:
             resp.stop_delivery()
             self.usage = self._scan.usage
-        filt = self._filter
-        if filt is not None and (tail := filt.tail()):
+        if tail := self._tail():
             out.send(tail)
-        if not self._scan.done:
-            raise AttemptFailed(
-                classify_transport(
-                    aiohttp.ClientPayloadError("stream ended without its terminator"),
-                    phase="body",
-                )
-            )
-        self._finished = True
+        self._ended()
 
     def close(self) -> None:
         if self._finished:
@@ -272,29 +255,55 @@ def _wake(waiter: asyncio.Future[None]) -> None:
         waiter.set_result(None)
 
 
-class _Splice:
+class _ChunkCheck:
+    """What a relayed stream's every chunk goes through, whichever way it is relayed
+    (`rest` or `relay`): the idle budget between events, the scan (usage, in-stream
+    errors, the terminator), our credential out of a relayed error event, the filter."""
+
+    __slots__ = ("last_event", "previous", "stream")
+
+    def __init__(self, stream: _StreamResponse, now: float) -> None:
+        self.stream = stream
+        self.last_event = now
+        self.previous = stream._first
+
+    def __call__(self, chunk: bytes, now: float) -> tuple[bytes, AttemptFailed | None]:
+        """The bytes to relay now, and why the stream failed if it did (after them)."""
+        stream = self.stream
+        if _event_ends(self.previous, chunk):
+            self.last_event = now
+        elif now - self.last_event > stream._idle_s:
+            return b"", AttemptFailed(
+                classify_transport(TimeoutError("no complete event"), phase="body")
+            )
+        self.previous = chunk
+        scan = stream._scan
+        scan.feed(chunk)
+        error = scan.error
+        if error is not None:
+            # The vendor's error event is relayed as it came, minus our credentials
+            # (some vendors echo the key they were sent).
+            chunk = redact(chunk, stream._secret)
+        filt = stream._filter
+        out = chunk if filt is None else filt.feed(chunk)
+        if error is None:
+            return out, None
+        stream.usage = scan.usage
+        outcome = classify_stream_error(stream._vendor_type, error)
+        return out, AttemptFailed(without_secret(outcome, stream._secret), error_event_sent=True)
+
+
+class _Splice(_ChunkCheck):
     """The per-chunk side of `_StreamResponse.relay`, run inside the connection's callback."""
 
-    __slots__ = (
-        "clock",
-        "congested",
-        "ended",
-        "failure",
-        "last_event",
-        "out",
-        "previous",
-        "stream",
-        "waiter",
-    )
+    __slots__ = ("clock", "congested", "ended", "failure", "out", "waiter")
 
     def __init__(
         self, stream: _StreamResponse, out: StreamOut, loop: asyncio.AbstractEventLoop
     ) -> None:
-        self.stream = stream
+        super().__init__(stream, loop.time())
         self.out = out
         self.clock = loop.time
-        self.last_event = loop.time()
-        self.previous = stream._first
         self.failure: BaseException | None = None
         self.ended = False
         self.congested = False
@@ -303,40 +312,19 @@ class _Splice:
     def on_data(self, chunk: bytes) -> None:
         if self.failure is not None:
             return
-        stream = self.stream
-        now = self.clock()
-        if _event_ends(self.previous, chunk):
-            self.last_event = now
-        elif now - self.last_event > stream._idle_s:
-            self._fail(
-                AttemptFailed(classify_transport(TimeoutError("no complete event"), phase="body"))
-            )
-            return
-        self.previous = chunk
-        scan = stream._scan
-        scan.feed(chunk)
-        error = scan.error
-        if error is not None:
-            # The vendor's error event is relayed as it came, minus our credentials.
-            chunk = redact(chunk, stream._secret)
+        data, failure = self(chunk, self.clock())
         out = self.out
-        try:
-            filt = stream._filter
-            if filt is None:
-                out.send(chunk)
-            elif data := filt.feed(chunk):
+        if data:
+            try:
                 out.send(data)
-        except ConnectionResetError as exc:
-            self._fail(exc)
-            return
-        if error is not None:
-            outcome = classify_stream_error(stream._vendor_type, error)
-            self._fail(
-                AttemptFailed(without_secret(outcome, stream._secret), error_event_sent=True)
-            )
+            except ConnectionResetError as exc:
+                self._fail(exc)
+                return
+        if failure is not None:
+            self._fail(failure)
         elif out.congested and not self.congested:
             self.congested = True
-            stream._resp.pause()
+            self.stream._resp.pause()
             self._wake()
 
     def on_end(self, error: BaseException | None) -> None:
