@@ -137,6 +137,7 @@ class _Connection(asyncio.Protocol):
         "_left",
         "_paused",
         "_pool",
+        "_whole_chunks_to",
         "closed",
         "got_bytes",
         "idle_since",
@@ -168,6 +169,8 @@ class _Connection(asyncio.Protocol):
         self._chunk_left = 0
         self._decoder: _Decoder | None = None
         self._paused = False
+        # Set while a chunked, unencoded body is delivered by callback (see data_received).
+        self._whole_chunks_to: Callable[[bytes], None] | None = None
 
     # -- asyncio.Protocol --------------------------------------------------------------
 
@@ -175,6 +178,21 @@ class _Connection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
 
     def data_received(self, data: bytes) -> None:
+        deliver = self._whole_chunks_to
+        if deliver is not None and self._chunk_state == _SIZE and not self._buf:
+            # The common case of a relayed stream: one read is exactly one whole chunk
+            # (a vendor writes an event at a time). It is handed on without the general
+            # decoder's bookkeeping; anything else takes the general path below.
+            eol = data.find(b"\r\n")
+            if eol > 0:
+                try:
+                    size = int(data[:eol], 16)
+                except ValueError:
+                    size = 0
+                end = eol + 2 + size
+                if size > 0 and len(data) == end + 2 and data.endswith(b"\r\n"):
+                    deliver(data[eol + 2 : end])
+                    return
         self.got_bytes = True
         waiter = None
         if self.response is None:
@@ -486,6 +504,7 @@ class Response:
 
     def _finish(self) -> None:
         self._eof = True
+        self._conn._whole_chunks_to = None
         self._wake()
         if self._on_end is not None:
             self._on_end(None)
@@ -493,6 +512,7 @@ class Response:
     def _break(self, exc: BaseException) -> None:
         self._error = exc
         self._eof = True
+        self._conn._whole_chunks_to = None
         self._wake()
         if self._on_end is not None:
             self._on_end(exc)
@@ -516,9 +536,13 @@ class Response:
             return
         self._on_data = on_data
         self._on_end = on_end
+        conn = self._conn
+        if conn._framing == _CHUNKED and conn._decoder is None:
+            conn._whole_chunks_to = on_data
 
     def stop_delivery(self) -> None:
         self._on_data = self._on_end = None
+        self._conn._whole_chunks_to = None
 
     def pause(self) -> None:
         """Stop reading the socket (the consumer is not keeping up)."""

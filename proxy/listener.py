@@ -110,29 +110,26 @@ class FastEventStream(web.StreamResponse):
     async def prepare(self, request: Any) -> None:
         return None
 
-    def send(self, data: bytes) -> None:
-        """Queue one chunk for the client (the `StreamOut` side of a relay)."""
-        transport = self._conn.transport
+    def send(self, data: bytes) -> bool:
+        """Queue one chunk for the client (the `StreamOut` side of a relay); True if the
+        client is not keeping up."""
+        conn = self._conn
+        transport = conn.transport
         if transport is None or transport.is_closing():
             raise ConnectionResetError("the client closed the connection")
-        if not data:
-            return
-        frame = b"%x\r\n%s\r\n" % (len(data), data)
-        if self._head is not None:
-            frame = self._head + frame
-            self._head = None
-        transport.write(frame)
-
-    @property
-    def congested(self) -> bool:
-        return self._conn.writing_paused
+        if data:
+            if self._head is None:
+                transport.write(b"%x\r\n%s\r\n" % (len(data), data))
+            else:
+                transport.write(b"%s%x\r\n%s\r\n" % (self._head, len(data), data))
+                self._head = None
+        return conn.writing_paused
 
     async def drained(self) -> None:
         await self._conn.drained()
 
     async def write(self, data: bytes | bytearray | memoryview) -> None:
-        self.send(bytes(data))
-        if self._conn.writing_paused:
+        if self.send(bytes(data)):
             await self._conn.drained()
 
     async def write_eof(self, data: bytes = b"") -> None:

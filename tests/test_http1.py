@@ -442,3 +442,55 @@ async def test_the_caller_resumes_inside_the_callback_that_brought_the_head(pool
         # already past would raise TimeoutError if the read had to wait).
         assert await resp.read_some(pool.loop.time() - 1) == b"ok"
         resp.release()
+
+
+SSE_HEAD = (
+    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("frames", "delivered", "error"),
+    [
+        # One whole chunk per read (a vendor writing an event at a time), hex of any case.
+        (
+            [b"6\r\nevent1\r\n", b"A\r\nevent2....\r\n", b"a\r\nevent3....\r\n", b"0\r\n\r\n"],
+            b"event1event2....event3....",
+            None,
+        ),
+        # Chunk extensions, a size line with spaces, two chunks in one read, then the end.
+        (
+            [b"6;x=1\r\nevent1\r\n", b"6 \r\nevent2\r\n6\r\nevent3\r\n0\r\n\r\n"],
+            b"event1event2event3",
+            None,
+        ),
+        # A chunk longer than its size line says: misframed, an error, not an answer.
+        ([b"6\r\nevent1\r\n", b"3\r\nevent2\r\n"], b"event1", ProtocolError),
+        # Not a size at all.
+        ([b"6\r\nevent1\r\n", b"zz\r\nevent2\r\n"], b"event1", ProtocolError),
+    ],
+)
+async def test_a_body_delivered_by_callback_is_what_read_would_return(
+    pool: Pool, frames: list[bytes], delivered: bytes, error: type[Exception] | None
+) -> None:
+    """Callback delivery (a relayed stream) takes a shortcut for one whole chunk per read;
+    it must hand on exactly the bytes, and raise exactly the errors, of the general path."""
+
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await read_request(r)
+        w.write(SSE_HEAD)
+        for frame in frames:
+            await asyncio.sleep(0.02)  # one read per frame on the client's side
+            w.write(frame)
+            await w.drain()
+        await r.read()
+
+    async with RawServer(handler) as srv:
+        resp = await pool.request("POST", srv.url, {}, b"", deadline=deadline(pool))
+        got: list[bytes] = []
+        ended: asyncio.Future[BaseException | None] = pool.loop.create_future()
+        resp.deliver_to(got.append, ended.set_result)
+        end = await asyncio.wait_for(ended, 5)
+        resp.close()
+    assert b"".join(got) == delivered
+    assert (type(end) if end is not None else None) is error

@@ -114,12 +114,11 @@ _PROBE_COMPLETION_RAW = orjson.dumps(_PROBE_COMPLETION)
 class StreamOut(Protocol):
     """Where a relayed stream goes: the client's connection."""
 
-    def send(self, data: bytes) -> None:
-        """Queue `data` for the client now; raises ConnectionResetError if it has gone."""
+    def send(self, data: bytes) -> bool:
+        """Queue `data` for the client now; raises ConnectionResetError if it has gone.
 
-    @property
-    def congested(self) -> bool:
-        """The client is not reading fast enough: wait for `drained` before sending more."""
+        Returns True when the client is not reading fast enough: wait for `drained`
+        before sending more."""
 
     async def drained(self) -> None: ...
 
@@ -151,8 +150,7 @@ class UpstreamResponse(ABC):
 
         Raises AttemptFailed if it breaks off, ConnectionResetError if the client left."""
         async for chunk in self.rest():
-            out.send(chunk)
-            if out.congested:
+            if out.send(chunk):
                 await out.drained()
 
     @abstractmethod

@@ -108,8 +108,15 @@ class JSONResponse(UpstreamResponse):
 
 
 def _event_ends(previous: bytes, chunk: bytes) -> bool:
-    """True if ``chunk`` completes an SSE event (a blank line), also across a chunk edge."""
-    return b"\n\n" in chunk or (previous.endswith(b"\n") and chunk.startswith(b"\n"))
+    """True if ``chunk`` completes an SSE event: a blank line (LF LF, CRLF CRLF or CR CR,
+    all three are SSE), also across the edge with the chunk before it."""
+    if chunk.endswith(_EVENT_END):  # the common case: one whole event per chunk
+        return True
+    joined = previous[-3:] + chunk
+    return b"\n\n" in joined or b"\n\r\n" in joined or b"\r\r" in joined
+
+
+_EVENT_END = (b"\n\n", b"\r\n\r\n")
 
 
 class _StreamResponse(UpstreamResponse):
@@ -174,11 +181,11 @@ class _StreamResponse(UpstreamResponse):
                 raise AttemptFailed(classify_transport(exc, phase="body")) from None
             if not chunk:
                 break
-            out, failure = check(chunk, loop.time())
+            out = check(chunk, loop.time())
             if out:
                 yield out
-            if failure is not None:
-                raise failure
+            if check.failed is not None:
+                raise check.failed
         if tail := self._tail():
             yield tail
         self._ended()
@@ -258,39 +265,49 @@ def _wake(waiter: asyncio.Future[None]) -> None:
 class _ChunkCheck:
     """What a relayed stream's every chunk goes through, whichever way it is relayed
     (`rest` or `relay`): the idle budget between events, the scan (usage, in-stream
-    errors, the terminator), our credential out of a relayed error event, the filter."""
+    errors, the terminator), our credential out of a relayed error event, the filter.
 
-    __slots__ = ("last_event", "previous", "stream")
+    Calling it returns the bytes to relay now; `failed` is set when the stream failed
+    (after those bytes). It runs once per relayed event, so it is kept flat."""
+
+    __slots__ = ("failed", "filter", "idle_s", "last_event", "previous", "scan", "stream")
 
     def __init__(self, stream: _StreamResponse, now: float) -> None:
         self.stream = stream
+        self.scan = stream._scan
+        self.filter = stream._filter
+        self.idle_s = stream._idle_s
         self.last_event = now
         self.previous = stream._first
+        self.failed: AttemptFailed | None = None
 
-    def __call__(self, chunk: bytes, now: float) -> tuple[bytes, AttemptFailed | None]:
-        """The bytes to relay now, and why the stream failed if it did (after them)."""
-        stream = self.stream
-        if _event_ends(self.previous, chunk):
+    def __call__(self, chunk: bytes, now: float) -> bytes:
+        if chunk.endswith(_EVENT_END) or _event_ends(self.previous, chunk):
             self.last_event = now
-        elif now - self.last_event > stream._idle_s:
-            return b"", AttemptFailed(
+        elif now - self.last_event > self.idle_s:
+            self.failed = AttemptFailed(
                 classify_transport(TimeoutError("no complete event"), phase="body")
             )
+            return b""
         self.previous = chunk
-        scan = stream._scan
+        scan = self.scan
         scan.feed(chunk)
-        error = scan.error
-        if error is not None:
-            # The vendor's error event is relayed as it came, minus our credentials
-            # (some vendors echo the key they were sent).
-            chunk = redact(chunk, stream._secret)
-        filt = stream._filter
+        if scan.error is not None:
+            return self._error_event(chunk, scan.error)
+        filt = self.filter
+        return chunk if filt is None else filt.feed(chunk)
+
+    def _error_event(self, chunk: bytes, error: bytes) -> bytes:
+        # The vendor's error event is relayed as it came, minus our credentials (some
+        # vendors echo the key they were sent); the stream has failed after it.
+        stream = self.stream
+        chunk = redact(chunk, stream._secret)
+        filt = self.filter
         out = chunk if filt is None else filt.feed(chunk)
-        if error is None:
-            return out, None
-        stream.usage = scan.usage
+        stream.usage = self.scan.usage
         outcome = classify_stream_error(stream._vendor_type, error)
-        return out, AttemptFailed(without_secret(outcome, stream._secret), error_event_sent=True)
+        self.failed = AttemptFailed(without_secret(outcome, stream._secret), error_event_sent=True)
+        return out
 
 
 class _Splice(_ChunkCheck):
@@ -312,17 +329,18 @@ class _Splice(_ChunkCheck):
     def on_data(self, chunk: bytes) -> None:
         if self.failure is not None:
             return
-        data, failure = self(chunk, self.clock())
-        out = self.out
+        data = self(chunk, self.clock())
         if data:
             try:
-                out.send(data)
+                congested = self.out.send(data)
             except ConnectionResetError as exc:
                 self._fail(exc)
                 return
-        if failure is not None:
-            self._fail(failure)
-        elif out.congested and not self.congested:
+        else:
+            congested = False
+        if self.failed is not None:
+            self._fail(self.failed)
+        elif congested and not self.congested:
             self.congested = True
             self.stream._resp.pause()
             self._wake()

@@ -73,6 +73,7 @@ def client_wants_usage(parsed: dict[str, Any]) -> bool:
 
 
 _USAGE_KEY = b'"usage"'
+_DONE = re.compile(rb"^data: ?\[DONE\]", re.MULTILINE)  # the terminator, not the text "[DONE]"
 _SKIP = frozenset(b" \t\r\n:")
 
 
@@ -138,31 +139,34 @@ def _drop_usage_events(data: bytes) -> bytes:
 class _SSEScan(StreamScan):
     """Watches a relayed OpenAI SSE stream for what the proxy must act on.
 
-    Only chunks that mention `"usage"` or `"error"` are split into lines and parsed, so
-    ordinary content chunks cost two substring searches.
+    It runs on every relayed event, so an ordinary content event costs three substring
+    searches; only lines that may hold an error or a non-null usage are parsed. A line
+    split across reads is searched (and parsed) again once whole, so nothing it holds is
+    missed at a read edge.
     """
 
-    __slots__ = ("carry", "done", "error", "tail", "usage")
+    __slots__ = ("done", "error", "partial", "usage")
 
     def __init__(self) -> None:
-        self.carry = b""
-        self.tail = b""
+        self.partial = b""  # the unfinished last line of the bytes seen so far
         self.done = False
         self.usage: Usage | None = None
         self.error: bytes | None = None
 
     def feed(self, chunk: bytes) -> None:
-        data = self.carry + chunk if self.carry else chunk
-        self.carry = b""
-        if not self.done and (b"[DONE]" in chunk or b"[DONE]" in self.tail + chunk[:8]):
+        data = self.partial + chunk if self.partial else chunk
+        if chunk.endswith(b"\n"):
+            self.partial = b""
+        else:
+            cut = data.rfind(b"\n") + 1
+            self.partial = data[cut:]
+            data = data[:cut]
+            if not data:
+                return
+        if not self.done and data.find(b"[DONE]") >= 0 and _DONE.search(data):
             self.done = True
-        self.tail = chunk[-8:]
-        if b'"usage"' not in data and b'"error"' not in data:
+        if data.find(b'"error"') < 0 and (data.find(_USAGE_KEY) < 0 or not _has_usage(data)):
             return
-        end = data.rfind(b"\n")
-        if end != len(data) - 1:
-            self.carry = data[end + 1 :]
-            data = data[: end + 1]
         for line in data.split(b"\n"):
             if not line.startswith(b"data:"):
                 continue
