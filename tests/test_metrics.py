@@ -122,3 +122,41 @@ async def test_unknown_model_names_never_become_label_values(
     text = await proxy.metrics_text()
     assert "client-invented" not in text
     assert 'llmproxy_requests_total{model_group="_unknown_",status="404"} 5.0' in text
+
+
+def test_lean_metrics_expose_exactly_what_prometheus_client_would() -> None:
+    """The per-request series are plain numbers rendered at scrape time; a scrape must not
+    be able to tell them from prometheus_client's own types (alerts and dashboards parse it)."""
+    from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+    from proxy.metrics import _LATENCY_BUCKETS, LeanCounter, LeanGauge, LeanHistogram
+    from proxy.metrics import _LeanCollector as LeanCollector
+
+    values = [0.0, 0.004, 0.005, 0.0051, 0.3, 2.5, 299.0, 300.0, 301.0, 1e9]
+    ref, lean = CollectorRegistry(), CollectorRegistry()
+    counter = Counter("x_requests", "Requests.", ["group", "status"], registry=ref)
+    histogram = Histogram("x_seconds", "Time.", ["group"], buckets=_LATENCY_BUCKETS, registry=ref)
+    gauge = Gauge("x_left", "Left.", ["dep", "kind"], registry=ref)
+    in_flight = Gauge("x_in_flight", "In flight.", registry=ref)
+    lc = LeanCounter("x_requests", "Requests.", ("group", "status"))
+    lh = LeanHistogram("x_seconds", "Time.", ("group",), _LATENCY_BUCKETS)
+    lg = LeanGauge("x_left", "Left.", ("dep", "kind"))
+    lf = LeanGauge("x_in_flight", "In flight.")
+    lean.register(LeanCollector((lc, lh, lg, lf)))
+    for i, v in enumerate(values):
+        group = "a" if i % 3 else "b"
+        counter.labels(group, "200").inc()
+        lc.inc((group, "200"))
+        histogram.labels(group).observe(v)
+        lh.observe((group,), v)
+        gauge.labels("d", "tokens").set(v)
+        lg.set(("d", "tokens"), v)
+        in_flight.inc()
+        lf.inc()
+    in_flight.dec()
+    lf.dec()
+    counter.labels("b", "429").inc(2.5)
+    lc.inc(("b", "429"), 2.5)
+    assert generate_latest(lean).decode().splitlines() == [
+        line for line in generate_latest(ref).decode().splitlines() if "_created" not in line
+    ]
