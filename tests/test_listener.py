@@ -252,3 +252,40 @@ async def test_requests_pipelined_behind_one_in_flight_are_not_buffered_without_
     held = len(conn._buf) + sum(len(x) for x in conn._parts or [])
     assert held < 2 * 1024 * 1024, held  # paused near 256 KiB, not the whole 5 MB
     writer.transport.abort()
+
+
+def chunked_post(body: bytes) -> bytes:
+    """The same request with a chunked body: aiohttp's to serve, not the fast lane's."""
+    return (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+    )
+
+
+@pytest.mark.parametrize("lane", ["fast", "aiohttp"])
+async def test_a_stream_is_checked_the_same_on_both_lanes(
+    proxy: tuple[FakeOpenAI, RunningProxy], lane: str
+) -> None:
+    """Both relays (the fast lane's splice, aiohttp's chunk by chunk) pass the vendor's
+    events on unchanged, and relay its in-stream error event minus our key as the end."""
+    a, p = proxy
+    a.chunk_delay_s = 0.01  # the error event comes after content has reached the client
+    body = orjson.dumps(
+        {"model": "smart", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    )
+    request = post(body=body) if lane == "fast" else chunked_post(body)
+    error = Fault(error_event_after_chunks=3, message="server error for key key-a")
+    for fault in (None, error):
+        a.set_fault(fault)
+        reader, writer = await connect(p)
+        writer.write(request)
+        status, headers, stream = await read_response(reader)
+        assert (status, headers["content-type"]) == (200, "text/event-stream"), stream
+        assert (len(p.listener.connections) == 1) is (lane == "fast")
+        events = [e for e in stream.split(b"\n\n") if e]
+        if fault is None:
+            assert stream.endswith(b"data: [DONE]\n\n") and len(events) > 4
+        else:
+            assert b"[DONE]" not in stream and b"key-a" not in stream
+            assert len(events) == 4 and b"server error for key [redacted]" in events[-1], events
+        writer.close()

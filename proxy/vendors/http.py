@@ -170,22 +170,23 @@ class _StreamResponse(UpstreamResponse):
         return self._first
 
     async def rest(self) -> AsyncIterator[bytes]:
+        """The stream read chunk by chunk, each checked by `_Splice` as in `relay`."""
         resp = self._resp
         idle_s = self._idle_s
-        loop = asyncio.get_running_loop()
-        check = _ChunkCheck(self, loop.time())
+        out = _Collected()
+        splice = _Splice(self, out, asyncio.get_running_loop())
         while True:
             try:
-                chunk = await resp.read_some(check.last_event + idle_s)
+                chunk = await resp.read_some(splice.last_event + idle_s)
             except (ProtocolError, OSError, TimeoutError) as exc:
                 raise AttemptFailed(classify_transport(exc, phase="body")) from None
             if not chunk:
                 break
-            out = check(chunk, loop.time())
-            if out:
-                yield out
-            if check.failed is not None:
-                raise check.failed
+            splice.on_data(chunk)
+            if out.chunks:
+                yield out.take()
+            if splice.failure is not None:
+                raise splice.failure
         if tail := self._tail():
             yield tail
         self._ended()
@@ -257,70 +258,65 @@ class _StreamResponse(UpstreamResponse):
             self._resp.close()  # abort: the vendor sees the disconnect and stops generating
 
 
+class _Collected:
+    """The `StreamOut` of `rest`: what `_Splice` passed, until the generator yields it."""
+
+    __slots__ = ("chunks",)
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+
+    def send(self, data: bytes) -> bool:
+        self.chunks.append(data)
+        return False  # `rest` reads only as fast as its consumer
+
+    async def drained(self) -> None:
+        return None
+
+    def take(self) -> bytes:
+        chunks, self.chunks = self.chunks, []
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
 def _wake(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_result(None)
 
 
-class _ChunkCheck:
-    """What a relayed stream's every chunk goes through, whichever way it is relayed
-    (`rest` or `relay`): the idle budget between events, the scan (usage, in-stream
-    errors, the terminator), our credential out of a relayed error event, the filter.
+class _Splice:
+    """What a relayed stream's every chunk goes through before it is sent on to `out`:
+    the idle budget between events, the scan (usage, in-stream errors, the terminator),
+    our credential out of a relayed error event, the filter.
 
-    Calling it returns the bytes to relay now; `failed` is set when the stream failed
-    (after those bytes). It runs once per relayed event, so it is kept flat."""
+    `relay` runs `on_data` inside the vendor connection's callback; `rest` calls it with
+    each chunk it reads. It runs once per relayed event, so it is kept flat."""
 
-    __slots__ = ("failed", "filter", "idle_s", "last_event", "previous", "scan", "stream")
-
-    def __init__(self, stream: _StreamResponse, now: float) -> None:
-        self.stream = stream
-        self.scan = stream._scan
-        self.filter = stream._filter
-        self.idle_s = stream._idle_s
-        self.last_event = now
-        self.previous = stream._first
-        self.failed: AttemptFailed | None = None
-
-    def __call__(self, chunk: bytes, now: float) -> bytes:
-        if chunk.endswith(_EVENT_END) or _event_ends(self.previous, chunk):
-            self.last_event = now
-        elif now - self.last_event > self.idle_s:
-            self.failed = AttemptFailed(
-                classify_transport(TimeoutError("no complete event"), phase="body")
-            )
-            return b""
-        self.previous = chunk
-        scan = self.scan
-        scan.feed(chunk)
-        if scan.error is not None:
-            return self._error_event(chunk, scan.error)
-        filt = self.filter
-        return chunk if filt is None else filt.feed(chunk)
-
-    def _error_event(self, chunk: bytes, error: bytes) -> bytes:
-        # The vendor's error event is relayed as it came, minus our credentials (some
-        # vendors echo the key they were sent); the stream has failed after it.
-        stream = self.stream
-        chunk = redact(chunk, stream._secret)
-        filt = self.filter
-        out = chunk if filt is None else filt.feed(chunk)
-        stream.usage = self.scan.usage
-        outcome = classify_stream_error(stream._vendor_type, error)
-        self.failed = AttemptFailed(without_secret(outcome, stream._secret), error_event_sent=True)
-        return out
-
-
-class _Splice(_ChunkCheck):
-    """The per-chunk side of `_StreamResponse.relay`, run inside the connection's callback."""
-
-    __slots__ = ("clock", "congested", "ended", "failure", "out", "waiter")
+    __slots__ = (
+        "clock",
+        "congested",
+        "ended",
+        "failure",
+        "filter",
+        "idle_s",
+        "last_event",
+        "out",
+        "previous",
+        "scan",
+        "stream",
+        "waiter",
+    )
 
     def __init__(
         self, stream: _StreamResponse, out: StreamOut, loop: asyncio.AbstractEventLoop
     ) -> None:
-        super().__init__(stream, loop.time())
+        self.stream = stream
+        self.scan = stream._scan
+        self.filter = stream._filter
+        self.idle_s = stream._idle_s
         self.out = out
         self.clock = loop.time
+        self.last_event = loop.time()
+        self.previous = stream._first
         self.failure: BaseException | None = None
         self.ended = False
         self.congested = False
@@ -329,21 +325,50 @@ class _Splice(_ChunkCheck):
     def on_data(self, chunk: bytes) -> None:
         if self.failure is not None:
             return
-        data = self(chunk, self.clock())
-        if data:
-            try:
-                congested = self.out.send(data)
-            except ConnectionResetError as exc:
-                self._fail(exc)
-                return
-        else:
-            congested = False
-        if self.failed is not None:
-            self._fail(self.failed)
-        elif congested and not self.congested:
+        now = self.clock()
+        if chunk.endswith(_EVENT_END) or _event_ends(self.previous, chunk):
+            self.last_event = now
+        elif now - self.last_event > self.idle_s:
+            self._fail(
+                AttemptFailed(classify_transport(TimeoutError("no complete event"), phase="body"))
+            )
+            return
+        self.previous = chunk
+        scan = self.scan
+        scan.feed(chunk)
+        if scan.error is not None:
+            self._error_event(chunk, scan.error)
+            return
+        filt = self.filter
+        data = chunk if filt is None else filt.feed(chunk)
+        if not data:
+            return
+        try:
+            congested = self.out.send(data)
+        except ConnectionResetError as exc:
+            self._fail(exc)
+            return
+        if congested and not self.congested:
             self.congested = True
             self.stream._resp.pause()
             self._wake()
+
+    def _error_event(self, chunk: bytes, error: bytes) -> None:
+        # The vendor's error event is relayed as it came, minus our credentials (some
+        # vendors echo the key they were sent); the stream has failed after it.
+        stream = self.stream
+        chunk = redact(chunk, stream._secret)
+        filt = self.filter
+        data = chunk if filt is None else filt.feed(chunk)
+        stream.usage = self.scan.usage
+        outcome = classify_stream_error(stream._vendor_type, error)
+        if data:
+            try:
+                self.out.send(data)
+            except ConnectionResetError as exc:
+                self._fail(exc)
+                return
+        self._fail(AttemptFailed(without_secret(outcome, stream._secret), error_event_sent=True))
 
     def on_end(self, error: BaseException | None) -> None:
         self.ended = True
