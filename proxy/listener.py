@@ -54,6 +54,7 @@ class FastRequest:
     __slots__ = (
         "_body",
         "_conn",
+        "_stream",
         "app",
         "content_length",
         "content_type",
@@ -77,6 +78,7 @@ class FastRequest:
         self.path = path
         self.headers = headers
         self._body = body
+        self._stream: FastEventStream | None = None
         self.content_length: int | None = len(body)
         ctype = headers.get("Content-Type")
         self.content_type = (
@@ -88,7 +90,13 @@ class FastRequest:
 
     def event_stream(self, status: int, headers: Mapping[str, str]) -> FastEventStream:
         """The streamed answer to this request (`prepare` is a no-op; the head goes first)."""
-        return FastEventStream(self._conn, status, headers)
+        self._stream = FastEventStream(self._conn, status, headers)
+        return self._stream
+
+    @property
+    def answer_started(self) -> bool:
+        """True once part of the answer (a stream's head) has been sent."""
+        return self._stream is not None and self._stream._head is None
 
 
 ProxiedRequest = web.Request | FastRequest
@@ -355,6 +363,12 @@ class _Connection(asyncio.Protocol):
                 raise
             except Exception:
                 log.exception("unhandled error serving %s %s", request.method, request.path)
+                if request.answer_started:
+                    # A streamed answer is under way: a 500 now would land in the middle
+                    # of its body. Cutting the connection tells the client it broke off.
+                    if self.transport is not None:
+                        self.transport.close()
+                    return
                 data: bytes | None = _internal_error()
             else:
                 data = None if isinstance(resp, FastEventStream) else _serialize(resp)

@@ -289,3 +289,25 @@ async def test_a_stream_is_checked_the_same_on_both_lanes(
             assert b"[DONE]" not in stream and b"key-a" not in stream
             assert len(events) == 4 and b"server error for key [redacted]" in events[-1], events
         writer.close()
+
+
+async def test_a_handler_bug_mid_stream_cuts_the_connection_instead_of_a_500_in_the_body(
+    proxy: tuple[FakeOpenAI, RunningProxy], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once a stream's head and first events are out, a 500 answer would be read as garbage
+    inside the chunked body; the client must see the body break off instead."""
+    _, p = proxy
+    import proxy.api.openai as openai_api
+
+    async def broken_settle(*args: object) -> None:
+        raise RuntimeError("bug after the stream's events")
+
+    monkeypatch.setattr(openai_api, "_settle", broken_settle)
+    body = orjson.dumps(
+        {"model": "smart", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    )
+    reader, writer = await connect(p)
+    writer.write(post(body=body))
+    with pytest.raises(asyncio.IncompleteReadError):
+        await read_response(reader)  # the head, events, then the connection closes mid-body
+    writer.close()
