@@ -438,6 +438,7 @@ _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _REF_PREFIX = "__llmproxy_env_"
 _REF_RE = re.compile(re.escape(_REF_PREFIX) + r"(\d+)__")
 _MISSING = object()
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # an HTTP token (RFC 9110)
 
 
 class _Loader:
@@ -702,6 +703,20 @@ def _resolve(spec: ConfigSpec, root: yaml.Node, loader: _Loader) -> Config | Non
                 ("vendors", name, "base_url"),
                 f"vendors.{name}.base_url",
                 f"must be an http(s) URL, got {base_url!r}",
+            )
+            continue
+        bad_headers = [
+            k
+            for k, val in v.headers.items()
+            if not _HEADER_NAME.fullmatch(k) or any(c in val for c in "\r\n\0")
+        ]
+        if bad_headers or (v.api_key and any(c in v.api_key for c in "\r\n\0")):
+            what = f"header {bad_headers[0]!r}" if bad_headers else "api_key"
+            issue(
+                ("vendors", name, "headers" if bad_headers else "api_key"),
+                f"vendors.{name}.{'headers' if bad_headers else 'api_key'}",
+                f"{what} has a character HTTP does not allow (a line break, a NUL, or in a "
+                "header name a space or colon)",
             )
             continue
         vendors[name] = VendorConfig(

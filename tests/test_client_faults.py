@@ -13,10 +13,11 @@ import socket
 
 import aiohttp
 import orjson
+import pytest
 
 from proxy.fakes import FakeOpenAI
 from proxy.vendors.http import HTTPAdapter
-from tests.conftest import RunningProxy
+from tests.conftest import FakeFactory, ProxyFactory, RunningProxy, build_config, two_deployments
 
 Pair = tuple[FakeOpenAI, FakeOpenAI, RunningProxy]
 BODY = {"model": "smart", "messages": [{"role": "user", "content": "hi"}], "stream": True}
@@ -42,10 +43,20 @@ def _pooled(proxy: RunningProxy, vendor: str) -> tuple[int, int]:
     return adapter.pool.stats()
 
 
+@pytest.fixture
+async def quiet_pair(fakes: FakeFactory, proxies: ProxyFactory) -> Pair:
+    """`pair` without health probes: a probe's pooled connection (and the fake's task
+    serving it) would otherwise be counted as a leak when it lands mid-test."""
+    a = await fakes("a")
+    b = await fakes("b")
+    config = build_config({"a": a, "b": b}, two_deployments(), "health_check: {enabled: false}\n")
+    return a, b, await proxies(config)
+
+
 async def test_hanging_up_mid_stream_cancels_upstream_and_leaks_no_task_or_connection(
-    pair: Pair,
+    quiet_pair: Pair,
 ) -> None:
-    a, _, proxy = pair
+    a, _, proxy = quiet_pair
     a.chunks = 50
     a.chunk_delay_s = 0.05
     before = _request_tasks()
@@ -64,9 +75,10 @@ async def test_hanging_up_mid_stream_cancels_upstream_and_leaks_no_task_or_conne
     await _wait_for(
         lambda: proxy.gateway.router.active == 0 and a.stats.in_flight == 0, "requests ended"
     )
-    # The aborted upstream connections were closed, not returned to the pool half-read.
+    # The aborted upstream connections were closed, not returned to the pool half-read
+    # (a health probe's answer, read whole, may have left its connection there).
     await _wait_for(lambda: _pooled(proxy, "a")[0] == 0, "no connection checked out")
-    assert _pooled(proxy, "a")[1] == 0
+    assert _pooled(proxy, "a")[1] <= min(1, a.stats.model_list_requests)
     # Every handler task (the proxy's and the fake's) ended: nothing accumulates per hang-up.
     await _wait_for(lambda: _request_tasks() <= before, f"task count back to {before}")
     assert a.stats.tokens["completion"] == 0  # none of the streams was generated to the end

@@ -127,6 +127,13 @@ def test_missing_env_var_is_named() -> None:
             "routing.yaml:10: models.smart.deployments[0].vendor: is required",
         ),
         (
+            (
+                "timeouts: {first_byte_s: 90}}",
+                'timeouts: {first_byte_s: 90}, headers: {"X-A": "1\\r\\nX-B: 2"}}',
+            ),
+            "routing.yaml:5: vendors.local.headers: header 'X-A' has a character HTTP does not allow (a line break, a NUL, or in a header name a space or colon)",
+        ),
+        (
             ('base_url: "http://vllm:8000/v1/"', "base_url: vllm:8000"),
             "routing.yaml:5: vendors.local.base_url: must be an http(s) URL, got 'vllm:8000'",
         ),

@@ -20,7 +20,7 @@ import orjson
 
 from proxy.config import DeploymentConfig, VendorConfig
 from proxy.formats.sse import SSEParser
-from proxy.http1 import ProtocolError
+from proxy.http1 import Headers, ProtocolError
 from proxy.routing.classify import classify_response
 from proxy.vendors.base import AttemptFailed, UpstreamCall, Usage
 from proxy.vendors.http import HTTPAdapter, StreamScan, invalid_json
@@ -107,14 +107,14 @@ class AnthropicAdapter(HTTPAdapter):
         if config.api_key:
             headers["x-api-key"] = config.api_key
         headers.update(config.headers)
-        self._headers = headers
-        self._stream_headers = {**headers, "Accept": "text/event-stream"}
+        self._headers = Headers(headers)
+        self._stream_headers = Headers({**headers, "Accept": "text/event-stream"})
         self._url = f"{config.base_url}/v1/messages"
 
     def prepare(
         self, deployment: DeploymentConfig, call: UpstreamCall
     ) -> tuple[str, bytes, Mapping[str, str]]:
-        headers = self._stream_headers if call.stream else self._headers
+        headers: Mapping[str, str] = self._stream_headers if call.stream else self._headers
         if call.forward_headers:
             headers = {**headers, **call.forward_headers}
         return self._url, rewrite_model(call.raw, call.parsed, deployment.model), headers

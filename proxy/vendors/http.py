@@ -174,7 +174,7 @@ class _StreamResponse(UpstreamResponse):
         resp = self._resp
         idle_s = self._idle_s
         out = _Collected()
-        splice = _Splice(self, out, asyncio.get_running_loop())
+        splice = _Splice(self, out, resp.loop)
         while True:
             try:
                 chunk = await resp.read_some(splice.last_event + idle_s)
@@ -213,8 +213,8 @@ class _StreamResponse(UpstreamResponse):
         `_Splice.on_data`, which checks it (the same way `rest` does) and sends it on at
         once; this task wakes only at the end, on a failure, when the client falls behind
         (reading from the vendor pauses until it catches up), or to check the idle budget."""
-        loop = asyncio.get_running_loop()
         resp = self._resp
+        loop = resp.loop
         idle_s = self._idle_s
         splice = _Splice(self, out, loop)
         resp.deliver_to(splice.on_data, splice.on_end)

@@ -17,6 +17,7 @@ from urllib.parse import quote, urlencode
 import orjson
 
 from proxy.config import DeploymentConfig, VendorConfig
+from proxy.http1 import Headers
 from proxy.routing.classify import classify_response
 from proxy.vendors.base import AttemptFailed, UpstreamCall, Usage
 from proxy.vendors.http import HTTPAdapter, StreamFilter, StreamScan, invalid_json
@@ -215,8 +216,8 @@ class OpenAICompatAdapter(HTTPAdapter):
             else:
                 headers[self.profile.key_header] = config.api_key
         headers.update(config.headers)
-        self._headers = headers
-        self._stream_headers = {**headers, "Accept": "text/event-stream"}
+        self._headers = Headers(headers)
+        self._stream_headers = Headers({**headers, "Accept": "text/event-stream"})
         self._urls: dict[tuple[str, str], str] = {}
 
     def url(self, deployment: DeploymentConfig, endpoint: str) -> str:
