@@ -17,6 +17,7 @@ from proxy.fakes.base import Fault
 from tests.conftest import FakeFactory, ProxyFactory, RunningProxy, build_config
 
 BODY = orjson.dumps({"model": "smart", "messages": [{"role": "user", "content": "hi"}]})
+STREAM_BODY = orjson.dumps({**orjson.loads(BODY), "stream": True})
 
 
 @pytest.fixture
@@ -31,6 +32,14 @@ def post(path: str = "/v1/chat/completions", body: bytes = BODY, extra: str = ""
         f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
         f"Content-Length: {len(body)}\r\n{extra}\r\n"
     ).encode() + body
+
+
+def chunked_post(body: bytes) -> bytes:
+    """The same request with a chunked body: aiohttp's to serve, not the fast lane's."""
+    return (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+    )
 
 
 async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
@@ -100,8 +109,7 @@ async def test_a_stream_is_chunk_encoded_and_ends_with_done(
 ) -> None:
     _, p = proxy
     reader, writer = await connect(p)
-    body = orjson.dumps({**orjson.loads(BODY), "stream": True})
-    writer.write(post(body=body) + post())
+    writer.write(post(body=STREAM_BODY) + post())
     status, headers, data = await read_response(reader)
     assert status == 200 and headers["transfer-encoding"] == "chunked"
     assert headers["content-type"] == "text/event-stream"
@@ -119,11 +127,7 @@ async def test_a_stream_is_chunk_encoded_and_ends_with_done(
         (post("/v1/chat/completions?x=1"), 200),  # a query string: aiohttp's to route
         (post().replace(b"HTTP/1.1", b"HTTP/1.0", 1), 200),
         (post(extra="Expect: 100-continue\r\n"), 200),
-        (
-            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            b"Transfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n" % (len(BODY), BODY),
-            200,
-        ),
+        (chunked_post(BODY), 200),
         (post(extra="Content-Length: 5\r\n"), 400),  # two lengths: a smuggling attempt
         (post(extra="Bad Header: x\r\n"), 400),  # not a token
         (post(extra="X-Long: " + "a" * 9000 + "\r\n"), 400),
@@ -254,14 +258,6 @@ async def test_requests_pipelined_behind_one_in_flight_are_not_buffered_without_
     writer.transport.abort()
 
 
-def chunked_post(body: bytes) -> bytes:
-    """The same request with a chunked body: aiohttp's to serve, not the fast lane's."""
-    return (
-        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-        b"Transfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
-    )
-
-
 @pytest.mark.parametrize("lane", ["fast", "aiohttp"])
 async def test_a_stream_is_checked_the_same_on_both_lanes(
     proxy: tuple[FakeOpenAI, RunningProxy], lane: str
@@ -270,10 +266,7 @@ async def test_a_stream_is_checked_the_same_on_both_lanes(
     events on unchanged, and relay its in-stream error event minus our key as the end."""
     a, p = proxy
     a.chunk_delay_s = 0.01  # the error event comes after content has reached the client
-    body = orjson.dumps(
-        {"model": "smart", "messages": [{"role": "user", "content": "hi"}], "stream": True}
-    )
-    request = post(body=body) if lane == "fast" else chunked_post(body)
+    request = post(body=STREAM_BODY) if lane == "fast" else chunked_post(STREAM_BODY)
     error = Fault(error_event_after_chunks=3, message="server error for key key-a")
     for fault in (None, error):
         a.set_fault(fault)
@@ -303,11 +296,8 @@ async def test_a_handler_bug_mid_stream_cuts_the_connection_instead_of_a_500_in_
         raise RuntimeError("bug after the stream's events")
 
     monkeypatch.setattr(openai_api, "_settle", broken_settle)
-    body = orjson.dumps(
-        {"model": "smart", "messages": [{"role": "user", "content": "hi"}], "stream": True}
-    )
     reader, writer = await connect(p)
-    writer.write(post(body=body))
+    writer.write(post(body=STREAM_BODY))
     with pytest.raises(asyncio.IncompleteReadError):
         await read_response(reader)  # the head, events, then the connection closes mid-body
     writer.close()
