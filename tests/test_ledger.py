@@ -129,8 +129,12 @@ def test_the_usage_event_is_stripped_even_when_split_across_reads() -> None:
 async def serve(tmp_path: Path) -> AsyncIterator[Any]:
     procs: list[asyncio.subprocess.Process] = []
 
+    log = tmp_path / "serve.log"
+
     async def start(config: Path, port: int) -> asyncio.subprocess.Process:
-        server = await spawn_serve(config, port, "--no-access-log", log_path=tmp_path / "serve.log")
+        # With its access log on: when a request here fails, the log says which attempt
+        # did what (printed below; pytest shows it for a failed test only).
+        server = await spawn_serve(config, port, log_path=log)
         procs.append(server.proc)
         await wait_ready(server)
         return server.proc
@@ -140,6 +144,9 @@ async def serve(tmp_path: Path) -> AsyncIterator[Any]:
         if p.returncode is None:
             p.kill()
             await p.wait()
+    if log.exists():
+        lines = log.read_text(errors="replace").splitlines()
+        print("proxy log (last 60 lines):", *lines[-60:], sep="\n")
 
 
 async def _traffic(url: str, n: int, offset: int) -> None:
@@ -182,7 +189,11 @@ async def test_usage_and_daily_limits_survive_a_restart_and_a_kill_9(
     proc = await serve(config, port)
     assert_matches(await ledger_totals(), 25)
 
-    await _traffic(url, 15, 25)
+    try:
+        await _traffic(url, 15, 25)
+    except openai.OpenAIError:
+        print("fake a after the failure:", a.stats.in_flight, "in flight;", dict(a.stats.requests))
+        raise
     proc.send_signal(signal.SIGTERM)
     assert await asyncio.wait_for(proc.wait(), 20) == 0
     proc = await serve(config, port)
