@@ -107,13 +107,20 @@ class FastEventStream(web.StreamResponse):
 
     The head leaves with the first chunk (one send instead of two). `write` waits only when
     the client is not reading (the transport's buffer is over its high-water mark).
+
+    It is a `web.StreamResponse` only so the handlers keep one return type; aiohttp never
+    sees it, so its constructor (a header multidict per stream) is skipped: only `status`
+    of aiohttp's surface is kept.
     """
 
     def __init__(self, conn: _Connection, status: int, headers: Mapping[str, str]) -> None:
-        super().__init__(status=status, headers=headers)
+        self._status = status
         self._conn = conn
         self._head: bytes | None = _head(status, headers, b"Transfer-Encoding: chunked\r\n")
         self._eof_sent = False
+
+    def __repr__(self) -> str:
+        return f"<FastEventStream {self._status} {'eof' if self._eof_sent else 'streaming'}>"
 
     async def prepare(self, request: Any) -> None:
         return None
