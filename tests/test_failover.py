@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 import openai
+import orjson
 import pytest
 
 from proxy.fakes import FakeOpenAI, Fault
@@ -264,6 +266,35 @@ async def test_all_unreachable_is_a_502(pair: Pair) -> None:
         info.value.response.headers["x-proxy-attempts"]
         == "a/model-a=unreachable, b/model-b=unreachable"
     )
+
+
+@pytest.mark.parametrize(
+    ("preset", "outcome", "status", "detail"),
+    [
+        ("refuse", "unreachable", None, "unreachable while connecting: ConnectionRefusedError"),
+        ("rate_limited", "rate_limited", 429, None),  # the vendor answered: its status says it
+    ],
+)
+async def test_the_access_log_says_what_failed_for_an_attempt_without_an_answer(
+    pair: Pair,
+    caplog: pytest.LogCaptureFixture,
+    preset: str,
+    outcome: str,
+    status: int | None,
+    detail: str | None,
+) -> None:
+    a, _, proxy = pair
+    await a.apply_fault(Fault.preset(preset))
+    with caplog.at_level(logging.INFO, logger="llmproxy.access"):
+        assert (await _chat(proxy))[0] == "b/model-b"
+    (line,) = [orjson.loads(r.getMessage()) for r in caplog.records if r.name == "llmproxy.access"]
+    failed, served = line["attempts"]
+    assert (failed["outcome"], failed["status"]) == (outcome, status)
+    if detail is None:
+        assert "detail" not in failed
+    else:  # then the OS's words, which differ by event loop
+        assert failed["detail"].startswith(detail)
+    assert served["outcome"] == "success" and "detail" not in served
 
 
 async def test_max_attempts_bounds_the_attempts(fakes: FakeFactory, proxies: ProxyFactory) -> None:

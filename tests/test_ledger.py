@@ -4,7 +4,9 @@ out of the client's stream, and persistence across a restart and a kill -9."""
 from __future__ import annotations
 
 import asyncio
+import shutil
 import signal
+import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -193,6 +195,17 @@ async def test_usage_and_daily_limits_survive_a_restart_and_a_kill_9(
         await _traffic(url, 15, 25)
     except openai.OpenAIError:
         print("fake a after the failure:", a.stats.in_flight, "in flight;", dict(a.stats.requests))
+        # Which side held the lost requests: SYN-SENT means the proxy's connect never
+        # completed; ESTAB with bytes in Recv-Q on the fake's side means it never read them.
+        ss = shutil.which("ss")
+        if ss is not None:
+            sockets = subprocess.run(
+                [ss, "-tanpi", f"( sport = :{a.port} or dport = :{a.port} )"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+            )
+            print("sockets to and from fake a:", sockets.stdout, sep="\n")
         raise
     proc.send_signal(signal.SIGTERM)
     assert await asyncio.wait_for(proc.wait(), 20) == 0

@@ -307,15 +307,7 @@ def _log(
         "status": status,
         "stream": stream,
         "duration_ms": round(duration * 1000, 2),
-        "attempts": [
-            {
-                "deployment": a.deployment,
-                "outcome": a.outcome_class,
-                "status": a.status,
-                "latency_ms": round(a.latency_s * 1000, 2),
-            }
-            for a in trace.attempts
-        ],
+        "attempts": [_attempt_record(a) for a in trace.attempts],
     }
     if served is not None:
         record["deployment"] = served.deployment.id
@@ -327,6 +319,18 @@ def _log(
                 "cached_prompt": usage.cached_prompt,
             }
     AccessLog.write(record, loop)
+
+
+def _attempt_record(attempt: Attempt) -> dict[str, Any]:
+    record: dict[str, Any] = {
+        "deployment": attempt.deployment,
+        "outcome": attempt.outcome_class,
+        "status": attempt.status,
+        "latency_ms": round(attempt.latency_s * 1000, 2),
+    }
+    if attempt.detail is not None:
+        record["detail"] = attempt.detail
+    return record
 
 
 async def chat_completions(request: ProxiedRequest) -> web.StreamResponse:

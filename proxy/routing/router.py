@@ -32,6 +32,10 @@ class Attempt:
     outcome_class: str
     latency_s: float
     status: int | None = None
+    # For an attempt that got no answer (no status): what failed and in which phase, e.g.
+    # "timed out while connecting: TimeoutError". Built by the classifier from the
+    # exception's class and the phase only, so it holds no URL, key or prompt text.
+    detail: str | None = None
 
 
 @dataclass(slots=True)
@@ -310,7 +314,10 @@ class Router:
             outcome = failed.outcome
             latency = clock() - now
             self._record_failure(dep, permit, outcome, latency)
-            walk.trace.attempts.append(Attempt(dep.id, outcome.cls, latency, outcome.status))
+            detail = outcome.message if outcome.status is None else None
+            walk.trace.attempts.append(
+                Attempt(dep.id, outcome.cls, latency, outcome.status, detail)
+            )
             return outcome
         except BaseException:  # cancelled (client gone, or a hedge won): the vendor is not to blame
             dep.in_flight -= 1
