@@ -775,12 +775,15 @@ class Pool:
         deadline: float,
         connect_s: float = 10.0,
         prompt: bool = False,
+        on_sent: Callable[[], object] | None = None,
     ) -> Response:
         """Send one request; returns once the answer's head has arrived (before `deadline`,
         loop time). Connecting is bounded by `connect_s` as well.
 
         `prompt`: resume the caller inside the callback that brought the head (see
-        `_PromptFuture`), for answers whose first byte is latency-critical (streams)."""
+        `_PromptFuture`), for answers whose first byte is latency-critical (streams).
+        `on_sent`: called once the request is written, so a caller can tell a failure to
+        connect from a vendor that took the request and did not answer."""
         target = self._targets.get(url)
         if target is None:
             target = self._targets[url] = _parse_url(url)
@@ -802,6 +805,8 @@ class Pool:
             timer = loop.call_at(deadline, _expire, waiter)
             try:
                 conn.send(data, waiter)
+                if on_sent is not None:
+                    on_sent()
                 return await waiter
             except RemoteDisconnected:
                 self._discard(conn)

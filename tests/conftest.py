@@ -32,7 +32,12 @@ class RunningProxy:
     gateway: Gateway
     listener: Listener
     port: int
-    sdk_clients: list[anthropic.AsyncAnthropic] = field(default_factory=list)
+    # Every SDK client handed out is kept until teardown and closed there, on the test's
+    # loop. A client dropped mid-test is garbage-collected at a random moment: the GC
+    # closes its sockets, then the SDK's __del__ schedules a close of its pool, whose
+    # transports still hold the old fd numbers and remove whatever reader has reused them
+    # meanwhile (seen: a fake vendor's accepted connections, never read, so 504s).
+    sdk_clients: list[openai.AsyncOpenAI | anthropic.AsyncAnthropic] = field(default_factory=list)
 
     @property
     def url(self) -> str:
@@ -42,14 +47,17 @@ class RunningProxy:
         """The official SDK pointed at the proxy, with its own retries off (we test ours)."""
         kw.setdefault("max_retries", 0)
         kw.setdefault("timeout", 30)
-        return openai.AsyncOpenAI(base_url=f"{self.url}/v1", api_key="client-key", **kw)
+        kw.setdefault("api_key", "client-key")
+        client = openai.AsyncOpenAI(base_url=f"{self.url}/v1", **kw)
+        self.sdk_clients.append(client)  # see sdk_clients
+        return client
 
     def anthropic_client(self, **kw: Any) -> anthropic.AsyncAnthropic:
         """The official Anthropic SDK pointed at the proxy (as Claude Code is), retries off."""
         kw.setdefault("max_retries", 0)
         kw.setdefault("timeout", 30)
         client = anthropic.AsyncAnthropic(base_url=self.url, api_key="client-key", **kw)
-        self.sdk_clients.append(client)  # closed with the proxy, on the test's event loop
+        self.sdk_clients.append(client)  # see sdk_clients
         return client
 
     async def metrics_text(self) -> str:

@@ -79,6 +79,7 @@ async def test_serve_answers_logs_json_and_drains_a_stream_on_sigterm(
         chunks.append(chunk)
     assert chunks[-1].choices[0].finish_reason == "stop"
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == "".join(fake.pieces)
+    await client.close()  # on this loop, not by the GC later (see conftest's sdk_clients)
     assert await asyncio.wait_for(proc.wait(), 15) == 0
     lines = server.records()
     requests = [r for r in lines if r.get("event") == "request"]

@@ -297,6 +297,23 @@ async def test_the_access_log_says_what_failed_for_an_attempt_without_an_answer(
     assert served["outcome"] == "success" and "detail" not in served
 
 
+async def test_a_vendor_that_took_the_request_and_never_answered_is_told_from_one_never_reached(
+    fakes: FakeFactory, proxies: ProxyFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    a, b = await fakes("a"), await fakes("b")
+    proxy = await proxies(
+        build_config({"a": a, "b": b}, two_deployments()).replace(
+            "first_byte_s: 5", "first_byte_s: 0.5"
+        )
+    )
+    a.set_fault(Fault.preset("black_hole"))  # accepts the connection, reads, never answers
+    with caplog.at_level(logging.INFO, logger="llmproxy.access"):
+        assert (await _chat(proxy))[0] == "b/model-b"
+    (line,) = [orjson.loads(r.getMessage()) for r in caplog.records if r.name == "llmproxy.access"]
+    assert line["attempts"][0]["outcome"] == "timeout"
+    assert line["attempts"][0]["detail"] == "timed out waiting for the first byte: TimeoutError"
+
+
 async def test_max_attempts_bounds_the_attempts(fakes: FakeFactory, proxies: ProxyFactory) -> None:
     fs = {n: await fakes(n) for n in "abc"}
     models = "  smart:\n    deployments:\n" + "".join(

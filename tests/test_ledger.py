@@ -62,9 +62,7 @@ async def test_usage_after_200_mixed_requests_equals_the_vendors_reported_usage(
     a = await fakes("a", chunks=6, cached_tokens=3)
     db = tmp_path / "usage.sqlite3"
     proxy = await proxies(keyed_config(a, extra=f"state: {{sqlite_path: '{db}'}}\n"))
-    client = openai.AsyncOpenAI(
-        base_url=f"{proxy.url}/v1", api_key=KEY_A, max_retries=0, timeout=20
-    )
+    client = proxy.client(api_key=KEY_A, timeout=20)
     gate = asyncio.Semaphore(25)
 
     async def one(i: int) -> dict[str, Any]:
@@ -152,8 +150,11 @@ async def serve(tmp_path: Path) -> AsyncIterator[Any]:
 
 
 async def _traffic(url: str, n: int, offset: int) -> None:
-    client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key=KEY_A, max_retries=0, timeout=20)
-    await asyncio.gather(*(_mixed_request(client, offset + i) for i in range(n)))
+    # Closed here, not left to the GC: see RunningProxy.sdk_clients in conftest.py.
+    async with openai.AsyncOpenAI(
+        base_url=f"{url}/v1", api_key=KEY_A, max_retries=0, timeout=20
+    ) as client:
+        await asyncio.gather(*(_mixed_request(client, offset + i) for i in range(n)))
 
 
 async def test_usage_and_daily_limits_survive_a_restart_and_a_kill_9(
@@ -213,35 +214,42 @@ async def test_usage_and_daily_limits_survive_a_restart_and_a_kill_9(
     assert_matches(await ledger_totals(), 40)
 
     # The daily limit counts what the ledger holds: exhaust it, restart, still refused.
-    client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key=KEY_A, max_retries=0, timeout=20)
-    with pytest.raises(openai.RateLimitError):
-        for i in range(20):
+    async with (
+        openai.AsyncOpenAI(
+            base_url=f"{url}/v1", api_key=KEY_A, max_retries=0, timeout=20
+        ) as client,
+        openai.AsyncOpenAI(base_url=f"{url}/v1", api_key=KEY_B, max_retries=0, timeout=20) as other,
+    ):
+        with pytest.raises(openai.RateLimitError):
+            for i in range(20):
+                await client.chat.completions.create(
+                    model="smart",
+                    messages=[{"role": "user", "content": f"burn {i} " + "w" * 40000}],
+                )
+        proc.send_signal(signal.SIGKILL)
+        await proc.wait()
+        proc = await serve(config, port)
+        with pytest.raises(openai.RateLimitError) as refused:
             await client.chat.completions.create(
-                model="smart", messages=[{"role": "user", "content": f"burn {i} " + "w" * 40000}]
+                model="smart", messages=[{"role": "user", "content": "after restart"}]
             )
-    proc.send_signal(signal.SIGKILL)
-    await proc.wait()
-    proc = await serve(config, port)
-    with pytest.raises(openai.RateLimitError) as refused:
-        await client.chat.completions.create(
-            model="smart", messages=[{"role": "user", "content": "after restart"}]
+        assert refused.value.code == "tokens_per_day"
+        await other.chat.completions.create(
+            model="smart", messages=[{"role": "user", "content": "b"}]
         )
-    assert refused.value.code == "tokens_per_day"
-    other = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key=KEY_B, max_retries=0, timeout=20)
-    await other.chat.completions.create(model="smart", messages=[{"role": "user", "content": "b"}])
-    async with aiohttp.ClientSession() as s:
-        status, _ = await admin(s, url, "POST", "/admin/clients/team-a/reset-usage")
-    assert status == 200
-    await client.chat.completions.create(
-        model="smart", messages=[{"role": "user", "content": "after the reset"}]
-    )
-    # The reset itself is durable (the admin call answers once it is on disk).
-    proc.send_signal(signal.SIGKILL)
-    await proc.wait()
-    proc = await serve(config, port)
-    await client.chat.completions.create(
-        model="smart", messages=[{"role": "user", "content": "after the reset and a restart"}]
-    )
+        async with aiohttp.ClientSession() as s:
+            status, _ = await admin(s, url, "POST", "/admin/clients/team-a/reset-usage")
+        assert status == 200
+        await client.chat.completions.create(
+            model="smart", messages=[{"role": "user", "content": "after the reset"}]
+        )
+        # The reset itself is durable (the admin call answers once it is on disk).
+        proc.send_signal(signal.SIGKILL)
+        await proc.wait()
+        proc = await serve(config, port)
+        await client.chat.completions.create(
+            model="smart", messages=[{"role": "user", "content": "after the reset and a restart"}]
+        )
 
 
 async def test_an_unusable_sqlite_path_is_a_clear_startup_error(

@@ -182,9 +182,7 @@ async def test_openai_sdk_retry_honours_retry_after(
     async with aiohttp.ClientSession() as s:
         first = await asyncio.gather(*(post(s, proxy, chat_body(f"q{i}")) for i in range(20)))
     assert all(r[0] == 200 for r in first)
-    client = openai.AsyncOpenAI(
-        base_url=f"{proxy.url}/v1", api_key=KEY_A, max_retries=2, timeout=30
-    )
+    client = proxy.client(api_key=KEY_A, max_retries=2, timeout=30)
     started = time.monotonic()
     answer = await client.chat.completions.create(
         model="smart", messages=[{"role": "user", "content": "after the limit"}]
@@ -235,9 +233,7 @@ async def test_loop_detection_fires_on_repeats_only(
 ) -> None:
     a = await fakes("a")
     proxy = await proxies(keyed_config(a, "{loop_max_repeats: 3, loop_window_s: 60}"))
-    client = openai.AsyncOpenAI(
-        base_url=f"{proxy.url}/v1", api_key=KEY_A, max_retries=2, timeout=30
-    )
+    client = proxy.client(api_key=KEY_A, max_retries=2, timeout=30)
     messages = [{"role": "user", "content": "fix the failing test"}]
     for _ in range(3):
         await client.chat.completions.create(model="smart", messages=messages)  # type: ignore[arg-type]

@@ -129,6 +129,7 @@ async def test_sighup_reloads_a_valid_file_and_keeps_the_old_config_on_a_broken_
     assert await _models(url) == ["smart", "fast"]  # still serving the last good config
     client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="k", max_retries=0)
     assert (await client.chat.completions.create(model="fast", messages=MESSAGES)).choices  # type: ignore[arg-type]
+    await client.close()  # on this loop, not by the GC later (see conftest's sdk_clients)
     proc.send_signal(signal.SIGTERM)
     assert await asyncio.wait_for(proc.wait(), 15) == 0
     log = (config.parent / "serve.log").read_text()
@@ -168,6 +169,7 @@ async def test_sigterm_with_20_open_streams_lets_all_finish_and_readiness_fails_
         assert r.status == 503
     texts = await asyncio.wait_for(asyncio.gather(*tasks), 20)
     assert texts == ["".join(a.pieces)] * 20
+    await client.close()
     assert await asyncio.wait_for(proc.wait(), 20) == 0
 
 

@@ -435,6 +435,11 @@ class HTTPAdapter(VendorAdapter):
         phase = "connect"
         pool = self.pool
         deadline = pool.loop.time() + timeout_s
+
+        def sent() -> None:
+            nonlocal phase
+            phase = "first_byte"
+
         try:
             resp = await pool.request(
                 "GET",
@@ -442,6 +447,7 @@ class HTTPAdapter(VendorAdapter):
                 self.probe_headers(),
                 deadline=deadline,
                 connect_s=deployment.timeouts.connect_s,
+                on_sent=sent,
             )
             phase = "body"
             try:
@@ -500,6 +506,11 @@ class HTTPAdapter(VendorAdapter):
         first_by = started + first_byte_s
         phase = "connect"
         resp: Response | None = None
+
+        def sent() -> None:
+            nonlocal phase
+            phase = "first_byte"
+
         try:
             resp = await pool.request(
                 "POST",
@@ -509,6 +520,7 @@ class HTTPAdapter(VendorAdapter):
                 deadline=first_by,
                 connect_s=deployment.timeouts.connect_s,
                 prompt=call.stream,
+                on_sent=sent,
             )
             phase = "first_byte"
             if resp.status >= 300:
