@@ -290,3 +290,27 @@ async def test_changes_made_during_an_outage_are_reconciled_when_redis_returns(
     await eventually(lambda: b.deployments["a/model-a"].breaker.state is BreakerState.OPEN, 3)
     await eventually(lambda: a.deployments["b/model-b"].cooldown_reason == "quota_exhausted", 3)
     assert a.metrics.state_backend_up._value.get() == 1
+
+
+async def test_closing_stops_a_task_whose_cancel_was_lost() -> None:
+    """Shutdown must not hang on a task that lost a cancel (as one can inside a library's
+    read-timeout handling): the backend cancels again until the task has ended."""
+    from proxy.state.redis import _stop
+
+    lost = 0
+
+    async def stubborn() -> None:
+        nonlocal lost
+        while True:
+            try:
+                await asyncio.sleep(10)
+            except asyncio.CancelledError:
+                if lost == 0:
+                    lost += 1
+                    continue
+                raise
+
+    task = asyncio.create_task(stubborn())
+    await asyncio.sleep(0)
+    await asyncio.wait_for(_stop([task], every_s=0.05), 5)  # a guard against a hang, not a timing
+    assert task.cancelled() and lost == 1

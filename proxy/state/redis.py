@@ -176,6 +176,7 @@ class RedisBackend(StateBackend):
         self._reconnect = asyncio.Event()
         self._connected = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._closing = False
         self._last_error = ""
 
     # --------------------------------------------------------------- lifecycle
@@ -197,11 +198,8 @@ class RedisBackend(StateBackend):
             )
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        self._closing = True
+        await _stop(self._tasks)
         if self.up:
             with contextlib.suppress(RedisError, OSError, TimeoutError):
                 await asyncio.wait_for(self._flush(), SOCKET_TIMEOUT_S * 2)
@@ -233,7 +231,7 @@ class RedisBackend(StateBackend):
 
     async def _supervise(self) -> None:
         delay = BACKOFF_S[0]
-        while True:
+        while not self._closing:
             pubsub = self._client.pubsub(ignore_subscribe_messages=True)
             try:
                 self._reconnect.clear()
@@ -263,7 +261,7 @@ class RedisBackend(StateBackend):
 
     async def _listen(self, pubsub: Any) -> None:
         next_beat = time.monotonic() + HEARTBEAT_S
-        while not self._reconnect.is_set():
+        while not self._reconnect.is_set() and not self._closing:
             message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.25)
             if message is not None and message.get("type") == "message":
                 self._received(message["data"])
@@ -303,7 +301,7 @@ class RedisBackend(StateBackend):
             self._wake.set()
 
     async def _writer(self) -> None:
-        while True:
+        while not self._closing:
             await self._wake.wait()
             self._wake.clear()
             if not self.up:
@@ -446,3 +444,21 @@ def _safe_url(url: str) -> str:
     if "@" in rest:
         rest = "***@" + rest.rsplit("@", 1)[1]
     return f"{scheme}{sep}{rest}"
+
+
+async def _stop(tasks: list[asyncio.Task[None]], every_s: float = 0.5) -> None:
+    """Cancel `tasks` and wait until they have ended.
+
+    One cancel is not always enough: a cancel that lands while a library handles its own
+    read timeout can come out as "no data" (the task's loop then goes on), and shutdown
+    must not hang on it. So the tasks are cancelled again every `every_s` until they end
+    (their loops also stop on `_closing`); a task's own error still surfaces here.
+    """
+    pending = {task for task in tasks if not task.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=every_s)
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
