@@ -206,7 +206,8 @@ async def gateways(redis_server: RedisServer) -> AsyncIterator[Callable[[], Awai
 
     yield make
     for gw in started:
-        await gw.close()
+        # pytest-timeout covers test bodies only: a close that hangs fails here instead.
+        await asyncio.wait_for(gw.close(), 30)
 
 
 def _trip(gw: Gateway, dep_id: str) -> None:
