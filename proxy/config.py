@@ -191,6 +191,13 @@ class ServerConfig:
     max_body_bytes: int = check(_at_least_one, 32 * 1024 * 1024)
     admin_key: str | None = None
     admin_key_sha256: str | None = None
+    # What a client may hold: from a request's first byte to the end of its head, from there
+    # to the end of its body, between requests on a keep-alive connection, and connections
+    # open at once (beyond it a connection is answered 503 and closed).
+    header_timeout_s: float = check(_positive, 30.0)
+    body_timeout_s: float = check(_positive, 60.0)
+    keepalive_s: float = check(_positive, 75.0)
+    max_connections: int = check(_at_least_one, 10_000)
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,6 +256,9 @@ class ModelGroupSpec:
     context_window_fallback: str | None = None
     hedge_after_ms: float | None = check(_positive, None)
     affinity_hold_s: float | None = check(_non_negative, None)
+    # A content-filtered answer is returned as is unless the group opts in to trying the
+    # next deployment (whose vendor's policy may differ).
+    failover_on_content_filter: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,6 +289,10 @@ class CooldownConfig:
     model_unavailable_s: float = check(_non_negative, 1800.0)
 
 
+DEFAULT_LEDGER = "default"
+LEDGER_FILE = "usage.sqlite3"
+
+
 @dataclass(frozen=True, slots=True)
 class StateConfig:
     """Where state shared between replicas lives: `memory` (one process) or `redis`."""
@@ -286,8 +300,13 @@ class StateConfig:
     backend: Literal["memory", "redis"] = "memory"
     url: str | None = None  # redis://[:password@]host:port/db, rediss://..., unix://...
     key_prefix: str = "llmproxy"  # several proxy clusters may share one Redis
-    # The usage ledger's SQLite file (embedded mode). Unset: usage is kept in memory only.
-    sqlite_path: str | None = None
+    # The usage ledger's SQLite file. `default` (with backend memory): under
+    # $XDG_STATE_HOME/llm-proxy/ if that is set, else llm-proxy-state/ next to the config
+    # file; the directory is created. null: usage is kept in memory only (said at start-up).
+    sqlite_path: str | None = DEFAULT_LEDGER
+    # Set by the loader, not a YAML key: sqlite_path is the default location (whose
+    # directory the ledger may create).
+    sqlite_path_is_default: bool = field(default=False, metadata={"derived": True})
 
 
 @dataclass(frozen=True, slots=True)
@@ -387,6 +406,7 @@ class ModelGroupConfig:
     affinity_hold_s: float = (
         60.0  # cache-affinity: a returning deployment's sessions wait this long
     )
+    failover_on_content_filter: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -563,7 +583,7 @@ class _Loader:
 
     def dataclass(self, node: yaml.Node, cls: Any, key: str) -> Any:
         hints = get_type_hints(cls)
-        fields = {f.name: f for f in dataclasses.fields(cls)}
+        fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("derived")}
         values: dict[str, Any] = {}
         for knode, name, vnode in self.pairs(node, key):
             sub = f"{key}.{name}" if key else name
@@ -775,6 +795,7 @@ def _resolve(spec: ConfigSpec, root: yaml.Node, loader: _Loader) -> Config | Non
             g.context_window_fallback,
             hedge_after_ms=g.hedge_after_ms,
             affinity_hold_s=60.0 if g.affinity_hold_s is None else g.affinity_hold_s,
+            failover_on_content_filter=g.failover_on_content_filter,
         )
 
     for gname, g2 in groups.items():
@@ -798,6 +819,7 @@ def _resolve(spec: ConfigSpec, root: yaml.Node, loader: _Loader) -> Config | Non
     _check_state(spec.state, issue)
     if loader.issues:
         return None
+    state = _resolve_ledger(spec.state, loader.file, loader.env)
     return Config(
         server=server,
         timeouts=spec.timeouts,
@@ -807,7 +829,7 @@ def _resolve(spec: ConfigSpec, root: yaml.Node, loader: _Loader) -> Config | Non
         failover=spec.failover,
         breaker=spec.breaker,
         cooldowns=spec.cooldowns,
-        state=spec.state,
+        state=state,
         source=loader.file,
         version="",
         clients=clients,
@@ -983,6 +1005,24 @@ def _resolve_clients(
 
 
 _STATE_URL_RE = re.compile(r"^(redis|rediss|unix)://\S+$")
+
+
+def _resolve_ledger(state: StateConfig, file: str, env: Mapping[str, str]) -> StateConfig:
+    """Where the usage ledger lives: a `default` path is made concrete. With Redis the
+    cluster's ledger is in Redis, and a replica keeps a file of its own only if asked."""
+    if state.sqlite_path != DEFAULT_LEDGER:
+        return state
+    if state.backend != "memory":
+        return dataclasses.replace(state, sqlite_path=None)
+    xdg = env.get("XDG_STATE_HOME")
+    if xdg:
+        directory = Path(xdg) / "llm-proxy"
+    else:
+        base = Path(file).parent if file and not file.startswith("<") else Path()
+        directory = base / "llm-proxy-state"
+    return dataclasses.replace(
+        state, sqlite_path=str(directory / LEDGER_FILE), sqlite_path_is_default=True
+    )
 
 
 def _check_state(state: StateConfig, issue: Callable[[tuple[str, ...], str, str], None]) -> None:

@@ -218,6 +218,43 @@ class ClientGauges(Collector):
         yield used
 
 
+class ListenerGauges(Collector):
+    """The front door's connections, read at scrape time from the listener."""
+
+    def __init__(self, snapshot: Callable[[], tuple[int, int, int, int]]) -> None:
+        # snapshot: (fast-lane connections, aiohttp-lane connections, refused, timed out)
+        self._snapshot = snapshot
+
+    @staticmethod
+    def _families() -> tuple[GaugeMetricFamily, CounterMetricFamily, CounterMetricFamily]:
+        return (
+            GaugeMetricFamily(
+                "llmproxy_client_connections", "Open client connections, by lane.", labels=["lane"]
+            ),
+            CounterMetricFamily(
+                "llmproxy_client_connections_refused",
+                "Client connections refused at server.max_connections.",
+            ),
+            CounterMetricFamily(
+                "llmproxy_client_request_timeouts",
+                "Client connections closed for a head or body slower than "
+                "server.header_timeout_s / server.body_timeout_s.",
+            ),
+        )
+
+    def describe(self) -> Iterator[Metric]:
+        yield from self._families()
+
+    def collect(self) -> Iterator[Metric]:
+        fast, aiohttp_lane, refused, timeouts = self._snapshot()
+        connections, refusals, slow = self._families()
+        connections.add_metric(["fast"], fast)
+        connections.add_metric(["aiohttp"], aiohttp_lane)
+        refusals.add_metric([], refused)
+        slow.add_metric([], timeouts)
+        yield from (connections, refusals, slow)
+
+
 class Metrics:
     """All of the proxy's metrics, on a registry of its own (several proxies can share a process)."""
 
@@ -336,6 +373,9 @@ class Metrics:
 
     def add_client_gauges(self, snapshot: Callable[[], Iterable[tuple[str, str, float]]]) -> None:
         self.registry.register(ClientGauges(snapshot))
+
+    def add_listener_gauges(self, snapshot: Callable[[], tuple[int, int, int, int]]) -> None:
+        self.registry.register(ListenerGauges(snapshot))
 
     def _child(self, metric: Any, *labels: str) -> Any:
         key = (id(metric), *labels)

@@ -228,12 +228,6 @@ class Limits:
                 len(self.clients),
                 extra={"event": "clients", "clients": sorted(self.clients)},
             )
-            if not self.ledger.persistent:
-                log.warning(
-                    "usage is kept in memory only (state.sqlite_path is not set): daily "
-                    "limits and the usage ledger restart from zero with the process",
-                    extra={"event": "ledger_memory_only"},
-                )
 
     # ------------------------------------------------------------------ the hot path
 

@@ -474,11 +474,15 @@ class _Walk:
             attempts_left = min(max_attempts - self.started, len(self.candidates) - self.i + 1)
             self.started += 1
             timeouts = router.config.deployments[dep.id].timeouts
+            # Both budgets are this attempt's share of the time left: a vendor that stalls
+            # before its first byte, or sends its head and then drips the body, still leaves
+            # the next candidate its turn.
+            share = left / attempts_left
             return (
                 dep,
                 permit,
-                min(timeouts.first_byte_s, left / attempts_left),
-                min(timeouts.attempt_s, left),
+                min(timeouts.first_byte_s, share),
+                min(timeouts.attempt_s, share),
             )
         self.exhausted = True
         return None
@@ -487,7 +491,9 @@ class _Walk:
         """Fold in a failed attempt; the class's failover rule says what happens next."""
         self.outcomes.append(outcome)
         rule = outcome.policy.fail_over
-        if rule is FailoverRule.YES:
+        if rule is FailoverRule.YES or (
+            rule is FailoverRule.OPT_IN and self.group.config.failover_on_content_filter
+        ):
             self.pending_failover = (dep.id, outcome.cls)
             return _Then.CONTINUE
         fallback = self.group.fallback

@@ -29,7 +29,13 @@ import orjson
 from proxy.config import DeploymentConfig, VendorConfig
 from proxy.core.outcomes import Outcome, OutcomeClass
 from proxy.core.usage import Usage
-from proxy.vendors.base import AttemptFailed, UpstreamCall, UpstreamResponse, VendorAdapter
+from proxy.vendors.base import (
+    AttemptFailed,
+    StreamOut,
+    UpstreamCall,
+    UpstreamResponse,
+    VendorAdapter,
+)
 from proxy.vendors.classify import classify_response, classify_transport
 from proxy.vendors.http import JSONResponse
 
@@ -260,7 +266,7 @@ class _Stream(UpstreamResponse):
     def body(self) -> bytes:
         return self.first
 
-    async def rest(self) -> AsyncIterator[bytes]:
+    async def relay(self, out: StreamOut) -> None:
         while True:
             try:
                 async with asyncio.timeout(self._idle_s):
@@ -272,10 +278,10 @@ class _Stream(UpstreamResponse):
                     classify_litellm(exc, self._vendor_type, phase="body")
                 ) from None
             data = self.encode(chunk)
-            if data:
-                yield data
+            if data and out.send(data):
+                await out.drained()
         self._finished = True
-        yield b"data: [DONE]\n\n"
+        out.send(b"data: [DONE]\n\n")
 
     def close(self) -> None:
         if not self._finished:
