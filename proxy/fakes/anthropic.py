@@ -199,7 +199,7 @@ class FakeAnthropic(FakeVendor):
         body = _error_body("invalid_request_error", text, self._request_id())
         return web.Response(status=400, body=body, content_type="application/json")
 
-    def stream_error_event(self, call: Call, fault: Fault) -> bytes:
+    def stream_error_event(self, call: Call, fault: Fault, sent: int) -> bytes:
         if isinstance(fault.body, bytes):
             return b"event: error\ndata: " + fault.body + b"\n\n"
         if fault.body is not None:

@@ -229,7 +229,7 @@ class FakeGemini(FakeVendor):
             content_type="application/json",
         )
 
-    def stream_error_event(self, call: Call, fault: Fault) -> bytes:
+    def stream_error_event(self, call: Call, fault: Fault, sent: int) -> bytes:
         if isinstance(fault.body, bytes):
             return b"data: " + fault.body + _SEP
         if fault.body is not None:

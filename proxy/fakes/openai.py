@@ -22,14 +22,17 @@ from proxy.fakes.base import (
     Call,
     FakeVendor,
     Fault,
+    Rejected,
     Route,
     Usage,
     bad_gateway,
     estimate_tokens,
     overridden_body,
     seconds_text,
+    sse_data,
     text_chars,
 )
+from proxy.fakes.chat import ChatAnswer
 
 __all__ = ["OPENAI_ERRORS", "FakeAzureOpenAI", "FakeOpenAI"]
 
@@ -146,10 +149,6 @@ def _error_body(
     return orjson.dumps(
         {"error": {"message": message, "type": type_, "param": param, "code": code}}
     )
-
-
-def _sse(payload: Any) -> bytes:
-    return b"data: " + orjson.dumps(payload) + b"\n\n"
 
 
 def _vector(item: Any, dims: int) -> list[float]:
@@ -278,11 +277,15 @@ class FakeOpenAI(FakeVendor):
         body = _error_body(message or _BAD_JSON_MESSAGE, "invalid_request_error")
         return web.Response(status=400, body=body, content_type="application/json")
 
-    def stream_error_event(self, call: Call, fault: Fault) -> bytes:
+    def rejected_response(self, call: Call, rejected: Rejected) -> web.Response:
+        body = _error_body(rejected.message, "invalid_request_error", rejected.code, rejected.param)
+        return web.Response(status=rejected.status, body=body, content_type="application/json")
+
+    def stream_error_event(self, call: Call, fault: Fault, sent: int) -> bytes:
         if isinstance(fault.body, bytes):
             return b"data: " + fault.body + b"\n\n"
         if fault.body is not None:
-            return _sse(fault.body)
+            return sse_data(fault.body)
         message = fault.message or OPENAI_ERRORS["server_error"][4]
         return b"data: " + _error_body(message, "server_error") + b"\n\n"
 
@@ -314,15 +317,16 @@ class FakeOpenAI(FakeVendor):
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             return self._missing(call, "messages")
-        pieces, finish = self._plan(call)
+        answer = ChatAnswer.plan(body, self.pieces, self.chunks, self.next_id)
         cached = self.cached_tokens
         # Cached tokens are part of prompt_tokens: never report more cached than prompt.
         prompt = max(estimate_tokens(text_chars(messages)), cached)
-        usage = Usage(prompt, len(pieces), cached)
+        completion = answer.completion_tokens
+        usage = Usage(prompt, completion, cached)
         usage_json = {
             "prompt_tokens": prompt,
-            "completion_tokens": len(pieces),
-            "total_tokens": prompt + len(pieces),
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
             "prompt_tokens_details": {"cached_tokens": cached},
         }
         rid = "chatcmpl-" + self.next_id()
@@ -336,18 +340,7 @@ class FakeOpenAI(FakeVendor):
                     "created": created,
                     "model": model,
                     "system_fingerprint": _FINGERPRINT,
-                    "choices": [
-                        {
-                            "index": 0,
-                            "message": {
-                                "role": "assistant",
-                                "content": "".join(pieces),
-                                "refusal": None,
-                            },
-                            "logprobs": None,
-                            "finish_reason": finish,
-                        }
-                    ],
+                    "choices": answer.choices(),
                     "usage": usage_json,
                 },
                 usage,
@@ -362,16 +355,9 @@ class FakeOpenAI(FakeVendor):
         }
         if include_usage:
             head["usage"] = None
-
-        def chunk(delta: dict[str, str], finish_reason: str | None) -> bytes:
-            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
-            return _sse({**head, "choices": [choice]})
-
-        events = [chunk({"role": "assistant", "content": pieces[0]}, None)]
-        events.extend(chunk({"content": p}, None) for p in pieces[1:])
-        events.append(chunk({}, finish))
+        events = answer.stream_chunks(head)
         if include_usage:
-            events.append(_sse({**head, "choices": [], "usage": usage_json}))
+            events.append(sse_data({**head, "choices": [], "usage": usage_json}))
         return await self.stream_response(call, events, trailer=_DONE, usage=usage)
 
     async def _completions(self, call: Call) -> web.StreamResponse:
@@ -414,12 +400,12 @@ class FakeOpenAI(FakeVendor):
 
         def chunk(text: str, finish_reason: str | None) -> bytes:
             choice = {"text": text, "index": 0, "logprobs": None, "finish_reason": finish_reason}
-            return _sse({**head, "choices": [choice]})
+            return sse_data({**head, "choices": [choice]})
 
         events = [chunk(p, None) for p in pieces]
         events.append(chunk("", finish))
         if include_usage:
-            events.append(_sse({**head, "choices": [], "usage": usage_json}))
+            events.append(sse_data({**head, "choices": [], "usage": usage_json}))
         return await self.stream_response(call, events, trailer=_DONE, usage=usage)
 
     async def _embeddings(self, call: Call) -> web.StreamResponse:
