@@ -345,12 +345,14 @@ class Call:
 
     ``fault`` is the fault rolled for *this* request (None: serve it healthily); pass the
     Call back to ``json_response``/``stream_response`` so stream faults and fault headers
-    are applied.
+    are applied. ``state`` is the handler's, for the vendor's renderers (the Responses
+    API's in-stream failure event names the response being streamed).
     """
 
     request: web.Request
     body: dict[str, Any]
     fault: Fault | None
+    state: Any = None
 
 
 CallHandler = Callable[[Call], Awaitable[web.StreamResponse]]

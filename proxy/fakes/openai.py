@@ -30,9 +30,11 @@ from proxy.fakes.base import (
     overridden_body,
     seconds_text,
     sse_data,
+    sse_event,
     text_chars,
 )
 from proxy.fakes.chat import ChatAnswer
+from proxy.fakes.responses import InFlight, ResponsesAPI
 
 __all__ = ["OPENAI_ERRORS", "FakeAzureOpenAI", "FakeOpenAI"]
 
@@ -140,6 +142,8 @@ _NO_KEY_MESSAGE = (
 )
 
 _DONE = b"data: [DONE]\n\n"
+#: Error kinds a Responses stream reports as ``rate_limit_exceeded`` (the rest: server_error).
+_RATE_LIMIT_KINDS = frozenset({"rate_limited", "request_too_large", "insufficient_quota"})
 _FINGERPRINT = "fp_fake"
 
 
@@ -205,6 +209,8 @@ class FakeOpenAI(FakeVendor):
             max_recorded=max_recorded,
         )
         self.embedding_dims = embedding_dims
+        #: The Responses API endpoints and the responses this fake stored (``.store``).
+        self.responses = ResponsesAPI(self)
         self._models_body = orjson.dumps(
             {
                 "object": "list",
@@ -218,6 +224,10 @@ class FakeOpenAI(FakeVendor):
     # ------------------------------------------------------------------ routes
 
     def llm_routes(self) -> Sequence[Route]:
+        return (*self._model_routes(), *self.responses.routes("/v1"))
+
+    def _model_routes(self) -> tuple[Route, ...]:
+        """The endpoints that name their model in the body (Azure: in the path)."""
         return (
             Route("POST", "/v1/chat/completions", self._chat),
             Route("POST", "/v1/completions", self._completions),
@@ -282,12 +292,28 @@ class FakeOpenAI(FakeVendor):
         return web.Response(status=rejected.status, body=body, content_type="application/json")
 
     def stream_error_event(self, call: Call, fault: Fault, sent: int) -> bytes:
+        if isinstance(call.state, InFlight):
+            return self._responses_error_event(call.state, fault, sent)
         if isinstance(fault.body, bytes):
             return b"data: " + fault.body + b"\n\n"
         if fault.body is not None:
             return sse_data(fault.body)
         message = fault.message or OPENAI_ERRORS["server_error"][4]
         return b"data: " + _error_body(message, "server_error") + b"\n\n"
+
+    def _responses_error_event(self, flight: InFlight, fault: Fault, sent: int) -> bytes:
+        """A Responses stream fails with ``response.failed`` (the response, ``status:
+        failed``, with its ``error``); ``fault.body`` replaces it, sent as the event its
+        ``type`` names (e.g. OpenAI's bare ``error`` event)."""
+        if isinstance(fault.body, bytes):
+            return b"event: error\ndata: " + fault.body + b"\n\n"
+        if fault.body is not None:
+            kind = fault.body.get("type")
+            return sse_event(kind if isinstance(kind, str) else "error", fault.body)
+        code = "rate_limit_exceeded" if fault.error in _RATE_LIMIT_KINDS else "server_error"
+        template = OPENAI_ERRORS.get(fault.error or "server_error", OPENAI_ERRORS["server_error"])
+        message = fault.message or template[4].format(model=_model_of(flight), retry="1")
+        return flight.failed_event(code, message, sent)
 
     # ------------------------------------------------------------------ handlers
 
@@ -456,6 +482,11 @@ def _model(call: Call) -> str:
     return model if isinstance(model, str) and model else "gpt-4o"
 
 
+def _model_of(flight: InFlight) -> str:
+    model = flight.answer.response.get("model")
+    return model if isinstance(model, str) else "gpt-4o"
+
+
 def _include_usage(body: dict[str, Any]) -> bool:
     options = body.get("stream_options")
     return isinstance(options, dict) and options.get("include_usage") is True
@@ -474,10 +505,17 @@ class FakeAzureOpenAI(FakeOpenAI):
 
     def llm_routes(self) -> Sequence[Route]:
         prefix = "/openai/deployments/{deployment}"
-        return tuple(
+        deployment_routes = tuple(
             Route(r.method, prefix + r.path.removeprefix("/v1"), self._azure(r.handler))
-            for r in super().llm_routes()
+            for r in self._model_routes()
         )
+        # The Responses API is not under a deployment: the body's model names it. Dated
+        # surface (api-version required) and the v1 surface (none needed).
+        dated = tuple(
+            Route(r.method, r.path, self._versioned(r.handler))
+            for r in self.responses.routes("/openai")
+        )
+        return (*deployment_routes, *dated, *self.responses.routes("/openai/v1"))
 
     def probe_routes(self) -> Sequence[Route]:
         return (Route("GET", "/openai/models", self._list_models),)
@@ -487,10 +525,20 @@ class FakeAzureOpenAI(FakeOpenAI):
 
     def _azure(self, handler: Any) -> Any:
         async def serve(call: Call) -> web.StreamResponse:
+            call.body["model"] = call.request.match_info["deployment"]
+            response: web.StreamResponse = await handler(call)
+            return response
+
+        return self._versioned(serve)
+
+    @staticmethod
+    def _versioned(handler: Any) -> Any:
+        """Azure's 404 for a request without ``api-version`` (dated surface)."""
+
+        async def serve(call: Call) -> web.StreamResponse:
             if not call.request.query.get("api-version"):
                 body = orjson.dumps({"error": {"code": "404", "message": "Resource not found"}})
                 return web.Response(status=404, body=body, content_type="application/json")
-            call.body["model"] = call.request.match_info["deployment"]
             response: web.StreamResponse = await handler(call)
             return response
 
