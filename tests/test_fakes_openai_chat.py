@@ -87,8 +87,9 @@ async def fake() -> AsyncIterator[FakeOpenAI]:
 
 
 @pytest.fixture
-def client(fake: FakeOpenAI) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=fake.base_url, api_key="sk-test", max_retries=0)
+async def client(fake: FakeOpenAI) -> AsyncIterator[openai.AsyncOpenAI]:
+    async with openai.AsyncOpenAI(base_url=fake.base_url, api_key="sk-test", max_retries=0) as c:
+        yield c
 
 
 def schema_of(tool: dict[str, Any]) -> dict[str, Any]:

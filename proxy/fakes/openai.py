@@ -142,8 +142,6 @@ _NO_KEY_MESSAGE = (
 )
 
 _DONE = b"data: [DONE]\n\n"
-#: Error kinds a Responses stream reports as ``rate_limit_exceeded`` (the rest: server_error).
-_RATE_LIMIT_KINDS = frozenset({"rate_limited", "request_too_large", "insufficient_quota"})
 _FINGERPRINT = "fp_fake"
 
 
@@ -310,10 +308,8 @@ class FakeOpenAI(FakeVendor):
         if fault.body is not None:
             kind = fault.body.get("type")
             return sse_event(kind if isinstance(kind, str) else "error", fault.body)
-        code = "rate_limit_exceeded" if fault.error in _RATE_LIMIT_KINDS else "server_error"
-        template = OPENAI_ERRORS.get(fault.error or "server_error", OPENAI_ERRORS["server_error"])
-        message = fault.message or template[4].format(model=_model_of(flight), retry="1")
-        return flight.failed_event(code, message, sent)
+        message = fault.message or OPENAI_ERRORS["server_error"][4]
+        return flight.failed_event("server_error", message, sent)
 
     # ------------------------------------------------------------------ handlers
 
@@ -480,11 +476,6 @@ class FakeOpenAI(FakeVendor):
 def _model(call: Call) -> str:
     model = call.body.get("model")
     return model if isinstance(model, str) and model else "gpt-4o"
-
-
-def _model_of(flight: InFlight) -> str:
-    model = flight.answer.response.get("model")
-    return model if isinstance(model, str) else "gpt-4o"
 
 
 def _include_usage(body: dict[str, Any]) -> bool:
