@@ -230,57 +230,58 @@ class ChatAnswer:
 
     # ------------------------------------------------------------------ stream
 
-    def _deltas(self, ids: tuple[str, ...]) -> list[tuple[dict[str, Any], Any, str | None]]:
-        """One choice's chunks as (delta, logprobs, finish_reason)."""
+    def _stream_choices(self, index: int, ids: tuple[str, ...]) -> list[dict[str, Any]]:
+        """One choice's stream ``choices`` entries, in order (finish chunk last)."""
+        out: list[dict[str, Any]] = []
         if self.calls:
-            out: list[tuple[dict[str, Any], Any, str | None]] = []
-            for index, (call_id, call, parts) in enumerate(
+            for position, (call_id, call, parts) in enumerate(
                 zip(ids, self.calls, self._arguments(), strict=True)
             ):
                 head = {
-                    "index": index,
+                    "index": position,
                     "id": call_id,
                     "type": "function",
                     "function": {"name": call.name, "arguments": ""},
                 }
                 delta: dict[str, Any] = {"tool_calls": [head]}
-                if not index:
+                if not position:
                     delta = {"role": "assistant", "content": None, **delta}
-                out.append((delta, None, None))
+                out.append(_stream_choice(index, delta, None))
                 out.extend(
-                    ({"tool_calls": [{"index": index, "function": {"arguments": p}}]}, None, None)
+                    _stream_choice(
+                        index, {"tool_calls": [{"index": position, "function": {"arguments": p}}]}
+                    )
                     for p in parts
                 )
-            out.append(({}, None, self.finish))
-            return out
-        top = self.top_logprobs
-        out = [
-            (
-                {"role": "assistant", "content": piece} if not i else {"content": piece},
-                None
-                if top is None
-                else {"content": token_logprobs((piece,), top), "refusal": None},
-                None,
-            )
-            for i, piece in enumerate(self.pieces)
-        ]
-        out.append(({}, None, self.finish))
+        else:
+            top = self.top_logprobs
+            for i, piece in enumerate(self.pieces):
+                delta = {"role": "assistant", "content": piece} if not i else {"content": piece}
+                logprobs = (
+                    None
+                    if top is None
+                    else {"content": token_logprobs((piece,), top), "refusal": None}
+                )
+                out.append(_stream_choice(index, delta, logprobs))
+        out.append(_stream_choice(index, {}, None, self.finish))
         return out
 
     def stream_chunks(self, head: dict[str, Any]) -> list[bytes]:
         """The SSE chunks (without the usage chunk and ``[DONE]``); ``head`` holds the
-        fields every chunk repeats (id, object, created, model...)."""
-        per_choice = [self._deltas(ids) for ids in self.call_ids]
+        fields every chunk repeats (id, object, created, model...). Several choices are
+        interleaved step by step, so each one's first chunk precedes the next one's."""
+        per_choice = [self._stream_choices(i, ids) for i, ids in enumerate(self.call_ids)]
+        if len(per_choice) == 1:
+            return [sse_data({**head, "choices": [choice]}) for choice in per_choice[0]]
         out = []
         for step in range(max(map(len, per_choice))):
-            for index, deltas in enumerate(per_choice):
-                if step < len(deltas):
-                    delta, logprobs, finish = deltas[step]
-                    choice = {
-                        "index": index,
-                        "delta": delta,
-                        "logprobs": logprobs,
-                        "finish_reason": finish,
-                    }
-                    out.append(sse_data({**head, "choices": [choice]}))
+            for choices in per_choice:
+                if step < len(choices):
+                    out.append(sse_data({**head, "choices": [choices[step]]}))
         return out
+
+
+def _stream_choice(
+    index: int, delta: dict[str, Any], logprobs: Any = None, finish: str | None = None
+) -> dict[str, Any]:
+    return {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
