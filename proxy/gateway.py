@@ -18,12 +18,12 @@ from proxy.config import Config, ConfigError, load_config
 from proxy.health.breaker import BreakerState
 from proxy.health.checker import HealthChecker
 from proxy.health.deployment import DeploymentState
+from proxy.health.sync import StateSync
 from proxy.limits import Limits, UsageLedger
 from proxy.limits.ledger import utc_day
 from proxy.metrics import Metrics
 from proxy.routing.router import ModelGroup, Router
 from proxy.state import StateBackend, StateBackendDown, make_backend
-from proxy.state.sync import StateSync
 from proxy.vendors import make_adapter
 from proxy.vendors.base import VendorAdapter
 
