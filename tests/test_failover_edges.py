@@ -287,3 +287,27 @@ async def test_reloads_answer_promptly_under_traffic_on_the_redis_backend(
     proxy = await proxies(texts[0])
     durations = await _reload_storm(proxy, Path(proxy.config.source), texts, caplog)
     assert max(durations) < 2.0, durations
+
+
+async def test_a_deployment_that_cannot_serve_the_request_is_skipped_not_blamed(
+    fakes: FakeFactory, proxies: ProxyFactory
+) -> None:
+    claude = await fakes("claude", vendor="anthropic")
+    gpt = await fakes("gpt")
+    models = (
+        "  smart:\n    deployments:\n      - {vendor: claude, model: c}\n"
+        "      - {vendor: gpt, model: g}\n"
+        "  only-claude:\n    deployments:\n      - {vendor: claude, model: c}\n"
+    )
+    proxy = await proxies(
+        build_config({"claude": claude, "gpt": gpt}, models, "breaker: {fail_max: 1}\n")
+    )
+    client = proxy.client()
+    raw = await client.embeddings.with_raw_response.create(model="smart", input="x")
+    assert raw.headers["x-proxy-attempts"] == "claude/c=unsupported, gpt/g=success"
+    with pytest.raises(openai.BadRequestError) as refused:
+        await client.embeddings.create(model="only-claude", input="x")
+    assert refused.value.code == "unsupported_parameter"
+    assert "'claude'" in refused.value.message
+    assert claude.stats.total_requests == 0
+    assert proxy.gateway.deployments["claude/c"].breaker.state.name == "CLOSED"

@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from proxy.config import Config, ModelGroupConfig
+from proxy.core.errors import Unsupported
 from proxy.core.outcomes import (
     BreakerVerdict,
     FailoverRule,
@@ -201,7 +202,7 @@ class Router:
         it (at most two at a time); the first to answer is relayed, the other cancelled.
         """
         walk = _Walk(self, group, call, deadline, trace)
-        racing: dict[asyncio.Task[Served | Outcome], _Racer] = {}
+        racing: dict[asyncio.Task[Served | Outcome | Unsupported], _Racer] = {}
         try:
             while True:
                 if not racing:
@@ -212,7 +213,9 @@ class Router:
                         result = await self._attempt(walk, *step)
                         if isinstance(result, Served):
                             return result
-                        if walk.failed(step[0], result) is _Then.STOP:
+                        if isinstance(result, Unsupported):
+                            walk.skip(result)
+                        elif walk.failed(step[0], result) is _Then.STOP:
                             break
                         continue
                     racing[self._spawn(walk, step)] = _Racer(step[0], self.clock(), hedge=False)
@@ -227,12 +230,14 @@ class Router:
             if racing:  # the client went away (or a bug): nobody will read these answers
                 await self._cancel(walk, racing, OutcomeClass.CLIENT_CANCELLED)
         outcomes = walk.outcomes
+        if not outcomes and walk.unsupported:
+            raise walk.unsupported[0]  # no deployment of the group can serve it as asked
         if not outcomes:
             outcomes.append(walk.capacity_outcome() or _DEADLINE)
         raise AllFailed(aggregate(outcomes, model=walk.group.name), trace)
 
     async def _race(
-        self, walk: _Walk, racing: dict[asyncio.Task[Served | Outcome], _Racer]
+        self, walk: _Walk, racing: dict[asyncio.Task[Served | Outcome | Unsupported], _Racer]
     ) -> tuple[Served | None, _Then]:
         """Wait for the next racing attempt to finish, hedging a lone one that is too slow."""
         hedge_s = walk.group.hedge_after_s
@@ -256,6 +261,9 @@ class Router:
                     self.metrics.hedge(walk.group.name, "won")
                 await self._cancel(walk, racing, _HEDGE_LOST)  # incl. a second answer just in
                 return result, then
+            if isinstance(result, Unsupported):
+                walk.skip(result)
+                continue
             if racer.hedge:
                 self.metrics.hedge(walk.group.name, "failed")
             verdict = walk.failed(racer.deployment, result)
@@ -263,13 +271,13 @@ class Router:
                 then = verdict
         return None, then
 
-    def _spawn(self, walk: _Walk, step: _Step) -> asyncio.Task[Served | Outcome]:
+    def _spawn(self, walk: _Walk, step: _Step) -> asyncio.Task[Served | Outcome | Unsupported]:
         return asyncio.get_running_loop().create_task(self._attempt(walk, *step))
 
     async def _cancel(
         self,
         walk: _Walk,
-        racing: dict[asyncio.Task[Served | Outcome], _Racer],
+        racing: dict[asyncio.Task[Served | Outcome | Unsupported], _Racer],
         outcome_class: str,
     ) -> None:
         """Cancel racing attempts (the vendor sees the disconnect) and account for them."""
@@ -280,7 +288,7 @@ class Router:
         clock = self.clock
         for task, racer in tasks:
             try:
-                result: Served | Outcome | None = await task
+                result: Served | Outcome | Unsupported | None = await task
             except asyncio.CancelledError:
                 result = None
             if racer.hedge:
@@ -303,8 +311,9 @@ class Router:
         permit: Permit,
         first_byte_s: float,
         attempt_s: float,
-    ) -> Served | Outcome:
-        """One upstream call with its bookkeeping: a Served, or the failure's Outcome."""
+    ) -> Served | Outcome | Unsupported:
+        """One upstream call with its bookkeeping: a Served, the failure's Outcome, or
+        Unsupported when the deployment cannot serve this request (nothing was sent)."""
         clock = self.clock
         now = clock()
         dep_config = self.config.deployments[dep.id]  # this generation's, even after a reload
@@ -316,6 +325,13 @@ class Router:
             response = await adapter.send(
                 dep_config, walk.call, first_byte_s=first_byte_s, attempt_s=attempt_s
             )
+        except Unsupported as unsupported:
+            dep.in_flight -= 1
+            dep.breaker.release(permit)
+            walk.trace.attempts.append(
+                Attempt(dep.id, UNSUPPORTED, 0.0, unsupported.status, unsupported.message)
+            )
+            return unsupported
         except AttemptFailed as failed:
             dep.in_flight -= 1
             outcome = failed.outcome
@@ -386,6 +402,10 @@ _VERDICT: Mapping[BreakerVerdict, bool | None] = {
 }
 
 
+# In x-proxy-attempts (never in metrics): a candidate skipped because it cannot serve the
+# request as asked (`proxy.core.errors.Unsupported`); no attempt was made.
+UNSUPPORTED = "unsupported"
+
 # The outcome class (in x-proxy-attempts and upstream_attempts_total) of a hedged attempt
 # cancelled because another one answered first. Not a classification: nothing failed.
 _HEDGE_LOST = "hedge_lost"
@@ -426,6 +446,7 @@ class _Walk:
         "started",
         "trace",
         "tried_groups",
+        "unsupported",
     )
 
     def __init__(
@@ -444,6 +465,7 @@ class _Walk:
         self.exhausted = False
         self.pending_failover: tuple[str, str] | None = None
         self.capped_for: float | None = None  # soonest a skipped-at-cap deployment frees up
+        self.unsupported: list[Unsupported] = []  # candidates that cannot serve the request
 
     def next(self) -> _Step | None:
         """The next attempt to make, or None when there is none (candidates, attempts or time)."""
@@ -486,6 +508,11 @@ class _Walk:
             )
         self.exhausted = True
         return None
+
+    def skip(self, unsupported: Unsupported) -> None:
+        """A candidate that cannot serve this request: no attempt was spent on it."""
+        self.started -= 1
+        self.unsupported.append(unsupported)
 
     def failed(self, dep: DeploymentState, outcome: Outcome) -> _Then:
         """Fold in a failed attempt; the class's failover rule says what happens next."""

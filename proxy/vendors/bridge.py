@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import orjson
 
 from proxy.config import DeploymentConfig
-from proxy.core.outcomes import Outcome, OutcomeClass
+from proxy.core.errors import Unsupported
 from proxy.formats.anthropic import (
     ChatToMessagesStream,
     MessagesToChatStream,
@@ -109,17 +109,12 @@ class _BridgedStream(UpstreamResponse):
         self._inner.close()
 
 
-def _unsupported(call: UpstreamCall, adapter: VendorAdapter) -> AttemptFailed:
-    path = "/v1/" + call.endpoint
-    return AttemptFailed(
-        Outcome(
-            OutcomeClass.CLIENT_ERROR,
-            400,
-            None,
-            f"{path} cannot be served by vendor {adapter.config.name!r} "
-            f"(type {adapter.config.type}); route this model group to deployments whose "
-            "vendors serve it",
-        )
+def _unsupported(call: UpstreamCall, adapter: VendorAdapter) -> Unsupported:
+    return Unsupported(
+        "/v1/" + call.endpoint,
+        adapter.config.name,
+        f"vendor type {adapter.config.type} has no such endpoint; route this model group to "
+        "deployments whose vendors serve it",
     )
 
 

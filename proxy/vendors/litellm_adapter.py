@@ -27,6 +27,7 @@ from typing import Any
 import orjson
 
 from proxy.config import DeploymentConfig, VendorConfig
+from proxy.core.errors import Unsupported
 from proxy.core.outcomes import Outcome, OutcomeClass
 from proxy.core.usage import Usage
 from proxy.vendors.base import (
@@ -327,15 +328,11 @@ class LiteLLMAdapter(VendorAdapter):
         attempt_s: float,
     ) -> UpstreamResponse:
         if call.endpoint != "chat/completions":
-            raise AttemptFailed(
-                Outcome(
-                    OutcomeClass.CLIENT_ERROR,
-                    400,
-                    None,
-                    f"/v1/{call.endpoint} cannot be served by vendor {self.config.name!r} "
-                    f"(type {self.config.type}); route this model group to deployments whose "
-                    "vendors serve it",
-                )
+            raise Unsupported(
+                "/v1/" + call.endpoint,
+                self.config.name,
+                f"vendor type {self.config.type} has no such endpoint; route this model group "
+                "to deployments whose vendors serve it",
             )
         params = self.call_params(deployment, call)
         vendor_type = self.config.type
