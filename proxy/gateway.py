@@ -19,9 +19,11 @@ from proxy.health.breaker import BreakerState
 from proxy.health.checker import HealthChecker
 from proxy.health.deployment import DeploymentState
 from proxy.limits import Limits, UsageLedger
+from proxy.limits.admission import LIMITS, UNKNOWN_CLIENT
 from proxy.limits.ledger import utc_day
-from proxy.metrics import Metrics
-from proxy.routing.router import ModelGroup, Router
+from proxy.metrics import Metrics, SeriesPlan
+from proxy.routing.classify import POLICIES, FailoverRule, OutcomeClass
+from proxy.routing.router import HEDGE_LOST, ModelGroup, Router
 from proxy.state import StateBackend, StateBackendDown, make_backend
 from proxy.state.sync import StateSync
 from proxy.vendors import make_adapter
@@ -32,6 +34,34 @@ __all__ = ["Gateway"]
 log = logging.getLogger("llmproxy")
 
 USAGE_REFRESH_S = 1.0  # how often a replica reads the cluster's usage today (shared backend)
+
+
+# Label values of the series born at 0 (proxy/metrics.py), from the outcome table.
+_FAILURE_CLASSES = tuple(
+    c for c in OutcomeClass if c not in (OutcomeClass.SUCCESS, OutcomeClass.CLIENT_CANCELLED)
+)
+_FAILOVER_REASONS = tuple(
+    c
+    for c, policy in POLICIES.items()
+    if policy.fail_over in (FailoverRule.YES, FailoverRule.CONTEXT_FALLBACK)
+)
+_CLIENT_REASONS = (*LIMITS, "model_not_allowed")
+_UNKNOWN_CLIENT_REASONS = ("missing_key", "invalid_key")
+
+
+def series_plan(config: Config) -> SeriesPlan:
+    """Every series of `config`'s deployments, groups and clients that alerts and panels read."""
+    clients: dict[str, tuple[str, ...]] = {c.name: _CLIENT_REASONS for c in config.clients or ()}
+    if config.clients is not None:
+        clients[UNKNOWN_CLIENT] = _UNKNOWN_CLIENT_REASONS
+    return SeriesPlan(
+        groups={name: [m.deployment for m in g.members] for name, g in config.models.items()},
+        deployments=list(config.deployments),
+        clients=clients,
+        attempt_classes=(*OutcomeClass, HEDGE_LOST),
+        failover_reasons=_FAILOVER_REASONS,
+        failure_classes=_FAILURE_CLASSES,
+    )
 
 
 class Gateway:
@@ -96,6 +126,7 @@ class Gateway:
         limits: Limits,
     ) -> None:
         self.config = config
+        self.metrics.declare(series_plan(config))
         self.deployments = states
         self.adapters = adapters
         self.groups = {name: ModelGroup(g, states) for name, g in config.models.items()}
@@ -228,9 +259,11 @@ class Gateway:
             yield dep.id, int(dep.breaker.state), dep.healthy, dep.cooldown_left(now)
 
     def _group_snapshot(self) -> Iterator[tuple[str, int]]:
+        # In service, not merely admitting: a breaker that lets one trial through now and
+        # then is not a deployment the group can count on (the alert on 0 must not flap).
         now = time.monotonic()
         for name, group in self.groups.items():
-            yield name, sum(1 for dep, _ in group.members if dep.usable(now))
+            yield name, sum(1 for dep, _ in group.members if not dep.down(now))
 
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
