@@ -434,8 +434,11 @@ REQUIRED_VENDOR_KEYS: dict[str, tuple[tuple[str, str], ...]] = {
 # --------------------------------------------------------------------------- loading
 
 
-_ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+# ${VAR}, ${VAR:-default}, or ${file:/path} (a secret file, e.g. a mounted Kubernetes Secret,
+# read again by every reload: a vendor key is rotated by rewriting the file and reloading).
+_ENV_RE = re.compile(r"\$\{(?:file:([^}]+)|([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?)\}")
 _REF_PREFIX = "__llmproxy_env_"
+KEYLESS = "none"  # `api_key: none`: a server that needs no key (vLLM, Ollama)
 _REF_RE = re.compile(re.escape(_REF_PREFIX) + r"(\d+)__")
 _MISSING = object()
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # an HTTP token (RFC 9110)
@@ -448,7 +451,9 @@ class _Loader:
         self.file = file
         self.env = env
         self.issues: list[ConfigIssue] = []
-        self.refs: list[tuple[str, str | None]] = []
+        # (file path, None, None) or (None, variable, default) per reference, in text order
+        self.refs: list[tuple[str | None, str | None, str | None]] = []
+        self.file_errors: dict[str, str] = {}  # ${file:...} path -> why it could not be read
 
     def protect_refs(self, text: str) -> str:
         """Swap each ${VAR} for a YAML-neutral token before parsing.
@@ -459,10 +464,34 @@ class _Loader:
         """
 
         def token(m: re.Match[str]) -> str:
-            self.refs.append((m.group(1), m.group(2)))
+            self.refs.append((m.group(1), m.group(2), m.group(3)))
             return f"{_REF_PREFIX}{len(self.refs) - 1}__"
 
         return _ENV_RE.sub(token, text)
+
+    def read_secret_file(self, path: str) -> str | None:
+        """A ${file:...} reference's value: the file's text without surrounding whitespace
+        (`echo KEY > file` adds a newline). A relative path is relative to the config file."""
+        p = Path(path)
+        if not p.is_absolute() and not self.file.startswith("<"):
+            p = Path(self.file).parent / p
+        try:
+            return p.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            self.file_errors[path] = exc.strerror or str(exc)
+        except UnicodeDecodeError:
+            self.file_errors[path] = "the file is not UTF-8 text"
+        return None
+
+    def references(self, node: yaml.Node | None) -> str:
+        """The ${...} references written in a scalar, as written (for messages)."""
+        if not isinstance(node, yaml.ScalarNode):
+            return ""
+        out = []
+        for m in _REF_RE.finditer(str(node.value)):
+            path, name, _ = self.refs[int(m.group(1))]
+            out.append(f"${{file:{path}}}" if path is not None else f"${{{name}}}")
+        return ", ".join(out)
 
     def issue(self, node: yaml.Node | None, key: str, message: str) -> None:
         line = node.start_mark.line + 1 if node is not None else None
@@ -477,9 +506,16 @@ class _Loader:
         value = yaml.SafeLoader("").construct_object(node)
         if isinstance(value, str) and _REF_PREFIX in value:
             missing: list[str] = []
+            unreadable: list[str] = []
 
             def sub(m: re.Match[str]) -> str:
-                name, default = self.refs[int(m.group(1))]
+                path, name, default = self.refs[int(m.group(1))]
+                if path is not None:
+                    secret = self.read_secret_file(path)
+                    if secret is None:
+                        unreadable.append(path)
+                    return secret or ""
+                assert name is not None
                 if name in self.env:
                     return self.env[name]
                 if default is not None:
@@ -495,6 +531,9 @@ class _Loader:
                     key,
                     f"environment variable {names} is not set (export it, or write ${{{names}:-default}})",
                 )
+            for path in unreadable:
+                self.issue(node, key, f"cannot read ${{file:{path}}}: {self.file_errors[path]}")
+            if missing or unreadable:
                 return True, _MISSING
             # A value that came from the environment is typed by the field it lands in.
             return True, _EnvString(value)
@@ -705,6 +744,19 @@ def _resolve(spec: ConfigSpec, root: yaml.Node, loader: _Loader) -> Config | Non
                 f"must be an http(s) URL, got {base_url!r}",
             )
             continue
+        api_key = v.api_key
+        if api_key is not None and not api_key.strip():
+            refs = loader.references(_find(root, "vendors", name, "api_key"))
+            issue(
+                ("vendors", name, "api_key"),
+                f"vendors.{name}.api_key",
+                f"is empty{f' ({refs} is empty or only whitespace)' if refs else ''}: vendor "
+                f"{name!r} would refuse every request (401). Set the key, or write "
+                f"`api_key: {KEYLESS}` for a server that needs none",
+            )
+            continue
+        if api_key == KEYLESS:
+            api_key = None
         bad_headers = [
             k
             for k, val in v.headers.items()
@@ -723,7 +775,7 @@ def _resolve(spec: ConfigSpec, root: yaml.Node, loader: _Loader) -> Config | Non
             name=name,
             type=v.type,
             base_url=base_url.rstrip("/"),
-            api_key=v.api_key or None,
+            api_key=api_key,
             api_version=v.api_version,
             headers=dict(v.headers),
             max_connections=v.max_connections,

@@ -14,7 +14,7 @@ import time
 from collections.abc import Coroutine, Iterator
 from typing import Any
 
-from proxy.config import Config, ConfigError, load_config
+from proxy.config import Config, ConfigError, VendorConfig, load_config
 from proxy.health.breaker import BreakerState
 from proxy.health.checker import HealthChecker
 from proxy.health.deployment import DeploymentState
@@ -47,6 +47,11 @@ _FAILOVER_REASONS = tuple(
 )
 _CLIENT_REASONS = (*LIMITS, "model_not_allowed")
 _UNKNOWN_CLIENT_REASONS = ("missing_key", "invalid_key")
+
+
+def _credentials(vendor: VendorConfig) -> tuple[object, ...]:
+    """What a vendor authenticates with (a key may also be sent as a configured header)."""
+    return vendor.api_key, tuple(sorted(vendor.headers.items()))
 
 
 def series_plan(config: Config) -> SeriesPlan:
@@ -169,10 +174,18 @@ class Gateway:
                     adapters[name] = make_adapter(vendor)
                     await adapters[name].start()
             new_ids = set(config.deployments) - set(self.deployments)
+            rotated = [
+                name
+                for name, vendor in config.vendors.items()
+                if name in self.config.vendors
+                and _credentials(self.config.vendors[name]) != _credentials(vendor)
+            ]
             old_health = self.health
             self._swap(
                 config, self._states_for(config), adapters, self._limits_for(config, self.limits)
             )
+            for name in rotated:
+                self._credentials_rotated(name)
             if self.ready:
                 await old_health.stop()
                 self.health.start()
@@ -186,6 +199,24 @@ class Gateway:
             "config reloaded: version %s",
             config.version,
             extra={"event": "config_reload", "result": "success", "config_version": config.version},
+        )
+
+    def _credentials_rotated(self, vendor: str) -> None:
+        """A vendor's key changed: its deployments' auth_error cooldowns were about the old one."""
+        cleared = [
+            dep.id
+            for dep in self.deployments.values()
+            if dep.config.vendor == vendor and dep.cooldown_reason == OutcomeClass.AUTH_ERROR
+        ]
+        for dep_id in cleared:
+            self.deployments[dep_id].clear_cooldown()
+        log.warning(
+            "the credentials of vendor %s changed; %s",
+            vendor,
+            f"auth_error cooldown cleared for {', '.join(cleared)}"
+            if cleared
+            else "no deployment of it was cooling down for auth_error",
+            extra={"event": "vendor_credentials_changed", "vendor": vendor, "cleared": cleared},
         )
 
     async def reload_from_file(self, path: str | None = None) -> Config:
