@@ -98,8 +98,7 @@ function render(doc) {
   fill("clients", Object.entries(doc.clients || {}).map(([name, c]) => {
     const today = c.today || {};
     const tokens = (today.prompt_tokens || 0) + (today.completion_tokens || 0);
-    const limits = Object.entries(c.limits || {}).map(([k, v]) =>
-      v.remaining !== undefined ? `${k}: ${v.remaining}/${v.limit}` : `${k}: ${v.in_flight}/${v.limit}`).join("; ");
+    const limits = Object.entries(c.limits || {}).map(([k, v]) => `${k}: ${v.summary}`).join("; ");
     return [cell(name), cell(c.in_flight, "num"), cell(today.requests || 0, "num"), cell(tokens, "num"),
             cell(limits || "none")];
   }));
