@@ -89,8 +89,8 @@ def test_the_prometheus_rule_is_generated_from_alerts_yml() -> None:
         "deploy/k8s/prometheusrule.yaml is stale: run python deploy/prometheus/render_rules.py"
     )
     other = render.with_runbook_base(text, "https://wiki.example.com/llm-proxy/runbook")
-    assert other.count("https://wiki.example.com/llm-proxy/runbook#llmproxy") == text.count(
-        "runbook_url:"
+    assert other.count('runbook_url: "https://wiki.example.com/llm-proxy/runbook#llmproxy') == (
+        text.count('runbook_url: "')
     )
     with pytest.raises(ValueError, match="absolute"):
         render.with_runbook_base(text, "docs/runbook.md")
