@@ -76,7 +76,9 @@ def test_every_alert_has_summary_description_and_an_absolute_runbook_link() -> N
         base, anchor = ann["runbook_url"].split("#", 1)
         bases.add(base)
         assert base.startswith("https://") and base.endswith("/docs/runbook.md"), base
-        assert f"\n## {rule['alert']}\n" in runbook and anchor == rule["alert"].lower(), rule["alert"]
+        assert f"\n## {rule['alert']}\n" in runbook and anchor == rule["alert"].lower(), rule[
+            "alert"
+        ]
     assert len(bases) == 1, bases
 
 

@@ -30,7 +30,7 @@ import aiohttp
 import pytest
 import yaml
 
-from proxy.fakes import FAKES, Fault, FakeVendor
+from proxy.fakes import FAKES, FakeVendor, Fault
 from tests.conftest import free_port
 from tests.processes import Serve, run_cli, spawn_serve, wait_ready
 
@@ -144,7 +144,9 @@ def healthy_config(fakes: dict[str, FakeVendor], secrets: Path) -> str:
 
 
 def doomed_config(fakes: dict[str, FakeVendor], secrets: Path) -> str:
-    return _server(secrets) + COMMON + _vendors({"spare": fakes["good"]}, {}) + _groups(DOOMED_GROUPS)
+    return (
+        _server(secrets) + COMMON + _vendors({"spare": fakes["good"]}, {}) + _groups(DOOMED_GROUPS)
+    )
 
 
 # ------------------------------------------------------------------ Prometheus
@@ -420,9 +422,7 @@ async def test_every_alert_fires_for_its_fault_on_a_real_prometheus_and_none_whe
                 Expected("LLMProxyDeploymentDown", {"deployment": "hang/m"}, "hangs, probes pass"),
                 Expected("LLMProxyModelGroupDown", {"model_group": "solo"}, "its only one hangs"),
                 Expected("LLMProxyClientErrors", {"model_group": "streams"}, "streams cut"),
-                Expected(
-                    "LLMProxyAllVendorsRateLimited", {"model_group": "limited"}, "all 429"
-                ),
+                Expected("LLMProxyAllVendorsRateLimited", {"model_group": "limited"}, "all 429"),
                 Expected("LLMProxyHighFailoverRate", {"model_group": "quota"}, "skipped"),
                 Expected("LLMProxyDown", {"instance": instance["doomed"]}, "killed"),
             ]

@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.app import create_app
 from proxy.cli import build_parser
-from proxy.config import Config, load_config, parse_config
+from proxy.config import Config, parse_config
 from proxy.fakes.__main__ import _parse_args as parse_fake_args
 from proxy.gateway import Gateway
 
@@ -298,7 +298,9 @@ def test_k8s_deployment_probes_ports_config_and_draining_agree_with_the_proxy(
     env = {e["name"]: e["value"] for e in container.get("env", [])}
     assert "envFrom" not in container  # keys are files (rotated without a restart)
     (keys,) = [v for v in spec["volumes"] if "secret" in v]
-    keys_dir = next(vm["mountPath"] for vm in container["volumeMounts"] if vm["name"] == keys["name"])
+    keys_dir = next(
+        vm["mountPath"] for vm in container["volumeMounts"] if vm["name"] == keys["name"]
+    )
     kustomization = (DEPLOY / "k8s" / "kustomization.yaml").read_text()
     secret_keys = set(re.findall(r"--from-literal=(\w+)=", kustomization))
     text = _with_secret_files(configmap["data"][items[file_name]], keys_dir, secret_keys, tmp_path)

@@ -56,7 +56,9 @@ def test_kubernetes_validate_accepts_every_manifest() -> None:
     assert out.returncode == 0, out.stdout + out.stderr
     # Only the kinds Kubernetes has no schema for are skipped (their content is checked by
     # tests/test_alert_rules.py and tests/test_deploy_files.py).
-    skipped = {line.split()[1] for line in out.stdout.splitlines() if "Couldn't find schema" in line}
+    skipped = {
+        line.split()[1] for line in out.stdout.splitlines() if "Couldn't find schema" in line
+    }
     assert skipped <= {
         str(DEPLOY / "k8s" / n)
         for n in ("kustomization.yaml", "servicemonitor.yaml", "prometheusrule.yaml")
