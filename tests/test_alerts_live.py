@@ -118,6 +118,10 @@ def _server(secrets: Path) -> str:
     )
 
 
+def _client(name: str, secrets: Path, limits: str) -> str:
+    return f"clients:\n  - {{name: {name}, key: '${{file:{secrets / name}}}', limits: {limits}}}\n"
+
+
 def fault_config(fakes: dict[str, FakeVendor], secrets: Path) -> str:
     vendors = {v: fakes[v] for v in dict.fromkeys(itertools.chain(*FAULT_GROUPS.values()))}
     return (
@@ -125,21 +129,18 @@ def fault_config(fakes: dict[str, FakeVendor], secrets: Path) -> str:
         + COMMON
         + _vendors(vendors, {"auth": "the-wrong-key"})
         + _groups(FAULT_GROUPS)
-        + "clients:\n"
-        + f"  - {{name: agent, key: '${{file:{secrets / 'agent'}}}', "
-        + "limits: {loop_max_repeats: 2, loop_window_s: 60}}\n"
+        + _client("agent", secrets, "{loop_max_repeats: 2, loop_window_s: 60}")
     )
 
 
 def healthy_config(fakes: dict[str, FakeVendor], secrets: Path) -> str:
+    limits = "{rpm: 100000, tokens_per_day: 1000000000, loop_max_repeats: 50}"
     return (
         _server(secrets)
         + COMMON
         + _vendors({"good_a": fakes["good"], "good_b": fakes["good"]}, {})
         + _groups(HEALTHY_GROUPS)
-        + "clients:\n"
-        + f"  - {{name: team, key: '${{file:{secrets / 'team'}}}', "
-        + "limits: {rpm: 100000, tokens_per_day: 1000000000, loop_max_repeats: 50}}\n"
+        + _client("team", secrets, limits)
     )
 
 

@@ -82,7 +82,7 @@ function render(doc) {
     const state = d.breaker.state;
     const cooling = d.cooldown ? `${d.cooldown.left_s.toFixed(0)} s (${d.cooldown.reason})` : "-";
     const row = [
-      cell(id), cell(state, state), cell(d.breaker.failures, "num"), cell(cooling, d.cooldown ? "cooling" : ""),
+      cell(id), cell(d.breaker.drained ? `${state} (drained)` : state, state), cell(d.breaker.failures, "num"), cell(cooling, d.cooldown ? "cooling" : ""),
       cell(d.healthy ? "healthy" : "unhealthy", d.healthy ? "healthy" : "unhealthy"),
       cell(d.usable ? "yes" : "no", d.usable ? "yes" : "no"), cell(d.latency_ewma_ms, "num"),
       cell(d.in_flight, "num"),
