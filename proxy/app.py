@@ -15,9 +15,10 @@ from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from proxy.api import admin, anthropic, dashboard, openai, openapi
-from proxy.api.errors import ApiError, internal_error, json_error
+from proxy.api.errors import internal_error, json_error
 from proxy.api.openai import GATEWAY
 from proxy.config import Config
+from proxy.core.errors import ApiError
 from proxy.gateway import Gateway
 from proxy.listener import FastHandler, Listener
 
@@ -112,7 +113,12 @@ async def listen(
         app, access_log=None, handler_cancellation=True, shutdown_timeout=grace_s
     )
     await runner.setup()
-    listener = Listener(runner, FAST_ROUTES, max_body=app[GATEWAY].config.server.max_body_bytes)
+    listener = Listener(
+        runner,
+        FAST_ROUTES,
+        max_body=app[GATEWAY].config.server.max_body_bytes,
+        internal_error=internal_error,
+    )
     try:
         await listener.start(host, port, reuse_port=reuse_port)
     except OSError:

@@ -23,6 +23,8 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_
 
 import yaml
 
+from proxy.core.vendor_types import VENDOR_TYPES
+
 __all__ = [
     "PROBE_KINDS",
     "STRATEGY_NAMES",
@@ -405,32 +407,6 @@ class Config:
     health_check: HealthCheckConfig = field(default_factory=HealthCheckConfig)
 
 
-# Default base URLs per vendor type ("what that vendor's own SDK calls its base URL"),
-# `{region}` filled from the vendor's `region`. A type missing here must be given a base_url.
-DEFAULT_BASE_URLS: dict[str, str] = {
-    "openai": "https://api.openai.com/v1",
-    "anthropic": "https://api.anthropic.com",
-    "gemini": "https://generativelanguage.googleapis.com",
-    "vertex": "https://{region}-aiplatform.googleapis.com",
-    "bedrock": "https://bedrock-runtime.{region}.amazonaws.com",
-    "mistral": "https://api.mistral.ai/v1",
-    "cohere": "https://api.cohere.com",
-}
-
-# Keys a vendor type cannot work without, and what to tell the operator when one is missing.
-REQUIRED_VENDOR_KEYS: dict[str, tuple[tuple[str, str], ...]] = {
-    "azure": (
-        ("base_url", "your resource's endpoint, e.g. https://myres.openai.azure.com"),
-        ("api_version", 'the data-plane api-version, e.g. "2024-10-21"'),
-    ),
-    "vertex": (
-        ("project", "the Google Cloud project id"),
-        ("region", "the Vertex AI location, e.g. us-east5 or global"),
-    ),
-    "bedrock": (("region", "the AWS region, e.g. us-east-1"),),
-}
-
-
 # --------------------------------------------------------------------------- loading
 
 
@@ -705,22 +681,19 @@ def _resolve(spec: ConfigSpec, root: yaml.Node, loader: _Loader) -> Config | Non
     def issue(path: tuple[str | int, ...], key: str, message: str) -> None:
         loader.issues.append(ConfigIssue(loader.file, _line(_find(root, *path)), key, message))
 
-    from proxy.vendors import ADAPTERS  # the adapter registry is the list of supported types
-
     vendors: dict[str, VendorConfig] = {}
     for name, v in spec.vendors.items():
         if v is None:
             continue
-        if v.type not in ADAPTERS:
+        vtype = VENDOR_TYPES.get(v.type)
+        if vtype is None:
             issue(
                 ("vendors", name, "type"),
                 f"vendors.{name}.type",
-                f"unsupported vendor type {v.type!r}; supported: {', '.join(ADAPTERS)}",
+                f"unsupported vendor type {v.type!r}; supported: {', '.join(VENDOR_TYPES)}",
             )
             continue
-        missing = [
-            (key, hint) for key, hint in REQUIRED_VENDOR_KEYS.get(v.type, ()) if not getattr(v, key)
-        ]
+        missing = [(key, hint) for key, hint in vtype.required if not getattr(v, key)]
         for key, hint in missing:
             issue(
                 ("vendors", name),
@@ -729,7 +702,7 @@ def _resolve(spec: ConfigSpec, root: yaml.Node, loader: _Loader) -> Config | Non
             )
         if missing:
             continue
-        base_url = v.base_url or DEFAULT_BASE_URLS.get(v.type, "").format(region=v.region)
+        base_url = v.base_url or (vtype.default_base_url or "").format(region=v.region)
         if not base_url:
             issue(
                 ("vendors", name),

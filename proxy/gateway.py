@@ -15,17 +15,17 @@ from collections.abc import Coroutine, Iterator
 from typing import Any
 
 from proxy.config import Config, ConfigError, VendorConfig, load_config
+from proxy.core.outcomes import POLICIES, FailoverRule, OutcomeClass
 from proxy.health.breaker import BreakerState
 from proxy.health.checker import HealthChecker
 from proxy.health.deployment import DeploymentState
+from proxy.health.sync import StateSync
 from proxy.limits import Limits, UsageLedger
 from proxy.limits.admission import LIMITS, UNKNOWN_CLIENT
 from proxy.limits.ledger import utc_day
 from proxy.metrics import Metrics, SeriesPlan
-from proxy.routing.classify import POLICIES, FailoverRule, OutcomeClass
 from proxy.routing.router import HEDGE_LOST, ModelGroup, Router
 from proxy.state import StateBackend, StateBackendDown, make_backend
-from proxy.state.sync import StateSync
 from proxy.vendors import make_adapter
 from proxy.vendors.base import VendorAdapter
 

@@ -30,7 +30,6 @@ from typing import Any, Final
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from proxy.api.errors import internal_error
 
 __all__ = ["FastEventStream", "FastHandler", "FastRequest", "Listener", "ProxiedRequest"]
 
@@ -200,10 +199,6 @@ def _serialize(resp: web.StreamResponse) -> bytes:
         headers = CIMultiDict(headers)
         headers["Content-Type"] = resp.content_type
     return _head(resp.status, headers, b"Content-Length: %d\r\n" % len(body)) + bytes(body)
-
-
-def _internal_error() -> bytes:
-    return _serialize(internal_error())
 
 
 class _Connection(asyncio.Protocol):
@@ -376,7 +371,7 @@ class _Connection(asyncio.Protocol):
                     if self.transport is not None:
                         self.transport.close()
                     return
-                data: bytes | None = _internal_error()
+                data: bytes | None = _serialize(listener.internal_error())
             else:
                 data = None if isinstance(resp, FastEventStream) else _serialize(resp)
             transport = self.transport
@@ -431,9 +426,11 @@ class Listener:
         routes: Mapping[str, FastHandler],
         *,
         max_body: int,
+        internal_error: Callable[[], web.Response],
         keepalive_s: float = _KEEPALIVE_S,
     ) -> None:
         self.runner = runner
+        self.internal_error = internal_error  # the answer to a request that hit a bug
         self.app = runner.app
         self.routes = dict(routes)
         self.max_body = max_body

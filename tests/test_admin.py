@@ -11,9 +11,9 @@ import pytest
 from aiohttp.test_utils import make_mocked_request
 
 from proxy.api.admin import ADMIN_ROUTES, require_admin
-from proxy.api.errors import ApiError
 from proxy.app import GATEWAY, create_app
 from proxy.config import parse_config
+from proxy.core.errors import ApiError
 from proxy.fakes.base import Fault
 from tests.conftest import FakeFactory, ProxyFactory, RunningProxy, build_config
 from tests.limits_helpers import ADMIN_KEY, KEY_A, admin, chat_body, keyed_config, post, sha

@@ -1,4 +1,4 @@
-"""Table-driven tests for proxy.routing.classify.
+"""Table-driven tests for proxy.vendors.classify and proxy.core.outcomes.
 
 Bodies and headers are copied from the shapes in VENDOR_WIRE_FORMATS.md section 2/3 (and the
 vendor messages its sources quote), one case per vendor row.
@@ -22,9 +22,8 @@ from aiohttp.client_reqrep import ConnectionKey, RequestInfo
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from proxy.routing.classify import (
+from proxy.core.outcomes import (
     POLICIES,
-    RULES,
     Blame,
     CooldownKind,
     FailoverRule,
@@ -32,6 +31,9 @@ from proxy.routing.classify import (
     Outcome,
     OutcomeClass,
     aggregate,
+)
+from proxy.vendors.classify import (
+    RULES,
     classify_response,
     classify_stream_error,
     classify_transport,

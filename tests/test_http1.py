@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from proxy.core.outcomes import OutcomeClass
 from proxy.http1 import BodyIncomplete, Pool, ProtocolError, RemoteDisconnected
-from proxy.routing.classify import OutcomeClass, classify_transport
+from proxy.vendors.classify import classify_transport
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 

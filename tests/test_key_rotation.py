@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from proxy.config import ConfigError, parse_config
-from proxy.routing.classify import Outcome, OutcomeClass
+from proxy.core.outcomes import Outcome, OutcomeClass
 from tests.conftest import FakeFactory, ProxyFactory
 from tests.processes import run_cli
 

@@ -12,8 +12,8 @@ import openai
 import orjson
 import pytest
 
+from proxy.core.usage import estimate_tokens
 from proxy.fakes.base import Fault
-from proxy.limits import estimate_tokens
 from tests.conftest import FakeFactory, ProxyFactory, RunningProxy
 from tests.limits_helpers import KEY_A, KEY_B, chat_body, keyed_config, metric, post
 

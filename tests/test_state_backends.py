@@ -10,9 +10,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 
 from proxy.config import StateConfig, parse_config
+from proxy.core.outcomes import Outcome, OutcomeClass
 from proxy.gateway import Gateway
 from proxy.health.breaker import BreakerState
-from proxy.routing.classify import Outcome, OutcomeClass
 from proxy.state import Change, MemoryBackend, StateBackend, StateBackendDown, make_backend
 from proxy.state.base import sliding_window
 from proxy.state.redis import RedisBackend

@@ -12,9 +12,10 @@ import openai
 import pytest
 
 from proxy.config import ConfigError, DeploymentConfig, Timeouts, VendorConfig, parse_config
+from proxy.core.vendor_types import VENDOR_TYPES
 from proxy.fakes import Fault
 from proxy.formats.sse import SSEParser
-from proxy.vendors import ADAPTERS, make_adapter
+from proxy.vendors import make_adapter
 from proxy.vendors.base import UpstreamCall
 from tests.conftest import FakeFactory, ProxyFactory
 
@@ -31,7 +32,7 @@ def test_every_supported_type_has_an_adapter_and_unsupported_ones_are_named() ->
     message = str(info.value)
     assert "vendors.v.type: unsupported vendor type 'watsonx'; supported:" in message
     for t in ("openai", "azure", "anthropic", "gemini", "vertex", "bedrock", "mistral", "cohere"):
-        assert t in message and t in ADAPTERS
+        assert t in message and t in VENDOR_TYPES
 
 
 @pytest.mark.parametrize(

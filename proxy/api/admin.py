@@ -22,9 +22,9 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from proxy.api.errors import ApiError
 from proxy.api.openai import GATEWAY
 from proxy.config import ConfigError
+from proxy.core.errors import ApiError
 from proxy.gateway import Gateway
 from proxy.health.breaker import BreakerState
 from proxy.health.deployment import DeploymentState

@@ -18,11 +18,11 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from proxy.api.errors import ApiError
 from proxy.api.openai import GATEWAY, Inbound, proxy_request, stream_error_message
 from proxy.api.validation import EndpointSchema, read_json, validate
+from proxy.core.errors import ApiError
+from proxy.core.outcomes import FinalError, Outcome, OutcomeClass
 from proxy.listener import ProxiedRequest
-from proxy.routing.classify import FinalError, Outcome, OutcomeClass
 from proxy.routing.router import Served
 
 __all__ = ["ANTHROPIC", "MESSAGES", "error_type", "routes"]

@@ -12,29 +12,9 @@ from collections.abc import Mapping
 import orjson
 from aiohttp import web
 
+from proxy.core.errors import ApiError
+
 __all__ = ["ApiError", "error_body", "internal_error", "json_error"]
-
-
-class ApiError(Exception):
-    """A request the proxy refuses or could not serve, with what the client should see."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        *,
-        type: str = "invalid_request_error",
-        code: str | None = None,
-        param: str | None = None,
-        headers: Mapping[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.type = type
-        self.code = code
-        self.param = param
-        self.headers = dict(headers or {})
 
 
 def error_body(message: str, type: str, code: str | None, param: str | None = None) -> bytes:

@@ -21,13 +21,14 @@ import orjson
 from aiohttp import web
 
 from proxy.accesslog import AccessLog
-from proxy.api.errors import ApiError, error_body, json_error
+from proxy.api.errors import error_body, json_error
 from proxy.api.validation import CHAT, COMPLETIONS, EMBEDDINGS, EndpointSchema, read_json, validate
+from proxy.core.errors import ApiError
+from proxy.core.outcomes import FinalError, Outcome, OutcomeClass
 from proxy.gateway import Gateway
 from proxy.limits import OPEN, ClientState, Ticket
 from proxy.listener import FastEventStream, FastRequest, ProxiedRequest
 from proxy.metrics import UNKNOWN_GROUP
-from proxy.routing.classify import FinalError, Outcome, OutcomeClass
 from proxy.routing.router import AllFailed, Attempt, Served, Trace
 from proxy.vendors.base import AttemptFailed, UpstreamCall
 

@@ -14,7 +14,7 @@ from typing import Any, cast
 import orjson
 from aiohttp import web
 
-from proxy.api.errors import ApiError
+from proxy.core.errors import ApiError
 from proxy.listener import ProxiedRequest
 
 __all__ = ["CHAT", "COMPLETIONS", "EMBEDDINGS", "EndpointSchema", "read_json", "validate"]

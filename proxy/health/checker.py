@@ -38,10 +38,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from proxy.config import HealthCheckConfig
+from proxy.core.outcomes import POLICIES, Outcome, OutcomeClass
 from proxy.health.breaker import BreakerState
 from proxy.health.deployment import DeploymentState
 from proxy.metrics import Metrics
-from proxy.routing.classify import POLICIES, Outcome, OutcomeClass
 from proxy.state.base import Lease
 from proxy.vendors.base import ProbeUnsupported, VendorAdapter
 
@@ -274,7 +274,7 @@ class HealthChecker:
 
     @staticmethod
     def _share(dep: DeploymentState) -> None:
-        """Publish this prober's verdict to peer replicas (proxy/state/sync.py)."""
+        """Publish this prober's verdict to peer replicas (proxy/health/sync.py)."""
         if dep.on_change is not None:
             dep.on_change(dep.id, "health")
 

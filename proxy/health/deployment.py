@@ -11,9 +11,9 @@ import time
 from collections.abc import Callable
 
 from proxy.config import CooldownConfig, DeploymentConfig
+from proxy.core.outcomes import CooldownKind, Outcome, OutcomeClass
 from proxy.health.breaker import BreakerState, DeploymentBreaker
 from proxy.health.caps import DeploymentCaps
-from proxy.routing.classify import CooldownKind, Outcome, OutcomeClass
 
 __all__ = ["DeploymentState", "cooldown_seconds"]
 
@@ -103,7 +103,7 @@ class DeploymentState:
         self.last_class = ""
         self.repeats = 0
         # Called with (deployment id, field group) when this replica changes shared state;
-        # the state sync publishes it to peer replicas (proxy/state/sync.py).
+        # the state sync publishes it to peer replicas (proxy/health/sync.py).
         self.on_change: Callable[[str, str], None] | None = None
 
     def usable(self, now: float) -> bool:

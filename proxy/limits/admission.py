@@ -25,23 +25,21 @@ from typing import Any
 
 import orjson
 
-from proxy.api.errors import ApiError
 from proxy.config import ClientConfig, Config, Price
+from proxy.core.errors import ApiError
+from proxy.core.usage import Usage, estimate_tokens
 from proxy.limits.buckets import Bucket, DayCounter
 from proxy.limits.ledger import UsageLedger, utc_day
 from proxy.limits.shared import SharedWindow
 from proxy.metrics import Metrics
 from proxy.state.base import StateBackend
-from proxy.vendors.base import Usage
 
-__all__ = ["OPEN", "ClientState", "Limits", "Ticket", "estimate_tokens"]
+__all__ = ["OPEN", "ClientState", "Limits", "Ticket"]
 
 log = logging.getLogger("llmproxy")
 
 UNKNOWN_CLIENT = "_unknown_"  # the `client` label of requests whose key is not known
 
-# What an admitted request reserves for its answer when it sets no max_tokens.
-DEFAULT_COMPLETION_ESTIMATE = 1024
 # Fields that do not change what a request asks the model (loop detection ignores them).
 _LOOP_IGNORED = frozenset({"stream", "stream_options", "user", "metadata"})
 # A client's loop history is swept of expired bodies when it grows past this.
@@ -58,24 +56,6 @@ LIMITS: Mapping[str, str] = {
     "tokens_per_day": "tokens per UTC day (tokens_per_day)",
     "budget_usd_per_day": "USD per UTC day (budget_usd_per_day)",
 }
-
-
-def estimate_tokens(endpoint: str, body: Mapping[str, Any], raw_len: int) -> tuple[int, int]:
-    """(prompt, completion) tokens a request may use, for its reservation.
-
-    The prompt is estimated from the body's size (~4 bytes a token, which over-counts JSON
-    syntax: safe, and settled to the real figure anyway); the completion is `max_tokens`
-    (or `max_completion_tokens`) times `n`, else a default.
-    """
-    prompt = raw_len // 4 + 1
-    if endpoint == "embeddings":
-        return prompt, 0
-    cap = body.get("max_completion_tokens") or body.get("max_tokens")
-    completion = cap if isinstance(cap, int) and cap > 0 else DEFAULT_COMPLETION_ESTIMATE
-    n = body.get("n")
-    if isinstance(n, int) and n > 1:
-        completion *= n
-    return prompt, completion
 
 
 class ClientState:

@@ -16,10 +16,17 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from proxy.config import Config, ModelGroupConfig
+from proxy.core.outcomes import (
+    BreakerVerdict,
+    FailoverRule,
+    FinalError,
+    Outcome,
+    OutcomeClass,
+    aggregate,
+)
 from proxy.health.breaker import Permit
 from proxy.health.deployment import DeploymentState
 from proxy.metrics import Metrics
-from proxy.routing.classify import FailoverRule, FinalError, Outcome, OutcomeClass, aggregate
 from proxy.routing.strategies import STRATEGIES, Member, Strategy
 from proxy.vendors.base import AttemptFailed, UpstreamCall, UpstreamResponse, VendorAdapter
 
@@ -365,15 +372,7 @@ class Router:
     def _record_failure(
         self, dep: DeploymentState, permit: Permit, outcome: Outcome, latency: float
     ) -> None:
-        policy = outcome.policy
-        if outcome.cls is OutcomeClass.CLIENT_CANCELLED:
-            dep.breaker.release(permit)
-        elif policy.counts_toward_breaker:
-            dep.breaker.record(permit, success=False)
-        elif outcome.cls in _VENDOR_ANSWERED:
-            dep.breaker.record(permit, success=True)
-        else:
-            dep.breaker.record(permit, success=None)
+        dep.breaker.record(permit, success=_VERDICT[outcome.policy.breaker])
         dep.observe(outcome, latency, self.config.cooldowns)
         self.metrics.attempt(dep.id, outcome.cls, latency)
 
@@ -408,10 +407,12 @@ class Router:
 
 _SSE = "text/event-stream"
 
-# Classes that prove the vendor is up and answering (the request itself was the problem).
-_VENDOR_ANSWERED = frozenset(
-    {OutcomeClass.CLIENT_ERROR, OutcomeClass.CONTEXT_TOO_LONG, OutcomeClass.CONTENT_FILTERED}
-)
+# The breaker's `success` argument for each verdict of the outcome table.
+_VERDICT: Mapping[BreakerVerdict, bool | None] = {
+    BreakerVerdict.FAILURE: False,
+    BreakerVerdict.SUCCESS: True,
+    BreakerVerdict.NEUTRAL: None,
+}
 
 
 # The outcome class (in x-proxy-attempts and upstream_attempts_total) of a hedged attempt

@@ -1,13 +1,14 @@
-"""Vendor adapters by `type`: the registry config validation and the gateway both read."""
+"""Vendor adapters: one factory per adapter kind of `proxy.core.vendor_types`."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
 from proxy.config import VendorConfig
+from proxy.core.vendor_types import VENDOR_TYPES, AdapterKind
 from proxy.vendors.base import VendorAdapter
 
-__all__ = ["ADAPTERS", "make_adapter"]
+__all__ = ["make_adapter"]
 
 
 def _openai(config: VendorConfig) -> VendorAdapter:
@@ -28,21 +29,14 @@ def _litellm(config: VendorConfig) -> VendorAdapter:
     return LiteLLMAdapter(config)
 
 
-# type -> factory. Factories import lazily: a translated vendor's dependencies (litellm
-# costs seconds and ~200 MB) are paid only when such a vendor is configured.
-# OpenAI-compatible wire formats (incl. Azure's URLs and Mistral) and Anthropic's are spoken
-# natively on aiohttp; the others go through litellm's translation.
-ADAPTERS: dict[str, Callable[[VendorConfig], VendorAdapter]] = {
-    "openai": _openai,
-    "azure": _openai,
-    "mistral": _openai,
+# Factories import lazily: a translated vendor's dependencies (litellm costs seconds and
+# ~200 MB) are paid only when such a vendor is configured.
+_FACTORIES: dict[AdapterKind, Callable[[VendorConfig], VendorAdapter]] = {
+    "openai_compat": _openai,
     "anthropic": _anthropic,
-    "gemini": _litellm,
-    "vertex": _litellm,
-    "bedrock": _litellm,
-    "cohere": _litellm,
+    "litellm": _litellm,
 }
 
 
 def make_adapter(config: VendorConfig) -> VendorAdapter:
-    return ADAPTERS[config.type](config)
+    return _FACTORIES[VENDOR_TYPES[config.type].adapter](config)

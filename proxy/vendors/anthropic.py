@@ -19,10 +19,11 @@ from typing import Any
 import orjson
 
 from proxy.config import DeploymentConfig, VendorConfig
+from proxy.core.usage import Usage
 from proxy.formats.sse import SSEParser
 from proxy.http1 import Headers, ProtocolError
-from proxy.routing.classify import classify_response
-from proxy.vendors.base import AttemptFailed, UpstreamCall, Usage
+from proxy.vendors.base import AttemptFailed, UpstreamCall
+from proxy.vendors.classify import classify_response
 from proxy.vendors.http import HTTPAdapter, StreamScan, invalid_json
 from proxy.vendors.openai_compat import rewrite_model
 

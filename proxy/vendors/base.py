@@ -24,7 +24,8 @@ from typing import Any, ClassVar, Protocol
 import orjson
 
 from proxy.config import DeploymentConfig, VendorConfig
-from proxy.routing.classify import Outcome
+from proxy.core.outcomes import Outcome
+from proxy.core.usage import Usage
 
 __all__ = [
     "Api",
@@ -34,7 +35,6 @@ __all__ = [
     "StreamOut",
     "UpstreamCall",
     "UpstreamResponse",
-    "Usage",
     "VendorAdapter",
 ]
 
@@ -50,31 +50,6 @@ class AttemptFailed(Exception):
         self.outcome = outcome
         # True when the vendor's own in-stream error event was already relayed to the client.
         self.error_event_sent = error_event_sent
-
-
-@dataclass(frozen=True, slots=True)
-class Usage:
-    """Token usage as the vendor reported it, normalised to OpenAI's fields."""
-
-    prompt: int = 0
-    completion: int = 0
-    cached_prompt: int = 0
-
-    @classmethod
-    def from_openai(cls, usage: Any) -> Usage | None:
-        if not isinstance(usage, dict):
-            return None
-        details = usage.get("prompt_tokens_details")
-        cached = details.get("cached_tokens") if isinstance(details, dict) else 0
-        return cls(
-            prompt=_int(usage.get("prompt_tokens")),
-            completion=_int(usage.get("completion_tokens")),
-            cached_prompt=_int(cached),
-        )
-
-
-def _int(v: Any) -> int:
-    return v if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else 0
 
 
 @dataclass(slots=True)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import orjson
 
 from proxy.config import DeploymentConfig
+from proxy.core.outcomes import Outcome, OutcomeClass
 from proxy.formats.anthropic import (
     ChatToMessagesStream,
     MessagesToChatStream,
@@ -26,8 +27,8 @@ from proxy.formats.anthropic import (
     message_to_chat,
     messages_to_chat,
 )
-from proxy.routing.classify import Outcome, OutcomeClass, classify_transport
 from proxy.vendors.base import AttemptFailed, UpstreamCall, UpstreamResponse
+from proxy.vendors.classify import classify_transport
 from proxy.vendors.http import JSONResponse, invalid_json
 
 if TYPE_CHECKING:

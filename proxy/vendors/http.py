@@ -17,22 +17,22 @@ from typing import Protocol
 import aiohttp
 
 from proxy.config import DeploymentConfig, VendorConfig
+from proxy.core.outcomes import Outcome
+from proxy.core.redact import redact
+from proxy.core.usage import Usage
 from proxy.http1 import Pool, ProtocolError, Response
-from proxy.routing.classify import (
-    Outcome,
-    classify_response,
-    classify_stream_error,
-    classify_transport,
-    redact,
-    without_secret,
-)
 from proxy.vendors.base import (
     AttemptFailed,
     StreamOut,
     UpstreamCall,
     UpstreamResponse,
-    Usage,
     VendorAdapter,
+)
+from proxy.vendors.classify import (
+    classify_response,
+    classify_stream_error,
+    classify_transport,
+    without_secret,
 )
 
 __all__ = ["HTTPAdapter", "JSONResponse", "StreamFilter", "StreamScan", "invalid_json"]

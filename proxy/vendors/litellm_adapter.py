@@ -27,8 +27,10 @@ from typing import Any
 import orjson
 
 from proxy.config import DeploymentConfig, VendorConfig
-from proxy.routing.classify import Outcome, OutcomeClass, classify_response, classify_transport
-from proxy.vendors.base import AttemptFailed, UpstreamCall, UpstreamResponse, Usage, VendorAdapter
+from proxy.core.outcomes import Outcome, OutcomeClass
+from proxy.core.usage import Usage
+from proxy.vendors.base import AttemptFailed, UpstreamCall, UpstreamResponse, VendorAdapter
+from proxy.vendors.classify import classify_response, classify_transport
 from proxy.vendors.http import JSONResponse
 
 __all__ = ["PROVIDERS", "LiteLLMAdapter", "load_litellm"]

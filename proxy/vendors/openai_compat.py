@@ -17,9 +17,10 @@ from urllib.parse import quote, urlencode
 import orjson
 
 from proxy.config import DeploymentConfig, VendorConfig
+from proxy.core.usage import Usage
 from proxy.http1 import Headers
-from proxy.routing.classify import classify_response
-from proxy.vendors.base import AttemptFailed, UpstreamCall, Usage
+from proxy.vendors.base import AttemptFailed, UpstreamCall
+from proxy.vendors.classify import classify_response
 from proxy.vendors.http import HTTPAdapter, StreamFilter, StreamScan, invalid_json
 
 __all__ = ["OpenAICompatAdapter", "rewrite_model"]

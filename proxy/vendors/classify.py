@@ -1,10 +1,10 @@
-"""Upstream outcome classification: one ordered rule table, one policy table.
+"""How vendors signal each outcome class: one ordered rule table for answers, one for
+transport failures.
 
-Every upstream attempt ends in exactly one `OutcomeClass`. The class, not the call site,
-decides failover, cooldown, breaker counting, blame and (when every candidate failed) what
-the client is told. Keeping that mapping as *data* (`RULES`, `TRANSPORT_RULES`, `POLICIES`,
-`_RECOVERABILITY`) means a vendor quirk is fixed by adding a row, reviewed by reading a table,
-and tested row by row; no behaviour hides in a branch of the router.
+Every upstream attempt ends in exactly one `OutcomeClass` (`proxy.core.outcomes`, where the
+table of what each class *means* lives). This module maps a vendor's answer to its class.
+Keeping that mapping as data (`RULES`, `TRANSPORT_RULES`) means a vendor quirk is fixed by
+adding a row, reviewed by reading a table, and tested row by row.
 
 The rule order follows VENDOR_WIRE_FORMATS.md section 7: context-window signals first, then
 billing and auth (vendors hide those behind 400/429, which otherwise mean "client error" and
@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import enum
 import math
 import re
 import socket
 import ssl
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -34,225 +33,25 @@ from typing import Final
 import aiohttp
 import orjson
 
+from proxy.core.outcomes import Outcome, OutcomeClass
+from proxy.core.redact import MAX_MATCH_CHARS, clean, redact_text
+from proxy.core.vendor_types import VENDOR_TYPES
 from proxy.http1 import BodyIncomplete, ProtocolError
 
 __all__ = [
-    "POLICIES",
     "RULES",
     "TRANSPORT_RULES",
-    "Blame",
-    "ClassPolicy",
-    "CooldownKind",
-    "FailoverRule",
-    "FinalError",
-    "Outcome",
-    "OutcomeClass",
     "Rule",
     "TransportRule",
-    "aggregate",
     "classify_response",
     "classify_stream_error",
     "classify_transport",
     "parse_go_duration",
     "retry_after_from",
+    "without_secret",
 ]
 
-
-# --------------------------------------------------------------------------------------------
-# Vocabulary (values are the `outcome_class` metric label and log fields: a contract)
-# --------------------------------------------------------------------------------------------
-
-
-class OutcomeClass(enum.StrEnum):
-    """What happened to one upstream attempt (DESIGN.md "Error classification")."""
-
-    SUCCESS = "success"
-    QUOTA_EXHAUSTED = "quota_exhausted"
-    RATE_LIMITED = "rate_limited"
-    REQUEST_TOO_LARGE = "request_too_large"
-    OVERLOADED = "overloaded"
-    SERVER_ERROR = "server_error"
-    TIMEOUT = "timeout"
-    UNREACHABLE = "unreachable"
-    AUTH_ERROR = "auth_error"
-    MODEL_UNAVAILABLE = "model_unavailable"
-    CONTEXT_TOO_LONG = "context_too_long"
-    CONTENT_FILTERED = "content_filtered"
-    CLIENT_ERROR = "client_error"
-    CLIENT_CANCELLED = "client_cancelled"
-
-
-class FailoverRule(enum.StrEnum):
-    """Whether the router may try the next candidate for the same request."""
-
-    YES = "yes"
-    NO = "no"
-    CONTEXT_FALLBACK = "context_fallback"  # only to the group's larger-context fallback
-    OPT_IN = "opt_in"  # only if the group explicitly opts in (content filters)
-
-
-class CooldownKind(enum.StrEnum):
-    """How long the deployment is skipped for new requests; the durations live in health/."""
-
-    NONE = "none"
-    QUOTA = "quota"  # long (config, default 1 h) or the known reset if later
-    RATE_LIMIT = "rate_limit"  # retry-after / reset headers, else short backoff
-    DOUBLING = "doubling"  # short, doubling on consecutive repeats (overloaded)
-    UNREACHABLE = "unreachable"  # short, until a probe passes
-    AUTH = "auth"  # long (config error)
-    MODEL = "model"  # long (config error)
-
-
-class Blame(enum.StrEnum):
-    """Whose fault: decides alerting and whether the client sees the vendor's error."""
-
-    VENDOR = "vendor"
-    OPERATOR = "operator"
-    CLIENT = "client"
-
-
-@dataclass(frozen=True, slots=True)
-class ClassPolicy:
-    """Everything the router, health and API layers do differently per class.
-
-    The `final_*` fields are what the client gets when this class is the aggregated final
-    outcome (VENDOR_WIRE_FORMATS.md section 6, last column). `final_message` may contain the
-    placeholders `{retry_after}` and `{model}`, which `aggregate` fills in.
-    """
-
-    fail_over: FailoverRule
-    cooldown: CooldownKind
-    counts_toward_breaker: bool
-    blame: Blame
-    final_status: int
-    final_type: str
-    final_code: str
-    final_message: str
-    should_retry: bool
-    final_param: str | None = None
-
-
 _C = OutcomeClass
-_F = FailoverRule
-_K = CooldownKind
-_B = Blame
-
-# fmt: off
-# Columns: fail over, cooldown, counts toward breaker, blame | final status, type, code,
-# message, should_retry, param. DESIGN.md's table + VENDOR_WIRE_FORMATS.md section 6.
-POLICIES: Mapping[OutcomeClass, ClassPolicy] = MappingProxyType({
-    # Never aggregated (a success is relayed as is); present so `Outcome.policy` is total.
-    _C.SUCCESS: ClassPolicy(
-        _F.NO, _K.NONE, False, _B.VENDOR,
-        200, "", "", "", False),
-    _C.QUOTA_EXHAUSTED: ClassPolicy(
-        _F.YES, _K.QUOTA, False, _B.OPERATOR,
-        429, "insufficient_quota", "insufficient_quota",
-        "All upstream providers are out of quota", False),
-    _C.RATE_LIMITED: ClassPolicy(
-        _F.YES, _K.RATE_LIMIT, False, _B.VENDOR,
-        429, "requests", "rate_limit_exceeded",
-        "All upstream providers are rate limited; retry after {retry_after}s", True),
-    _C.REQUEST_TOO_LARGE: ClassPolicy(
-        _F.YES, _K.NONE, False, _B.OPERATOR,
-        400, "invalid_request_error", "request_too_large",
-        "Request exceeds every configured provider's per-minute token budget", False, "messages"),
-    _C.OVERLOADED: ClassPolicy(
-        _F.YES, _K.DOUBLING, True, _B.VENDOR,
-        503, "server_error", "upstream_overloaded",
-        "All upstream providers are overloaded", True),
-    _C.SERVER_ERROR: ClassPolicy(
-        _F.YES, _K.NONE, True, _B.VENDOR,
-        502, "server_error", "upstream_error",
-        "Upstream providers returned server errors", True),
-    _C.TIMEOUT: ClassPolicy(
-        _F.YES, _K.NONE, True, _B.VENDOR,
-        504, "server_error", "upstream_timeout",
-        "Upstream providers timed out", True),
-    _C.UNREACHABLE: ClassPolicy(
-        _F.YES, _K.UNREACHABLE, True, _B.VENDOR,
-        502, "server_error", "upstream_unreachable",
-        "Could not connect to any upstream provider", True),
-    # Our credential, not the client's: never surface it as the client's 401.
-    _C.AUTH_ERROR: ClassPolicy(
-        _F.YES, _K.AUTH, False, _B.OPERATOR,
-        503, "server_error", "upstream_auth_failed",
-        "No upstream provider accepted the proxy's credentials", False),
-    _C.MODEL_UNAVAILABLE: ClassPolicy(
-        _F.YES, _K.MODEL, False, _B.OPERATOR,
-        404, "invalid_request_error", "model_not_found",
-        "Model '{model}' is not available from any provider", False, "model"),
-    _C.CONTEXT_TOO_LONG: ClassPolicy(
-        _F.CONTEXT_FALLBACK, _K.NONE, False, _B.CLIENT,
-        400, "invalid_request_error", "context_length_exceeded",
-        "This request exceeds the context window of every eligible model", False, "messages"),
-    _C.CONTENT_FILTERED: ClassPolicy(
-        _F.OPT_IN, _K.NONE, False, _B.CLIENT,
-        400, "invalid_request_error", "content_filter",
-        "The request was rejected by the provider's content policy", False, "messages"),
-    _C.CLIENT_ERROR: ClassPolicy(
-        _F.NO, _K.NONE, False, _B.CLIENT,
-        400, "invalid_request_error", "invalid_request",
-        "The upstream provider rejected the request", False),
-    # Nothing reaches a client that went away; the body exists for logs and completeness.
-    _C.CLIENT_CANCELLED: ClassPolicy(
-        _F.NO, _K.NONE, False, _B.CLIENT,
-        499, "invalid_request_error", "client_cancelled",
-        "The client closed the request", False),
-})
-# fmt: on
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """One classified upstream attempt.
-
-    `message` is safe to show a client and to log: built only from the vendor's error
-    type/code and message (key-like tokens redacted, ~300 chars), never from headers, request
-    content or the raw body. `retry_after_s` is the vendor's own hint (section 3 order), None
-    when it said nothing; the cooldown policy decides what to do without one.
-    """
-
-    cls: OutcomeClass
-    status: int | None
-    retry_after_s: float | None
-    message: str
-    vendor_code: str | None = None
-
-    @property
-    def policy(self) -> ClassPolicy:
-        return POLICIES[self.cls]
-
-
-@dataclass(frozen=True, slots=True)
-class FinalError:
-    """What the client gets when every candidate failed (OpenAI-style error body)."""
-
-    status: int
-    type: str
-    code: str
-    message: str
-    retry_after_s: float | None
-    should_retry: bool
-    cls: OutcomeClass
-    param: str | None = None
-
-    def body(self) -> dict[str, object]:
-        return {
-            "error": {
-                "message": self.message,
-                "type": self.type,
-                "param": self.param,
-                "code": self.code,
-            }
-        }
-
-    def headers(self) -> dict[str, str]:
-        """`retry-after` (whole seconds) when known, and the Stainless `x-should-retry` hint."""
-        out = {"x-should-retry": "true" if self.should_retry else "false"}
-        if self.retry_after_s is not None:
-            out["retry-after"] = str(math.ceil(self.retry_after_s))
-        return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -296,9 +95,7 @@ def _st(*items: int) -> frozenset[int]:
     return frozenset(items)
 
 
-_KNOWN_VENDORS: Final = _fs(
-    "openai", "azure", "anthropic", "gemini", "vertex", "bedrock", "mistral", "groq", "cohere"
-)
+_KNOWN_VENDORS: Final = frozenset(VENDOR_TYPES)
 
 _ANY_4XX: Final = frozenset(range(400, 500))
 _ANY_5XX: Final = frozenset(range(500, 600))
@@ -521,8 +318,6 @@ _PREDICATES: Mapping[str, Callable[[_Ctx], bool]] = MappingProxyType(
 
 def _check_tables() -> None:
     """Fail at import, not on the first outage, if a table is inconsistent."""
-    if set(POLICIES) != set(OutcomeClass):
-        raise RuntimeError("POLICIES must cover every OutcomeClass")
     for rule in RULES:
         if rule.predicate is not None and rule.predicate not in _PREDICATES:
             raise RuntimeError(f"rule {rule.name}: unknown predicate {rule.predicate!r}")
@@ -572,8 +367,7 @@ def _first_match(ctx: _Ctx) -> Rule:
 # --------------------------------------------------------------------------------------------
 
 _MAX_JSON_BYTES: Final = 1 << 20  # error bodies are small; do not parse a mistaken huge body
-_MAX_MATCH_CHARS: Final = 4000  # message prefix the rules and regexes look at
-_MAX_MESSAGE_CHARS: Final = 300
+_MAX_MATCH_CHARS: Final = MAX_MATCH_CHARS  # message prefix the rules and regexes look at
 _MAX_LABEL_CHARS: Final = 64
 _MAX_LIST_ITEMS: Final = 16
 _NO_HEADERS: Mapping[str, str] = MappingProxyType({})
@@ -916,42 +710,13 @@ def retry_after_from(
 # Message sanitising
 # --------------------------------------------------------------------------------------------
 
-# Key-like tokens vendors echo back ("Incorrect API key provided: sk-proj-****abcd", Gemini
-# `?key=` URLs, bearer tokens, AWS access key ids): replaced before anything is logged.
-_SECRET_RE: Final = re.compile(
-    r"\b(?:sk|rk|pk)-[\w\-*.]{4,}"
-    r"|\bgsk_[\w*]{4,}"
-    r"|\bAIza[\w\-]{10,}"
-    r"|\b(?:AKIA|ASIA)[A-Z0-9]{12,}"
-    r"|\bya29\.[\w\-.]+"
-    r"|(?i:bearer)\s+[\w\-.~+/=*]{8,}"
-    r"|(?i:[?&](?:key|api[-_]?key|token|access_token|sig|signature))=[^\s&\"']+"
-)
-_SPACE_RE: Final = re.compile(r"[\s\x00-\x1f\x7f]+")
-
-
-def redact(data: bytes, secret: str | None) -> bytes:
-    """``data`` with key-like tokens and the literal ``secret`` (a vendor's own credential,
-    whatever its shape) replaced: for vendor bytes relayed as they are (an in-stream error
-    event), which never go through ``_clean``."""
-    text = _SECRET_RE.sub("[redacted]", data.decode("utf-8", "replace"))
-    if secret:
-        text = text.replace(secret, "[redacted]")
-    return text.encode()
-
 
 def without_secret(outcome: Outcome, secret: str | None) -> Outcome:
-    """``outcome`` with a literal ``secret`` removed from its message (``_clean`` removes
+    """``outcome`` with a literal ``secret`` removed from its message (``clean`` removes
     only key-*shaped* tokens; an Azure key is 32 bare hex digits)."""
     if not secret or secret not in outcome.message:
         return outcome
-    return dataclasses.replace(outcome, message=outcome.message.replace(secret, "[redacted]"))
-
-
-def _clean(text: str, limit: int = _MAX_MESSAGE_CHARS) -> str:
-    text = _SPACE_RE.sub(" ", text[:_MAX_MATCH_CHARS]).strip()
-    text = _SECRET_RE.sub("[redacted]", text)
-    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+    return dataclasses.replace(outcome, message=redact_text(outcome.message, secret))
 
 
 def _status_text(status: int | None) -> str:
@@ -964,7 +729,7 @@ def _status_text(status: int | None) -> str:
 
 
 def _summary(label: str | None, vendor_message: str, status: int) -> str:
-    text = _clean(vendor_message) if vendor_message else ""
+    text = clean(vendor_message) if vendor_message else ""
     if label and text:
         return f"{label}: {text}"
     if text:
@@ -1012,7 +777,7 @@ def _classify(vendor_type: str, status: int, headers: Mapping[str, str], body: b
                 vendor_code = label
                 break
     if vendor_code is not None:
-        vendor_code = _clean(vendor_code, _MAX_LABEL_CHARS)
+        vendor_code = clean(vendor_code, _MAX_LABEL_CHARS)
     return Outcome(
         cls=rule.cls,
         status=effective,
@@ -1114,7 +879,7 @@ def _os_detail(exc: BaseException) -> str:
     os_error = getattr(exc, "os_error", None)  # aiohttp.ClientConnectorError
     source = os_error if isinstance(os_error, OSError) else exc
     detail = getattr(source, "strerror", None) if isinstance(source, OSError) else None
-    return f" ({_clean(detail, 80)})" if isinstance(detail, str) and detail else ""
+    return f" ({clean(detail, 80)})" if isinstance(detail, str) and detail else ""
 
 
 def classify_transport(exc: BaseException, *, phase: str) -> Outcome:
@@ -1139,99 +904,6 @@ def classify_transport(exc: BaseException, *, phase: str) -> Outcome:
         return Outcome(_C.SERVER_ERROR, None, None, f"unexpected {name} {where}".rstrip(), name)
     except Exception:
         return Outcome(_C.SERVER_ERROR, None, None, "unexpected transport error")
-
-
-# --------------------------------------------------------------------------------------------
-# Aggregation (section 6, "Aggregating mixed failures")
-# --------------------------------------------------------------------------------------------
-
-# Client-blamed outcomes that are returned as they are: the request would fail everywhere.
-# (client_cancelled is client-blamed too, but nobody is listening for an answer.)
-_RETURNED_AS_IS: Final = frozenset({_C.CONTEXT_TOO_LONG, _C.CONTENT_FILTERED, _C.CLIENT_ERROR})
-# Whose vendor message is the body (section 6: "<sanitised vendor message>"; the context row's
-# "≈N tokens" is only known to the vendor, whose message states it).
-_VENDOR_MESSAGE_FINAL: Final = frozenset({_C.CONTEXT_TOO_LONG, _C.CLIENT_ERROR})
-# Most recoverable first. request_too_large and model_unavailable are not in section 6's list:
-# they go after every transient vendor-side class (a retry of those may succeed, a retry of
-# these will not) and before auth/quota, because they tell the client something it can act
-# on (shrink the request, fix the model name) while auth/quota are the operator's problem.
-# Quota ranks above auth: it resets by itself. client_cancelled last: nobody reads it.
-_RECOVERABILITY: Final = (
-    _C.RATE_LIMITED,
-    _C.OVERLOADED,
-    _C.SERVER_ERROR,
-    _C.TIMEOUT,
-    _C.UNREACHABLE,
-    _C.REQUEST_TOO_LARGE,
-    _C.MODEL_UNAVAILABLE,
-    _C.QUOTA_EXHAUSTED,
-    _C.AUTH_ERROR,
-    _C.CLIENT_CANCELLED,
-)
-_RANK: Mapping[OutcomeClass, int] = MappingProxyType({c: i for i, c in enumerate(_RECOVERABILITY)})
-# Classes whose final answer carries the soonest vendor retry hint (rate limited: always,
-# at least 1 s, so SDKs back off instead of hammering).
-_RETRY_HINT_FINAL: Final = frozenset({_C.RATE_LIMITED, _C.OVERLOADED})
-_MODEL_UNKNOWN_MESSAGE: Final = "The requested model is not available from any provider"
-
-
-def _final_from_policy(cls: OutcomeClass, message: str, retry: float | None) -> FinalError:
-    p = POLICIES[cls]
-    return FinalError(
-        p.final_status,
-        p.final_type,
-        p.final_code,
-        message,
-        retry,
-        p.should_retry,
-        cls,
-        p.final_param,
-    )
-
-
-def aggregate(outcomes: Sequence[Outcome], *, model: str | None = None) -> FinalError:
-    """The single error the client gets when no candidate succeeded.
-
-    1. The first client-blamed outcome (context, content policy, bad request) is returned as
-       such: its class's status/code (a bad request keeps the upstream 4xx), and for context
-       and bad requests the vendor's sanitised message.
-    2. Otherwise the most recoverable class seen (`_RECOVERABILITY`), with section 6's body;
-       rate limited carries the soonest retry-after (whole seconds, >= 1).
-    SUCCESS entries are ignored (the router relays a success and never aggregates it); an
-    empty list (no attempt could be made) is reported as an upstream error. `model` fills the
-    model-not-found message.
-    """
-    failures = [o for o in outcomes if o.cls is not _C.SUCCESS]
-    for o in failures:
-        if o.cls in _RETURNED_AS_IS:
-            policy = POLICIES[o.cls]
-            message = o.message if o.cls in _VENDOR_MESSAGE_FINAL and o.message else ""
-            final = _final_from_policy(o.cls, message or policy.final_message, None)
-            if o.cls is _C.CLIENT_ERROR and o.status is not None and 400 <= o.status < 500:
-                return FinalError(
-                    o.status, final.type, final.code, final.message, None, False, o.cls, None
-                )
-            return final
-    if not failures:
-        return _final_from_policy(_C.SERVER_ERROR, POLICIES[_C.SERVER_ERROR].final_message, None)
-
-    best = min(failures, key=lambda o: _RANK.get(o.cls, len(_RANK))).cls
-    retry: float | None = None
-    if best in _RETRY_HINT_FINAL:
-        hints = [o.retry_after_s for o in failures if o.cls is best and o.retry_after_s is not None]
-        if hints:
-            retry = float(max(1, math.ceil(min(hints))))
-        elif best is _C.RATE_LIMITED:
-            retry = 1.0
-    template = POLICIES[best].final_message
-    if "{model}" in template and not model:
-        message = _MODEL_UNKNOWN_MESSAGE
-    else:
-        message = template.format(
-            retry_after=int(retry) if retry is not None else "",
-            model=_clean(model or "", 200),
-        )
-    return _final_from_policy(best, message, retry)
 
 
 _check_tables()
