@@ -458,6 +458,10 @@ async def test_every_alert_fires_for_its_fault_on_a_real_prometheus_and_none_whe
                 f"alerts now: {json.dumps(await prom.alerts(), indent=1)}"
             )
             assert not wrongly, f"alerts for the healthy proxy: {wrongly}"
+            print(
+                "seconds from the faults to firing:",
+                {expected[i].alert: t for i, t in fired.items()},
+            )
 
             # The hanging deployment passed its probes all along, and the stream cuts came
             # with no error answer: the alerts read what clients experienced.
