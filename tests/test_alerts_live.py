@@ -460,7 +460,7 @@ async def test_every_alert_fires_for_its_fault_on_a_real_prometheus_and_none_whe
             assert not wrongly, f"alerts for the healthy proxy: {wrongly}"
             print(
                 "seconds from the faults to firing:",
-                {expected[i].alert: t for i, t in fired.items()},
+                [(expected[i].alert, expected[i].labels, t) for i, t in fired.items()],
             )
 
             # The hanging deployment passed its probes all along, and the stream cuts came
