@@ -15,15 +15,17 @@ from collections.abc import Coroutine, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from proxy.config import Config, ConfigError, load_config
+from proxy.config import Config, ConfigError, VendorConfig, load_config
+from proxy.core.outcomes import POLICIES, FailoverRule, OutcomeClass
 from proxy.health.breaker import BreakerState
 from proxy.health.checker import HealthChecker
 from proxy.health.deployment import DeploymentState
 from proxy.health.sync import StateSync
 from proxy.limits import Limits, UsageLedger
+from proxy.limits.admission import LIMITS, UNKNOWN_CLIENT
 from proxy.limits.ledger import utc_day
-from proxy.metrics import Metrics
-from proxy.routing.router import ModelGroup, Router
+from proxy.metrics import Metrics, SeriesPlan
+from proxy.routing.router import HEDGE_LOST, ModelGroup, Router
 from proxy.state import StateBackend, StateBackendDown, make_backend
 from proxy.vendors import make_adapter
 from proxy.vendors.base import VendorAdapter
@@ -51,6 +53,39 @@ class Generation:
     router: Router
     limits: Limits
     adapters: Mapping[str, VendorAdapter]
+
+
+# Label values of the series born at 0 (proxy/metrics.py), from the outcome table.
+_FAILURE_CLASSES = tuple(
+    c for c in OutcomeClass if c not in (OutcomeClass.SUCCESS, OutcomeClass.CLIENT_CANCELLED)
+)
+_FAILOVER_REASONS = tuple(
+    c
+    for c, policy in POLICIES.items()
+    if policy.fail_over in (FailoverRule.YES, FailoverRule.CONTEXT_FALLBACK)
+)
+_CLIENT_REASONS = (*LIMITS, "model_not_allowed")
+_UNKNOWN_CLIENT_REASONS = ("missing_key", "invalid_key")
+
+
+def _credentials(vendor: VendorConfig) -> tuple[object, ...]:
+    """What a vendor authenticates with (a key may also be sent as a configured header)."""
+    return vendor.api_key, tuple(sorted(vendor.headers.items()))
+
+
+def series_plan(config: Config) -> SeriesPlan:
+    """Every series of `config`'s deployments, groups and clients that alerts and panels read."""
+    clients: dict[str, tuple[str, ...]] = {c.name: _CLIENT_REASONS for c in config.clients or ()}
+    if config.clients is not None:
+        clients[UNKNOWN_CLIENT] = _UNKNOWN_CLIENT_REASONS
+    return SeriesPlan(
+        groups={name: [m.deployment for m in g.members] for name, g in config.models.items()},
+        deployments=list(config.deployments),
+        clients=clients,
+        attempt_classes=(*OutcomeClass, HEDGE_LOST),
+        failover_reasons=_FAILOVER_REASONS,
+        failure_classes=_FAILURE_CLASSES,
+    )
 
 
 class Gateway:
@@ -139,6 +174,7 @@ class Gateway:
         limits: Limits,
     ) -> Generation:
         """Build the generation for `config`, make it current, and return it."""
+        self.metrics.declare(series_plan(config))
         self.deployments = states
         groups = {name: ModelGroup(g, states) for name, g in config.models.items()}
         generation = Generation(
@@ -188,10 +224,18 @@ class Gateway:
                     adapters[name] = make_adapter(vendor)
                     await adapters[name].start()
             new_ids = set(config.deployments) - set(self.deployments)
+            rotated = [
+                name
+                for name, vendor in config.vendors.items()
+                if name in self.config.vendors
+                and _credentials(self.config.vendors[name]) != _credentials(vendor)
+            ]
             old_health = self.health
             self._swap(
                 config, self._states_for(config), adapters, self._limits_for(config, old.limits)
             )
+            for name in rotated:
+                self._credentials_rotated(name)
             if self.ready:
                 self.health.start()
             if new_ids and self.state.shared and self.state.up:
@@ -203,6 +247,24 @@ class Gateway:
             "config reloaded: version %s",
             config.version,
             extra={"event": "config_reload", "result": "success", "config_version": config.version},
+        )
+
+    def _credentials_rotated(self, vendor: str) -> None:
+        """A vendor's key changed: its deployments' auth_error cooldowns were about the old one."""
+        cleared = [
+            dep.id
+            for dep in self.deployments.values()
+            if dep.config.vendor == vendor and dep.cooldown_reason == OutcomeClass.AUTH_ERROR
+        ]
+        for dep_id in cleared:
+            self.deployments[dep_id].clear_cooldown()
+        log.warning(
+            "the credentials of vendor %s changed; %s",
+            vendor,
+            f"auth_error cooldown cleared for {', '.join(cleared)}"
+            if cleared
+            else "no deployment of it was cooling down for auth_error",
+            extra={"event": "vendor_credentials_changed", "vendor": vendor, "cleared": cleared},
         )
 
     async def reload_from_file(self, path: str | None = None) -> Config:
@@ -280,9 +342,11 @@ class Gateway:
             yield dep.id, int(dep.breaker.state), dep.healthy, dep.cooldown_left(now)
 
     def _group_snapshot(self) -> Iterator[tuple[str, int]]:
+        # In service, not merely admitting: a breaker that lets one trial through now and
+        # then is not a deployment the group can count on (the alert on 0 must not flap).
         now = time.monotonic()
         for name, group in self.current.groups.items():
-            yield name, sum(1 for dep, _ in group.members if dep.usable(now))
+            yield name, sum(1 for dep, _ in group.members if not dep.down(now))
 
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()

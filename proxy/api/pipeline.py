@@ -158,6 +158,8 @@ class Exchange:
         served = self.served
         if served is not None:
             record["deployment"] = served.deployment.id
+            if served.response.dropped:
+                record["dropped_params"] = list(served.response.dropped)
             usage = served.response.usage
             if usage is not None:
                 record["tokens"] = {
@@ -171,12 +173,16 @@ class Exchange:
         """The proxy's headers on a successful answer."""
         served = self.served
         assert served is not None
-        return {
+        headers = {
             "x-request-id": self.rid,
             "x-proxy-deployment": served.deployment.id,
             "x-proxy-attempts": self.trace.header(),
             **self.ticket.headers,
         }
+        dropped = served.response.dropped
+        if dropped:
+            headers["x-proxy-dropped-params"] = ", ".join(dropped)
+        return headers
 
 
 def _attempt_record(attempt: Attempt) -> dict[str, Any]:
@@ -223,6 +229,7 @@ async def serve(gateway: Gateway, request: InboundRequest, endpoint: Endpoint) -
             forward_headers=forwarded,
             proxy_usage=ex.stream and ex.client is not None,
             session_id=request.headers.get("x-session-id"),
+            strict_params=group.config.strict_params,
         )
         deadline = ex.started + gen.config.server.request_timeout_s
         served = ex.served = await gen.router.run(group, call, deadline, ex.trace)

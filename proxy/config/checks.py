@@ -8,6 +8,7 @@ import hashlib
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Protocol
 
 import yaml
 
@@ -27,18 +28,25 @@ from proxy.config.schema import (
 )
 from proxy.core.vendor_types import VENDOR_TYPES
 
+KEYLESS = "none"  # `api_key: none`: a server that needs no key (vLLM, Ollama)
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # an HTTP token (RFC 9110)
 
 
-def resolve(
-    spec: ConfigSpec,
-    root: yaml.Node,
-    file: str,
-    env: Mapping[str, str],
-    issues: list[ConfigIssue],
-) -> Config | None:
-    """Cross-field checks and defaults that depend on other keys; None (with `issues`
-    filled) when the config is not usable."""
+class Source(Protocol):
+    """What the checks need of the loader: where the file is, its environment, the issues
+    found so far, and how a value was written."""
+
+    file: str
+    env: Mapping[str, str]
+    issues: list[ConfigIssue]
+
+    def references(self, node: yaml.Node | None) -> str: ...
+
+
+def resolve(spec: ConfigSpec, root: yaml.Node, source: Source) -> Config | None:
+    """Cross-field checks and defaults that depend on other keys; None (with the source's
+    `issues` filled) when the config is not usable."""
+    file, env, issues = source.file, source.env, source.issues
 
     def issue(path: tuple[str | int, ...], key: str, message: str) -> None:
         issues.append(ConfigIssue(file, line_of(find(root, *path)), key, message))
@@ -79,6 +87,19 @@ def resolve(
                 f"must be an http(s) URL, got {base_url!r}",
             )
             continue
+        api_key = v.api_key
+        if api_key is not None and not api_key.strip():
+            refs = source.references(find(root, "vendors", name, "api_key"))
+            issue(
+                ("vendors", name, "api_key"),
+                f"vendors.{name}.api_key",
+                f"is empty{f' ({refs} is empty or only whitespace)' if refs else ''}: vendor "
+                f"{name!r} would refuse every request (401). Set the key, or write "
+                f"`api_key: {KEYLESS}` for a server that needs none",
+            )
+            continue
+        if api_key == KEYLESS:
+            api_key = None
         bad_headers = [
             k
             for k, val in v.headers.items()
@@ -97,7 +118,7 @@ def resolve(
             name=name,
             type=v.type,
             base_url=base_url.rstrip("/"),
-            api_key=v.api_key or None,
+            api_key=api_key,
             api_version=v.api_version,
             headers=dict(v.headers),
             max_connections=v.max_connections,
@@ -177,6 +198,7 @@ def resolve(
             hedge_after_ms=g.hedge_after_ms,
             affinity_hold_s=60.0 if g.affinity_hold_s is None else g.affinity_hold_s,
             failover_on_content_filter=g.failover_on_content_filter,
+            strict_params=g.strict_params,
         )
 
     for gname, g2 in groups.items():

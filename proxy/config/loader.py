@@ -27,7 +27,9 @@ from proxy.config.schema import Config, ConfigSpec
 __all__ = ["load_config", "parse_config"]
 
 
-_ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+# ${VAR}, ${VAR:-default}, or ${file:/path} (a secret file, e.g. a mounted Kubernetes Secret,
+# read again by every reload: a vendor key is rotated by rewriting the file and reloading).
+_ENV_RE = re.compile(r"\$\{(?:file:([^}]+)|([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?)\}")
 _REF_RE = re.compile(re.escape(ENV_REF_PREFIX) + r"(\d+)__")
 _MISSING = object()
 
@@ -39,7 +41,9 @@ class _Loader:
         self.file = file
         self.env = env
         self.issues: list[ConfigIssue] = []
-        self.refs: list[tuple[str, str | None]] = []
+        # (file path, None, None) or (None, variable, default) per reference, in text order
+        self.refs: list[tuple[str | None, str | None, str | None]] = []
+        self.file_errors: dict[str, str] = {}  # ${file:...} path -> why it could not be read
 
     def protect_refs(self, text: str) -> str:
         """Swap each ${VAR} for a YAML-neutral token before parsing.
@@ -50,10 +54,34 @@ class _Loader:
         """
 
         def token(m: re.Match[str]) -> str:
-            self.refs.append((m.group(1), m.group(2)))
+            self.refs.append((m.group(1), m.group(2), m.group(3)))
             return f"{ENV_REF_PREFIX}{len(self.refs) - 1}__"
 
         return _ENV_RE.sub(token, text)
+
+    def read_secret_file(self, path: str) -> str | None:
+        """A ${file:...} reference's value: the file's text without surrounding whitespace
+        (`echo KEY > file` adds a newline). A relative path is relative to the config file."""
+        p = Path(path)
+        if not p.is_absolute() and not self.file.startswith("<"):
+            p = Path(self.file).parent / p
+        try:
+            return p.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            self.file_errors[path] = exc.strerror or str(exc)
+        except UnicodeDecodeError:
+            self.file_errors[path] = "the file is not UTF-8 text"
+        return None
+
+    def references(self, node: yaml.Node | None) -> str:
+        """The ${...} references written in a scalar, as written (for messages)."""
+        if not isinstance(node, yaml.ScalarNode):
+            return ""
+        out = []
+        for m in _REF_RE.finditer(str(node.value)):
+            path, name, _ = self.refs[int(m.group(1))]
+            out.append(f"${{file:{path}}}" if path is not None else f"${{{name}}}")
+        return ", ".join(out)
 
     def issue(self, node: yaml.Node | None, key: str, message: str) -> None:
         line = node.start_mark.line + 1 if node is not None else None
@@ -68,9 +96,16 @@ class _Loader:
         value = yaml.SafeLoader("").construct_object(node)
         if isinstance(value, str) and ENV_REF_PREFIX in value:
             missing: list[str] = []
+            unreadable: list[str] = []
 
             def sub(m: re.Match[str]) -> str:
-                name, default = self.refs[int(m.group(1))]
+                path, name, default = self.refs[int(m.group(1))]
+                if path is not None:
+                    secret = self.read_secret_file(path)
+                    if secret is None:
+                        unreadable.append(path)
+                    return secret or ""
+                assert name is not None
                 if name in self.env:
                     return self.env[name]
                 if default is not None:
@@ -86,6 +121,9 @@ class _Loader:
                     key,
                     f"environment variable {names} is not set (export it, or write ${{{names}:-default}})",
                 )
+            for path in unreadable:
+                self.issue(node, key, f"cannot read ${{file:{path}}}: {self.file_errors[path]}")
+            if missing or unreadable:
                 return True, _MISSING
             # A value that came from the environment is typed by the field it lands in.
             return True, _EnvString(value)
@@ -249,7 +287,7 @@ def parse_config(
     if root is None:
         raise ConfigError([ConfigIssue(file, None, "", "the file is empty")])
     spec = loader.dataclass(root, ConfigSpec, "")
-    config = resolve(spec, root, file, loader.env, loader.issues) if spec is not None else None
+    config = resolve(spec, root, loader) if spec is not None else None
     if config is None or loader.issues:
         if not loader.issues:  # pragma: no cover - defensive
             loader.issue(root, "", "invalid config")

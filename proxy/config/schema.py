@@ -199,6 +199,9 @@ class ModelGroupSpec:
     # A content-filtered answer is returned as is unless the group opts in to trying the
     # next deployment (whose vendor's policy may differ).
     failover_on_content_filter: bool = False
+    # Refuse (400, or skip to a deployment that can) instead of dropping a sampling hint a
+    # vendor has no equivalent for (`seed`, penalties, `logit_bias`...).
+    strict_params: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -347,6 +350,7 @@ class ModelGroupConfig:
         60.0  # cache-affinity: a returning deployment's sessions wait this long
     )
     failover_on_content_filter: bool = False
+    strict_params: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -50,6 +50,12 @@ _MAX_REF_HOPS = 32
 #: Past this nesting a schema that still demands more (required self-references) gets
 #: null: there is no finite valid value to find.
 _HARD_DEPTH = 64
+#: Bounds on what a schema may demand of one answer (a ``minItems`` of 10**9 is garbage, and
+#: a fake must answer it without exhausting memory): items and properties per container,
+#: characters per string, and values in all.
+_MAX_ITEMS = 64
+_MAX_STRING = 4096
+_MAX_VALUES = 10_000
 
 _PLAIN_STRING = "test"
 
@@ -104,7 +110,7 @@ def object_for(schema: Any, seed: int) -> dict[str, Any]:
 class _Generator:
     """One generation: the root (for ``$ref``), the seeded RNG and the array position."""
 
-    __slots__ = ("_index", "_rng", "_root")
+    __slots__ = ("_budget", "_index", "_rng", "_root")
 
     def __init__(self, root: Any, seed: int) -> None:
         self._root = root
@@ -112,11 +118,13 @@ class _Generator:
         # Position within the innermost array being filled: items of an array of plain
         # strings differ ("test", "test 2"...), so ``uniqueItems`` holds.
         self._index = 0
+        self._budget = _MAX_VALUES
 
     # ------------------------------------------------------------------ dispatch
 
     def value(self, schema: Any, depth: int) -> Any:
-        if depth > _HARD_DEPTH:
+        self._budget -= 1
+        if depth > _HARD_DEPTH or self._budget < 0:
             return None
         schema = self._resolve(schema)
         if not isinstance(schema, dict):
@@ -258,6 +266,7 @@ class _Generator:
         extra = schema.get("additionalProperties")
         wanted = schema.get("minProperties")
         if isinstance(wanted, int) and extra is not False:
+            wanted = min(wanted, _MAX_ITEMS)
             n = 0
             while len(out) < wanted:
                 n += 1
@@ -265,8 +274,8 @@ class _Generator:
         return out
 
     def _array(self, schema: dict[str, Any], depth: int) -> list[Any]:
-        lo = _int_or(schema.get("minItems"), 0)
-        hi = _int_or(schema.get("maxItems"), max(lo, 2))
+        lo = min(_int_or(schema.get("minItems"), 0), _MAX_ITEMS)
+        hi = min(_int_or(schema.get("maxItems"), max(lo, 2)), _MAX_ITEMS)
         prefix = schema.get("prefixItems")
         prefix = prefix if isinstance(prefix, list) else []
         items = schema.get("items", {})
@@ -310,7 +319,7 @@ class _Generator:
         pattern = schema.get("pattern")
         if isinstance(pattern, str):
             text = _matching(pattern, text)
-        lo = _int_or(schema.get("minLength"), 0)
+        lo = min(_int_or(schema.get("minLength"), 0), _MAX_STRING)
         hi = schema.get("maxLength")
         if len(text) < lo:
             text = (text * (lo // max(1, len(text)) + 1))[:lo] if text else "x" * lo

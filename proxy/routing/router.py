@@ -31,7 +31,7 @@ from proxy.metrics import Metrics
 from proxy.routing.strategies import STRATEGIES, Member, Strategy
 from proxy.vendors.base import AttemptFailed, UpstreamCall, UpstreamResponse, VendorAdapter
 
-__all__ = ["AllFailed", "Attempt", "ModelGroup", "Router", "Served", "Trace"]
+__all__ = ["HEDGE_LOST", "AllFailed", "Attempt", "ModelGroup", "Router", "Served", "Trace"]
 
 
 @dataclass(slots=True)
@@ -60,7 +60,15 @@ class Trace:
 class ModelGroup:
     """A model group at run time: its members' live state and its strategy."""
 
-    __slots__ = ("config", "fallback", "hedge_after_s", "members", "name", "strategy")
+    __slots__ = (
+        "config",
+        "fallback",
+        "hedge_after_s",
+        "members",
+        "name",
+        "preference",
+        "strategy",
+    )
 
     def __init__(
         self, config: ModelGroupConfig, deployments: Mapping[str, DeploymentState]
@@ -71,9 +79,24 @@ class ModelGroup:
             (deployments[m.deployment], m.weight) for m in config.members
         )
         self.strategy: Strategy = STRATEGIES[config.strategy](config, self.members)
+        self.preference = _preference(config)
         self.fallback = config.context_window_fallback
         ms = config.hedge_after_ms
         self.hedge_after_s = None if ms is None else ms / 1000.0
+
+
+def _preference(config: ModelGroupConfig) -> tuple[float, ...]:
+    """Each member's share of the group's traffic while every member is in service.
+
+    `priority` sends everything to its first deployment; the other strategies spread it,
+    by weight in the long run. A request served while members were skipped counts as
+    served away from its preferred deployment by the skipped members' share.
+    """
+    members = config.members
+    if config.strategy == "priority":
+        return tuple(1.0 if i == 0 else 0.0 for i in range(len(members)))
+    total = sum(m.weight for m in members)
+    return tuple(m.weight / total for m in members)
 
 
 class AllFailed(Exception):
@@ -212,6 +235,8 @@ class Router:
                     if walk.group.hedge_after_s is None:  # the common case: no task needed
                         result = await self._attempt(walk, *step)
                         if isinstance(result, Served):
+                            if walk.outcomes or walk.skipped:
+                                walk.served_away(result)
                             return result
                         if isinstance(result, Unsupported):
                             walk.skip(result)
@@ -221,9 +246,11 @@ class Router:
                     racing[self._spawn(walk, step)] = _Racer(step[0], self.clock(), hedge=False)
                 served, then = await self._race(walk, racing)
                 if served is not None:
+                    if walk.outcomes or walk.skipped:
+                        walk.served_away(served)
                     return served
                 if then is not _Then.CONTINUE:
-                    await self._cancel(walk, racing, _HEDGE_LOST)
+                    await self._cancel(walk, racing, HEDGE_LOST)
                     if then is _Then.STOP:
                         break
         finally:
@@ -234,7 +261,9 @@ class Router:
             raise walk.unsupported[0]  # no deployment of the group can serve it as asked
         if not outcomes:
             outcomes.append(walk.capacity_outcome() or _DEADLINE)
-        raise AllFailed(aggregate(outcomes, model=walk.group.name), trace)
+        error = aggregate(outcomes, model=walk.group.name)
+        self.metrics.unserved_request(group.name, error.cls)
+        raise AllFailed(error, trace)
 
     async def _race(
         self, walk: _Walk, racing: dict[asyncio.Task[Served | Outcome | Unsupported], _Racer]
@@ -259,7 +288,7 @@ class Router:
             if isinstance(result, Served):
                 if racer.hedge:
                     self.metrics.hedge(walk.group.name, "won")
-                await self._cancel(walk, racing, _HEDGE_LOST)  # incl. a second answer just in
+                await self._cancel(walk, racing, HEDGE_LOST)  # incl. a second answer just in
                 return result, then
             if isinstance(result, Unsupported):
                 walk.skip(result)
@@ -408,7 +437,7 @@ UNSUPPORTED = "unsupported"
 
 # The outcome class (in x-proxy-attempts and upstream_attempts_total) of a hedged attempt
 # cancelled because another one answered first. Not a classification: nothing failed.
-_HEDGE_LOST = "hedge_lost"
+HEDGE_LOST = "hedge_lost"
 
 _Step = tuple[DeploymentState, Permit, float, float]  # deployment, permit, first_byte_s, attempt_s
 
@@ -440,9 +469,11 @@ class _Walk:
         "forced",
         "group",
         "i",
+        "origin",
         "outcomes",
         "pending_failover",
         "router",
+        "skipped",
         "started",
         "trace",
         "tried_groups",
@@ -453,13 +484,18 @@ class _Walk:
         self, router: Router, group: ModelGroup, call: UpstreamCall, deadline: float, trace: Trace
     ) -> None:
         self.router = router
-        self.group = group
+        self.group = self.origin = group
         self.call = call
         self.deadline = deadline
         self.trace = trace
         self.outcomes: list[Outcome] = []
         self.tried_groups = {group.name}
         self.candidates, self.forced = router.plan(group, call, router.clock())
+        # The members routing left out (out of service or at a cap): nothing in the common case.
+        self.skipped: tuple[DeploymentState, ...] = ()
+        if self.forced or len(self.candidates) < len(group.members):
+            planned = set() if self.forced else set(self.candidates)
+            self.skipped = tuple(d for d, _ in group.members if d not in planned)
         self.i = 0
         self.started = 0
         self.exhausted = False
@@ -536,6 +572,20 @@ class _Walk:
                 self.exhausted = False
                 return _Then.RESTART
         return _Then.STOP
+
+    def served_away(self, served: Served) -> None:
+        """Count a request answered away from its group's preferred deployment."""
+        group, metrics = self.origin, self.router.metrics
+        if self.outcomes:  # an attempt failed before this one answered
+            metrics.served_away_from_preferred(group.name, "failover", 1.0)
+            return
+        share = sum(
+            pref
+            for (dep, _), pref in zip(group.members, group.preference, strict=True)
+            if dep in self.skipped and dep is not served.deployment
+        )
+        if share > 0:
+            metrics.served_away_from_preferred(group.name, "skipped", share)
 
     def capacity_outcome(self) -> Outcome | None:
         """Nothing was attempted because every candidate was at its cap: a 429 of our own."""

@@ -68,6 +68,9 @@ class UpstreamCall:
     session_id: str | None = None  # the client's x-session-id header (cache-affinity key)
 
     api: Api = "openai"
+    # The group refuses to drop fields a vendor cannot honour (`strict_params`): a
+    # translation raises `Unsupported` instead of dropping a sampling hint.
+    strict_params: bool = False
     # Client headers that go upstream when the vendor speaks the client's API natively
     # (e.g. `anthropic-beta` from Claude Code to an Anthropic deployment).
     forward_headers: Mapping[str, str] = field(default_factory=dict)
@@ -106,6 +109,10 @@ class UpstreamResponse(ABC):
     usage: Usage | None
     # The vendor's response headers (rate-limit budgets live there); none for translated answers.
     headers: Mapping[str, str] = MappingProxyType({})
+    # Request fields a translation dropped because the vendor has no equivalent (sampling
+    # hints only: a field that changes the answer's shape is mapped or refused). The client
+    # is told in `x-proxy-dropped-params`.
+    dropped: tuple[str, ...] = ()
 
     @property
     @abstractmethod
