@@ -20,6 +20,8 @@ from proxy.core.outcomes import POLICIES, FailoverRule, OutcomeClass
 from proxy.health.breaker import BreakerState
 from proxy.health.checker import HealthChecker
 from proxy.health.deployment import DeploymentState
+from proxy.health.headroom import capacity_ratio
+from proxy.health.headroom_share import HeadroomShare
 from proxy.health.sync import StateSync
 from proxy.limits import Limits, UsageLedger
 from proxy.limits.admission import LIMITS, UNKNOWN_CLIENT
@@ -126,6 +128,7 @@ class Gateway:
         )
         self.metrics.add_deployment_gauges(self._gauge_snapshot, self._group_snapshot)
         self.metrics.add_client_gauges(lambda: self.current.limits.budget_use())
+        self.metrics.add_headroom_gauges(self._remaining_snapshot, self._headroom_snapshot)
 
     # The current generation's parts, for the admin API, the status page and the CLI. A
     # request reads `current` once instead, so that a reload cannot change what it sees.
@@ -160,6 +163,8 @@ class Gateway:
                     dep_cfg, b.fail_max, b.reset_timeout_s, self._breaker_changed
                 )
                 state.on_change = self.sync.changed
+                if self.state.shared:  # the vendor account's headroom is the cluster's
+                    state.headroom.share = HeadroomShare(self.state, dep_id)
             else:
                 state.config = dep_cfg
                 state.breaker.reconfigure(b.fail_max, b.reset_timeout_s)
@@ -347,6 +352,16 @@ class Gateway:
         now = time.monotonic()
         for name, group in self.current.groups.items():
             yield name, sum(1 for dep, _ in group.members if not dep.down(now))
+
+    def _remaining_snapshot(self) -> Iterator[tuple[str, str, float]]:
+        for dep in self.deployments.values():
+            for kind, remaining in dep.headroom.remaining():
+                yield dep.id, kind, remaining
+
+    def _headroom_snapshot(self) -> Iterator[tuple[str, float]]:
+        now = time.monotonic()
+        for name, group in self.current.groups.items():
+            yield name, capacity_ratio((dep.headroom for dep, _ in group.members), now)
 
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()

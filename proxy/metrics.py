@@ -5,10 +5,11 @@ classes from a fixed table, statuses are HTTP codes. A client's unknown model na
 never a label value (it becomes `UNKNOWN_GROUP`).
 
 The metrics every request touches (requests, durations, attempts, in-flight, tokens,
-vendor rate-limit budgets) are plain numbers in dicts, rendered by a collector at scrape
-time: prometheus_client's own types take a lock and run several checks per update, about
-a tenth of a request's CPU on a path that aims at a quarter millisecond. They are updated
-and scraped on the event loop's thread only. The rest use prometheus_client's types.
+routing skips) are plain numbers in dicts, rendered by a collector at scrape time:
+prometheus_client's own types take a lock and run several checks per update, about a
+tenth of a request's CPU on a path that aims at a quarter millisecond. They are updated
+and scraped on the event loop's thread only. Vendors' rate-limit figures are read from
+the deployments' headroom at scrape time. The rest use prometheus_client's types.
 
 Every series an alert rule or a dashboard panel reads exists from start-up at 0
 (`Metrics.declare`, called again by each reload for the deployments, groups and clients
@@ -230,6 +231,50 @@ class DeploymentGauges(Collector):
         yield usable
 
 
+class HeadroomGauges(Collector):
+    """Vendors' rate-limit figures and each group's headroom, read at scrape time."""
+
+    def __init__(
+        self,
+        remaining: Callable[[], Iterable[tuple[str, str, float]]],
+        groups: Callable[[], Iterable[tuple[str, float]]],
+    ) -> None:
+        # remaining yields (deployment, kind, what its vendor last reported left);
+        # groups yields (model group, share of its rate-limit capacity left, 0..1).
+        self._remaining = remaining
+        self._groups = groups
+
+    @staticmethod
+    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
+        return (
+            GaugeMetricFamily(
+                "llmproxy_upstream_ratelimit_remaining",
+                "Requests/tokens left in the vendor's current rate-limit window, from its "
+                "response headers.",
+                labels=["deployment", "kind"],
+            ),
+            GaugeMetricFamily(
+                "llmproxy_model_group_headroom_ratio",
+                "Share of the group's vendor rate-limit capacity left now (requests or tokens, "
+                "whichever is scarcer), net of requests on their way; 1 while any deployment "
+                "of the group has not reported its limits.",
+                labels=["model_group"],
+            ),
+        )
+
+    def describe(self) -> Iterator[Metric]:
+        yield from self._families()
+
+    def collect(self) -> Iterator[Metric]:
+        remaining, ratio = self._families()
+        for dep, kind, value in self._remaining():
+            remaining.add_metric([dep, kind], value)
+        for group, value in self._groups():
+            ratio.add_metric([group], value)
+        yield remaining
+        yield ratio
+
+
 class ClientGauges(Collector):
     """How much of each client's daily budgets is used, read at scrape time (alerts warn before 429s)."""
 
@@ -351,10 +396,11 @@ class Metrics:
             ("model_group", "reason"),
         )
         self.in_flight = LeanGauge("llmproxy_in_flight_requests", "Client requests being served.")
-        self.ratelimit_remaining = LeanGauge(
-            "llmproxy_upstream_ratelimit_remaining",
-            "Requests/tokens left in the vendor's current rate-limit window, from its response headers.",
-            ("deployment", "kind"),
+        self.routing_skips = LeanCounter(
+            "llmproxy_routing_skips",
+            "Usable deployments a request's routing left out, by reason (no_headroom: its "
+            "vendor's rate-limit headroom could not take the request).",
+            ("deployment", "reason"),
         )
         r.register(
             _LeanCollector(
@@ -368,7 +414,7 @@ class Metrics:
                     self.unserved,
                     self.served_away,
                     self.in_flight,
-                    self.ratelimit_remaining,
+                    self.routing_skips,
                 )
             )
         )
@@ -428,6 +474,8 @@ class Metrics:
                 self.attempts.declare((dep, cls))
             for kind in TOKEN_KINDS:
                 self.tokens.declare((dep, kind))
+            for reason in SKIP_REASONS:
+                self.routing_skips.declare((dep, reason))
         for group, members in plan.groups.items():
             self.requests.declare((group, "200"))
             self.request_duration.declare((group,))
@@ -451,6 +499,13 @@ class Metrics:
         groups: Callable[[], Iterable[tuple[str, int]]],
     ) -> None:
         self.registry.register(DeploymentGauges(snapshot, groups))
+
+    def add_headroom_gauges(
+        self,
+        remaining: Callable[[], Iterable[tuple[str, str, float]]],
+        groups: Callable[[], Iterable[tuple[str, float]]],
+    ) -> None:
+        self.registry.register(HeadroomGauges(remaining, groups))
 
     def add_client_gauges(self, snapshot: Callable[[], Iterable[tuple[str, str, float]]]) -> None:
         self.registry.register(ClientGauges(snapshot))
@@ -502,16 +557,8 @@ class Metrics:
         if cached_prompt:
             self.tokens.inc((deployment, "cached_prompt"), cached_prompt)
 
-    def ratelimit(self, deployment: str, headers: Mapping[str, str]) -> None:
-        """Record the vendor's remaining budget so ops see a quota running out before the 429s."""
-        for header, kind in RATELIMIT_HEADERS:
-            value = headers.get(header)
-            if value is not None:
-                try:
-                    remaining = float(value)
-                except ValueError:
-                    continue
-                self.ratelimit_remaining.set((deployment, kind), remaining)
+    def routing_skip(self, deployment: str, reason: str) -> None:
+        self.routing_skips.inc((deployment, reason))
 
     def limit_rejection(self, client: str, reason: str) -> None:
         self._child(self.client_limit_rejections, client, reason).inc()
@@ -522,16 +569,7 @@ _STATUS = {code: str(code) for code in range(100, 600)}
 RELOAD_RESULTS = ("success", "failure")  # the `result` of llmproxy_config_reloads_total
 TOKEN_KINDS = ("prompt", "completion", "cached_prompt")  # the `kind` of llmproxy_tokens_total
 SERVED_AWAY_REASONS = ("failover", "skipped")  # the `reason` of llmproxy_served_away_total
-
-# Response header -> `kind` label of llmproxy_upstream_ratelimit_remaining (VENDOR_WIRE_FORMATS.md section 3).
-RATELIMIT_HEADERS: tuple[tuple[str, str], ...] = (
-    ("x-ratelimit-remaining-requests", "requests"),
-    ("x-ratelimit-remaining-tokens", "tokens"),
-    ("anthropic-ratelimit-requests-remaining", "requests"),
-    ("anthropic-ratelimit-tokens-remaining", "tokens"),
-    ("anthropic-ratelimit-input-tokens-remaining", "input_tokens"),
-    ("anthropic-ratelimit-output-tokens-remaining", "output_tokens"),
-)
+SKIP_REASONS = ("no_headroom",)  # the `reason` of llmproxy_routing_skips_total
 
 
 def _build_info() -> dict[str, str]:

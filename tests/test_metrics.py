@@ -25,6 +25,8 @@ EXPECTED = {
     "llmproxy_in_flight_requests": ("gauge", set()),
     "llmproxy_model_group_usable_deployments": ("gauge", {"model_group"}),
     "llmproxy_upstream_ratelimit_remaining": ("gauge", {"deployment", "kind"}),
+    "llmproxy_model_group_headroom_ratio": ("gauge", {"model_group"}),
+    "llmproxy_routing_skips": ("counter", {"deployment", "reason"}),
     "llmproxy_build_info": ("gauge", {"version", "python"}),
     "llmproxy_client_limit_rejections": ("counter", {"client", "reason"}),
     "llmproxy_client_budget_used_ratio": ("gauge", {"client", "limit"}),
@@ -42,15 +44,10 @@ async def test_metric_names_types_and_labels(
     a, _, proxy = pair
     client = proxy.client()
     messages = [{"role": "user", "content": "hi"}]
-    a.set_fault(
-        Fault(
-            headers={"x-ratelimit-remaining-requests": "41", "x-ratelimit-remaining-tokens": "9000"}
-        )
-    )
-    await client.chat.completions.create(model="smart", messages=messages)  # type: ignore[arg-type]
     a.set_fault(Fault.preset("rate_limited", retry_after_s=30))
     await client.chat.completions.create(model="smart", messages=messages)  # type: ignore[arg-type]
     a.chunk_delay_s = 0.05  # the first chunk is relayed alone, then the stream is cut
+    # Back now: its cooldown and what its vendor said of its limits (0 left for 30 s) end.
     proxy.gateway.deployments["a/model-a"].clear_cooldown()
     a.set_fault(Fault.preset("drop_midstream"))
     with pytest.raises(openai.APIError):
@@ -58,6 +55,13 @@ async def test_metric_names_types_and_labels(
             model="smart", messages=messages, stream=True
         ):  # type: ignore[arg-type]
             pass
+    a.chunk_delay_s = 0.0
+    a.set_fault(
+        Fault(
+            headers={"x-ratelimit-remaining-requests": "41", "x-ratelimit-remaining-tokens": "9000"}
+        )
+    )
+    await client.chat.completions.create(model="smart", messages=messages)  # type: ignore[arg-type]
     families = {f.name: f for f in text_string_to_metric_families(await proxy.metrics_text())}
     for name, (kind, labels) in EXPECTED.items():
         assert name in families, name

@@ -1,4 +1,4 @@
-"""Live state of one deployment: breaker, cooldown, in-flight count and latency.
+"""Live state of one deployment: breaker, cooldown, headroom, in-flight count and latency.
 
 This is the in-process snapshot the hot path reads to build a plan. It is owned by the
 gateway and survives config reloads for deployments that exist before and after.
@@ -14,6 +14,7 @@ from proxy.config import CooldownConfig, DeploymentConfig
 from proxy.core.outcomes import CooldownKind, Outcome, OutcomeClass
 from proxy.health.breaker import BreakerState, DeploymentBreaker
 from proxy.health.caps import DeploymentCaps
+from proxy.health.headroom import Headroom
 
 __all__ = ["DeploymentState", "cooldown_seconds"]
 
@@ -66,6 +67,7 @@ class DeploymentState:
         "cooldown_since",
         "cooldown_until",
         "ewma_latency_s",
+        "headroom",
         "healthy",
         "id",
         "in_flight",
@@ -95,6 +97,7 @@ class DeploymentState:
         self.breaker = DeploymentBreaker(dep_id, fail_max, reset_timeout_s, breaker_changed)
         caps = (config.max_concurrent, config.rpm, config.tpm)
         self.caps = DeploymentCaps(*caps) if any(c is not None for c in caps) else None
+        self.headroom = Headroom()  # what its vendor says is left of its rate limits
         self.cooldown_since = 0.0
         self.cooldown_until = 0.0
         self.cooldown_reason = ""
@@ -168,6 +171,9 @@ class DeploymentState:
             self.ewma_latency_s = latency_s if prev is None else prev + 0.2 * (latency_s - prev)
 
     def clear_cooldown(self) -> None:
+        """Route to it again now: an operator (or a new key) says it is back. What its vendor
+        said of its rate limits is forgotten too; the next answer says it again."""
+        self.headroom.forget()
         self.cooldown_until = 0.0
         self.cooldown_reason = ""
         if self.on_change is not None:

@@ -27,11 +27,21 @@ from proxy.core.outcomes import (
 )
 from proxy.health.breaker import Permit
 from proxy.health.deployment import DeploymentState
+from proxy.health.headroom import Need, request_need
 from proxy.metrics import Metrics
 from proxy.routing.strategies import STRATEGIES, Member, Strategy
 from proxy.vendors.base import AttemptFailed, UpstreamCall, UpstreamResponse, VendorAdapter
 
-__all__ = ["HEDGE_LOST", "AllFailed", "Attempt", "ModelGroup", "Router", "Served", "Trace"]
+__all__ = [
+    "HEDGE_LOST",
+    "NO_HEADROOM",
+    "AllFailed",
+    "Attempt",
+    "ModelGroup",
+    "Router",
+    "Served",
+    "Trace",
+]
 
 
 @dataclass(slots=True)
@@ -183,17 +193,44 @@ class Router:
         self.active = 0
 
     def plan(
-        self, group: ModelGroup, call: UpstreamCall, now: float
-    ) -> tuple[list[DeploymentState], bool]:
-        """Candidates in attempt order, and whether they are forced (none was usable).
+        self, group: ModelGroup, call: UpstreamCall, now: float, need: Need | None = None
+    ) -> tuple[list[DeploymentState], bool, tuple[DeploymentState, ...]]:
+        """Candidates in attempt order, whether they are forced (none was usable), and the
+        usable members left out because their vendor's rate-limit headroom cannot take the
+        request (`need`: its token estimate).
 
-        A breaker must never turn a partial outage into a total one: when every member is
-        open, cooling or unhealthy, the least-bad ones are tried anyway, soonest-to-recover first.
+        A deployment short of headroom is skipped like a cooling one: the strategy orders
+        the rest. When every usable member is short, they are tried anyway, the one whose
+        limits reset first first: the vendors, not the proxy, say no. A breaker must never
+        turn a partial outage into a total one: when every member is open, cooling or
+        unhealthy, the least-bad ones are tried anyway, soonest-to-recover first.
         """
-        usable = [m for m in group.members if m[0].usable(now)]
+        usable: list[Member] = []
+        short: list[DeploymentState] | None = None
+        for member in group.members:
+            dep = member[0]
+            if not dep.usable(now):
+                continue
+            if dep.headroom.limits:  # its vendor reported figures: do they fit the request?
+                if need is None:
+                    need = request_need(call.endpoint, call.parsed, len(call.raw))
+                if not dep.headroom.fits(now, need):
+                    if short is None:
+                        short = []
+                    short.append(dep)
+                    continue
+            usable.append(member)
         if usable:
-            return group.strategy.order(usable, call, now), False
-        return sorted((m[0] for m in group.members), key=lambda d: d.unusable_until(now)), True
+            return (
+                group.strategy.order(usable, call, now),
+                False,
+                _NONE if short is None else tuple(short),
+            )
+        if short is not None:
+            assert need is not None
+            return sorted(short, key=lambda d: d.headroom.ready_at(now, need)), False, _NONE
+        ranked = sorted((m[0] for m in group.members), key=lambda d: d.unusable_until(now))
+        return ranked, True, _NONE
 
     async def run(
         self, group: ModelGroup, call: UpstreamCall, deadline: float, trace: Trace
@@ -350,11 +387,14 @@ class Router:
         dep.in_flight += 1
         if dep.caps is not None:
             dep.caps.started(now)
+        headroom = dep.headroom
+        ticket = headroom.reserve(now, walk.need)
         try:
             response = await adapter.send(
                 dep_config, walk.call, first_byte_s=first_byte_s, attempt_s=attempt_s
             )
         except Unsupported as unsupported:
+            headroom.release(ticket)
             dep.in_flight -= 1
             dep.breaker.release(permit)
             walk.trace.attempts.append(
@@ -362,6 +402,7 @@ class Router:
             )
             return unsupported
         except AttemptFailed as failed:
+            headroom.answered(ticket, failed.headers, clock())
             dep.in_flight -= 1
             outcome = failed.outcome
             latency = clock() - now
@@ -372,11 +413,13 @@ class Router:
             )
             return outcome
         except BaseException:  # cancelled (client gone, or a hedge won): the vendor is not to blame
+            headroom.release(ticket)
             dep.in_flight -= 1
             dep.breaker.release(permit)
             raise
-        ttfb = clock() - now
-        self.metrics.ratelimit(dep.id, response.headers)
+        answered = clock()
+        headroom.answered(ticket, response.headers, answered)
+        ttfb = answered - now
         if permit is not Permit.NORMAL or response.content_type != _SSE:
             # A stream's verdict waits for its end (`_finish`): recording success at its
             # first byte would reset the breaker's count on every attempt, so a vendor
@@ -435,6 +478,12 @@ _VERDICT: Mapping[BreakerVerdict, bool | None] = {
 # request as asked (`proxy.core.errors.Unsupported`); no attempt was made.
 UNSUPPORTED = "unsupported"
 
+# In x-proxy-attempts (and llmproxy_routing_skips_total's `reason`): a usable candidate
+# skipped because its vendor's rate-limit headroom cannot take the request; no attempt made.
+NO_HEADROOM = "no_headroom"
+
+_NONE: tuple[DeploymentState, ...] = ()
+
 # The outcome class (in x-proxy-attempts and upstream_attempts_total) of a hedged attempt
 # cancelled because another one answered first. Not a classification: nothing failed.
 HEDGE_LOST = "hedge_lost"
@@ -469,6 +518,7 @@ class _Walk:
         "forced",
         "group",
         "i",
+        "need",
         "origin",
         "outcomes",
         "pending_failover",
@@ -490,7 +540,8 @@ class _Walk:
         self.trace = trace
         self.outcomes: list[Outcome] = []
         self.tried_groups = {group.name}
-        self.candidates, self.forced = router.plan(group, call, router.clock())
+        self.need: Need = request_need(call.endpoint, call.parsed, len(call.raw))
+        self._plan(group)
         # The members routing left out (out of service or at a cap): nothing in the common case.
         self.skipped: tuple[DeploymentState, ...] = ()
         if self.forced or len(self.candidates) < len(group.members):
@@ -502,6 +553,16 @@ class _Walk:
         self.pending_failover: tuple[str, str] | None = None
         self.capped_for: float | None = None  # soonest a skipped-at-cap deployment frees up
         self.unsupported: list[Unsupported] = []  # candidates that cannot serve the request
+
+    def _plan(self, group: ModelGroup) -> None:
+        """Plan `group`'s candidates; the ones skipped for headroom are told in the trace."""
+        router = self.router
+        self.candidates, self.forced, short = router.plan(
+            group, self.call, router.clock(), self.need
+        )
+        for dep in short:
+            self.trace.attempts.append(Attempt(dep.id, NO_HEADROOM, 0.0))
+            router.metrics.routing_skip(dep.id, NO_HEADROOM)
 
     def next(self) -> _Step | None:
         """The next attempt to make, or None when there is none (candidates, attempts or time)."""
@@ -567,7 +628,7 @@ class _Walk:
                 self.tried_groups.add(fallback)
                 router.metrics.failover(self.group.name, dep.id, outcome.cls)
                 self.group = fb_group
-                self.candidates, self.forced = router.plan(fb_group, self.call, router.clock())
+                self._plan(fb_group)
                 self.i = 0
                 self.exhausted = False
                 return _Then.RESTART

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from proxy.config import StateConfig
 from proxy.state.base import (
+    BucketClaim,
     Change,
+    HeadroomGrant,
+    HeadroomReport,
     Lease,
     RateLimit,
     StateBackend,
@@ -14,7 +17,10 @@ from proxy.state.base import (
 from proxy.state.memory import MemoryBackend
 
 __all__ = [
+    "BucketClaim",
     "Change",
+    "HeadroomGrant",
+    "HeadroomReport",
     "Lease",
     "MemoryBackend",
     "RateLimit",

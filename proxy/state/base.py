@@ -12,6 +12,9 @@ A backend carries three kinds of state, each with the semantics that fits it:
   backend remembers), so usage accounted during an outage is flushed, not lost, and a
   retried flush is not counted twice. `hit()` is an atomic sliding-window rate limit.
 - **Leases**: one holder for the whole cluster ("one prober per deployment").
+- **Headroom**: a deployment's rate-limit figures (the newest answer's win) and what each
+  replica has claimed of them, so replicas spend a vendor account's headroom together
+  (`headroom()`; proxy/health/headroom_share.py).
 
 `memory` implements all of it in process (one replica: nothing to share); `redis` shares it.
 """
@@ -27,7 +30,10 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 __all__ = [
+    "BucketClaim",
     "Change",
+    "HeadroomGrant",
+    "HeadroomReport",
     "Lease",
     "RateLimit",
     "StateBackend",
@@ -123,6 +129,44 @@ def sliding_window(
     return result, (idx, cur, prev)
 
 
+@dataclass(frozen=True, slots=True)
+class BucketClaim:
+    """One rate-limit bucket of a deployment as a replica sees it, and what it asks of it.
+
+    `claim` is what this replica may spend beyond the figures: its requests sent after
+    them and not answered yet, plus the grants it holds unspent. The backend counts every
+    replica's claim against the figures and grants at most what is left: `want`, or as
+    much of it as fits if that is at least `need`, else nothing.
+    """
+
+    kind: str
+    remaining: float | None  # the figures this replica holds (None: none for this kind)
+    limit: float | None
+    reset: float | None  # wall-clock seconds
+    claim: int
+    want: int
+    need: int
+
+
+@dataclass(frozen=True, slots=True)
+class HeadroomReport:
+    """A replica's figures for one deployment (as of `asof`, wall-clock seconds, the send
+    time of the request they answer; 0: none) and its claims, one per bucket kind."""
+
+    asof: float
+    buckets: tuple[BucketClaim, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class HeadroomGrant:
+    """The backend's answer: grants per kind (the report's order) and the cluster's newest
+    figures, (remaining, limit, reset) per kind as of `asof`."""
+
+    granted: tuple[int, ...]
+    asof: float
+    figures: tuple[tuple[float | None, float | None, float | None], ...]
+
+
 class Lease(ABC):
     """One holder for the whole cluster: call `acquire` every so often (well within `ttl_s`).
 
@@ -210,3 +254,13 @@ class StateBackend(ABC):
 
     @abstractmethod
     def lease(self, name: str, ttl_s: float) -> Lease: ...
+
+    async def headroom(self, deployment: str, report: HeadroomReport) -> HeadroomGrant:
+        """Claim grants of `deployment`'s rate-limit headroom for this replica (one round
+        trip); raises StateBackendDown when unreachable. One process has no one to share
+        with: everything asked for is granted, and its own accounting is exact."""
+        return HeadroomGrant(
+            tuple(b.want for b in report.buckets),
+            report.asof,
+            tuple((b.remaining, b.limit, b.reset) for b in report.buckets),
+        )

@@ -29,7 +29,15 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from proxy.state.base import Change, Lease, RateLimit, StateBackend, StateBackendDown
+from proxy.state.base import (
+    Change,
+    HeadroomGrant,
+    HeadroomReport,
+    Lease,
+    RateLimit,
+    StateBackend,
+    StateBackendDown,
+)
 from proxy.state.memory import MemoryBackend
 
 __all__ = ["RedisBackend"]
@@ -111,6 +119,68 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
+# A deployment's rate-limit headroom, spent by every replica together (the newest figures
+# win; every replica's claim counts against them). KEYS[1]: the deployment's headroom hash:
+# `asof`; per kind `r|k`, `l|k`, `t|k` (remaining, limit, reset ms); per kind and replica
+# `c|k|origin` = "claim expiry_ms". ARGV: origin, now ms, claim ttl ms, asof ms (figures
+# newer than the stored ones replace them), key ttl ms, then per kind: kind, remaining,
+# limit, reset ms ('' for unknown), claim, want, need. Returns {asof, then per kind:
+# granted, remaining, limit, reset}. A bucket past its reset holds its limit; a bucket with
+# no reset or an unknown limit after it cannot be short: everything asked is granted.
+HEADROOM_LUA = """
+local origin, now, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local asof, keep = tonumber(ARGV[4]), tonumber(ARGV[5])
+local flat = redis.call('HGETALL', KEYS[1])
+local h = {}
+for i = 1, #flat, 2 do h[flat[i]] = flat[i + 1] end
+local set, dead, others = {}, {}, {}
+local newer = asof > (tonumber(h['asof']) or -1)
+if newer then
+  set[#set + 1] = 'asof'; set[#set + 1] = ARGV[4]; h['asof'] = ARGV[4]
+end
+for f, v in pairs(h) do
+  if string.sub(f, 1, 2) == 'c|' then
+    local kind, who = string.match(f, '^c|([^|]+)|(.*)$')
+    local amount, expiry = string.match(v, '^(%S+) (%S+)$')
+    if kind and tonumber(amount) and tonumber(expiry) and tonumber(expiry) > now then
+      if who ~= origin then others[kind] = (others[kind] or 0) + tonumber(amount) end
+    else
+      dead[#dead + 1] = f
+    end
+  end
+end
+local out = {h['asof'] or '0'}
+for i = 6, #ARGV, 7 do
+  local k = ARGV[i]
+  if newer then
+    for n, p in ipairs({'r|', 'l|', 't|'}) do
+      set[#set + 1] = p .. k; set[#set + 1] = ARGV[i + n]; h[p .. k] = ARGV[i + n]
+    end
+  end
+  local r, l, t = tonumber(h['r|' .. k]), tonumber(h['l|' .. k]), tonumber(h['t|' .. k])
+  local claim, want, need = tonumber(ARGV[i + 4]), tonumber(ARGV[i + 5]), tonumber(ARGV[i + 6])
+  local room = nil
+  if r and t then
+    if t > now then room = r else room = l end
+  end
+  local grant = want
+  if room then
+    local left = math.floor(room - claim - (others[k] or 0))
+    if left >= need then grant = math.min(want, left) else grant = 0 end
+  end
+  set[#set + 1] = 'c|' .. k .. '|' .. origin
+  set[#set + 1] = string.format('%d %d', claim + grant, now + ttl)
+  out[#out + 1] = tostring(grant)
+  out[#out + 1] = h['r|' .. k] or ''
+  out[#out + 1] = h['l|' .. k] or ''
+  out[#out + 1] = h['t|' .. k] or ''
+end
+if #dead > 0 then redis.call('HDEL', KEYS[1], unpack(dead)) end
+redis.call('HSET', KEYS[1], unpack(set))
+redis.call('PEXPIRE', KEYS[1], keep)
+return out
+"""
+
 SOCKET_TIMEOUT_S = 1.0  # a partitioned Redis is noticed within about this long
 HEARTBEAT_S = 1.0
 REPLICA_TTL_S = 15.0  # a replica not seen for this long no longer counts toward shares
@@ -118,6 +188,8 @@ BACKOFF_S = (0.1, 5.0)  # reconnect backoff: first, cap
 RECORD_TTL_MS = 7 * 24 * 3600 * 1000  # records of deployments no replica writes any more expire
 BATCH_TTL_S = 24 * 3600  # how long a counter batch id is remembered
 CONNECT_WAIT_S = 2.0  # start-up waits this long for the shared state, then serves locally
+HEADROOM_CLAIM_TTL_S = 10.0  # a replica's claim on a deployment's headroom lapses after this
+HEADROOM_KEEP_S = 3600.0  # figures and claims of a deployment nobody sends to expire
 
 
 class _RedisLease(Lease):
@@ -167,6 +239,7 @@ class RedisBackend(StateBackend):
         self._add = self._client.register_script(ADD_LUA)
         self._lease = self._client.register_script(LEASE_LUA)
         self._release = self._client.register_script(RELEASE_LUA)
+        self._headroom = self._client.register_script(HEADROOM_LUA)
         self._outbox: dict[tuple[str, str], Change] = {}
         self._pending: dict[tuple[str, str], int] = {}
         self._batch: tuple[str, dict[tuple[str, str], int]] | None = None
@@ -436,6 +509,48 @@ class RedisBackend(StateBackend):
 
     def lease(self, name: str, ttl_s: float) -> Lease:
         return _RedisLease(self, name, ttl_s)
+
+    async def headroom(self, deployment: str, report: HeadroomReport) -> HeadroomGrant:
+        if not self.up:
+            raise StateBackendDown(self._last_error or "not connected")
+        args: list[Any] = [
+            self.origin,
+            int(time.time() * 1000),
+            int(HEADROOM_CLAIM_TTL_S * 1000),
+            int(report.asof * 1000),
+            int(HEADROOM_KEEP_S * 1000),
+        ]
+        for b in report.buckets:
+            args += [
+                b.kind,
+                _num(b.remaining),
+                _num(b.limit),
+                "" if b.reset is None else int(b.reset * 1000),
+                b.claim,
+                b.want,
+                b.need,
+            ]
+        try:
+            out = await self._headroom(keys=[f"{self.prefix}:hr:{deployment}"], args=args)
+        except (RedisError, OSError) as exc:
+            self._broken(exc)
+            raise StateBackendDown(self._last_error) from exc
+        granted: list[int] = []
+        figures: list[tuple[float | None, float | None, float | None]] = []
+        for i in range(len(report.buckets)):
+            grant, remaining, limit, reset = out[1 + 4 * i : 5 + 4 * i]
+            granted.append(int(float(grant)))
+            at = _opt(reset)
+            figures.append((_opt(remaining), _opt(limit), None if at is None else at / 1000))
+        return HeadroomGrant(tuple(granted), float(out[0]) / 1000, tuple(figures))
+
+
+def _num(value: float | None) -> str:
+    return "" if value is None else repr(value)
+
+
+def _opt(raw: str) -> float | None:
+    return float(raw) if raw else None
 
 
 def _safe_url(url: str) -> str:

@@ -39,17 +39,26 @@ __all__ = [
 ]
 
 Endpoint = str  # "chat/completions" | "completions" | "embeddings" | "messages"
+_NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 Api = str  # the inbound wire format: "openai" | "anthropic"
 
 
 class AttemptFailed(Exception):
     """One attempt failed; `outcome` says how (and so whether the router may fail over)."""
 
-    def __init__(self, outcome: Outcome, *, error_event_sent: bool = False) -> None:
+    def __init__(
+        self,
+        outcome: Outcome,
+        *,
+        error_event_sent: bool = False,
+        headers: Mapping[str, str] = _NO_HEADERS,
+    ) -> None:
         super().__init__(outcome.message)
         self.outcome = outcome
         # True when the vendor's own in-stream error event was already relayed to the client.
         self.error_event_sent = error_event_sent
+        # The vendor's response headers when it answered (its rate-limit figures are there).
+        self.headers = headers
 
 
 @dataclass(slots=True)
@@ -107,8 +116,8 @@ class UpstreamResponse(ABC):
     status: int
     content_type: str
     usage: Usage | None
-    # The vendor's response headers (rate-limit budgets live there); none for translated answers.
-    headers: Mapping[str, str] = MappingProxyType({})
+    # The vendor's response headers (its rate-limit figures live there), translated or not.
+    headers: Mapping[str, str] = _NO_HEADERS
     # Request fields a translation dropped because the vendor has no equivalent (sampling
     # hints only: a field that changes the answer's shape is mapped or refused). The client
     # is told in `x-proxy-dropped-params`.

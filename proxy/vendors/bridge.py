@@ -81,10 +81,11 @@ class _Translated:
 
 
 class _BridgedStream(UpstreamResponse):
-    __slots__ = ("_first", "_inner", "_translator", "content_type", "status", "usage")
+    __slots__ = ("_first", "_inner", "_translator", "content_type", "headers", "status", "usage")
 
     def __init__(self, inner: UpstreamResponse, translator: StreamTranslator, first: bytes) -> None:
         self.status = inner.status
+        self.headers = inner.headers  # the vendor's: its rate-limit figures
         self.content_type = "text/event-stream"
         self.usage = inner.usage
         self._inner = inner
@@ -148,7 +149,9 @@ async def send_bridged(
             raise invalid_json() from None
         finally:
             inner.close()
-        return JSONResponse(inner.status, orjson.dumps(bridge.response(doc)), inner.usage)
+        return JSONResponse(
+            inner.status, orjson.dumps(bridge.response(doc)), inner.usage, inner.headers
+        )
     translator = bridge.stream(call.parsed)
     # The inner stream committed at its first content; its translation starts there too.
     return _BridgedStream(inner, translator, translator.feed(inner.body))

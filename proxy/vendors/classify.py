@@ -37,6 +37,7 @@ from proxy.core.outcomes import Outcome, OutcomeClass
 from proxy.core.redact import MAX_MATCH_CHARS, clean, redact_text
 from proxy.core.vendor_types import VENDOR_TYPES
 from proxy.http1 import BodyIncomplete, ProtocolError
+from proxy.vendors.ratelimit import RATE_LIMIT_HEADERS, parse_go_duration, parse_rfc3339
 
 __all__ = [
     "RULES",
@@ -511,33 +512,6 @@ def _parse(headers: Mapping[str, str], body: bytes) -> _Parsed:
 # Retry hints (VENDOR_WIRE_FORMATS.md section 3)
 # --------------------------------------------------------------------------------------------
 
-_GO_UNITS: Mapping[str, float] = MappingProxyType(
-    {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ns": 1e-9}
-)
-_GO_NUM = r"(?:\d+(?:\.\d*)?|\.\d+)"
-_GO_UNIT = r"(?:ns|us|µs|μs|ms|h|m|s)"  # "ms" before "m"
-_GO_FULL_RE: Final = re.compile(rf"(?:{_GO_NUM}{_GO_UNIT})+")
-_GO_PART_RE: Final = re.compile(rf"({_GO_NUM})({_GO_UNIT})")
-
-
-def parse_go_duration(s: str) -> float | None:
-    """Seconds in a Go `time.Duration` string ("6m0s", "1h2m3.5s", "12ms", "9m38.016s").
-
-    OpenAI and Groq send their `x-ratelimit-reset-*` headers and "try again in" hints in this
-    format. Returns None for anything that is not a whole, non-negative duration (so a garbage
-    header never turns into a zero cooldown). Trailing sentence punctuation is tolerated
-    because the value is also cut out of prose ("Please try again in 4.77s.").
-    """
-    if not isinstance(s, str) or len(s) > 64:
-        return None
-    s = s.strip().rstrip(".,;")
-    if s == "0":
-        return 0.0
-    if not s or _GO_FULL_RE.fullmatch(s) is None:
-        return None
-    total = sum(float(num) * _GO_UNITS[unit] for num, unit in _GO_PART_RE.findall(s))
-    return total if math.isfinite(total) else None
-
 
 def _float(value: object) -> float | None:
     if not isinstance(value, str) or len(value) > 32:
@@ -594,12 +568,14 @@ def _from_google_retry_info(
 
 
 _ANTHROPIC_BUCKETS: Final = tuple(
-    (f"anthropic-ratelimit-{b}-remaining", f"anthropic-ratelimit-{b}-reset")
-    for b in ("requests", "tokens", "input-tokens", "output-tokens")
+    (h.remaining, h.reset) for h in RATE_LIMIT_HEADERS if h.absolute_reset
 )
-_OPENAI_BUCKETS: Final = tuple(
-    (f"x-ratelimit-remaining-{b}", f"x-ratelimit-reset-{b}")
-    for b in ("requests", "tokens", "requests_usage_based", "tokens_usage_based")
+_OPENAI_BUCKETS: Final = (
+    *((h.remaining, h.reset) for h in RATE_LIMIT_HEADERS if not h.absolute_reset),
+    *(
+        (f"x-ratelimit-remaining-{b}", f"x-ratelimit-reset-{b}")
+        for b in ("requests_usage_based", "tokens_usage_based")
+    ),
 )
 
 
@@ -615,13 +591,9 @@ def _from_anthropic_reset(h: Mapping[str, str], doc: object, msg: str, now: floa
         if not _exhausted(h, remaining):
             continue
         raw = h.get(reset)
-        if not isinstance(raw, str) or len(raw) > 64:
-            continue
-        try:
-            at = _epoch(datetime.fromisoformat(raw.strip()))
-        except (ValueError, OverflowError):
-            continue
-        best = at if best is None else max(best, at)
+        at = parse_rfc3339(raw) if isinstance(raw, str) else None
+        if at is not None:
+            best = at if best is None else max(best, at)
     return None if best is None else best - now
 
 

@@ -547,7 +547,10 @@ class HTTPAdapter(VendorAdapter):
             if resp.status >= 300:
                 err = await resp.read(MAX_ERROR_BODY, first_by)
                 resp.release()
-                raise AttemptFailed(classify_response(vendor_type, resp.status, resp.headers, err))
+                raise AttemptFailed(
+                    classify_response(vendor_type, resp.status, resp.headers, err),
+                    headers=resp.headers,
+                )
             if call.stream and resp.content_type == "text/event-stream":
                 return await self._first_chunk(
                     resp,
@@ -566,7 +569,9 @@ class HTTPAdapter(VendorAdapter):
         except AttemptFailed as failed:
             secret = self.config.api_key
             if secret and secret in failed.outcome.message:
-                raise AttemptFailed(without_secret(failed.outcome, secret)) from None
+                raise AttemptFailed(
+                    without_secret(failed.outcome, secret), headers=failed.headers
+                ) from None
             raise
         except asyncio.CancelledError:
             if resp is not None:
@@ -609,7 +614,9 @@ class HTTPAdapter(VendorAdapter):
             scan.feed(chunk)
             if scan.error is not None:
                 resp.close()
-                raise AttemptFailed(classify_stream_error(self.config.type, scan.error))
+                raise AttemptFailed(
+                    classify_stream_error(self.config.type, scan.error), headers=resp.headers
+                )
             if (scan.committed and events) or scan.done:
                 break
         if not parts:

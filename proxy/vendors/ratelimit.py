@@ -1,0 +1,180 @@
+"""Vendors' rate-limit headers (VENDOR_WIRE_FORMATS.md section 3): what is left, of what, until when.
+
+OpenAI, Azure OpenAI, Groq and Mistral send `x-ratelimit-*` headers whose resets are Go
+durations relative to the answer ("6m0s", "12ms"); Anthropic sends
+`anthropic-ratelimit-*` headers whose resets are RFC 3339 timestamps. `read_buckets` turns
+either into one neutral list of `Bucket`s, the classifier reads retry hints from the same
+table, and routing keeps what the vendor said (proxy/health/headroom.py).
+
+It runs on every answer, so it looks up a handful of header names and parses only the
+values present; the common reset shapes skip the regular expression.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from types import MappingProxyType
+from typing import Final
+
+__all__ = [
+    "KINDS",
+    "RATE_LIMIT_HEADERS",
+    "Bucket",
+    "HeaderNames",
+    "parse_go_duration",
+    "parse_rfc3339",
+    "read_buckets",
+]
+
+# The buckets a vendor may meter: the `kind` label of llmproxy_upstream_ratelimit_remaining.
+KINDS: Final = ("requests", "tokens", "input_tokens", "output_tokens")
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderNames:
+    """One vendor family's headers for one bucket."""
+
+    kind: str
+    remaining: str
+    limit: str
+    reset: str
+    absolute_reset: bool  # True: an RFC 3339 timestamp (Anthropic); False: a Go duration
+
+
+def _openai(kind: str, suffix: str) -> HeaderNames:
+    return HeaderNames(
+        kind,
+        f"x-ratelimit-remaining-{suffix}",
+        f"x-ratelimit-limit-{suffix}",
+        f"x-ratelimit-reset-{suffix}",
+        False,
+    )
+
+
+def _anthropic(kind: str, name: str) -> HeaderNames:
+    return HeaderNames(
+        kind,
+        f"anthropic-ratelimit-{name}-remaining",
+        f"anthropic-ratelimit-{name}-limit",
+        f"anthropic-ratelimit-{name}-reset",
+        True,
+    )
+
+
+RATE_LIMIT_HEADERS: tuple[HeaderNames, ...] = (
+    _openai("requests", "requests"),
+    _openai("tokens", "tokens"),
+    _anthropic("requests", "requests"),
+    _anthropic("tokens", "tokens"),
+    _anthropic("input_tokens", "input-tokens"),
+    _anthropic("output_tokens", "output-tokens"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Bucket:
+    """One rate limit as an answer reported it."""
+
+    kind: str
+    remaining: float
+    limit: float | None  # None: the vendor does not say (Azure)
+    reset_in_s: float | None  # None: no (parseable) reset: when it refills is unknown
+
+
+_GO_UNITS: Mapping[str, float] = MappingProxyType(
+    {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ns": 1e-9}
+)
+_GO_NUM = r"(?:\d+(?:\.\d*)?|\.\d+)"
+_GO_UNIT = r"(?:ns|us|µs|μs|ms|h|m|s)"  # "ms" before "m"
+_GO_FULL_RE: Final = re.compile(rf"(?:{_GO_NUM}{_GO_UNIT})+")
+_GO_PART_RE: Final = re.compile(rf"({_GO_NUM})({_GO_UNIT})")
+
+
+def _plain_number(s: str) -> float | None:
+    """`s` as a non-negative decimal ("1.5", "20"), or None (no sign, exponent or "inf")."""
+    if not s or not s.replace(".", "", 1).isdigit():
+        return None
+    return float(s)
+
+
+def parse_go_duration(s: str) -> float | None:
+    """Seconds in a Go `time.Duration` string ("6m0s", "1h2m3.5s", "12ms", "9m38.016s").
+
+    OpenAI and Groq send their `x-ratelimit-reset-*` headers and "try again in" hints in this
+    format. Returns None for anything that is not a whole, non-negative duration (so a garbage
+    header never turns into a zero cooldown). Trailing sentence punctuation is tolerated
+    because the value is also cut out of prose ("Please try again in 4.77s.").
+    """
+    if not isinstance(s, str) or len(s) > 64:
+        return None
+    s = s.strip().rstrip(".,;")
+    if s == "0":
+        return 0.0
+    # The shapes of nearly every header ("1s", "59.4s", "120ms") without the regex.
+    if s.endswith("ms"):
+        value = _plain_number(s[:-2])
+        if value is not None:
+            return value / 1000.0
+    elif s.endswith("s"):
+        value = _plain_number(s[:-1])
+        if value is not None:
+            return value
+    if not s or _GO_FULL_RE.fullmatch(s) is None:
+        return None
+    total = sum(float(num) * _GO_UNITS[unit] for num, unit in _GO_PART_RE.findall(s))
+    return total if math.isfinite(total) else None
+
+
+def parse_rfc3339(raw: str) -> float | None:
+    """Epoch seconds of an RFC 3339 timestamp ("2025-08-21T12:40:59Z", fractions allowed)."""
+    if not isinstance(raw, str) or len(raw) > 64:
+        return None
+    try:
+        at = datetime.fromisoformat(raw.strip())
+    except ValueError:
+        return None
+    try:
+        return (at if at.tzinfo is not None else at.replace(tzinfo=UTC)).timestamp()
+    except (OverflowError, ValueError, OSError):
+        return None
+
+
+def _count(raw: str | None) -> float | None:
+    if raw is None or len(raw) > 32:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        return None
+    # Azure's Responses surface has been seen sending -1: not a count.
+    return value if value >= 0 and math.isfinite(value) else None
+
+
+def read_buckets(headers: Mapping[str, str], now_wall: float) -> list[Bucket] | None:
+    """The rate limits an answer reports (header names lower-case), or None if it reports none.
+
+    `now_wall` (epoch seconds) turns Anthropic's absolute resets into seconds from now.
+    """
+    found: list[Bucket] | None = None
+    for names in RATE_LIMIT_HEADERS:
+        remaining = _count(headers.get(names.remaining))
+        if remaining is None:
+            continue
+        raw_reset = headers.get(names.reset)
+        reset: float | None = None
+        if raw_reset is not None:
+            if names.absolute_reset:
+                at = parse_rfc3339(raw_reset)
+                reset = None if at is None else max(0.0, at - now_wall)
+            else:
+                reset = parse_go_duration(raw_reset)
+        bucket = Bucket(names.kind, remaining, _count(headers.get(names.limit)), reset)
+        if found is None:
+            found = [bucket]
+        else:
+            found.append(bucket)
+    return found
