@@ -2,7 +2,8 @@
 
 Real HTTP servers on a real socket (no mocks), so the proxy's pooling, timeouts and
 stream parsing are exercised exactly as against a vendor. See ``base`` for the fault
-model; ``openai``, ``anthropic`` and ``gemini`` for the wire formats; ``answers`` and
+model; ``budget`` for a rate limit reported and enforced as vendors do; ``openai``,
+``anthropic`` and ``gemini`` for the wire formats; ``answers`` and
 ``schema_values`` for what the fakes answer (tool calls, structured JSON), which ``chat``,
 ``responses`` (OpenAI's Responses API) and ``messages`` (Anthropic) render.
 """
@@ -19,6 +20,7 @@ from proxy.fakes.base import (
     Route,
     Usage,
 )
+from proxy.fakes.budget import Budget
 from proxy.fakes.gemini import GEMINI_ERRORS, FakeGemini
 from proxy.fakes.openai import OPENAI_ERRORS, FakeAzureOpenAI, FakeOpenAI
 
@@ -37,6 +39,7 @@ __all__ = [
     "GEMINI_ERRORS",
     "OPENAI_ERRORS",
     "PRESETS",
+    "Budget",
     "Call",
     "FakeAnthropic",
     "FakeAzureOpenAI",

@@ -1,8 +1,9 @@
 """Run one fake vendor standalone until SIGINT/SIGTERM.
 
 ``python -m proxy.fakes --port 9001 --name a [--vendor openai|anthropic|gemini] [--host 127.0.0.1] [--fault PRESET]
-[--latency-ms N] [--chunks N]``. A subprocess fake is steered over HTTP through its
-``/_fake/fault``, ``/_fake/stats`` and ``/_fake/reset`` endpoints. Prints one
+[--latency-ms N] [--chunks N] [--budget-requests N] [--budget-tokens N] [--budget-window-s S]``.
+A subprocess fake is steered over HTTP through its ``/_fake/fault``, ``/_fake/budget``,
+``/_fake/stats`` and ``/_fake/reset`` endpoints. Prints one
 ``listening on <base_url>`` line (flushed) once the socket is bound, so a parent
 process can wait for it instead of sleeping.
 """
@@ -17,6 +18,7 @@ import sys
 
 from proxy.fakes import FAKES
 from proxy.fakes.base import PRESETS, Fault
+from proxy.fakes.budget import Budget
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -34,6 +36,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--models", default="", help="comma-separated model ids to list")
     parser.add_argument("--api-key", default=None, help="require this key (in the vendor's header)")
     parser.add_argument("--seed", type=int, default=0, help="seed for fault rates")
+    parser.add_argument("--budget-requests", type=int, help="requests per window (rate limit)")
+    parser.add_argument("--budget-tokens", type=int, help="tokens per window (rate limit)")
+    parser.add_argument("--budget-window-s", type=float, default=60.0, help="the budget's window")
     return parser.parse_args(argv)
 
 
@@ -50,6 +55,13 @@ async def _serve(args: argparse.Namespace) -> None:
         api_key=args.api_key,
         fault=fault,
         seed=args.seed,
+        budget=Budget.from_dict(
+            {
+                "requests": args.budget_requests,
+                "tokens": args.budget_tokens,
+                "window_s": args.budget_window_s,
+            }
+        ),
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

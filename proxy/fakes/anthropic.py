@@ -111,6 +111,7 @@ class FakeAnthropic(FakeVendor):
     """
 
     vendor_type: ClassVar[str] = "anthropic"
+    budget_style: ClassVar[str | None] = "anthropic"
     base_path: ClassVar[str] = ""
     default_models: ClassVar[tuple[str, ...]] = ("claude-sonnet-4-5", "claude-haiku-4-5")
 

@@ -36,6 +36,8 @@ import orjson
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
+from proxy.fakes.budget import Budget, BudgetMeter
+
 __all__ = [
     "ERROR_KINDS",
     "PRESETS",
@@ -305,6 +307,7 @@ class FakeStats:
     )
     tokens_unfinished: int = 0
     disconnects: int = 0
+    over_budget: int = 0  # requests the budget refused with a 429 (``FakeVendor.budget``)
     in_flight: int = 0
     faults: Counter[str] = field(default_factory=Counter)
     last_requests: deque[RecordedRequest] = field(default_factory=lambda: deque(maxlen=64))
@@ -316,6 +319,7 @@ class FakeStats:
         self.tokens.update(prompt=0, completion=0, cached=0)
         self.tokens_unfinished = 0
         self.disconnects = 0
+        self.over_budget = 0
         self.faults.clear()
         self.last_requests.clear()
 
@@ -333,6 +337,7 @@ class FakeStats:
             "tokens": dict(self.tokens),
             "tokens_unfinished": self.tokens_unfinished,
             "disconnects": self.disconnects,
+            "over_budget": self.over_budget,
             "in_flight": self.in_flight,
             "faults": dict(self.faults),
             "last_requests": [r._asdict() for r in self.last_requests],
@@ -353,6 +358,8 @@ class Call:
     body: dict[str, Any]
     fault: Fault | None
     state: Any = None
+    #: Headers every answer to this request carries (the budget's rate-limit figures).
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 CallHandler = Callable[[Call], Awaitable[web.StreamResponse]]
@@ -472,6 +479,9 @@ class FakeVendor(abc.ABC):
     base_path: ClassVar[str] = ""
     #: Models listed when none are configured.
     default_models: ClassVar[tuple[str, ...]] = ("fake-model",)
+    #: The rate-limit headers this vendor sends (``proxy.fakes.budget.BUDGET_STYLES``), or
+    #: None for a vendor that sends none (its budget is enforced all the same).
+    budget_style: ClassVar[str | None] = None
 
     def __init__(
         self,
@@ -485,6 +495,7 @@ class FakeVendor(abc.ABC):
         fault: Fault | None = None,
         seed: int = 0,
         max_recorded: int = 64,
+        budget: Budget | None = None,
     ) -> None:
         self.name = name
         self.models: tuple[str, ...] = tuple(models) if models is not None else self.default_models
@@ -501,6 +512,8 @@ class FakeVendor(abc.ABC):
         #: proxy's view of this vendor at that instant).
         self.on_request: Callable[[], None] | None = None
         self._fault: Fault | None = fault
+        self._meter: BudgetMeter | None = None
+        self.budget = budget
         self._rng = random.Random(seed)
         self._id_prefix = os.urandom(6).hex()
         self._seq = 0
@@ -570,6 +583,34 @@ class FakeVendor(abc.ABC):
         return self._fault
 
     @property
+    def budget(self) -> Budget | None:
+        """The account's rate limit (None: unmetered). Every LLM answer reports what is
+        left in the vendor's headers; a request over it gets the vendor's 429 with
+        ``retry-after``. Setting it starts counting afresh."""
+        return None if self._meter is None else self._meter.budget
+
+    @budget.setter
+    def budget(self, budget: Budget | None) -> None:
+        self._meter = None if budget is None else BudgetMeter(budget, self.budget_style)
+
+    def budget_cost(self, body: Mapping[str, Any]) -> int:
+        """Tokens a request is charged when admitted, as OpenAI charges them: its prompt
+        (this fake's estimate) plus its completion cap, or without one the answer's length."""
+        chars = sum(text_chars(body.get(k)) for k in ("messages", "system", "input", "prompt"))
+        cap = next(
+            (
+                v
+                for v in (
+                    body.get(k)
+                    for k in ("max_completion_tokens", "max_tokens", "max_output_tokens")
+                )
+                if isinstance(v, int) and not isinstance(v, bool) and v > 0
+            ),
+            self.chunks,
+        )
+        return estimate_tokens(chars) + cap
+
+    @property
     def port(self) -> int:
         """The bound port (0 before ``start``); stable across refuse/unrefuse."""
         return self._port
@@ -615,6 +656,7 @@ class FakeVendor(abc.ABC):
         for route in self.probe_routes():
             app.router.add_route(route.method, route.path, self._wrap_probe(route.handler))
         app.router.add_post("/_fake/fault", self._control_fault)
+        app.router.add_post("/_fake/budget", self._control_budget)
         app.router.add_get("/_fake/stats", self._control_stats)
         app.router.add_post("/_fake/reset", self._control_reset)
         # handler_cancellation: a client that goes away cancels its handler at once, which
@@ -799,16 +841,10 @@ class FakeVendor(abc.ABC):
                 call = Call(request, body if isinstance(body, dict) else {}, None)
                 if self.api_key is not None and not self.is_authorized(request):
                     return self.auth_error_response(call)
-                early = await self._before_response(call, stats)
-                if early is not None:
-                    return early
-                # GET/DELETE (stored responses) carry no body: that is not a malformed one.
-                if not isinstance(body, dict) and (raw or method not in _BODYLESS):
-                    return self.bad_request_response(call, None)
-                try:
-                    return await handler(call)
-                except Rejected as rejected:
-                    return self.rejected_response(call, rejected)
+                resp = await self._answer(handler, call, stats, body, raw)
+                if call.headers and not resp.prepared:
+                    resp.headers.update(call.headers)
+                return resp
             except (asyncio.CancelledError, ConnectionResetError):
                 if not self._stopping and generation == self._cut_generation:
                     stats.disconnects += 1
@@ -817,6 +853,28 @@ class FakeVendor(abc.ABC):
                 stats.in_flight -= 1
 
         return serve
+
+    async def _answer(
+        self, handler: CallHandler, call: Call, stats: FakeStats, body: Any, raw: bytes
+    ) -> web.StreamResponse:
+        """An authorized LLM request's answer: the budget, then faults, then the handler."""
+        meter = self._meter
+        if meter is not None:
+            refused = meter.admit(self.budget_cost(call.body))
+            call.headers.update(meter.headers())  # on every answer, error or not
+            if refused is not None:
+                stats.over_budget += 1
+                return self.error_response(call, Fault(error="rate_limited", retry_after_s=refused))
+        early = await self._before_response(call, stats)
+        if early is not None:
+            return early
+        # GET/DELETE (stored responses) carry no body: that is not a malformed one.
+        if not isinstance(body, dict) and (raw or call.request.method not in _BODYLESS):
+            return self.bad_request_response(call, None)
+        try:
+            return await handler(call)
+        except Rejected as rejected:
+            return self.rejected_response(call, rejected)
 
     def _wrap_probe(
         self, handler: CallHandler
@@ -874,7 +932,7 @@ class FakeVendor(abc.ABC):
         fault = call.fault
         if fault is not None and fault.stall_after_headers_s:
             self.stats.faults["stall_after_headers"] += 1
-            resp = web.StreamResponse(status=status, headers=fault.headers)
+            resp = web.StreamResponse(status=status, headers={**fault.headers, **call.headers})
             resp.content_type = "application/json"
             resp.content_length = len(data)
             await resp.prepare(call.request)  # headers go out now; the body waits
@@ -884,7 +942,7 @@ class FakeVendor(abc.ABC):
             return resp
         if fault is not None and fault.drip_s:
             self.stats.faults["drip"] += 1
-            resp = web.StreamResponse(status=status, headers=fault.headers)
+            resp = web.StreamResponse(status=status, headers={**fault.headers, **call.headers})
             resp.content_type = "application/json"
             resp.content_length = len(data)
             await resp.prepare(call.request)
@@ -915,6 +973,7 @@ class FakeVendor(abc.ABC):
         headers = dict(_SSE_HEADERS)
         if fault is not None and fault.headers:
             headers.update(fault.headers)
+        headers.update(call.headers)
         resp = web.StreamResponse(headers=headers)
         await resp.prepare(call.request)
         drop_at = error_at = truncate_at = None
@@ -991,11 +1050,26 @@ class FakeVendor(abc.ABC):
         await self._sync_listener(spare=request.protocol)
         return resp
 
+    async def _control_budget(self, request: web.Request) -> web.Response:
+        try:
+            data = orjson.loads(await request.read())
+            if not isinstance(data, dict):
+                raise ValueError("body must be a JSON object")
+            self.budget = Budget.from_dict(data)
+        except (ValueError, TypeError) as exc:
+            return web.json_response({"error": str(exc)}, status=400, dumps=_dumps)
+        budget = self.budget
+        return web.Response(
+            body=orjson.dumps({"budget": None if budget is None else budget.to_dict()}),
+            content_type="application/json",
+        )
+
     async def _control_stats(self, request: web.Request) -> web.Response:
         data = self.stats.to_dict()
         data["name"] = self.name
         data["vendor_type"] = self.vendor_type
         data["fault"] = None if self._fault is None else self._fault.to_dict()
+        data["budget"] = None if self._meter is None else self._meter.to_dict()
         return web.Response(body=orjson.dumps(data), content_type="application/json")
 
     async def _control_reset(self, request: web.Request) -> web.Response:

@@ -33,6 +33,7 @@ from proxy.fakes.base import (
     sse_event,
     text_chars,
 )
+from proxy.fakes.budget import Budget
 from proxy.fakes.chat import ChatAnswer
 from proxy.fakes.responses import InFlight, ResponsesAPI
 
@@ -173,6 +174,7 @@ class FakeOpenAI(FakeVendor):
     """
 
     vendor_type: ClassVar[str] = "openai"
+    budget_style: ClassVar[str | None] = "openai"
     base_path: ClassVar[str] = "/v1"
     default_models: ClassVar[tuple[str, ...]] = (
         "gpt-4o",
@@ -194,6 +196,7 @@ class FakeOpenAI(FakeVendor):
         fault: Fault | None = None,
         seed: int = 0,
         max_recorded: int = 64,
+        budget: Budget | None = None,
     ) -> None:
         super().__init__(
             name,
@@ -205,6 +208,7 @@ class FakeOpenAI(FakeVendor):
             fault=fault,
             seed=seed,
             max_recorded=max_recorded,
+            budget=budget,
         )
         self.embedding_dims = embedding_dims
         #: The Responses API endpoints and the responses this fake stored (``.store``).
