@@ -13,12 +13,19 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import anthropic
+import openai
 import pytest
 
 from proxy.fakes import Budget, FakeVendor, Fault
 from tests.conftest import FakeFactory, ProxyFactory, RunningProxy, build_config
+from tests.redis_server import RedisServer
+from tests.test_reload_and_shutdown import _start, processes
+
+__all__ = ["processes"]  # the fixture, re-exported for this module's tests
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -44,27 +51,29 @@ Send = Callable[[str], Awaitable[Result]]
 
 
 def _sender(proxy: RunningProxy, style: str) -> Send:
-    """One request through the official SDK of the vendor's own API."""
+    """One request to `proxy` through the official SDK of the vendor's own API."""
     if style == "openai":
-        client = proxy.client()
+        return _openai_sender(proxy.client())
+    return _anthropic_sender(proxy.anthropic_client())
 
-        async def send_openai(content: str) -> Result:
-            raw = await client.chat.completions.with_raw_response.create(
-                model="smart",
-                messages=[{"role": "user", "content": content}],
-                max_tokens=MAX_TOKENS,
-            )
-            return Result(
-                raw.http_response.status_code,
-                raw.headers.get("x-proxy-attempts", ""),
-                raw.headers.get("x-proxy-deployment"),
-            )
 
-        return send_openai
-    anthropic_client = proxy.anthropic_client()
+def _openai_sender(client: openai.AsyncOpenAI) -> Send:
+    async def send(content: str) -> Result:
+        raw = await client.chat.completions.with_raw_response.create(
+            model="smart", messages=[{"role": "user", "content": content}], max_tokens=MAX_TOKENS
+        )
+        return Result(
+            raw.http_response.status_code,
+            raw.headers.get("x-proxy-attempts", ""),
+            raw.headers.get("x-proxy-deployment"),
+        )
 
-    async def send_anthropic(content: str) -> Result:
-        raw = await anthropic_client.messages.with_raw_response.create(
+    return send
+
+
+def _anthropic_sender(client: anthropic.AsyncAnthropic) -> Send:
+    async def send(content: str) -> Result:
+        raw = await client.messages.with_raw_response.create(
             model="smart", max_tokens=MAX_TOKENS, messages=[{"role": "user", "content": content}]
         )
         return Result(
@@ -73,7 +82,7 @@ def _sender(proxy: RunningProxy, style: str) -> Send:
             raw.headers.get("x-proxy-deployment"),
         )
 
-    return send_anthropic
+    return send
 
 
 async def _at_rate(
@@ -229,3 +238,59 @@ async def test_headroom_in_admin_status_and_metrics(
     )
     # b never answered, so its capacity is unknown: the group is not short.
     assert 'llmproxy_model_group_headroom_ratio{model_group="smart"} 1.0' in metrics
+
+
+@pytest.mark.parametrize(("style", "bucket"), [("openai", "requests"), ("anthropic", "tokens")])
+async def test_two_replicas_on_redis_spend_one_budget_without_a_429(
+    fakes: FakeFactory,
+    tmp_path: Path,
+    processes: list[asyncio.subprocess.Process],
+    redis_server: RedisServer,
+    style: str,
+    bucket: str,
+) -> None:
+    per_window, windows = 10, 3
+    window_s = 2.0 if style == "openai" else 3.0
+    latency = Fault(latency_s=0.5)
+    a = await fakes("a", style, fault=latency)
+    b = await fakes("b", style, fault=latency)
+    a.budget = _budget(a, bucket, per_window, window_s)
+    config = tmp_path / "proxy.yaml"
+    config.write_text(
+        build_config(
+            {"a": a, "b": b}, GROUP, f"state: {{backend: redis, url: '{redis_server.url}'}}\n"
+        )
+    )
+    urls = []
+    for _ in range(2):
+        proc, url = await _start(config, "--no-access-log")
+        processes.append(proc)
+        urls.append(url)
+    senders: list[Send] = []
+    clients: list[openai.AsyncOpenAI | anthropic.AsyncAnthropic] = []
+    for url in urls:
+        if style == "openai":
+            client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="k", max_retries=0)
+            senders.append(_openai_sender(client))
+        else:
+            client = anthropic.AsyncAnthropic(base_url=url, api_key="k", max_retries=0)
+            senders.append(_anthropic_sender(client))
+        clients.append(client)
+    turn = iter(range(10**6))
+
+    async def either(content: str) -> Result:  # the load balancer: replicas in turn
+        return await senders[next(turn) % 2](content)
+
+    try:
+        results = await _at_rate(
+            either, 2 * per_window / window_s, windows * window_s, max_in_flight=8
+        )
+    finally:
+        for client in clients:
+            await client.close()
+    errors = [r for r in results if not isinstance(r, Result) or r.status != 200]
+    assert not errors, errors[:3]
+    assert a.stats.over_budget == 0 and b.stats.over_budget == 0
+    by_a = sum(1 for r in results if isinstance(r, Result) and r.deployment == "a/model-a")
+    print(f"preferred deployment served {by_a} of {per_window * windows} budgeted requests")
+    assert by_a >= 0.5 * per_window * windows
