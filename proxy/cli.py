@@ -283,12 +283,13 @@ def render_status(doc: dict[str, Any]) -> str:
         out += [
             "",
             _table(
-                ["GROUP", "STRATEGY", "USABLE", "DEPLOYMENTS"],
+                ["GROUP", "STRATEGY", "USABLE", "HEADROOM", "DEPLOYMENTS"],
                 [
                     [
                         name,
                         g.get("strategy"),
                         f"{g.get('usable')}/{len(g.get('deployments', []))}",
+                        f"{round(100 * g.get('headroom_ratio', 1.0))}%",
                         ", ".join(g.get("deployments", [])),
                     ]
                     for name, g in groups.items()
@@ -308,6 +309,7 @@ def render_status(doc: dict[str, Any]) -> str:
                     f"{cooldown['left_s']:.0f}s {cooldown['reason']}" if cooldown else "-",
                     "healthy" if d.get("healthy") else "UNHEALTHY",
                     "yes" if d.get("usable") else "NO",
+                    (d.get("headroom") or {}).get("summary", "unknown"),
                     d.get("latency_ewma_ms"),
                     d.get("in_flight"),
                 ]
@@ -322,6 +324,7 @@ def render_status(doc: dict[str, Any]) -> str:
                     "COOLDOWN",
                     "HEALTH",
                     "USABLE",
+                    "HEADROOM",
                     "LATENCY_MS",
                     "IN_FLIGHT",
                 ],

@@ -97,6 +97,12 @@ async def test_dashboard_and_cli_show_the_same_breaker_states(
         assert row[5] == ("yes" if dep["usable"] else "no")
     assert shown["a/model-a"][1] == "open"
     assert shown["b/model-b"][3].endswith("(rate_limited)")
+    # b's 429 said 0 of its 3 requests are left: its headroom, as the status document says.
+    assert doc["deployments"]["b/model-b"]["headroom"]["summary"].startswith("requests 0/3 left")
+    assert shown["b/model-b"][6].startswith("requests 0/3 left, reset in")
+    assert (
+        shown["a/model-a"][6] == "unknown" and doc["deployments"]["a/model-a"]["headroom"] is None
+    )
 
     code, table, _ = await run_cli("status", "--url", proxy.url)
     assert code == 0
@@ -107,3 +113,4 @@ async def test_dashboard_and_cli_show_the_same_breaker_states(
     }
     assert lines["a/model-a"][1] == "open" and lines["b/model-b"][1] == "closed"
     assert "rate_limited" in " ".join(lines["b/model-b"])
+    assert "requests 0/3 left, reset in" in " ".join(lines["b/model-b"])

@@ -28,6 +28,7 @@ from proxy.core.errors import ApiError
 from proxy.gateway import Gateway
 from proxy.health.breaker import BreakerState
 from proxy.health.deployment import DeploymentState
+from proxy.health.headroom import capacity_ratio
 from proxy.limits import ClientState
 from proxy.limits.ledger import utc_day
 
@@ -181,7 +182,8 @@ def _ms(seconds: float | None) -> float | None:
 
 
 def deployments_section(gw: Gateway) -> dict[str, Any]:
-    """Every deployment's breaker, cooldown, health, latency and load, as routing sees them now."""
+    """Every deployment's breaker, cooldown, health, rate-limit headroom, latency and load, as
+    routing sees them now."""
     now = time.monotonic()
     out: dict[str, Any] = {}
     for dep_id, dep in gw.deployments.items():
@@ -208,6 +210,7 @@ def deployments_section(gw: Gateway) -> dict[str, Any]:
             "latency_ewma_ms": _ms(dep.ewma_latency_s),
             "in_flight": dep.in_flight,
             "caps": None if dep.caps is None else dep.caps.status(now, dep.in_flight),
+            "headroom": dep.headroom.status(now),
         }
     return out
 
@@ -219,6 +222,7 @@ def groups_section(gw: Gateway) -> dict[str, Any]:
             "strategy": g.config.strategy,
             "deployments": [dep.id for dep, _ in g.members],
             "usable": sum(1 for dep, _ in g.members if dep.usable(now)),
+            "headroom_ratio": round(capacity_ratio((dep.headroom for dep, _ in g.members), now), 4),
             "context_window_fallback": g.fallback,
             "hedge_after_ms": g.config.hedge_after_ms,
         }

@@ -46,11 +46,12 @@ _PAGE = """<!doctype html>
   <button type="submit">Show status</button>
 </form>
 <h2>Model groups</h2>
-<table id="groups"><thead><tr><th>group</th><th>strategy</th><th>usable</th><th>deployments</th></tr></thead>
+<table id="groups"><thead><tr><th>group</th><th>strategy</th><th>usable</th><th>headroom</th><th>deployments</th></tr></thead>
 <tbody></tbody></table>
 <h2>Deployments</h2>
 <table id="deployments"><thead><tr><th>deployment</th><th>breaker</th><th>failures</th><th>cooldown</th>
-<th>health</th><th>usable</th><th>latency (ms)</th><th>in flight</th></tr></thead><tbody></tbody></table>
+<th>health</th><th>usable</th><th>rate-limit headroom</th><th>latency (ms)</th><th>in flight</th></tr></thead>
+<tbody></tbody></table>
 <h2>Clients</h2>
 <table id="clients"><thead><tr><th>client</th><th>in flight</th><th>requests today</th>
 <th>tokens today</th><th>limits</th></tr></thead><tbody></tbody></table>
@@ -76,6 +77,7 @@ function render(doc) {
   $("generated").textContent = doc.generated_at;
   fill("groups", Object.entries(doc.groups || {}).map(([name, g]) => [
     cell(name), cell(g.strategy), cell(g.usable, g.usable ? "num yes" : "num no"),
+    cell(`${Math.round((g.headroom_ratio ?? 1) * 100)}%`, (g.headroom_ratio ?? 1) < 0.1 ? "num no" : "num"),
     cell((g.deployments || []).join(", ")),
   ]));
   fill("deployments", Object.entries(doc.deployments || {}).map(([id, d]) => {
@@ -84,9 +86,11 @@ function render(doc) {
     const row = [
       cell(id), cell(d.breaker.drained ? `${state} (drained)` : state, state), cell(d.breaker.failures, "num"), cell(cooling, d.cooldown ? "cooling" : ""),
       cell(d.healthy ? "healthy" : "unhealthy", d.healthy ? "healthy" : "unhealthy"),
-      cell(d.usable ? "yes" : "no", d.usable ? "yes" : "no"), cell(d.latency_ewma_ms, "num"),
+      cell(d.usable ? "yes" : "no", d.usable ? "yes" : "no"),
+      cell(d.headroom ? d.headroom.summary : "unknown"), cell(d.latency_ewma_ms, "num"),
       cell(d.in_flight, "num"),
     ];
+    row[7].dataset.headroom = id;
     row[0].dataset.deployment = id;
     row[1].dataset.breaker = state;
     return row;

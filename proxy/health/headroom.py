@@ -271,7 +271,24 @@ class Headroom:
             "as_of_s": round(max(0.0, now - self.asof), 3),
             "source": "a peer replica" if self.peer else "this replica",
             "buckets": buckets,
+            "summary": ", ".join(_summary(kind, b) for kind, b in buckets.items()),
         }
+
+
+def _count(value: float | None) -> str:
+    if value is None:
+        return "?"
+    if value >= 10_000:
+        return f"{value / 1000:.0f}k"
+    return f"{value:.0f}"
+
+
+def _summary(kind: str, bucket: Mapping[str, Any]) -> str:
+    """ "tokens 31k/40k left, reset in 12.5 s": one bucket for the dashboard and the CLI."""
+    left = bucket["left"] if bucket["left"] is not None else bucket["remaining"]
+    text = f"{kind} {_count(left)}/{_count(bucket['limit'])} left"
+    reset = bucket["reset_in_s"]
+    return text + (f", reset in {reset:.1f} s" if reset is not None else ", reset unknown")
 
 
 def capacity_ratio(headrooms: Iterable[Headroom], now: float) -> float:
