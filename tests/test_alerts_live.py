@@ -30,7 +30,7 @@ import aiohttp
 import pytest
 import yaml
 
-from proxy.fakes import FAKES, FakeVendor, Fault
+from proxy.fakes import FAKES, Budget, FakeVendor, Fault
 from tests.conftest import free_port
 from tests.processes import Serve, run_cli, spawn_serve, wait_ready
 
@@ -106,6 +106,7 @@ FAULT_GROUPS = {
     "down": ["down", "backup"],  # connections refused
     "streams": ["cut"],  # 30% of streams cut after their first events, nothing else wrong
     "limited": ["rl"],  # the only vendor rate limits every request
+    "tight": ["tight"],  # the only vendor's headers say its budget is spent: no headroom
 }
 HEALTHY_GROUPS = {"ok": ["good_a", "good_b"]}
 DOOMED_GROUPS = {"spare": ["spare"]}
@@ -327,6 +328,7 @@ async def test_every_alert_fires_for_its_fault_on_a_real_prometheus_and_none_whe
         "down": make("down"),
         "cut": make("cut", chunk_delay_s=0.05, fault=Fault(drop_after_chunks=2, rate=0.3)),
         "rl": make("rl", fault=Fault.preset("rate_limited", retry_after_s=1.0)),
+        "tight": make("tight", budget=Budget(requests=1, window_s=30)),
     }
     for fake in fakes.values():
         await fake.start("127.0.0.1", 0)
@@ -424,6 +426,7 @@ async def test_every_alert_fires_for_its_fault_on_a_real_prometheus_and_none_whe
                 Expected("LLMProxyModelGroupDown", {"model_group": "solo"}, "its only one hangs"),
                 Expected("LLMProxyClientErrors", {"model_group": "streams"}, "streams cut"),
                 Expected("LLMProxyAllVendorsRateLimited", {"model_group": "limited"}, "all 429"),
+                Expected("LLMProxyModelGroupLowHeadroom", {"model_group": "tight"}, "budget spent"),
                 Expected("LLMProxyHighFailoverRate", {"model_group": "quota"}, "skipped"),
                 Expected("LLMProxyDown", {"instance": instance["doomed"]}, "killed"),
             ]
