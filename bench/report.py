@@ -64,6 +64,18 @@ _ROWS: list[tuple[str, str, str, int]] = [
     ("e", "latency p99 (ms)", "p99_ms", 2),
     ("e", "hits on the primary (per 1,000)", "primary_hits", 0),
     ("e", "CPU per request (ms)", "cpu_ms", 3),
+    ("j", "429s provoked at the budgeted primary (all runs)", "primary_429s", 0),
+    ("j", "client errors (all runs)", "errors", 0),
+    (
+        "j",
+        "answers from the budgeted primary (%; its budget is 50% of the traffic)",
+        "preferred_pct",
+        1,
+    ),
+    ("j", "requests/s achieved", "rps", 0),
+    ("j", "latency p50 (ms)", "p50_ms", 2),
+    ("j", "latency p99 (ms)", "p99_ms", 2),
+    ("j", "CPU per request (ms)", "cpu_ms", 3),
     ("f", "requests/s", "rps", 0),
     ("f", "latency p50 (ms)", "p50_ms", 2),
     ("f", "CPU per request (ms)", "cpu_ms", 3),
@@ -216,6 +228,31 @@ def _targets(data: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _headroom(data: dict[str, Any]) -> list[str]:
+    """Scenario (j), judged as its issue asks: no 429 provoked, no client error, the budget used."""
+    lines = ["| target | " + " | ".join(data["targets"][n] for n in _proxies_in_j(data)) + " |"]
+    lines.append("|---|" + "---:|" * len(_proxies_in_j(data)))
+    for label, key, judge in (
+        ("429s provoked (all runs): 0", "primary_429s", lambda v: v == 0),
+        ("client errors (all runs): 0", "errors", lambda v: v == 0),
+        # 80% of the budget: the budget is half of the traffic.
+        ("answers from the budgeted primary >= 40% (80% of its budget)", "preferred_pct", None),
+    ):
+        cells = []
+        for name in _proxies_in_j(data):
+            value = _num(data, "j", name, key)
+            ok = None if value is None else (judge(value) if judge else value >= 40.0)
+            digits = 1 if key == "preferred_pct" else 0
+            mark = "" if ok is None else (" (yes)" if ok else " (**no**)")
+            cells.append(_f(value, digits) + mark)
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _proxies_in_j(data: dict[str, Any]) -> list[str]:
+    return [n for n in data["targets"] if n != "direct" and n in data["results"].get("j", {})]
+
+
 def _relayed(data: dict[str, Any]) -> tuple[str, str, bool | None]:
     """Chunks relayed as they arrive: no more coalescing than the direct call (+1 point, the
     reader's own scheduling noise) and no longer gaps between events (+0.5 ms at p99, the
@@ -271,7 +308,11 @@ def render(data: dict[str, Any], notes: str = "") -> str:
         out.append(f"- Skipped {label}: {reason}")
     if data["skipped"]:
         out.append("")
-    out += ["## Figures", "", *_table(data), "", "## Targets (issue 9)", "", *_targets(data), ""]
+    out += ["## Figures", "", *_table(data), ""]
+    if "b" in data["results"]:
+        out += ["## Targets (issue 9)", "", *_targets(data), ""]
+    if "j" in data["results"]:
+        out += ["## Rate-limit headroom (scenario j)", "", *_headroom(data), ""]
     if notes:
         out += ["", NOTES_MARK, notes.rstrip(), ""]
     return "\n".join(out)

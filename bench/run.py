@@ -100,6 +100,18 @@ SCENARIOS = [
         route="flaky",
         rate=200.0,
     ),
+    # A primary whose vendor account has a rate limit (40 requests per 2 s window) that it
+    # reports on every answer and enforces with 429s, beside a sibling, at twice the
+    # budget's rate: how many 429s each proxy provokes, and how much of the budget it uses.
+    Scenario(
+        "j",
+        "rate-limit headroom: budgeted primary (20 requests/s) and a sibling, 40 requests/s",
+        8,
+        480,
+        12.0,
+        route="budget",
+        rate=40.0,
+    ),
     # OpenAI client -> our native Anthropic adapter (OpenAI<->Anthropic translation in
     # process, no litellm) -> the upstream's /v1/messages.
     Scenario(
@@ -123,6 +135,9 @@ class Run:
     upstream_cpu_ms: float
     loadgen_cpu_ms: float
     primary_hits: int | None
+    # Budget runs: the primary's 429s, and the share of all answers the primary gave.
+    primary_429s: int | None = None
+    preferred_pct: float = float("nan")
     # Streams: % of events that arrived in the same read as an earlier one of their stream,
     # and the client-side time between consecutive events (NaN for JSON scenarios).
     coalesced_pct: float = float("nan")
@@ -161,7 +176,9 @@ def _self_cpu() -> float:
 def measure(target: Target, scenario: Scenario, run: int, env: Env, upstream_pid: int) -> Run:
     req = target.request(scenario, run)
     prefix = primary_prefix(target.name, scenario, run)
-    hits_before = _stats(env.upstream_port).get(prefix, 0) if prefix else 0
+    before = _stats(env.upstream_port) if prefix else {}
+    hits_before = before.get(prefix, 0) if prefix else 0
+    refused_before = before.get(f"{prefix}#429", 0) if prefix else 0
     own = target.proc.pid if target.proc is not None else None
     t_cpu0 = cpu_seconds(own) if own else 0.0
     u_cpu0 = cpu_seconds(upstream_pid)
@@ -179,7 +196,13 @@ def measure(target: Target, scenario: Scenario, run: int, env: Env, upstream_pid
     u_cpu = cpu_seconds(upstream_pid) - u_cpu0
     t_cpu = (cpu_seconds(own) - t_cpu0) if own else 0.0
     n = max(result.requests, 1)
-    hits = _stats(env.upstream_port).get(prefix, 0) - hits_before if prefix else None
+    after = _stats(env.upstream_port) if prefix else {}
+    hits = after.get(prefix, 0) - hits_before if prefix else None
+    refused: int | None = None
+    preferred = float("nan")
+    if scenario.route == "budget" and hits is not None:
+        refused = after.get(f"{prefix}#429", 0) - refused_before
+        preferred = 100.0 * (hits - refused) / n  # answers the budgeted primary gave
     return Run(
         requests=result.requests,
         errors=result.errors,
@@ -192,6 +215,8 @@ def measure(target: Target, scenario: Scenario, run: int, env: Env, upstream_pid
         upstream_cpu_ms=u_cpu / n * 1000,
         loadgen_cpu_ms=l_cpu / n * 1000,
         primary_hits=hits,
+        primary_429s=refused,
+        preferred_pct=preferred,
         coalesced_pct=result.coalesced_pct,
         gap_p50_ms=_pct(result.event_gaps_s, 0.50),
         gap_p99_ms=_pct(result.event_gaps_s, 0.99),
@@ -231,9 +256,12 @@ def summarise(runs: list[Run]) -> dict[str, Any]:
         "coalesced_pct",
         "gap_p50_ms",
         "gap_p99_ms",
+        "preferred_pct",
     ):
         out[key] = _median([getattr(r, key) for r in runs])
     out["errors"] = sum(r.errors for r in runs)
+    refused = [r.primary_429s for r in runs if r.primary_429s is not None]
+    out["primary_429s"] = sum(refused) if refused else None
     out["requests"] = sum(r.requests for r in runs)
     hits = [r.primary_hits for r in runs if r.primary_hits is not None]
     out["primary_hits"] = _median([float(h) for h in hits]) if hits else None
@@ -294,9 +322,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--targets", default="direct,ours,litellm,portkey")
     parser.add_argument(
         "--scenarios",
-        default="abcstdefg",
+        default="abcstdefjg",
         help="scenario letters: a b (JSON), c s (paced streams), t (burst streams), "
-        "d e (failover), f (translated path), g (start-up and RSS, always measured)",
+        "d e (failover), j (rate-limit headroom), f (translated path), g (start-up and RSS, "
+        "always measured)",
     )
     parser.add_argument(
         "--stream-gap-ms",
@@ -418,6 +447,10 @@ def main(argv: list[str] | None = None) -> int:
                     r = measure(t, sc, run, env, upstream.pid)
                     per[t.name].append(r)
                     hits = "" if r.primary_hits is None else f", primary hits {r.primary_hits}"
+                    if r.primary_429s is not None:
+                        hits += (
+                            f" (429s {r.primary_429s}, served {r.preferred_pct:.1f}% of answers)"
+                        )
                     events = (
                         f"\n      ttfb p50 {r.ttfb_p50_ms:.2f} ms p99 {r.ttfb_p99_ms:.2f} ms, "
                         f"events coalesced {r.coalesced_pct:.1f}%, gap between events "

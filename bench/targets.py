@@ -25,7 +25,17 @@ import orjson
 
 from bench.loadgen import Request
 
-__all__ = ["Direct", "Env", "LiteLLM", "Ours", "Portkey", "Scenario", "Target", "free_port"]
+__all__ = [
+    "FAILOVER_ROUTES",
+    "Direct",
+    "Env",
+    "LiteLLM",
+    "Ours",
+    "Portkey",
+    "Scenario",
+    "Target",
+    "free_port",
+]
 
 ROOT = Path(__file__).resolve().parent.parent
 PEERS = ROOT / "bench" / ".peers"
@@ -51,15 +61,26 @@ class Scenario:
     stream: bool = False
     # "bench" (healthy; a stream comes in one burst), "paced" (healthy; a stream's events come
     # `--stream-gap-ms` apart), "quota" (primary 429 insufficient_quota), "flaky" (primary
-    # 50% 500), "anthropic" (the translated path)
+    # 50% 500), "budget" (primary with a rate limit it reports and enforces, and a sibling),
+    # "anthropic" (the translated path)
     route: str = "bench"
     # Requests per second (fixed schedule, `concurrency` = most in flight); None: closed loop.
     rate: float | None = None
 
     @property
     def fresh_state(self) -> bool:
-        """Failover runs need a deployment the target has never seen (no cooldown yet)."""
-        return self.route in ("quota", "flaky")
+        """Failover runs need a deployment the target has never seen (no cooldown yet, a
+        whole budget)."""
+        return self.route in FAILOVER_ROUTES
+
+
+# Routes whose primary deployment misbehaves: route -> (model group prefix, the upstream
+# prefix of the secondary that takes over).
+FAILOVER_ROUTES: dict[str, tuple[str, str]] = {
+    "quota": ("fq", "ok"),
+    "flaky": ("f5", "ok"),
+    "budget": ("bj", "sibling"),
+}
 
 
 @dataclass
@@ -88,13 +109,16 @@ def _chat_body(model: str, stream: bool) -> bytes:
 
 
 def _group(scenario: Scenario, run: int) -> str:
-    return {"quota": f"fq-{run}", "flaky": f"f5-{run}", "anthropic": "anth", "paced": "paced"}.get(
-        scenario.route, "bench"
-    )
+    if scenario.route in FAILOVER_ROUTES:
+        return f"{FAILOVER_ROUTES[scenario.route][0]}-{run}"
+    return {"anthropic": "anth", "paced": "paced"}.get(scenario.route, "bench")
 
 
 def _healthy_prefix(scenario: Scenario) -> str:
-    """The upstream prefix a healthy OpenAI-format call goes to: paced streams or the burst."""
+    """The upstream prefix a healthy OpenAI-format call goes to: paced streams, the burst,
+    or a failover scenario's secondary."""
+    if scenario.route in FAILOVER_ROUTES:
+        return FAILOVER_ROUTES[scenario.route][1]
     return "paced" if scenario.route == "paced" else "ok"
 
 
@@ -253,19 +277,24 @@ class Ours(Target):
             "bench": {"deployments": [{"vendor": "ok", "model": "gpt-4o-mini"}]},
             "paced": {"deployments": [{"vendor": "paced", "model": "gpt-4o-mini"}]},
         }
+        vendors["sibling"] = {
+            "type": "openai",
+            "base_url": env.upstream("sibling/v1"),
+            "api_key": "sk-bench",
+        }
         for run in range(env.runs):
-            for route, group in (("quota", f"fq-{run}"), ("flaky", f"f5-{run}")):
+            for route, (group, secondary) in FAILOVER_ROUTES.items():
                 primary = f"{route}-{self.name}-{run}"
                 vendors[primary] = {
                     "type": "openai",
                     "base_url": env.upstream(f"{primary}/v1"),
                     "api_key": "sk-bench",
                 }
-                models[group] = {
+                models[f"{group}-{run}"] = {
                     "strategy": "priority",
                     "deployments": [
                         {"vendor": primary, "model": "gpt-4o-mini"},
-                        {"vendor": "ok", "model": "gpt-4o-mini"},
+                        {"vendor": secondary, "model": "gpt-4o-mini"},
                     ],
                 }
         if anthropic:
@@ -364,9 +393,10 @@ class LiteLLM(Target):
         ]
         fallbacks = []
         for run in range(env.runs):
-            for route, group in (("quota", f"fq-{run}"), ("flaky", f"f5-{run}")):
+            for route, (prefix, secondary) in FAILOVER_ROUTES.items():
+                group = f"{prefix}-{run}"
                 model_list.append(entry(group, f"{route}-{self.name}-{run}/v1"))
-                model_list.append(entry(f"{group}-secondary", "ok/v1"))
+                model_list.append(entry(f"{group}-secondary", f"{secondary}/v1"))
                 fallbacks.append({group: [f"{group}-secondary"]})
         config = {
             "model_list": model_list,
@@ -459,7 +489,7 @@ class Portkey(Target):
                 "strategy": {"mode": "fallback"},
                 "targets": [
                     {"provider": "openai", "custom_host": env.upstream(f"{p}/v1"), "api_key": "sk"}
-                    for p in (primary, "ok")
+                    for p in (primary, _healthy_prefix(scenario))
                 ],
             }
             return (("x-portkey-config", orjson.dumps(config).decode()),)

@@ -14,6 +14,12 @@ every target and counts hits per deployment (GET /_stats):
                                         event, `--stream-gap-ms` apart (default 1 ms)
     /quota.../v1/chat/completions       429 insufficient_quota (OpenAI's body)
     /flaky.../v1/chat/completions       500 for half the requests (seeded, reproducible)
+    /budget.../v1/chat/completions      a vendor account with a rate limit: `BUDGET` requests
+                                        per window, each prefix its own account, reported in
+                                        OpenAI's x-ratelimit-* headers on every answer; over
+                                        it, OpenAI's 429 (counted as "<prefix>#429"). Answers
+                                        come `BUDGET_LATENCY_S` late, like a model's.
+    /sibling.../v1/chat/completions     the same latency, no budget: the budgeted one's sibling
     /<any>.../v1/messages               the same in Anthropic's Messages format
     GET /_stats                          {"prefix": hits, ...};  POST /_reset clears it
 
@@ -38,10 +44,22 @@ from collections import Counter
 
 import orjson
 
-__all__ = ["STREAM_CHUNKS", "STREAM_GAP_MS", "Upstream", "UpstreamProtocol", "serve"]
+from proxy.fakes.budget import Budget, BudgetMeter
+
+__all__ = [
+    "BUDGET",
+    "BUDGET_LATENCY_S",
+    "STREAM_CHUNKS",
+    "STREAM_GAP_MS",
+    "Upstream",
+    "UpstreamProtocol",
+    "serve",
+]
 
 STREAM_CHUNKS = 20
 STREAM_GAP_MS = 1.0  # a very fast model: 1,000 tokens/s
+BUDGET = Budget(requests=40, window_s=2.0)  # the /budget... accounts' rate limit: 20 requests/s
+BUDGET_LATENCY_S = 0.15  # /budget... and /sibling... answers take this long
 _STREAM_RE = re.compile(rb'"stream"\s*:\s*true')
 _WORDS = [f"w{i} " for i in range(STREAM_CHUNKS)]
 
@@ -247,6 +265,25 @@ _ANSWERS = {
 }
 _NOT_FOUND = _response("404 Not Found", b"application/json", b'{"error":"no such path"}')
 
+_OPENAI_RATE_LIMITED = orjson.dumps(
+    {
+        "error": {
+            "message": "Rate limit reached for gpt-4o-mini in organization org-bench on requests "
+            "per min (RPM): Limit 40, Used 40, Requested 1.",
+            "type": "requests",
+            "param": None,
+            "code": "rate_limit_exceeded",
+        }
+    }
+)
+
+
+def _with_headers(answer: bytes, headers: dict[str, str]) -> bytes:
+    """A pre-built answer with more headers after its status line."""
+    line_end = answer.index(b"\r\n") + 2
+    extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items()).encode()
+    return answer[:line_end] + extra + answer[line_end:]
+
 
 class Upstream:
     """Per-process state: hit counters, one seeded coin per flaky prefix, the stream pace."""
@@ -256,6 +293,23 @@ class Upstream:
         self.stream_gap_s = stream_gap_s
         self._seed = seed
         self._coins: dict[str, random.Random] = {}
+        self._budgets: dict[str, BudgetMeter] = {}
+
+    def budgeted(self, prefix: str, answer: bytes) -> bytes:
+        """`answer` if the prefix's account has budget left, else OpenAI's 429; either with
+        the account's x-ratelimit-* headers."""
+        meter = self._budgets.get(prefix)
+        if meter is None:
+            meter = self._budgets[prefix] = BudgetMeter(BUDGET, "openai")
+        retry = meter.admit(0)
+        headers = meter.headers()
+        if retry is None:
+            return _with_headers(answer, headers)
+        self.hits[prefix + "#429"] += 1
+        headers["retry-after"] = f"{retry:.3f}"
+        return _with_headers(
+            _response("429 Too Many Requests", b"application/json", _OPENAI_RATE_LIMITED), headers
+        )
 
     def flip(self, prefix: str) -> bool:
         coin = self._coins.get(prefix)
@@ -266,6 +320,7 @@ class Upstream:
     def reset(self) -> None:
         self.hits.clear()
         self._coins.clear()
+        self._budgets.clear()
 
 
 class UpstreamProtocol(asyncio.Protocol):
@@ -344,7 +399,13 @@ class UpstreamProtocol(asyncio.Protocol):
         prefix = path[1:].partition("/")[0]
         self._state.hits[prefix] += 1
         answer_json, answer_stream, answer_paced, quota, error = _ANSWERS[fmt]
-        if prefix.startswith("quota"):
+        if prefix.startswith(("budget", "sibling")):
+            answer = answer_json
+            if prefix.startswith("budget"):
+                answer = self._state.budgeted(prefix, answer)
+            # Later, like a model's answer; this connection answers nothing else meanwhile.
+            self._pacing = self._loop.call_later(BUDGET_LATENCY_S, self._late, answer)
+        elif prefix.startswith("quota"):
             transport.write(quota)
         elif prefix.startswith("flaky") and self._state.flip(prefix):
             transport.write(error)
@@ -356,6 +417,15 @@ class UpstreamProtocol(asyncio.Protocol):
                     transport.write(piece)
         else:
             transport.write(answer_json)
+
+    def _late(self, answer: bytes) -> None:
+        transport = self._transport
+        self._pacing = None
+        if transport is None or transport.is_closing():
+            return
+        transport.write(answer)
+        if self._buf:  # a request that arrived meanwhile
+            self.data_received(b"")
 
     def _pace(self, writes: tuple[bytes, ...], i: int) -> None:
         """Write event `i` of a paced stream and arm the timer for the next one.

@@ -147,3 +147,37 @@ async def test_loadgen_counts_stream_events(upstream: int) -> None:
         assert result.events == 6 * (STREAM_CHUNKS + 1)
         assert len(result.event_gaps_s) == 6 * STREAM_CHUNKS  # the first event is the TTFB
         assert result.coalesced == result.event_gaps_s.count(0.0)
+
+
+async def test_budgeted_account_reports_and_enforces_its_rate_limit(upstream: int) -> None:
+    from bench.upstream import BUDGET
+
+    assert BUDGET.requests is not None
+    url = f"http://127.0.0.1:{upstream}/budget-x/v1/chat/completions"
+    async with aiohttp.ClientSession() as s:
+
+        async def one() -> tuple[int, str, str | None]:
+            async with s.post(url, data=CHAT) as r:
+                await r.read()
+                return (
+                    r.status,
+                    r.headers["x-ratelimit-remaining-requests"],
+                    r.headers.get("retry-after"),
+                )
+
+        # One over the budget, all at once (well within one window).
+        answers = await asyncio.gather(*(one() for _ in range(BUDGET.requests + 1)))
+        async with s.post(
+            f"http://127.0.0.1:{upstream}/sibling/v1/chat/completions", data=CHAT
+        ) as r:
+            assert r.status == 200 and "x-ratelimit-remaining-requests" not in r.headers
+        async with s.get(f"http://127.0.0.1:{upstream}/_stats") as r:
+            stats = await r.json()
+    statuses = sorted(status for status, _, _ in answers)
+    assert statuses == [200] * BUDGET.requests + [429]
+    remaining = sorted(int(left) for status, left, _ in answers if status == 200)
+    assert remaining == list(range(BUDGET.requests))
+    (refusal,) = [a for a in answers if a[0] == 429]
+    assert refusal[1] == "0" and refusal[2] is not None
+    assert 0 < float(refusal[2]) <= BUDGET.window_s
+    assert stats["budget-x"] == BUDGET.requests + 1 and stats["budget-x#429"] == 1
