@@ -45,33 +45,19 @@ class HeaderNames:
     absolute_reset: bool  # True: an RFC 3339 timestamp (Anthropic); False: a Go duration
 
 
-def _openai(kind: str, suffix: str) -> HeaderNames:
-    return HeaderNames(
-        kind,
-        f"x-ratelimit-remaining-{suffix}",
-        f"x-ratelimit-limit-{suffix}",
-        f"x-ratelimit-reset-{suffix}",
-        False,
-    )
-
-
-def _anthropic(kind: str, name: str) -> HeaderNames:
-    return HeaderNames(
-        kind,
-        f"anthropic-ratelimit-{name}-remaining",
-        f"anthropic-ratelimit-{name}-limit",
-        f"anthropic-ratelimit-{name}-reset",
-        True,
-    )
+def _family(kind: str, pattern: str, absolute_reset: bool) -> HeaderNames:
+    """The names `pattern` makes with its `{field}` as remaining, limit and reset."""
+    remaining, limit, reset = (pattern.format(field=f) for f in ("remaining", "limit", "reset"))
+    return HeaderNames(kind, remaining, limit, reset, absolute_reset)
 
 
 RATE_LIMIT_HEADERS: tuple[HeaderNames, ...] = (
-    _openai("requests", "requests"),
-    _openai("tokens", "tokens"),
-    _anthropic("requests", "requests"),
-    _anthropic("tokens", "tokens"),
-    _anthropic("input_tokens", "input-tokens"),
-    _anthropic("output_tokens", "output-tokens"),
+    _family("requests", "x-ratelimit-{field}-requests", False),
+    _family("tokens", "x-ratelimit-{field}-tokens", False),
+    _family("requests", "anthropic-ratelimit-requests-{field}", True),
+    _family("tokens", "anthropic-ratelimit-tokens-{field}", True),
+    _family("input_tokens", "anthropic-ratelimit-input-tokens-{field}", True),
+    _family("output_tokens", "anthropic-ratelimit-output-tokens-{field}", True),
 )
 
 
