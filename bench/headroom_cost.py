@@ -1,6 +1,7 @@
 """What routing by rate-limit headroom costs per request, measured (not a test).
 
     .venv/bin/python bench/headroom_cost.py --baseline DIR [--rounds 12] [--requests 2000]
+    .venv/bin/python bench/headroom_cost.py --baseline DIR --callgrind [--requests 1000]
 
 Two `llm-proxy serve` processes, one from this tree and one from DIR (a checkout of the
 code to compare with, e.g. `git archive main | tar -x -C DIR`), in front of one fake
@@ -13,6 +14,10 @@ A second pass does the same with a vendor that sends no rate-limit headers.
 
 Then, in process, the new per-request work on its own: reading an answer's headers,
 reserving and answering an attempt, and the plan's check.
+
+On a shared, loaded machine CPU time is noisy; `--callgrind` counts the instructions each
+proxy executes per request instead (valgrind's callgrind: counters zeroed after a warm-up,
+dumped after the measured requests), which the machine's load does not change.
 """
 
 from __future__ import annotations
@@ -25,7 +30,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
@@ -44,6 +51,7 @@ vendors:
 models:
   smart: {{deployments: [{{vendor: v, model: m}}]}}
 """
+JSON = {"Content-Type": "application/json"}
 BODY = b'{"model":"smart","messages":[{"role":"user","content":"hi"}],"max_tokens":8}'
 HEADERS = {
     "x-ratelimit-limit-requests": "10000",
@@ -55,9 +63,9 @@ HEADERS = {
 }
 
 
-async def _wait(url: str) -> None:
+async def _wait(url: str, tries: int = 300) -> None:
     async with aiohttp.ClientSession() as s:
-        for _ in range(300):
+        for _ in range(tries):
             try:
                 async with s.get(url) as r:
                     if r.status == 200:
@@ -78,7 +86,7 @@ async def _round(port: int, requests: int, concurrency: int) -> None:
             nonlocal left
             while left > 0:
                 left -= 1
-                async with s.post(url, data=BODY) as r:
+                async with s.post(url, data=BODY, headers=JSON) as r:
                     await r.read()
                     assert r.status == 200, r.status
 
@@ -143,6 +151,72 @@ async def compare(baseline: Path, rounds: int, requests: int, headers: bool) -> 
         fake.wait(10)
 
 
+def _instructions(dump_dir: Path, pid: int) -> int:
+    """Instructions (Ir) in the newest callgrind dump of `pid`."""
+    dumps = sorted(dump_dir.glob(f"*.{pid}.out*"), key=lambda p: p.stat().st_mtime)
+    for line in dumps[-1].read_text().splitlines():
+        if line.startswith(("summary:", "totals:")):
+            return int(line.split()[1])
+    raise RuntimeError(f"no totals in {dumps[-1]}")
+
+
+async def instructions(baseline: Path, requests: int, headers: bool) -> None:
+    vendor = free_port()
+    work = Path(tempfile.mkdtemp(prefix="headroom-callgrind-"))
+    fake_args = [sys.executable, "-m", "proxy.fakes", "--port", str(vendor), "--chunks", "3"]
+    if headers:
+        fake_args += ["--budget-requests", "1000000000", "--budget-tokens", "1000000000"]
+    fake = subprocess.Popen(
+        fake_args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    what = "with" if headers else "without"
+    print(f"vendor {what} rate-limit headers, instructions per request ({requests} requests):")
+    results = {}
+    try:
+        for name, source in (("baseline", baseline), ("headroom", ROOT)):
+            port = free_port()
+            config = work / f"{name}.yaml"
+            config.write_text(CONFIG.format(port=port, vendor=vendor))
+            env = {**os.environ, "PYTHONPATH": str(source)}
+            proc = subprocess.Popen(
+                [
+                    "valgrind",
+                    "--tool=callgrind",
+                    f"--callgrind-out-file={work}/{name}.%p.out",
+                    sys.executable,
+                    "-m",
+                    "proxy.cli",
+                    "serve",
+                    "--config",
+                    str(config),
+                    "--no-access-log",
+                ],
+                env=env,
+                cwd=source,
+                stdout=(work / f"{name}.log").open("ab"),
+                stderr=subprocess.STDOUT,
+            )
+            try:
+                await _wait(f"http://127.0.0.1:{port}/health/ready", tries=6000)
+                await _round(port, 300, 16)
+                subprocess.run(
+                    ["callgrind_control", "-z", str(proc.pid)], check=True, capture_output=True
+                )
+                await _round(port, requests, 16)
+                subprocess.run(
+                    ["callgrind_control", "-d", str(proc.pid)], check=True, capture_output=True
+                )
+                results[name] = _instructions(work, proc.pid) / requests
+            finally:
+                proc.terminate()
+                proc.wait(60)
+            print(f"  {name:9} {results[name]:12,.0f} instructions per request")
+        print(f"  headroom / baseline: {results['headroom'] / results['baseline']:.3f}")
+    finally:
+        fake.terminate()
+        fake.wait(10)
+
+
 def micro(n: int = 200_000) -> None:
     """The new work per request, in process (microseconds per call)."""
     now = time.monotonic()
@@ -174,16 +248,24 @@ def main() -> None:
     parser.add_argument("--baseline", type=Path, required=True, help="source tree to compare with")
     parser.add_argument("--rounds", type=int, default=12)
     parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--callgrind", action="store_true", help="count instructions instead")
     args = parser.parse_args()
+    if args.callgrind:
+        for headers in (True, False):
+            _run(instructions(args.baseline.resolve(), args.requests, headers))
+        return
     micro()
+    for headers in (True, False):
+        _run(compare(args.baseline.resolve(), args.rounds, args.requests, headers))
+
+
+def _run(coro: Coroutine[Any, Any, None]) -> None:
     try:
         import uvloop
-
-        run = uvloop.run
     except ImportError:  # pragma: no cover
-        run = asyncio.run
-    for headers in (True, False):
-        run(compare(args.baseline.resolve(), args.rounds, args.requests, headers))
+        asyncio.run(coro)
+    else:
+        uvloop.run(coro)
 
 
 if __name__ == "__main__":

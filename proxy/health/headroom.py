@@ -26,7 +26,6 @@ Hot path: `fits` is a few float operations per reported bucket and allocates not
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Protocol
 
@@ -53,10 +52,10 @@ if set(_USES) != set(KINDS):  # pragma: no cover - a kind added to one table onl
 _NEVER = -math.inf
 
 
-def request_need(endpoint: str, body: Mapping[str, Any], raw_len: int) -> Need:
-    """What a request may cost in tokens: the estimate client limits reserve (body / 4 +
-    `max_tokens`), so a request is never routed on a smaller figure than it is admitted on."""
-    return estimate_tokens(endpoint, body, raw_len)
+# What a request may cost in tokens, (prompt, completion): the estimate client limits reserve
+# (body / 4 + `max_tokens`), so a request is never routed on a smaller figure than it is
+# admitted on.
+request_need = estimate_tokens
 
 
 class Share(Protocol):
@@ -83,10 +82,15 @@ class _Limit:
     def __init__(self, bucket: Bucket, now: float) -> None:
         self.kind = bucket.kind
         self.index = KIND_INDEX[bucket.kind]
+        self.w_req, self.w_in, self.w_out = _USES[bucket.kind]
+        self.update(bucket, now)
+
+    def update(self, bucket: Bucket, now: float) -> None:
+        """Newer figures for the same kind of bucket."""
         self.remaining = bucket.remaining
         self.limit = bucket.limit
-        self.reset_at = None if bucket.reset_in_s is None else now + bucket.reset_in_s
-        self.w_req, self.w_in, self.w_out = _USES[bucket.kind]
+        reset_in = bucket.reset_in_s
+        self.reset_at = None if reset_in is None else now + reset_in
 
     def left(self, now: float) -> float | None:
         """What the vendor had left as of the answer, or at its reset the limit; None: this
@@ -141,14 +145,16 @@ class Headroom:
             grants = share.grants(now)
             if grants is None:
                 divisor = share.divisor
-        for lim in self.limits:
-            left = lim.left(now)
+        for lim in self.limits:  # `left` and `need` inlined: this runs for every request
+            reset_at = lim.reset_at
+            if reset_at is None:
+                continue
+            left = lim.remaining if now < reset_at else lim.limit
             if left is None:
                 continue
-            amount = lim.need(prompt, completion)
-            pending = (
-                lim.w_req * self.pend_req + lim.w_in * self.pend_in + lim.w_out * self.pend_out
-            )
+            w_req, w_in, w_out = lim.w_req, lim.w_in, lim.w_out
+            amount = w_req + w_in * prompt + w_out * completion
+            pending = w_req * self.pend_req + w_in * self.pend_in + w_out * self.pend_out
             if left / divisor - pending < amount:
                 return False
             if grants is not None and grants[lim.index] < amount:
@@ -208,13 +214,24 @@ class Headroom:
         sent_at = entry[0]
         if sent_at <= self.asof:
             return  # about an older request than the figures held: stale
-        buckets = read_buckets(headers, time.time())
+        buckets = read_buckets(headers)
         if buckets is not None:
             self.adopt(buckets, sent_at, now, peer=False)
 
     def adopt(self, buckets: list[Bucket], asof: float, now: float, *, peer: bool) -> None:
         """Hold `buckets`, the figures of an answer to a request sent at `asof` (monotonic)."""
-        self.limits = tuple(_Limit(b, now) for b in buckets)
+        limits = self.limits
+        same = len(limits) == len(buckets)
+        if same:  # the same buckets as the last answer's, as nearly always: update in place
+            for lim, bucket in zip(limits, buckets, strict=True):
+                if lim.kind != bucket.kind:
+                    same = False
+                    break
+        if same:
+            for lim, bucket in zip(limits, buckets, strict=True):
+                lim.update(bucket, now)
+        else:
+            self.limits = tuple(_Limit(b, now) for b in buckets)
         self.asof = asof
         self.peer = peer
         req = tokens_in = tokens_out = 0

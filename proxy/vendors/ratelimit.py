@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import MappingProxyType
-from typing import Final
+from typing import Final, NamedTuple
 
 __all__ = [
     "KINDS",
@@ -61,9 +62,8 @@ RATE_LIMIT_HEADERS: tuple[HeaderNames, ...] = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class Bucket:
-    """One rate limit as an answer reported it."""
+class Bucket(NamedTuple):
+    """One rate limit as an answer reported it (a tuple: one is built per bucket per answer)."""
 
     kind: str
     remaining: float
@@ -129,6 +129,21 @@ def parse_rfc3339(raw: str) -> float | None:
         return None
 
 
+def _reset_duration(raw: str) -> float | None:
+    """A reset header's Go duration: the plain "1.5s" / "120ms" without the regex, else
+    `parse_go_duration`."""
+    try:
+        if raw.endswith("ms"):
+            value = float(raw[:-2]) / 1000.0
+        elif raw.endswith("s") and raw[-2:-1].isdigit():
+            value = float(raw[:-1])
+        else:
+            return parse_go_duration(raw)
+    except ValueError:
+        return parse_go_duration(raw)
+    return value if 0.0 <= value < math.inf else None
+
+
 def _count(raw: str | None) -> float | None:
     if raw is None or len(raw) > 32:
         return None
@@ -140,25 +155,52 @@ def _count(raw: str | None) -> float | None:
     return value if value >= 0 and math.isfinite(value) else None
 
 
-def read_buckets(headers: Mapping[str, str], now_wall: float) -> list[Bucket] | None:
+# Limits and absolute resets repeat from one answer to the next (a limit for months, an
+# Anthropic reset for a window): parsed once. Bounded: emptied when it grows past this.
+_CACHE_MAX = 256
+_limits: dict[str, float | None] = {}
+_resets_at: dict[str, float | None] = {}
+
+
+def _cached(
+    cache: dict[str, float | None], raw: str, parse: Callable[[str], float | None]
+) -> float | None:
+    try:
+        return cache[raw]
+    except KeyError:
+        if len(cache) >= _CACHE_MAX:
+            cache.clear()
+        value = cache[raw] = parse(raw)
+        return value
+
+
+def read_buckets(headers: Mapping[str, str], now_wall: float | None = None) -> list[Bucket] | None:
     """The rate limits an answer reports (header names lower-case), or None if it reports none.
 
-    `now_wall` (epoch seconds) turns Anthropic's absolute resets into seconds from now.
+    `now_wall` (epoch seconds, default now) turns Anthropic's absolute resets into seconds
+    from now.
     """
     found: list[Bucket] | None = None
+    get = headers.get
     for names in RATE_LIMIT_HEADERS:
-        remaining = _count(headers.get(names.remaining))
+        raw = get(names.remaining)
+        if raw is None:  # most vendors, most headers: no call at all
+            continue
+        remaining = _count(raw)
         if remaining is None:
             continue
-        raw_reset = headers.get(names.reset)
+        raw = get(names.limit)
+        limit = None if raw is None else _cached(_limits, raw, _count)
+        raw = get(names.reset)
         reset: float | None = None
-        if raw_reset is not None:
+        if raw is not None:
             if names.absolute_reset:
-                at = parse_rfc3339(raw_reset)
-                reset = None if at is None else max(0.0, at - now_wall)
+                at = _cached(_resets_at, raw, parse_rfc3339)
+                if at is not None:
+                    reset = max(0.0, at - (time.time() if now_wall is None else now_wall))
             else:
-                reset = parse_go_duration(raw_reset)
-        bucket = Bucket(names.kind, remaining, _count(headers.get(names.limit)), reset)
+                reset = _reset_duration(raw)
+        bucket = Bucket(names.kind, remaining, limit, reset)
         if found is None:
             found = [bucket]
         else:
