@@ -150,6 +150,7 @@ _MESSAGES_CARRIED = frozenset(
         "service_tier",
         "output_config",
         "output_format",
+        "cache_control",  # automatic prompt caching: OpenAI caches prompts by itself
     }
 )
 
