@@ -168,10 +168,14 @@ async def test_thinking_becomes_reasoning_effort_on_a_reasoning_model(
         max_tokens=20000,
         messages=MESSAGES,
         thinking={"type": "enabled", "budget_tokens": 10000},
+        temperature=0.5,
     )
     assert (await raw.parse()).content[0].type == "text"
-    assert "x-proxy-dropped-params" not in raw.headers
-    assert _sent(gpt)["reasoning_effort"] == "medium"
+    sent = _sent(gpt)
+    assert sent["reasoning_effort"] == "medium"
+    # OpenAI's reasoning models refuse any temperature but 1: dropped, and said so.
+    assert "temperature" not in sent
+    assert raw.headers["x-proxy-dropped-params"] == "temperature"
 
 
 async def test_thinking_on_a_model_that_does_not_reason_is_dropped_visibly(

@@ -37,10 +37,11 @@ from proxy.formats.capabilities import (
     anthropic_structured_outputs,
     anthropic_thinks,
     openai_reasons,
+    openai_samples,
 )
 from proxy.formats.jsonschema import anthropic_expressible, openai_strict, to_anthropic
 from proxy.formats.sse import SSEParser, sse_event
-from proxy.formats.translation import CHAT_FIELDS, MESSAGES_FIELDS, Translation, neutral
+from proxy.formats.translation import CHAT_FIELDS, MESSAGES_FIELDS, Kind, Translation, neutral
 
 __all__ = [
     "ANSWER_TOOL",
@@ -557,7 +558,7 @@ def chat_to_messages(body: Mapping[str, Any], t: Translation) -> dict[str, Any]:
     if isinstance(tier, str):
         mapped = SERVICE_TIER_TO_ANTHROPIC.get(tier)
         if mapped is None:
-            t.drop("service_tier", f"Anthropic has no {tier!r} service tier")
+            t.drop("service_tier", f"Anthropic has no {tier!r} service tier", Kind.INFO)
         else:
             out["service_tier"] = mapped
     return out
@@ -948,9 +949,15 @@ def messages_to_chat(body: Mapping[str, Any], t: Translation) -> dict[str, Any]:
         "messages": _chat_messages(body, t),
         "max_completion_tokens": body.get("max_tokens") or DEFAULT_MAX_TOKENS,
     }
+    samples = openai_samples(t.model)
     for name in ("temperature", "top_p"):
-        if body.get(name) is not None:
-            out[name] = body[name]
+        value = body.get(name)
+        if value is None or (value == 1 and not samples):
+            continue
+        if samples:
+            out[name] = value
+        else:
+            t.drop(name, f"model {t.model} takes no {name} but 1")
     stop = body.get("stop_sequences")
     if stop:
         if len(stop) > _OPENAI_MAX_STOP:
@@ -977,7 +984,7 @@ def messages_to_chat(body: Mapping[str, Any], t: Translation) -> dict[str, Any]:
     if isinstance(tier, str):
         mapped = SERVICE_TIER_TO_OPENAI.get(tier)
         if mapped is None:
-            t.drop("service_tier", f"OpenAI has no {tier!r} service tier")
+            t.drop("service_tier", f"OpenAI has no {tier!r} service tier", Kind.INFO)
         else:
             out["service_tier"] = mapped
     return out

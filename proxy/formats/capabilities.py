@@ -9,7 +9,12 @@ private alias) is taken to have the newer features.
 
 from __future__ import annotations
 
-__all__ = ["anthropic_structured_outputs", "anthropic_thinks", "openai_reasons"]
+__all__ = [
+    "anthropic_structured_outputs",
+    "anthropic_thinks",
+    "openai_reasons",
+    "openai_samples",
+]
 
 # Anthropic models without extended thinking (3.7 Sonnet and every Claude 4 have it).
 _ANTHROPIC_NO_THINKING = (
@@ -32,9 +37,13 @@ _ANTHROPIC_NO_STRUCTURED = (
     "claude-opus-4-1",
     "claude-opus-4-2025",
 )
-# OpenAI-shaped models that take `reasoning_effort` (others answer it with a 400): OpenAI's
-# reasoning models, and the Gemini models litellm gives a thinking budget.
-_REASONING = ("o1", "o3", "o4", "gpt-5", "gpt-oss", "gemini-2.5", "gemini-3")
+# OpenAI's reasoning models: they take `reasoning_effort`, and no `temperature` or `top_p`
+# but the default (1); `gpt-5-chat` is not one.
+_OPENAI_REASONING = ("o1", "o3", "o4", "gpt-5")
+_NOT_REASONING = ("gpt-5-chat",)
+# Other OpenAI-shaped models that take `reasoning_effort` (the rest answer it with a 400):
+# open-weight gpt-oss, and the Gemini models litellm gives a thinking budget.
+_REASONING = (*_OPENAI_REASONING, "gpt-oss", "gemini-2.5", "gemini-3")
 
 
 def _bare(model: str) -> str:
@@ -51,4 +60,11 @@ def anthropic_structured_outputs(model: str) -> bool:
 
 
 def openai_reasons(model: str) -> bool:
-    return _bare(model).startswith(_REASONING)
+    bare = _bare(model)
+    return bare.startswith(_REASONING) and not bare.startswith(_NOT_REASONING)
+
+
+def openai_samples(model: str) -> bool:
+    """False for a model that refuses `temperature` and `top_p` other than 1."""
+    bare = _bare(model)
+    return not bare.startswith(_OPENAI_REASONING) or bare.startswith(_NOT_REASONING)

@@ -8,9 +8,12 @@ of field decides, and the tables here say which kind each field is:
   `response_format`, `top_k`...). It is never dropped: the translation raises `Unsupported`,
   the router tries a deployment that can honour it, and only when none can does the client
   get a 400 naming the field and the vendor.
-- `HINT`: a sampling or service hint (`seed`, penalties, `logit_bias`, `verbosity`...). It
-  may be dropped, visibly: it is listed in the answer's `x-proxy-dropped-params` header
-  and the access log's `dropped_params`. A group with `strict_params` refuses it instead.
+- `HINT`: a sampling hint (`seed`, penalties, `logit_bias`, `verbosity`...). It may be
+  dropped, visibly: it is listed in the answer's `x-proxy-dropped-params` header and the
+  access log's `dropped_params`. A group with `strict_params` refuses it instead.
+- `INFO`: a field that does not change the answer (an end-user id, metadata, a service
+  tier, a cache key, storage at the vendor). Dropped visibly like a hint, but never
+  refused: `strict_params` is about the answer.
 
 A field a table does not know is a `HINT`: its meaning is unknown, so it is dropped and
 said so rather than refusing every new parameter a client SDK starts sending. A field set
@@ -33,12 +36,14 @@ __all__ = [
     "Field",
     "Kind",
     "Translation",
+    "neutral",
 ]
 
 
 class Kind(enum.Enum):
     SHAPE = "shape"  # never dropped: mapped or refused
     HINT = "hint"  # dropped visibly when it has no equivalent (refused under strict_params)
+    INFO = "info"  # dropped visibly when it has no equivalent; it does not change the answer
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +55,7 @@ class Field:
 
 _SHAPE = Field(Kind.SHAPE)
 _HINT = Field(Kind.HINT)
+_INFO = Field(Kind.INFO)
 
 # OpenAI Chat Completions request fields, by kind (fields every translation carries, such as
 # `messages`, `model`, `stream` or `max_tokens`, need no entry).
@@ -73,16 +79,16 @@ CHAT_FIELDS: Mapping[str, Field] = {
     "frequency_penalty": Field(Kind.HINT, (0, 0.0)),
     "presence_penalty": Field(Kind.HINT, (0, 0.0)),
     "logit_bias": Field(Kind.HINT, ({},)),
-    "prediction": _HINT,
     "reasoning_effort": _HINT,
     "verbosity": _HINT,
-    "service_tier": Field(Kind.HINT, ("auto",)),
-    "store": Field(Kind.HINT, (False,)),
-    "metadata": Field(Kind.HINT, ({},)),
-    "user": _HINT,
-    "safety_identifier": _HINT,
-    "prompt_cache_key": _HINT,
-    "prompt_cache_retention": _HINT,
+    "prediction": _INFO,
+    "service_tier": Field(Kind.INFO, ("auto",)),
+    "store": Field(Kind.INFO, (False,)),
+    "metadata": Field(Kind.INFO, ({},)),
+    "user": _INFO,
+    "safety_identifier": _INFO,
+    "prompt_cache_key": _INFO,
+    "prompt_cache_retention": _INFO,
 }
 
 # Anthropic Messages request fields, by kind.
@@ -98,10 +104,10 @@ MESSAGES_FIELDS: Mapping[str, Field] = {
     "thinking": Field(Kind.HINT, ({"type": "disabled"},)),
     "temperature": _HINT,
     "top_p": _HINT,
-    "service_tier": Field(Kind.HINT, ("auto",)),
-    "metadata": Field(Kind.HINT, ({},)),
     "context_management": _HINT,
-    "inference_geo": _HINT,
+    "service_tier": Field(Kind.INFO, ("auto",)),
+    "metadata": Field(Kind.INFO, ({},)),
+    "inference_geo": _INFO,
 }
 
 
@@ -131,9 +137,9 @@ class Translation:
     def refuse(self, name: str, detail: str) -> NoReturn:
         raise Unsupported(name, self.vendor, detail)
 
-    def drop(self, name: str, detail: str) -> None:
-        """Leave out a hint the target cannot honour (refused under strict_params)."""
-        if self.strict:
+    def drop(self, name: str, detail: str, kind: Kind = Kind.HINT) -> None:
+        """Leave out a field the target cannot honour (a hint is refused under strict_params)."""
+        if self.strict and kind is Kind.HINT:
             self.refuse(name, f"{detail}; the model group sets strict_params, so it is not dropped")
         if name not in self.dropped:
             self.dropped.append(name)
@@ -156,4 +162,4 @@ class Translation:
                 continue
             if spec.kind is Kind.SHAPE:
                 self.refuse(name, f"{target} has no equivalent and it changes the answer")
-            self.drop(name, f"{target} has no equivalent")
+            self.drop(name, f"{target} has no equivalent", spec.kind)
