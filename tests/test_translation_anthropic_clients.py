@@ -168,7 +168,7 @@ async def test_thinking_becomes_reasoning_effort_on_a_reasoning_model(
         max_tokens=20000,
         messages=MESSAGES,
         thinking={"type": "enabled", "budget_tokens": 10000},
-        temperature=0.5,
+        extra_body={"temperature": 0.5},  # this SDK version has no temperature argument
     )
     assert (await raw.parse()).content[0].type == "text"
     sent = _sent(gpt)
