@@ -96,6 +96,8 @@ THINKING_BUDGET: Mapping[str, int] = {
     "xhigh": 32768,
 }
 _MIN_THINKING_BUDGET = 1024
+# The most output tokens every Anthropic thinking model takes (Claude Opus 4 and 4.1).
+_MAX_OUTPUT = 32000
 # Anthropic thinking budget -> reasoning_effort: the lowest effort whose bound it is under.
 EFFORT_FOR_BUDGET: tuple[tuple[int, str], ...] = ((4096, "low"), (16384, "medium"))
 # Anthropic output_config.effort -> reasoning_effort.
@@ -221,13 +223,13 @@ def _image_block(url: str) -> dict[str, Any]:
     return {"type": "image", "source": {"type": "url", "url": url}}
 
 
-def _document_block(file: Any, where: str, t: Translation) -> dict[str, Any]:
+def _document_block(file: Any, i: int, t: Translation) -> dict[str, Any]:
     """An OpenAI `file` part (a PDF as a data URL) -> an Anthropic `document` block."""
     data = file.get("file_data") if isinstance(file, dict) else None
     inline = _data_url(data) if isinstance(data, str) else None
     if inline is None or inline[0] != "application/pdf":
         t.refuse(
-            where,
+            f"messages[{i}].content",
             "a file reaches Anthropic only as a PDF inline (file_data: a base64 data URL), "
             "not as a file_id stored at OpenAI",
         )
@@ -240,8 +242,8 @@ def _document_block(file: Any, where: str, t: Translation) -> dict[str, Any]:
     return block
 
 
-def _content_blocks(content: Any, where: str, t: Translation) -> list[dict[str, Any]]:
-    """OpenAI message content (string or parts) -> Anthropic content blocks."""
+def _content_blocks(content: Any, i: int, t: Translation) -> list[dict[str, Any]]:
+    """OpenAI message content (string or parts) of message `i` -> Anthropic content blocks."""
     if isinstance(content, str):
         return [{"type": "text", "text": content}] if content else []
     blocks: list[dict[str, Any]] = []
@@ -262,9 +264,12 @@ def _content_blocks(content: Any, where: str, t: Translation) -> list[dict[str, 
             if isinstance(url, str):
                 blocks.append(_image_block(url))
         elif kind == "file":
-            blocks.append(_document_block(part.get("file"), where, t))
+            blocks.append(_document_block(part.get("file"), i, t))
         else:
-            t.refuse(where, f"content parts of type {kind!r} have no Anthropic equivalent")
+            t.refuse(
+                f"messages[{i}].content",
+                f"content parts of type {kind!r} have no Anthropic equivalent",
+            )
     return blocks
 
 
@@ -311,9 +316,8 @@ def _anthropic_messages(
             continue
         role = m.get("role")
         content = m.get("content")
-        where = f"messages[{i}].content"
         if role in ("system", "developer"):
-            system.extend(_content_blocks(content, where, t))
+            system.extend(_content_blocks(content, i, t))
         elif role in ("tool", "function"):
             result = {
                 "type": "tool_result",
@@ -322,7 +326,7 @@ def _anthropic_messages(
             }
             _append(messages, "user", [result])
         elif role == "assistant":
-            blocks = _content_blocks(content, where, t)
+            blocks = _content_blocks(content, i, t)
             for call in m.get("tool_calls") or ():
                 fn = call.get("function") or {}
                 blocks.append(
@@ -335,13 +339,12 @@ def _anthropic_messages(
                 )
             _append(messages, "assistant", blocks)
         else:
-            _append(messages, "user", _content_blocks(content, where, t))
+            _append(messages, "user", _content_blocks(content, i, t))
     return system, messages
 
 
 def _anthropic_tools(body: Mapping[str, Any], t: Translation) -> list[dict[str, Any]]:
     """Function tools -> Anthropic tools; `strict` carried where the model can honour it."""
-    structured = anthropic_structured_outputs(t.model)
     tools: list[dict[str, Any]] = []
     for i, tool in enumerate(body.get("tools") or ()):
         fn = tool.get("function") if isinstance(tool, dict) else None
@@ -355,7 +358,7 @@ def _anthropic_tools(body: Mapping[str, Any], t: Translation) -> list[dict[str, 
         if isinstance(fn.get("description"), str):
             entry["description"] = fn["description"]
         if fn.get("strict") is True:
-            if structured and anthropic_expressible(schema):
+            if anthropic_structured_outputs(t.model) and anthropic_expressible(schema):
                 entry["input_schema"] = to_anthropic(schema)
                 entry["strict"] = True
             else:
@@ -476,8 +479,11 @@ def _thinking(body: Mapping[str, Any], out: dict[str, Any], t: Translation) -> N
         return
     budget = THINKING_BUDGET.get(effort) if isinstance(effort, str) else None
     client_max = body.get("max_completion_tokens") or body.get("max_tokens")
-    if budget is not None and client_max:
-        budget = min(budget, out["max_tokens"] // 2)  # the answer needs room too
+    if budget is not None:
+        # The answer needs room too; without the client's own limit, the total stays within
+        # what every thinking model can write (32k: Claude Opus 4 and 4.1).
+        room = out["max_tokens"] // 2 if client_max else _MAX_OUTPUT - DEFAULT_MAX_TOKENS
+        budget = min(budget, room)
     reason = None
     if budget is None:
         reason = f"the value {effort!r} has no Anthropic thinking budget"
@@ -749,7 +755,7 @@ def _image_part(block: Mapping[str, Any]) -> dict[str, Any] | None:
     return {"type": "image_url", "image_url": {"url": url}} if url else None
 
 
-def _file_part(block: Mapping[str, Any], where: str, t: Translation) -> dict[str, Any]:
+def _file_part(block: Mapping[str, Any], i: int, t: Translation) -> dict[str, Any]:
     """An Anthropic `document` block -> an OpenAI `file` part (PDF) or text."""
     source = block.get("source") or {}
     kind = source.get("type")
@@ -766,7 +772,10 @@ def _file_part(block: Mapping[str, Any], where: str, t: Translation) -> dict[str
         return {"type": "text", "text": str(source.get("data", ""))}
     if kind == "content":
         return {"type": "text", "text": _block_text(source.get("content"))}
-    t.refuse(where, f"a document from a {kind!r} source reaches OpenAI only as inline PDF or text")
+    t.refuse(
+        f"messages[{i}].content",
+        f"a document from a {kind!r} source reaches OpenAI only as inline PDF or text",
+    )
 
 
 def _tool_result(block: Mapping[str, Any]) -> tuple[str, list[dict[str, Any]]]:
@@ -795,7 +804,6 @@ def _chat_messages(body: Mapping[str, Any], t: Translation) -> list[dict[str, An
         if isinstance(content, str):
             messages.append({"role": role, "content": content})
             continue
-        where = f"messages[{i}].content"
         parts: list[dict[str, Any]] = []
         tool_calls: list[dict[str, Any]] = []
         for block in content or ():
@@ -807,7 +815,7 @@ def _chat_messages(body: Mapping[str, Any], t: Translation) -> list[dict[str, An
                 if part is not None:
                     parts.append(part)
             elif kind == "document":
-                parts.append(_file_part(block, where, t))
+                parts.append(_file_part(block, i, t))
             elif kind == "tool_use":
                 tool_calls.append(
                     {
@@ -826,7 +834,10 @@ def _chat_messages(body: Mapping[str, Any], t: Translation) -> list[dict[str, An
                 )
                 parts.extend(images)
             elif kind not in ("thinking", "redacted_thinking"):  # earlier reasoning stays behind
-                t.refuse(where, f"content blocks of type {kind!r} have no OpenAI chat equivalent")
+                t.refuse(
+                    f"messages[{i}].content",
+                    f"content blocks of type {kind!r} have no OpenAI chat equivalent",
+                )
         if role == "assistant":
             text = "".join(p["text"] for p in parts if p["type"] == "text")
             msg: dict[str, Any] = {"role": "assistant", "content": text or None}

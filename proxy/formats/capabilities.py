@@ -9,6 +9,8 @@ private alias) is taken to have the newer features.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 __all__ = [
     "anthropic_structured_outputs",
     "anthropic_thinks",
@@ -51,19 +53,23 @@ def _bare(model: str) -> str:
     return model.rsplit("/", 1)[-1].lower()
 
 
+@lru_cache(maxsize=1024)  # model names come from the config: few
 def anthropic_thinks(model: str) -> bool:
     return not _bare(model).startswith(_ANTHROPIC_NO_THINKING)
 
 
+@lru_cache(maxsize=1024)  # model names come from the config: few
 def anthropic_structured_outputs(model: str) -> bool:
     return not _bare(model).startswith(_ANTHROPIC_NO_STRUCTURED)
 
 
+@lru_cache(maxsize=1024)  # model names come from the config: few
 def openai_reasons(model: str) -> bool:
     bare = _bare(model)
     return bare.startswith(_REASONING) and not bare.startswith(_NOT_REASONING)
 
 
+@lru_cache(maxsize=1024)  # model names come from the config: few
 def openai_samples(model: str) -> bool:
     """False for a model that refuses `temperature` and `top_p` other than 1."""
     bare = _bare(model)
