@@ -10,7 +10,8 @@ import anthropic
 import pytest
 from pydantic import BaseModel, Field
 
-from tests.conftest import FakeFactory, ProxyFactory, RunningProxy, build_config
+from tests.conftest import FakeFactory, ProxyFactory
+from tests.translation_helpers import group_of, sent
 
 MESSAGES: list[Any] = [{"role": "user", "content": "What is the weather and time in Paris?"}]
 WEATHER: Any = {
@@ -44,24 +45,6 @@ class Verdict(BaseModel):
     score: int
 
 
-async def _proxy(
-    fakes: FakeFactory, proxies: ProxyFactory, *deployments: tuple[str, str], group: str = ""
-) -> tuple[list[Any], RunningProxy]:
-    started = [
-        await fakes(f"v{i}", vendor=vendor, models=[model])
-        for i, (vendor, model) in enumerate(deployments)
-    ]
-    models = f"  smart:\n{group}    deployments:\n" + "".join(
-        f"      - {{vendor: v{i}, model: {model}}}\n" for i, (_, model) in enumerate(deployments)
-    )
-    return started, await proxies(build_config({f"v{i}": f for i, f in enumerate(started)}, models))
-
-
-def _sent(fake: Any) -> dict[str, Any]:
-    body: dict[str, Any] = fake.stats.last_requests[-1].body
-    return body
-
-
 # --------------------------------------------------------------------------- structured output
 
 
@@ -69,14 +52,14 @@ def _sent(fake: Any) -> dict[str, Any]:
 async def test_messages_parse_through_openai(
     fakes: FakeFactory, proxies: ProxyFactory, model: type[BaseModel], strict: bool
 ) -> None:
-    (gpt,), proxy = await _proxy(fakes, proxies, ("openai", "gpt-4o"))
+    (gpt,), proxy = await group_of(fakes, proxies, ("openai", "gpt-4o"))
     parsed = (
         await proxy.anthropic_client().messages.parse(
             model="smart", max_tokens=500, messages=MESSAGES, output_format=model
         )
     ).parsed_output
     assert isinstance(parsed, model)
-    fmt = _sent(gpt)["response_format"]
+    fmt = sent(gpt)["response_format"]
     assert fmt["type"] == "json_schema"
     # Strict where OpenAI's strict mode takes the schema (every property required), else not.
     assert fmt["json_schema"]["strict"] is strict
@@ -86,7 +69,7 @@ async def test_messages_parse_through_openai(
 async def test_streamed_structured_output_through_openai(
     fakes: FakeFactory, proxies: ProxyFactory
 ) -> None:
-    _, proxy = await _proxy(fakes, proxies, ("openai", "gpt-4o"))
+    _, proxy = await group_of(fakes, proxies, ("openai", "gpt-4o"))
     async with proxy.anthropic_client().messages.stream(
         model="smart", max_tokens=500, messages=MESSAGES, output_format=Verdict
     ) as stream:
@@ -100,7 +83,7 @@ async def test_streamed_structured_output_through_openai(
 async def test_parallel_tool_use_json_and_results_back(
     fakes: FakeFactory, proxies: ProxyFactory
 ) -> None:
-    (gpt,), proxy = await _proxy(fakes, proxies, ("openai", "gpt-4o"))
+    (gpt,), proxy = await group_of(fakes, proxies, ("openai", "gpt-4o"))
     client = proxy.anthropic_client()
     first = await client.messages.create(
         model="smart", max_tokens=500, messages=MESSAGES, tools=[WEATHER, TIME]
@@ -124,13 +107,13 @@ async def test_parallel_tool_use_json_and_results_back(
         tools=[WEATHER, TIME],
     )
     assert second.content[0].type == "text"
-    sent = _sent(gpt)["messages"]
-    assert [c["function"]["name"] for c in sent[1]["tool_calls"]] == ["get_weather", "get_time"]
-    assert [m["tool_call_id"] for m in sent[2:4]] == [u.id for u in uses]
+    request = sent(gpt)["messages"]
+    assert [c["function"]["name"] for c in request[1]["tool_calls"]] == ["get_weather", "get_time"]
+    assert [m["tool_call_id"] for m in request[2:4]] == [u.id for u in uses]
 
 
 async def test_parallel_tool_use_streamed(fakes: FakeFactory, proxies: ProxyFactory) -> None:
-    _, proxy = await _proxy(fakes, proxies, ("openai", "gpt-4o"))
+    _, proxy = await group_of(fakes, proxies, ("openai", "gpt-4o"))
     async with proxy.anthropic_client().messages.stream(
         model="smart", max_tokens=500, messages=MESSAGES, tools=[WEATHER, TIME]
     ) as stream:
@@ -144,7 +127,7 @@ async def test_parallel_tool_use_streamed(fakes: FakeFactory, proxies: ProxyFact
 async def test_disable_parallel_tool_use_is_carried(
     fakes: FakeFactory, proxies: ProxyFactory
 ) -> None:
-    (gpt,), proxy = await _proxy(fakes, proxies, ("openai", "gpt-4o"))
+    (gpt,), proxy = await group_of(fakes, proxies, ("openai", "gpt-4o"))
     msg = await proxy.anthropic_client().messages.create(
         model="smart",
         max_tokens=500,
@@ -153,7 +136,7 @@ async def test_disable_parallel_tool_use_is_carried(
         tool_choice={"type": "auto", "disable_parallel_tool_use": True},
     )
     assert len([b for b in msg.content if b.type == "tool_use"]) == 1
-    assert _sent(gpt)["parallel_tool_calls"] is False
+    assert sent(gpt)["parallel_tool_calls"] is False
 
 
 # --------------------------------------------------------------------------- thinking
@@ -162,7 +145,7 @@ async def test_disable_parallel_tool_use_is_carried(
 async def test_thinking_becomes_reasoning_effort_on_a_reasoning_model(
     fakes: FakeFactory, proxies: ProxyFactory
 ) -> None:
-    (gpt,), proxy = await _proxy(fakes, proxies, ("openai", "gpt-5"))
+    (gpt,), proxy = await group_of(fakes, proxies, ("openai", "gpt-5"))
     raw = await proxy.anthropic_client().messages.with_raw_response.create(
         model="smart",
         max_tokens=20000,
@@ -171,17 +154,17 @@ async def test_thinking_becomes_reasoning_effort_on_a_reasoning_model(
         extra_body={"temperature": 0.5},  # this SDK version has no temperature argument
     )
     assert (await raw.parse()).content[0].type == "text"
-    sent = _sent(gpt)
-    assert sent["reasoning_effort"] == "medium"
+    request = sent(gpt)
+    assert request["reasoning_effort"] == "medium"
     # OpenAI's reasoning models refuse any temperature but 1: dropped, and said so.
-    assert "temperature" not in sent
+    assert "temperature" not in request
     assert raw.headers["x-proxy-dropped-params"] == "temperature"
 
 
 async def test_thinking_on_a_model_that_does_not_reason_is_dropped_visibly(
     fakes: FakeFactory, proxies: ProxyFactory
 ) -> None:
-    (gpt,), proxy = await _proxy(fakes, proxies, ("openai", "gpt-4o"))
+    (gpt,), proxy = await group_of(fakes, proxies, ("openai", "gpt-4o"))
     raw = await proxy.anthropic_client().messages.with_raw_response.create(
         model="smart",
         max_tokens=2000,
@@ -190,7 +173,7 @@ async def test_thinking_on_a_model_that_does_not_reason_is_dropped_visibly(
     )
     await raw.parse()
     assert raw.headers["x-proxy-dropped-params"] == "thinking"
-    assert "reasoning_effort" not in _sent(gpt)
+    assert "reasoning_effort" not in sent(gpt)
 
 
 # --------------------------------------------------------------------------- refused and mapped
@@ -199,7 +182,7 @@ async def test_thinking_on_a_model_that_does_not_reason_is_dropped_visibly(
 async def test_top_k_is_refused_by_openai_and_served_by_anthropic(
     fakes: FakeFactory, proxies: ProxyFactory
 ) -> None:
-    (gpt, claude), proxy = await _proxy(
+    (gpt, claude), proxy = await group_of(
         fakes, proxies, ("openai", "gpt-4o"), ("anthropic", "claude-sonnet-4-5")
     )
     raw = await proxy.anthropic_client().messages.with_raw_response.create(
@@ -208,7 +191,7 @@ async def test_top_k_is_refused_by_openai_and_served_by_anthropic(
     await raw.parse()
     assert raw.headers["x-proxy-attempts"] == "v0/gpt-4o=unsupported, v1/claude-sonnet-4-5=success"
     assert gpt.stats.total_requests == 0
-    assert _sent(claude)["top_k"] == 5
+    assert sent(claude)["top_k"] == 5
 
 
 @pytest.mark.parametrize(
@@ -222,7 +205,7 @@ async def test_top_k_is_refused_by_openai_and_served_by_anthropic(
 async def test_what_openai_cannot_honour_is_an_anthropic_400_naming_it(
     fakes: FakeFactory, proxies: ProxyFactory, field: str, kwargs: dict[str, Any]
 ) -> None:
-    (gpt,), proxy = await _proxy(fakes, proxies, ("openai", "gpt-4o"))
+    (gpt,), proxy = await group_of(fakes, proxies, ("openai", "gpt-4o"))
     with pytest.raises(anthropic.BadRequestError) as refused:
         await proxy.anthropic_client().messages.create(
             model="smart", max_tokens=100, messages=MESSAGES, **kwargs
@@ -234,13 +217,13 @@ async def test_what_openai_cannot_honour_is_an_anthropic_400_naming_it(
 
 
 async def test_service_tier_is_mapped(fakes: FakeFactory, proxies: ProxyFactory) -> None:
-    (gpt,), proxy = await _proxy(fakes, proxies, ("openai", "gpt-4o"))
+    (gpt,), proxy = await group_of(fakes, proxies, ("openai", "gpt-4o"))
     raw = await proxy.anthropic_client().messages.with_raw_response.create(
         model="smart", max_tokens=100, messages=MESSAGES, service_tier="standard_only"
     )
     await raw.parse()
     assert "x-proxy-dropped-params" not in raw.headers
-    assert _sent(gpt)["service_tier"] == "default"
+    assert sent(gpt)["service_tier"] == "default"
 
 
 # --------------------------------------------------------------------------- litellm
@@ -250,7 +233,7 @@ async def test_litellm_vendor_refuses_or_drops_what_it_cannot_take(
     fakes: FakeFactory, proxies: ProxyFactory
 ) -> None:
     """Gemini (through litellm) takes `logprobs` but neither `top_logprobs` nor `logit_bias`."""
-    (gemini,), proxy = await _proxy(fakes, proxies, ("gemini", "gemini-2.5-flash"))
+    (gemini,), proxy = await group_of(fakes, proxies, ("gemini", "gemini-2.5-flash"))
     client = proxy.client()
     raw = await client.chat.completions.with_raw_response.create(
         model="smart", messages=MESSAGES, logit_bias={"42": 5}, temperature=0.3

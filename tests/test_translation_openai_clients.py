@@ -16,21 +16,12 @@ import orjson
 import pytest
 from pydantic import BaseModel, Field
 
-from tests.conftest import FakeFactory, ProxyFactory, RunningProxy, build_config
+from tests.conftest import FakeFactory, ProxyFactory
+from tests.test_translated_vendors import TOOLS
+from tests.translation_helpers import group_of, sent
 
 MESSAGES: list[Any] = [{"role": "user", "content": "Solve 8x + 7 = -23"}]
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Weather for a city",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string"}},
-            "required": ["city"],
-        },
-    },
-}
+WEATHER = TOOLS[0]
 TIME = {
     "type": "function",
     "function": {
@@ -54,29 +45,6 @@ class MathAnswer(BaseModel):
     final_answer: str
 
 
-async def _proxy(
-    fakes: FakeFactory,
-    proxies: ProxyFactory,
-    *deployments: tuple[str, str],
-    group: str = "",
-    **fake_kw: Any,
-) -> tuple[list[Any], RunningProxy]:
-    """Fakes `v0`, `v1`... of the given (vendor type, model), one group `smart` over them."""
-    started = [
-        await fakes(f"v{i}", vendor=vendor, models=[model], **fake_kw)
-        for i, (vendor, model) in enumerate(deployments)
-    ]
-    models = f"  smart:\n{group}    deployments:\n" + "".join(
-        f"      - {{vendor: v{i}, model: {model}}}\n" for i, (_, model) in enumerate(deployments)
-    )
-    return started, await proxies(build_config({f"v{i}": f for i, f in enumerate(started)}, models))
-
-
-def _sent(fake: Any) -> dict[str, Any]:
-    body: dict[str, Any] = fake.stats.last_requests[-1].body
-    return body
-
-
 async def _access_lines(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
     await asyncio.sleep(0.01)  # the line is written on the loop's next turn
     return [orjson.loads(r.getMessage()) for r in caplog.records if r.name == "llmproxy.access"]
@@ -88,7 +56,7 @@ async def _access_lines(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]
 async def test_parse_with_a_pydantic_model_through_anthropic_structured_outputs(
     fakes: FakeFactory, proxies: ProxyFactory
 ) -> None:
-    (claude,), proxy = await _proxy(fakes, proxies, ("anthropic", "claude-sonnet-4-5"))
+    (claude,), proxy = await group_of(fakes, proxies, ("anthropic", "claude-sonnet-4-5"))
     raw = await proxy.client().chat.completions.with_raw_response.parse(
         model="smart", messages=MESSAGES, response_format=MathAnswer
     )
@@ -97,18 +65,18 @@ async def test_parse_with_a_pydantic_model_through_anthropic_structured_outputs(
     assert isinstance(parsed, MathAnswer) and parsed.steps
     assert completion.choices[0].finish_reason == "stop"
     assert "x-proxy-dropped-params" not in raw.headers
-    fmt = _sent(claude)["output_config"]["format"]
+    fmt = sent(claude)["output_config"]["format"]
     assert fmt["type"] == "json_schema"
     step = fmt["schema"]["$defs"]["Step"]
     # What Anthropic cannot enforce moves into the description (as Anthropic's SDK does).
     assert "minimum" not in step["properties"]["output"]
     assert "minimum: 1" in step["properties"]["output"]["description"]
     assert step["additionalProperties"] is False
-    assert "tools" not in _sent(claude)
+    assert "tools" not in sent(claude)
 
 
 async def test_streamed_parse_through_anthropic(fakes: FakeFactory, proxies: ProxyFactory) -> None:
-    _, proxy = await _proxy(fakes, proxies, ("anthropic", "claude-sonnet-4-5"))
+    _, proxy = await group_of(fakes, proxies, ("anthropic", "claude-sonnet-4-5"))
     async with proxy.client().chat.completions.stream(
         model="smart", messages=MESSAGES, response_format=MathAnswer
     ) as stream:
@@ -122,7 +90,7 @@ async def test_streamed_parse_through_anthropic(fakes: FakeFactory, proxies: Pro
 async def test_json_mode_is_carried_by_a_forced_answer_tool(
     fakes: FakeFactory, proxies: ProxyFactory, stream: bool
 ) -> None:
-    (claude,), proxy = await _proxy(fakes, proxies, ("anthropic", "claude-sonnet-4-5"))
+    (claude,), proxy = await group_of(fakes, proxies, ("anthropic", "claude-sonnet-4-5"))
     client = proxy.client()
     fmt: Any = {"type": "json_object"}
     if stream:
@@ -143,24 +111,24 @@ async def test_json_mode_is_carried_by_a_forced_answer_tool(
         assert resp.choices[0].message.tool_calls is None
     assert isinstance(orjson.loads(text), dict)
     assert finish == "stop"
-    sent = _sent(claude)
-    assert [t["name"] for t in sent["tools"]] == ["json_answer"]
-    assert sent["tools"][0]["input_schema"] == {"type": "object"}
-    assert sent["tool_choice"] == {"type": "tool", "name": "json_answer"}
+    request = sent(claude)
+    assert [t["name"] for t in request["tools"]] == ["json_answer"]
+    assert request["tools"][0]["input_schema"] == {"type": "object"}
+    assert request["tool_choice"] == {"type": "tool", "name": "json_answer"}
 
 
 async def test_older_claude_gets_the_schema_as_a_forced_tool(
     fakes: FakeFactory, proxies: ProxyFactory
 ) -> None:
     """Structured outputs came with Claude 4.5: an older model would refuse output_config."""
-    (claude,), proxy = await _proxy(fakes, proxies, ("anthropic", "claude-3-5-haiku-20241022"))
+    (claude,), proxy = await group_of(fakes, proxies, ("anthropic", "claude-3-5-haiku-20241022"))
     completion = await proxy.client().chat.completions.parse(
         model="smart", messages=MESSAGES, response_format=MathAnswer
     )
     assert isinstance(completion.choices[0].message.parsed, MathAnswer)
-    sent = _sent(claude)
-    assert "output_config" not in sent
-    assert sent["tool_choice"] == {"type": "tool", "name": "json_answer"}
+    request = sent(claude)
+    assert "output_config" not in request
+    assert request["tool_choice"] == {"type": "tool", "name": "json_answer"}
 
 
 async def test_langchain_with_structured_output_through_anthropic(
@@ -168,7 +136,7 @@ async def test_langchain_with_structured_output_through_anthropic(
 ) -> None:
     from langchain_openai import ChatOpenAI
 
-    _, proxy = await _proxy(fakes, proxies, ("anthropic", "claude-sonnet-4-5"))
+    _, proxy = await group_of(fakes, proxies, ("anthropic", "claude-sonnet-4-5"))
     llm = ChatOpenAI(
         model="smart",
         base_url=f"{proxy.url}/v1",
@@ -190,7 +158,7 @@ async def test_langchain_with_structured_output_through_anthropic(
 async def test_parallel_tool_calls_json_and_their_results_back(
     fakes: FakeFactory, proxies: ProxyFactory
 ) -> None:
-    (claude,), proxy = await _proxy(fakes, proxies, ("anthropic", "claude-sonnet-4-5"))
+    (claude,), proxy = await group_of(fakes, proxies, ("anthropic", "claude-sonnet-4-5"))
     client = proxy.client()
     first = await client.chat.completions.create(
         model="smart",
@@ -213,13 +181,13 @@ async def test_parallel_tool_calls_json_and_their_results_back(
         tools=[WEATHER, TIME],  # type: ignore[list-item]
     )
     assert second.choices[0].message.content
-    turns = _sent(claude)["messages"]
+    turns = sent(claude)["messages"]
     assert [b["type"] for b in turns[1]["content"]] == ["tool_use", "tool_use"]
     assert [b["tool_use_id"] for b in turns[2]["content"]] == [c.id for c in calls]
 
 
 async def test_parallel_tool_calls_streamed(fakes: FakeFactory, proxies: ProxyFactory) -> None:
-    _, proxy = await _proxy(fakes, proxies, ("anthropic", "claude-sonnet-4-5"))
+    _, proxy = await group_of(fakes, proxies, ("anthropic", "claude-sonnet-4-5"))
     async with proxy.client().chat.completions.stream(
         model="smart",
         messages=MESSAGES,
@@ -237,7 +205,7 @@ async def test_parallel_tool_calls_streamed(fakes: FakeFactory, proxies: ProxyFa
 async def test_parallel_tool_calls_false_is_carried(
     fakes: FakeFactory, proxies: ProxyFactory
 ) -> None:
-    (claude,), proxy = await _proxy(fakes, proxies, ("anthropic", "claude-sonnet-4-5"))
+    (claude,), proxy = await group_of(fakes, proxies, ("anthropic", "claude-sonnet-4-5"))
     resp = await proxy.client().chat.completions.create(
         model="smart",
         messages=MESSAGES,
@@ -245,7 +213,7 @@ async def test_parallel_tool_calls_false_is_carried(
         parallel_tool_calls=False,
     )
     assert len(resp.choices[0].message.tool_calls or []) == 1
-    assert _sent(claude)["tool_choice"] == {"type": "auto", "disable_parallel_tool_use": True}
+    assert sent(claude)["tool_choice"] == {"type": "auto", "disable_parallel_tool_use": True}
 
 
 # --------------------------------------------------------------------------- reasoning
@@ -254,29 +222,29 @@ async def test_parallel_tool_calls_false_is_carried(
 async def test_reasoning_effort_becomes_a_thinking_budget(
     fakes: FakeFactory, proxies: ProxyFactory
 ) -> None:
-    (claude,), proxy = await _proxy(fakes, proxies, ("anthropic", "claude-sonnet-4-5"))
+    (claude,), proxy = await group_of(fakes, proxies, ("anthropic", "claude-sonnet-4-5"))
     raw = await proxy.client().chat.completions.with_raw_response.create(
         model="smart", messages=MESSAGES, reasoning_effort="medium", temperature=0.2
     )
     resp = raw.parse()
     assert resp.choices[0].message.content  # the answer, not the thinking
-    sent = _sent(claude)
-    assert sent["thinking"] == {"type": "enabled", "budget_tokens": 8192}
-    assert sent["max_tokens"] > 8192
+    request = sent(claude)
+    assert request["thinking"] == {"type": "enabled", "budget_tokens": 8192}
+    assert request["max_tokens"] > 8192
     # Anthropic takes no temperature but 1 while thinking: said, not silently lost.
-    assert "temperature" not in sent
+    assert "temperature" not in request
     assert raw.headers["x-proxy-dropped-params"] == "temperature"
 
 
 async def test_reasoning_effort_on_a_model_without_thinking_is_dropped_visibly(
     fakes: FakeFactory, proxies: ProxyFactory
 ) -> None:
-    (claude,), proxy = await _proxy(fakes, proxies, ("anthropic", "claude-3-5-haiku-20241022"))
+    (claude,), proxy = await group_of(fakes, proxies, ("anthropic", "claude-3-5-haiku-20241022"))
     raw = await proxy.client().chat.completions.with_raw_response.create(
         model="smart", messages=MESSAGES, reasoning_effort="high"
     )
     assert raw.headers["x-proxy-dropped-params"] == "reasoning_effort"
-    assert "thinking" not in _sent(claude)
+    assert "thinking" not in sent(claude)
 
 
 # --------------------------------------------------------------------------- refused fields
@@ -289,7 +257,7 @@ async def test_reasoning_effort_on_a_model_without_thinking_is_dropped_visibly(
 async def test_a_field_anthropic_cannot_honour_is_a_400_naming_it(
     fakes: FakeFactory, proxies: ProxyFactory, field: str, kwargs: dict[str, Any]
 ) -> None:
-    (claude,), proxy = await _proxy(fakes, proxies, ("anthropic", "claude-sonnet-4-5"))
+    (claude,), proxy = await group_of(fakes, proxies, ("anthropic", "claude-sonnet-4-5"))
     with pytest.raises(openai.BadRequestError) as refused:
         await proxy.client().chat.completions.create(model="smart", messages=MESSAGES, **kwargs)
     assert refused.value.code == "unsupported_parameter"
@@ -303,7 +271,7 @@ async def test_a_field_anthropic_cannot_honour_is_a_400_naming_it(
 async def test_n_and_logprobs_are_routed_to_a_deployment_that_honours_them(
     fakes: FakeFactory, proxies: ProxyFactory
 ) -> None:
-    (claude, gpt), proxy = await _proxy(
+    (claude, gpt), proxy = await group_of(
         fakes, proxies, ("anthropic", "claude-sonnet-4-5"), ("openai", "gpt-4o")
     )
     raw = await proxy.client().chat.completions.with_raw_response.create(
@@ -322,7 +290,7 @@ async def test_n_and_logprobs_are_routed_to_a_deployment_that_honours_them(
 
 
 async def test_a_non_function_tool_is_refused(fakes: FakeFactory, proxies: ProxyFactory) -> None:
-    _, proxy = await _proxy(fakes, proxies, ("anthropic", "claude-sonnet-4-5"))
+    _, proxy = await group_of(fakes, proxies, ("anthropic", "claude-sonnet-4-5"))
     custom: Any = {"type": "custom", "custom": {"name": "sql", "description": "runs SQL"}}
     with pytest.raises(openai.BadRequestError) as refused:
         await proxy.client().chat.completions.create(
@@ -337,7 +305,7 @@ async def test_a_non_function_tool_is_refused(fakes: FakeFactory, proxies: Proxy
 async def test_dropped_hints_are_named_in_the_header_and_the_access_log(
     fakes: FakeFactory, proxies: ProxyFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
-    (claude,), proxy = await _proxy(fakes, proxies, ("anthropic", "claude-sonnet-4-5"))
+    (claude,), proxy = await group_of(fakes, proxies, ("anthropic", "claude-sonnet-4-5"))
     hints: dict[str, Any] = {
         "seed": 7,
         "frequency_penalty": 0.5,
@@ -358,19 +326,19 @@ async def test_dropped_hints_are_named_in_the_header_and_the_access_log(
         assert set(raw.headers["x-proxy-dropped-params"].split(", ")) == dropped
         (line,) = await _access_lines(caplog)
         assert set(line["dropped_params"]) == dropped
-        assert not {"seed", "frequency_penalty", "logit_bias"} & set(_sent(claude))
-        assert "service_tier" not in _sent(claude)
+        assert not {"seed", "frequency_penalty", "logit_bias"} & set(sent(claude))
+        assert "service_tier" not in sent(claude)
     default_tier = await proxy.client().chat.completions.with_raw_response.create(
         model="smart", messages=MESSAGES, service_tier="default"
     )
     assert "x-proxy-dropped-params" not in default_tier.headers
-    assert _sent(claude)["service_tier"] == "standard_only"
+    assert sent(claude)["service_tier"] == "standard_only"
 
 
 async def test_strict_params_turns_a_drop_into_a_refusal(
     fakes: FakeFactory, proxies: ProxyFactory
 ) -> None:
-    (claude,), proxy = await _proxy(
+    (claude,), proxy = await group_of(
         fakes, proxies, ("anthropic", "claude-sonnet-4-5"), group="    strict_params: true\n"
     )
     with pytest.raises(openai.BadRequestError) as refused:
@@ -383,7 +351,7 @@ async def test_strict_params_turns_a_drop_into_a_refusal(
 async def test_strict_params_routes_to_a_deployment_that_takes_the_hint(
     fakes: FakeFactory, proxies: ProxyFactory
 ) -> None:
-    (claude, gpt), proxy = await _proxy(
+    (claude, gpt), proxy = await group_of(
         fakes,
         proxies,
         ("anthropic", "claude-sonnet-4-5"),
@@ -395,4 +363,4 @@ async def test_strict_params_routes_to_a_deployment_that_takes_the_hint(
     )
     assert raw.headers["x-proxy-deployment"] == "v1/gpt-4o"
     assert "x-proxy-dropped-params" not in raw.headers
-    assert _sent(gpt)["seed"] == 7
+    assert sent(gpt)["seed"] == 7

@@ -158,6 +158,23 @@ _MESSAGES_CARRIED = frozenset(
 )
 
 
+def _service_tier(
+    body: Mapping[str, Any],
+    out: dict[str, Any],
+    tiers: Mapping[str, str],
+    vendor: str,
+    t: Translation,
+) -> None:
+    """The request's service tier as the target names it (dropped if it has no such tier)."""
+    tier = body.get("service_tier")
+    if isinstance(tier, str):
+        mapped = tiers.get(tier)
+        if mapped is None:
+            t.drop("service_tier", f"{vendor} has no {tier!r} service tier", Kind.INFO)
+        else:
+            out["service_tier"] = mapped
+
+
 def _int(v: Any) -> int:
     return v if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else 0
 
@@ -560,13 +577,7 @@ def chat_to_messages(body: Mapping[str, Any], t: Translation) -> dict[str, Any]:
     _structured_output(body, out, t)
     _thinking(body, out, t)
     _sampling(body, out, t)
-    tier = body.get("service_tier")
-    if isinstance(tier, str):
-        mapped = SERVICE_TIER_TO_ANTHROPIC.get(tier)
-        if mapped is None:
-            t.drop("service_tier", f"Anthropic has no {tier!r} service tier", Kind.INFO)
-        else:
-            out["service_tier"] = mapped
+    _service_tier(body, out, SERVICE_TIER_TO_ANTHROPIC, "Anthropic", t)
     return out
 
 
@@ -991,13 +1002,7 @@ def messages_to_chat(body: Mapping[str, Any], t: Translation) -> dict[str, Any]:
             t.drop(f"output_config.{key}", f"{_OPENAI} has no equivalent")
     _response_format(body, config, out, t)
     _reasoning(body, config, out, t)
-    tier = body.get("service_tier")
-    if isinstance(tier, str):
-        mapped = SERVICE_TIER_TO_OPENAI.get(tier)
-        if mapped is None:
-            t.drop("service_tier", f"OpenAI has no {tier!r} service tier", Kind.INFO)
-        else:
-            out["service_tier"] = mapped
+    _service_tier(body, out, SERVICE_TIER_TO_OPENAI, "OpenAI", t)
     return out
 
 
