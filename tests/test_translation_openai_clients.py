@@ -364,3 +364,18 @@ async def test_strict_params_routes_to_a_deployment_that_takes_the_hint(
     assert raw.headers["x-proxy-deployment"] == "v1/gpt-4o"
     assert "x-proxy-dropped-params" not in raw.headers
     assert sent(gpt)["seed"] == 7
+
+
+async def test_strict_pydantic_tools_are_strict_tools_at_anthropic(
+    fakes: FakeFactory, proxies: ProxyFactory
+) -> None:
+    (claude,), proxy = await group_of(fakes, proxies, ("anthropic", "claude-sonnet-4-5"))
+    completion = await proxy.client().chat.completions.parse(
+        model="smart", messages=MESSAGES, tools=[openai.pydantic_function_tool(MathAnswer)]
+    )
+    (call,) = completion.choices[0].message.tool_calls or []
+    assert isinstance(call.function.parsed_arguments, MathAnswer)
+    (tool,) = sent(claude)["tools"]
+    assert tool["strict"] is True
+    output = tool["input_schema"]["$defs"]["Step"]["properties"]["output"]
+    assert "minimum" not in output and "minimum: 1" in output["description"]
