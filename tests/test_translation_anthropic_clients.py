@@ -249,3 +249,21 @@ async def test_litellm_vendor_refuses_or_drops_what_it_cannot_take(
     assert refused.value.param == "top_logprobs"
     assert refused.value.response.headers["x-proxy-attempts"] == "v0/gemini-2.5-flash=unsupported"
     assert gemini.stats.total_requests == 1  # the first request only
+
+
+async def test_what_litellm_itself_refuses_is_unsupported_not_a_client_error(
+    fakes: FakeFactory, proxies: ProxyFactory
+) -> None:
+    """litellm takes `reasoning_effort` for Gemini, but not every value of it."""
+    import openai
+
+    (gemini,), proxy = await group_of(fakes, proxies, ("gemini", "gemini-2.5-flash"))
+    with pytest.raises(openai.BadRequestError) as refused:
+        await proxy.client().chat.completions.create(
+            model="smart", messages=MESSAGES, reasoning_effort="xhigh"
+        )
+    assert refused.value.param == "reasoning_effort"
+    assert refused.value.code == "unsupported_parameter"
+    assert "'v0'" in refused.value.message
+    assert gemini.stats.total_requests == 0
+    assert proxy.gateway.deployments["v0/gemini-2.5-flash"].breaker.state.name == "CLOSED"

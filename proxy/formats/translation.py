@@ -135,7 +135,11 @@ class Translation:
     answer_tool: str | None = None
 
     def refuse(self, name: str, detail: str) -> NoReturn:
-        raise Unsupported(name, self.vendor, detail)
+        raise Unsupported(
+            name,
+            self.vendor,
+            f"{detail}. Leave it out, or use a model group with a deployment that takes it",
+        )
 
     def drop(self, name: str, detail: str, kind: Kind = Kind.HINT) -> None:
         """Leave out a field the target cannot honour (a hint is refused under strict_params)."""

@@ -120,8 +120,9 @@ _OWN_FIELDS = frozenset({"model", "messages", "stream", "stream_options"})
 # The OpenAI chat fields litellm may be given (when it takes them for the vendor): a client's
 # other keys never reach litellm, whose keyword arguments also set URLs and credentials.
 _CHAT_PARAMS = frozenset({"max_tokens", "max_completion_tokens", *CHAT_FIELDS})
-# "gemini does not support parameters: ['logit_bias'], for model=..."
-_UNSUPPORTED_RE = re.compile(r"parameters: \[([^\]]*)\]")
+# The field litellm's UnsupportedParamsError names: "gemini does not support parameters:
+# ['logit_bias'], for model=...", or "Invalid `reasoning_effort`: 'xhigh'. Must be one of...".
+_UNSUPPORTED_RE = re.compile(r"parameters: \[['\"]?(\w+)|`(\w+)`")
 
 
 # litellm's rendering of a Google RPC error it parsed itself (e.g. an error chunk inside a
@@ -423,16 +424,21 @@ class LiteLLMAdapter(VendorAdapter):
             ) from None
         except self.litellm.UnsupportedParamsError as exc:  # raised before anything is sent
             found = _UNSUPPORTED_RE.search(str(exc))
-            names = [n.strip(" '\"") for n in found.group(1).split(",")] if found else []
-            raise Unsupported(
-                names[0] if names and names[0] else "parameters",
-                self.config.name,
-                f"litellm's {vendor_type} translation does not take it for model {deployment.model}",
-            ) from None
+            t.refuse(
+                (found.group(1) or found.group(2)) if found else "parameters",
+                f"litellm's {vendor_type} translation does not take it for model "
+                f"{deployment.model} ({_litellm_words(exc)})",
+            )
         except Exception as exc:
             if stream is not None:
                 stream.close()
             raise AttemptFailed(classify_litellm(exc, vendor_type, phase=phase)) from None
+
+
+def _litellm_words(exc: BaseException) -> str:
+    """litellm's own reason, without its class name and its advice to drop parameters."""
+    text = str(exc).removeprefix("litellm.UnsupportedParamsError: ")
+    return text.split(" To drop")[0].strip()
 
 
 def _include_usage(body: Mapping[str, Any]) -> bool:
