@@ -325,7 +325,7 @@ class Gateway:
             extra={
                 "event": "breaker_state",
                 "deployment": dep_id,
-                "state": state.name.lower(),
+                "state": state.label,
                 "source": source,
             },
         )

@@ -31,8 +31,9 @@ class BreakerState(IntEnum):
 
     @property
     def label(self) -> str:
-        """ "closed", "half-open" or "open": the name in logs, /admin/status and the CLI."""
-        return self.name.lower().replace("_", "-")
+        """ "closed", "half_open" or "open": the value in logs, /admin/status, the shared
+        state record and the CLI (the gauge has the number)."""
+        return self.name.lower()
 
 
 class Permit(IntEnum):

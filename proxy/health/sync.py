@@ -47,7 +47,7 @@ def _read_breaker(dep: DeploymentState) -> dict[str, str]:
     b = dep.breaker
     opened = _to_wall(b.opened_at) if b.state is BreakerState.OPEN else 0.0
     return {
-        "state": b.state.name.lower(),
+        "state": b.state.label,
         "opened_at": repr(opened),
         "drained": "1" if b.drained else "0",
     }
