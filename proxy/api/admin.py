@@ -359,13 +359,13 @@ async def force_breaker(request: web.Request) -> web.StreamResponse:
             param="state",
             code="invalid_value",
         )
-    before = dep.breaker.state.name.lower()
+    before = dep.breaker.state.label
     dep.breaker.force(_BREAKER_STATES[wanted])
     _audit(request, "force-breaker", dep.id, state=wanted, before=before)
     return _json(
         {
             "deployment": dep.id,
-            "breaker": dep.breaker.state.name.lower(),
+            "breaker": dep.breaker.state.label,
             "drained": dep.breaker.drained,
         }
     )
