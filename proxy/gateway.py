@@ -24,7 +24,8 @@ from proxy.health.headroom import capacity_ratio
 from proxy.health.headroom_share import HeadroomShare
 from proxy.health.sync import StateSync
 from proxy.limits import Limits, UsageLedger
-from proxy.limits.admission import LIMITS, UNKNOWN_CLIENT
+from proxy.limits.admission import UNKNOWN_CLIENT
+from proxy.limits.checks import LIMITS
 from proxy.limits.ledger import utc_day
 from proxy.metrics import Metrics, SeriesPlan
 from proxy.routing.router import HEDGE_LOST, ModelGroup, Router
@@ -329,7 +330,7 @@ class Gateway:
             extra={
                 "event": "breaker_state",
                 "deployment": dep_id,
-                "state": state.name.lower(),
+                "state": state.label,
                 "source": source,
             },
         )
@@ -390,7 +391,7 @@ class Gateway:
                 self.ledger.path,
                 extra={"event": "ledger", "path": self.ledger.path},
             )
-        elif not self.state.shared:
+        elif not self.state.shared and self.config.clients is not None:
             log.warning(
                 "usage is kept in memory only (state.sqlite_path: null): daily limits and the "
                 "usage ledger will not survive a restart",
