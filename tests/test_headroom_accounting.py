@@ -14,6 +14,7 @@ from proxy.health.headroom_share import HeadroomShare
 from proxy.state.base import BucketClaim, HeadroomReport
 from proxy.state.redis import RedisBackend
 from proxy.vendors.ratelimit import Bucket, parse_go_duration, read_buckets
+from tests.conftest import free_port
 from tests.redis_server import RedisServer
 
 NOW_WALL = 1_750_000_000.0
@@ -229,3 +230,19 @@ async def test_a_share_spends_grants_and_fetches_more_without_a_request_waiting(
         h.reserve(time.monotonic(), NEED)
         sent += 1
     assert sent == 20  # the figures' 20, however many chunks it took, and not one more
+
+
+async def test_while_the_backend_is_down_a_replica_assumes_its_share_of_each_figure() -> None:
+    # Nothing listens there: the backend never comes up (it keeps retrying in the background).
+    down = RedisBackend(f"redis://127.0.0.1:{free_port()}/0", "hrtest", "replica-1")
+    down.replicas = 2  # as last seen while it was up
+    h = Headroom()
+    h.share = HeadroomShare(down, "f")
+    now = time.monotonic()
+    h.answered(h.reserve(now, NEED), openai_headers(10, 100000, "60s"), now)
+    sent = 0
+    while h.fits(time.monotonic(), NEED) and sent < 20:
+        h.reserve(time.monotonic(), NEED)
+        sent += 1
+    assert sent == 5  # half of the 10 left: the other replica may spend the other half
+    await down.close()
