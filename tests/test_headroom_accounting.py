@@ -13,7 +13,7 @@ from proxy.health.headroom import Headroom, capacity_ratio
 from proxy.health.headroom_share import HeadroomShare
 from proxy.state.base import BucketClaim, HeadroomReport
 from proxy.state.redis import RedisBackend
-from proxy.vendors.ratelimit import Bucket, parse_go_duration, read_buckets
+from proxy.vendors.ratelimit import parse_go_duration, read_buckets
 from tests.conftest import free_port
 from tests.redis_server import RedisServer
 
@@ -34,10 +34,7 @@ def openai_headers(requests: int, tokens: int, reset: str = "10s") -> dict[str, 
 
 def test_read_buckets_reads_both_header_families_and_refuses_garbage() -> None:
     openai = read_buckets(openai_headers(7, 900, "1m30.5s"), NOW_WALL)
-    assert openai == [
-        Bucket("requests", 7, 50, 90.5),
-        Bucket("tokens", 900, 10000, 90.5),
-    ]
+    assert openai == [("requests", 7, 50, 90.5), ("tokens", 900, 10000, 90.5)]
     anthropic = read_buckets(
         {
             "anthropic-ratelimit-input-tokens-limit": "40000",
@@ -48,15 +45,12 @@ def test_read_buckets_reads_both_header_families_and_refuses_garbage() -> None:
         },
         time.mktime(time.strptime("2025-06-15T15:06:20", "%Y-%m-%dT%H:%M:%S")) - time.timezone,
     )
-    assert anthropic == [
-        Bucket("input_tokens", 39000, 40000, 40.0),
-        Bucket("output_tokens", 8000, None, 20.5),
-    ]
+    assert anthropic == [("input_tokens", 39000, 40000, 40.0), ("output_tokens", 8000, None, 20.5)]
     # Azure's Responses surface has sent -1; a reset that is no duration is no reset.
     assert read_buckets({"x-ratelimit-remaining-requests": "-1"}, NOW_WALL) is None
     assert read_buckets(
         {"x-ratelimit-remaining-requests": "3", "x-ratelimit-reset-requests": "soon"}, NOW_WALL
-    ) == [Bucket("requests", 3, None, None)]
+    ) == [("requests", 3, None, None)]
     assert read_buckets({"content-type": "application/json"}, NOW_WALL) is None
 
 

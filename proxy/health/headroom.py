@@ -80,16 +80,10 @@ class _Limit:
     __slots__ = ("index", "kind", "limit", "remaining", "reset_at", "w_in", "w_out", "w_req")
 
     def __init__(self, bucket: Bucket, now: float) -> None:
-        self.kind = bucket.kind
-        self.index = KIND_INDEX[bucket.kind]
-        self.w_req, self.w_in, self.w_out = _USES[bucket.kind]
-        self.update(bucket, now)
-
-    def update(self, bucket: Bucket, now: float) -> None:
-        """Newer figures for the same kind of bucket."""
-        self.remaining = bucket.remaining
-        self.limit = bucket.limit
-        reset_in = bucket.reset_in_s
+        kind, self.remaining, self.limit, reset_in = bucket
+        self.kind = kind
+        self.index = KIND_INDEX[kind]
+        self.w_req, self.w_in, self.w_out = _USES[kind]
         self.reset_at = None if reset_in is None else now + reset_in
 
     def left(self, now: float) -> float | None:
@@ -221,26 +215,27 @@ class Headroom:
     def adopt(self, buckets: list[Bucket], asof: float, now: float, *, peer: bool) -> None:
         """Hold `buckets`, the figures of an answer to a request sent at `asof` (monotonic)."""
         limits = self.limits
-        same = len(limits) == len(buckets)
-        if same:  # the same buckets as the last answer's, as nearly always: update in place
-            for lim, bucket in zip(limits, buckets, strict=True):
-                if lim.kind != bucket.kind:
-                    same = False
+        if len(limits) == len(buckets):
+            # The same buckets as the last answer's, as nearly always: updated in place.
+            for lim, (kind, remaining, limit, reset_in) in zip(limits, buckets, strict=True):
+                if lim.kind != kind:  # another vendor family now (a reload changed it)
+                    self.limits = tuple(_Limit(b, now) for b in buckets)
                     break
-        if same:
-            for lim, bucket in zip(limits, buckets, strict=True):
-                lim.update(bucket, now)
+                lim.remaining = remaining
+                lim.limit = limit
+                lim.reset_at = None if reset_in is None else now + reset_in
         else:
             self.limits = tuple(_Limit(b, now) for b in buckets)
         self.asof = asof
         self.peer = peer
         req = tokens_in = tokens_out = 0
-        for sent_at, prompt, completion in reversed(self._flight.values()):
-            if sent_at <= asof:
-                break  # sent in order: the rest are older still
-            req += 1
-            tokens_in += prompt
-            tokens_out += completion
+        if self._flight:
+            for sent_at, prompt, completion in reversed(self._flight.values()):
+                if sent_at <= asof:
+                    break  # sent in order: the rest are older still
+                req += 1
+                tokens_in += prompt
+                tokens_out += completion
         self.pend_req, self.pend_in, self.pend_out = req, tokens_in, tokens_out
 
     def forget(self) -> None:

@@ -179,8 +179,8 @@ class HeadroomShare:
         if asof <= headroom.asof:
             return
         wall = time.time()
-        buckets = [
-            Bucket(claim.kind, remaining, limit, None if reset is None else max(0.0, reset - wall))
+        buckets: list[Bucket] = [
+            (claim.kind, remaining, limit, None if reset is None else max(0.0, reset - wall))
             for claim, (remaining, limit, reset) in zip(report.buckets, figures, strict=True)
             if remaining is not None
         ]

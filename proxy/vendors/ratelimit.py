@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import MappingProxyType
-from typing import Final, NamedTuple
+from typing import Final
 
 __all__ = [
     "KINDS",
@@ -62,13 +62,17 @@ RATE_LIMIT_HEADERS: tuple[HeaderNames, ...] = (
 )
 
 
-class Bucket(NamedTuple):
-    """One rate limit as an answer reported it (a tuple: one is built per bucket per answer)."""
+# A bucket as an answer reports it: (kind, remaining, limit, seconds until its reset); the
+# limit is None when the vendor does not say (Azure), the reset when it gives none that
+# parses. A plain tuple: one is built per bucket per answer, and a NamedTuple costs several
+# times as much to build.
+Bucket = tuple[str, float, float | None, float | None]
 
-    kind: str
-    remaining: float
-    limit: float | None  # None: the vendor does not say (Azure)
-    reset_in_s: float | None  # None: no (parseable) reset: when it refills is unknown
+# The table as plain tuples, for the loop every answer runs.
+_FAMILIES: Final = tuple(
+    (h.kind, h.remaining, h.limit, h.reset, h.absolute_reset) for h in RATE_LIMIT_HEADERS
+)
+_INF: Final = math.inf
 
 
 _GO_UNITS: Mapping[str, float] = MappingProxyType(
@@ -155,10 +159,12 @@ def _count(raw: str | None) -> float | None:
     return value if value >= 0 and math.isfinite(value) else None
 
 
-# Limits and absolute resets repeat from one answer to the next (a limit for months, an
-# Anthropic reset for a window): parsed once. Bounded: emptied when it grows past this.
+# Limits and resets repeat from one answer to the next (a limit for months, an Anthropic
+# reset for a window, OpenAI's "6ms" and "0s" all day): parsed once. Bounded: emptied
+# when it grows past this.
 _CACHE_MAX = 256
 _limits: dict[str, float | None] = {}
+_resets_in: dict[str, float | None] = {}
 _resets_at: dict[str, float | None] = {}
 
 
@@ -182,27 +188,29 @@ def read_buckets(headers: Mapping[str, str], now_wall: float | None = None) -> l
     """
     found: list[Bucket] | None = None
     get = headers.get
-    for names in RATE_LIMIT_HEADERS:
-        raw = get(names.remaining)
-        if raw is None:  # most vendors, most headers: no call at all
+    for kind, remaining_name, limit_name, reset_name, absolute in _FAMILIES:
+        raw = get(remaining_name)
+        if raw is None:  # most vendors, most headers: nothing else to do
             continue
-        remaining = _count(raw)
-        if remaining is None:
+        try:
+            remaining = float(raw)
+        except ValueError:
             continue
-        raw = get(names.limit)
+        if not 0.0 <= remaining < _INF:  # -1 (Azure's Responses surface), nan, inf: no count
+            continue
+        raw = get(limit_name)
         limit = None if raw is None else _cached(_limits, raw, _count)
-        raw = get(names.reset)
+        raw = get(reset_name)
         reset: float | None = None
         if raw is not None:
-            if names.absolute_reset:
+            if absolute:
                 at = _cached(_resets_at, raw, parse_rfc3339)
                 if at is not None:
                     reset = max(0.0, at - (time.time() if now_wall is None else now_wall))
             else:
-                reset = _reset_duration(raw)
-        bucket = Bucket(names.kind, remaining, limit, reset)
+                reset = _cached(_resets_in, raw, _reset_duration)
         if found is None:
-            found = [bucket]
+            found = [(kind, remaining, limit, reset)]
         else:
-            found.append(bucket)
+            found.append((kind, remaining, limit, reset))
     return found
