@@ -215,9 +215,15 @@ async def test_admin_status_shows_every_deployment_and_group(
         "strategy": "priority",
         "deployments": ["a/model-a", "b/model-b"],
         "usable": 1,
+        "headroom_ratio": 1.0,  # b has reported no rate limits: its capacity is unknown
         "context_window_fallback": None,
         "hedge_after_ms": None,
     }
+    # a's 429 said 0 of its 3 requests are left for 30 s.
+    requests = a_status["headroom"]["buckets"]["requests"]
+    assert (requests["remaining"], requests["limit"], requests["left"]) == (0, 3, 0)
+    assert 25 < requests["reset_in_s"] <= 30
+    assert b_status["headroom"] is None
 
 
 # The admin key and loopback-only rules are tested for every admin route in test_admin.py.
