@@ -93,11 +93,14 @@ async def _round(port: int, requests: int, concurrency: int) -> None:
         await asyncio.gather(*(worker() for _ in range(concurrency)))
 
 
-def _serve(source: Path, config: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "PYTHONPATH": str(source)}
+def _serve(
+    source: Path, config: Path, log: Path, wrapper: tuple[str, ...] = ()
+) -> subprocess.Popen[bytes]:
+    """`llm-proxy serve` from the tree at `source`, under `wrapper` (e.g. valgrind) if given."""
+    argv = [sys.executable, "-m", "proxy.cli", "serve", "--config", str(config), "--no-access-log"]
     return subprocess.Popen(
-        [sys.executable, "-m", "proxy.cli", "serve", "--config", str(config), "--no-access-log"],
-        env=env,
+        [*wrapper, *argv],
+        env={**os.environ, "PYTHONPATH": str(source)},
         cwd=source,
         stdout=log.open("ab"),
         stderr=subprocess.STDOUT,
@@ -119,7 +122,7 @@ async def compare(baseline: Path, rounds: int, requests: int, headers: bool) -> 
             port = free_port()
             config = work / f"{name}.yaml"
             config.write_text(CONFIG.format(port=port, vendor=vendor))
-            procs[name] = (_serve(source, config, port, work / f"{name}.log"), port)
+            procs[name] = (_serve(source, config, work / f"{name}.log"), port)
         for _, port in procs.values():
             await _wait(f"http://127.0.0.1:{port}/health/ready")
         for _, port in procs.values():  # warm up pools and caches
@@ -177,25 +180,12 @@ async def instructions(baseline: Path, requests: int, headers: bool) -> None:
             port = free_port()
             config = work / f"{name}.yaml"
             config.write_text(CONFIG.format(port=port, vendor=vendor))
-            env = {**os.environ, "PYTHONPATH": str(source)}
-            proc = subprocess.Popen(
-                [
-                    "valgrind",
-                    "--tool=callgrind",
-                    f"--callgrind-out-file={work}/{name}.%p.out",
-                    sys.executable,
-                    "-m",
-                    "proxy.cli",
-                    "serve",
-                    "--config",
-                    str(config),
-                    "--no-access-log",
-                ],
-                env=env,
-                cwd=source,
-                stdout=(work / f"{name}.log").open("ab"),
-                stderr=subprocess.STDOUT,
+            callgrind = (
+                "valgrind",
+                "--tool=callgrind",
+                f"--callgrind-out-file={work}/{name}.%p.out",
             )
+            proc = _serve(source, config, work / f"{name}.log", callgrind)
             try:
                 await _wait(f"http://127.0.0.1:{port}/health/ready", tries=6000)
                 await _round(port, 300, 16)
