@@ -23,7 +23,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from proxy.accesslog import AccessLog
 from proxy.api.validation import EndpointSchema, read_json
@@ -35,6 +35,9 @@ from proxy.listener import Answer, InboundRequest
 from proxy.metrics import UNKNOWN_GROUP
 from proxy.routing.router import AllFailed, Attempt, ModelGroup, Served, Trace
 from proxy.vendors.base import AttemptFailed, StreamOut, UpstreamCall
+
+if TYPE_CHECKING:
+    from proxy.tracing.spans import RequestSpan
 
 __all__ = ["Endpoint", "Exchange", "Inbound", "serve", "stream_error_message"]
 
@@ -97,6 +100,7 @@ class Exchange:
         "request",
         "rid",
         "served",
+        "span",
         "started",
         "status",
         "stream",
@@ -112,6 +116,11 @@ class Exchange:
         self.started = time.monotonic()
         self.rid = request_id(request.headers)
         self.trace = Trace()
+        # The request's OpenTelemetry span, when this generation traces.
+        self.span: RequestSpan | None = None
+        tracing = self.generation.tracing
+        if tracing is not None:
+            self.span = self.trace.span = tracing.request(request, endpoint.name, self.rid)
         self.group = UNKNOWN_GROUP
         self.status = 500
         self.client: ClientState | None = None
@@ -134,6 +143,8 @@ class Exchange:
         metrics = gw.metrics
         if self.served is not None:
             self.served.finish()  # a JSON answer's; a relayed stream has finished it already
+        if self.span is not None:
+            self.span.finish(self.status)
         if self.first_byte_s is not None:
             metrics.first_byte(self.group, self.first_byte_s)
         metrics.in_flight.dec()
@@ -155,6 +166,8 @@ class Exchange:
             "duration_ms": round(duration * 1000, 2),
             "attempts": [_attempt_record(a) for a in self.trace.attempts],
         }
+        if self.span is not None:
+            record["trace_id"] = self.span.trace_id
         served = self.served
         if served is not None:
             record["deployment"] = served.deployment.id
@@ -182,7 +195,15 @@ class Exchange:
         dropped = served.response.dropped
         if dropped:
             headers["x-proxy-dropped-params"] = ", ".join(dropped)
+        if self.span is not None:
+            headers["traceresponse"] = self.span.traceresponse
         return headers
+
+    def ids(self) -> dict[str, str]:
+        """The headers that identify the request: on every answer, errors too."""
+        if self.span is None:
+            return {"x-request-id": self.rid}
+        return {"x-request-id": self.rid, "traceresponse": self.span.traceresponse}
 
 
 def _attempt_record(attempt: Attempt) -> dict[str, Any]:
@@ -211,8 +232,12 @@ async def serve(gateway: Gateway, request: InboundRequest, endpoint: Endpoint) -
         group = _group(gen, body["model"])
         ex.group = group.name
         forwarded = _forwarded(request.headers, inbound.forwarded)
+        if ex.span is not None:
+            ex.span.admitting(group.name, body, ex.client)
         await gen.limits.ready(ex.client, endpoint.name, body, len(raw))
         ex.ticket = gen.limits.admit(ex.client, group.name, endpoint.name, body, len(raw))
+        if ex.span is not None:
+            ex.span.admitted(ex.ticket)
         if endpoint.upstream is not None:
             answer = await endpoint.upstream(ex, group, body)
             ex.status = answer.status
@@ -248,7 +273,9 @@ async def serve(gateway: Gateway, request: InboundRequest, endpoint: Endpoint) -
         return Answer(200, ex.headers(), served.response.body)
     except ApiError as err:
         ex.status = err.status
-        extra = {"x-request-id": ex.rid}
+        extra = ex.ids()
+        if ex.span is not None:
+            ex.span.failed("llmproxy.error_code", err.code or str(err.status))
         if ex.client is not None and not err.headers:
             extra.update(gen.limits.headers(ex.client))
         return inbound.error(err, extra)
@@ -258,8 +285,10 @@ async def serve(gateway: Gateway, request: InboundRequest, endpoint: Endpoint) -
     except AllFailed as failed:
         final = failed.error
         ex.status = final.status
+        if ex.span is not None:
+            ex.span.failed("llmproxy.outcome_class", str(final.cls))
         headers = {
-            "x-request-id": ex.rid,
+            **ex.ids(),
             "x-proxy-attempts": failed.trace.header(),
             **final.headers(),
             **ex.ticket.headers,
@@ -319,6 +348,8 @@ def _relay(ex: Exchange) -> Callable[[StreamOut], Awaitable[None]]:
         served = ex.served
         assert served is not None
         failure: Outcome | None = None
+        if ex.span is not None:
+            out = ex.span.relay(out)
         try:
             if out.send(served.response.body):
                 await out.drained()
@@ -340,6 +371,8 @@ def _relay(ex: Exchange) -> Callable[[StreamOut], Awaitable[None]]:
             ex.status = 499
             raise
         finally:
+            if ex.span is not None:
+                ex.span.relayed(failure)
             served.finish(failure)
             ex.ticket.settle(served.response.usage, served.deployment.config.price, served=True)
             ex.end()

@@ -74,6 +74,9 @@ class UpstreamCall:
     # Client headers that go upstream when the vendor speaks the client's API natively
     # (e.g. `anthropic-beta` from Claude Code to an Anthropic deployment).
     forward_headers: Mapping[str, str] = field(default_factory=dict)
+    # The W3C trace context of this attempt's span (`traceparent`, `tracestate`), sent to
+    # every vendor whatever its API; None unless tracing is on.
+    trace_headers: Mapping[str, str] | None = None
 
 
 class ProbeUnsupported(Exception):

@@ -137,6 +137,7 @@ async def send_bridged(
         call.stream,
         call.request_id,
         api=adapter.native_api,
+        trace_headers=call.trace_headers,
     )
     inner = await adapter.send_native(
         deployment, inner_call, first_byte_s=first_byte_s, attempt_s=attempt_s

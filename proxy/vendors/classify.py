@@ -900,10 +900,13 @@ def classify_transport(exc: BaseException, *, phase: str) -> Outcome:
         for rule in TRANSPORT_RULES:
             if isinstance(exc, rule.types) and (rule.phases is None or phase in rule.phases):
                 text = f"{rule.summary} {where}".strip()
-                return Outcome(rule.cls, None, None, f"{text}: {name}{_os_detail(exc)}", name)
-        return Outcome(_C.SERVER_ERROR, None, None, f"unexpected {name} {where}".rstrip(), name)
+                message = f"{text}: {name}{_os_detail(exc)}"
+                return Outcome(rule.cls, None, None, message, name, phase)
+        return Outcome(
+            _C.SERVER_ERROR, None, None, f"unexpected {name} {where}".rstrip(), name, phase
+        )
     except Exception:
-        return Outcome(_C.SERVER_ERROR, None, None, "unexpected transport error")
+        return Outcome(_C.SERVER_ERROR, None, None, "unexpected transport error", phase=phase)
 
 
 _check_tables()

@@ -520,6 +520,8 @@ class HTTPAdapter(VendorAdapter):
     ) -> UpstreamResponse:
         pool = self.pool
         url, body, headers = self.prepare(deployment, call)
+        if call.trace_headers:
+            headers = {**headers, **call.trace_headers}
         vendor_type = self.config.type
         started = pool.loop.time()
         # Headers and the first chunk of the body must come within the first-byte budget: a
