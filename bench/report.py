@@ -197,6 +197,16 @@ def _targets(data: dict[str, Any]) -> list[str]:
             None,
         )
     )
+    for sc, what in (("b", "JSON request (b)"), ("c", "paced stream (c)")):
+        traced = _num(data, sc, "ours-tracing", "cpu_ms")
+        if traced is not None:
+            rows.append(
+                (
+                    f"CPU per {what} with tracing on, every request sampled (reported)",
+                    f"{_f(traced, 3)} ms (off {_f(_num(data, sc, 'ours', 'cpu_ms'), 3)} ms)",
+                    None,
+                )
+            )
     rss = data["startup"].get("ours", {}).get("rss_idle_mb")
     rows.append(
         (

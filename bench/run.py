@@ -291,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="short runs, one start: iterate fast")
     parser.add_argument("--runs", type=int, help="runs per figure (default 3, quick 1)")
-    parser.add_argument("--targets", default="direct,ours,litellm,portkey")
+    parser.add_argument("--targets", default="direct,ours,ours-tracing,litellm,portkey")
     parser.add_argument(
         "--scenarios",
         default="abcstdefg",
@@ -346,6 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     classes: dict[str, Any] = {
         "direct": Direct,
         "ours": Ours,
+        "ours-tracing": lambda env: Ours(env, tracing=True),
         "litellm": LiteLLM,
         "portkey": Portkey,
     }

@@ -10,6 +10,7 @@ upstream, the same way for every target.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import socket
@@ -229,13 +230,18 @@ class Ours(Target):
     label = "ours (llm-proxy)"
     ready_path = "/health/ready"
     translated_label = "ours, Anthropic vendor (native translation)"
+    tracing_label = "ours, tracing on (every request sampled, OTLP/HTTP)"
 
-    def __init__(self, env: Env, *, translated: bool = False) -> None:
+    def __init__(self, env: Env, *, translated: bool = False, tracing: bool = False) -> None:
         super().__init__(env)
         self.translated = translated
+        self.tracing = tracing
         if translated:
             self.name = "ours-anthropic"
             self.label = self.translated_label
+        elif tracing:
+            self.name = "ours-tracing"
+            self.label = self.tracing_label
         self.config_path = env.logs / f"{self.name}.yaml"
         self.anthropic_error: str | None = None
 
@@ -275,13 +281,18 @@ class Ours(Target):
                 "api_key": "sk-ant-bench",
             }
             models["anth"] = {"deployments": [{"vendor": "anth", "model": ANTHROPIC_MODEL}]}
-        return {
+        config: dict[str, object] = {
             "server": {"host": "127.0.0.1", "port": self.port},
             "vendors": vendors,
             "models": models,
         }
+        if self.tracing:  # the upstream takes the spans too (a collector that keeps nothing)
+            config["tracing"] = {"enabled": True, "endpoint": env.upstream("traces")}
+        return config
 
     def prepare(self) -> str | None:
+        if self.tracing and importlib.util.find_spec("opentelemetry.sdk") is None:
+            return "the OpenTelemetry SDK is not installed (pip install '.[tracing]')"
         # Does this build have an `anthropic` vendor type? Ask check-config, not the code.
         probe = self.env.logs / f"{self.name}-probe.yaml"
         probe.write_bytes(orjson.dumps(self._config(anthropic=True)))

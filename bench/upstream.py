@@ -15,6 +15,8 @@ every target and counts hits per deployment (GET /_stats):
     /quota.../v1/chat/completions       429 insufficient_quota (OpenAI's body)
     /flaky.../v1/chat/completions       500 for half the requests (seeded, reproducible)
     /<any>.../v1/messages               the same in Anthropic's Messages format
+    /<any>.../v1/traces                 200 to an OTLP/HTTP export (a tracing collector that
+                                        takes every batch and keeps nothing)
     GET /_stats                          {"prefix": hits, ...};  POST /_reset clears it
 
 A paced stream is a chain of `loop.call_later` timers on its connection (no task per
@@ -246,6 +248,7 @@ _ANSWERS = {
     ),
 }
 _NOT_FOUND = _response("404 Not Found", b"application/json", b'{"error":"no such path"}')
+_TRACES_TAKEN = _response("200 OK", b"application/x-protobuf", b"")  # an empty export response
 
 
 class Upstream:
@@ -334,14 +337,18 @@ class UpstreamProtocol(asyncio.Protocol):
             self._state.reset()
             transport.write(_response("200 OK", b"application/json", b"{}"))
             return
+        prefix = path[1:].partition("/")[0]
         if path.endswith("/chat/completions"):
             fmt = "openai"
         elif path.endswith("/messages"):
             fmt = "anthropic"
+        elif method == b"POST" and path.endswith("/v1/traces"):
+            self._state.hits[prefix] += 1
+            transport.write(_TRACES_TAKEN)
+            return
         else:
             transport.write(_NOT_FOUND)
             return
-        prefix = path[1:].partition("/")[0]
         self._state.hits[prefix] += 1
         answer_json, answer_stream, answer_paced, quota, error = _ANSWERS[fmt]
         if prefix.startswith("quota"):

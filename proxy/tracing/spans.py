@@ -138,8 +138,6 @@ class RequestSpan:
         attrs: Attributes = {
             "http.request.method": request.method,
             "http.route": request.path,  # every proxied route is a fixed path
-            "url.path": request.path,
-            "url.scheme": "http",
             "llmproxy.request_id": request_id,
         }
         agent = request.headers.get("user-agent")
@@ -246,7 +244,7 @@ class RequestSpan:
         call: UpstreamCall,
     ) -> AttemptSpan:
         self._attempts += 1
-        return AttemptSpan(self, deployment, vendor, first_byte_s, call, self._attempts)
+        return AttemptSpan(self, deployment, vendor, first_byte_s, call)
 
     def relay(self, out: StreamOut) -> StreamOut:
         """The client's end of a relayed stream, counted (and its text gathered if asked)."""
@@ -319,26 +317,21 @@ class AttemptSpan:
         vendor: VendorConfig,
         first_byte_s: float,
         call: UpstreamCall,
-        number: int,
     ) -> None:
         self._request = request
         self.response: UpstreamResponse | None = None
-        provider = GEN_AI_PROVIDERS[vendor.type]
         # What the request span shows of the attempt that served it.
-        self.summary: Attributes = {
-            "llmproxy.deployment": deployment.id,
-            "gen_ai.provider.name": provider,
-            "gen_ai.system": provider,
-        }
+        self.summary: Attributes = {"llmproxy.deployment": deployment.id}
         attrs: Attributes = {}
         if request.recording:
             address, port = request._tracing.server(vendor)
+            provider = GEN_AI_PROVIDERS[vendor.type]
             attrs = {
-                **self.summary,
-                "gen_ai.request.model": deployment.model,
-                "llmproxy.vendor": vendor.name,
+                "llmproxy.deployment": deployment.id,
                 "llmproxy.vendor_type": vendor.type,
-                "llmproxy.attempt.number": number,
+                "gen_ai.provider.name": provider,
+                "gen_ai.system": provider,  # its name before semantic conventions 1.37
+                "gen_ai.request.model": deployment.model,
                 "llmproxy.attempt.first_byte_budget_s": round(first_byte_s, 3),
                 "server.address": address,
             }
@@ -386,10 +379,7 @@ class AttemptSpan:
         if not self._request.recording:
             return
         self.response = response
-        attrs: Attributes = {
-            "llmproxy.attempt.time_to_first_byte_s": round(ttfb_s, 6),
-            "http.response.status_code": response.status,
-        }
+        attrs: Attributes = {"llmproxy.attempt.time_to_first_byte_s": round(ttfb_s, 6)}
         found = _MODEL_RE.search(response.body, 0, _MODEL_SCAN)
         if found is not None:
             model = found.group(1).decode("utf-8", "replace")
