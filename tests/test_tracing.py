@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import AsyncIterator
+import socket
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import aiohttp
@@ -385,11 +386,26 @@ async def test_an_unserved_request_and_its_errors_are_on_the_trace(
     assert bad.status_code == 0  # a client's error is not the server's
 
 
+@pytest.fixture
+def silent_collector() -> Iterator[str]:
+    """A collector that takes connections and never answers (the kernel's backlog)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(64)
+        yield f"http://127.0.0.1:{s.getsockname()[1]}"
+
+
+@pytest.mark.parametrize("collector", ["refusing", "silent"])
 async def test_a_dead_collector_costs_clients_nothing_and_drops_are_counted(
-    fakes: FakeFactory, proxies: ProxyFactory, monkeypatch: pytest.MonkeyPatch
+    fakes: FakeFactory,
+    proxies: ProxyFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    silent_collector: str,
+    collector: str,
 ) -> None:
     monkeypatch.setenv("OTEL_BSP_MAX_QUEUE_SIZE", "8")  # a small queue fills at once
-    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    refusing = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    dead = refusing if collector == "refusing" else silent_collector
     a, b, proxy = await failover_proxy(fakes, proxies, dead)
     client = proxy.client()
     before = await proxy.metrics_text()

@@ -16,6 +16,7 @@ the exporter could not deliver (`export_failed`). Both are the SDK's public inte
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import threading
@@ -216,7 +217,8 @@ class Tracing:
             try:
                 self._provider.shutdown()
             finally:
-                loop.call_soon_threadsafe(_resolve, done)
+                with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits now
+                    loop.call_soon_threadsafe(_resolve, done)
 
         threading.Thread(target=shut, name="llm-proxy-tracing-close", daemon=True).start()
         try:
