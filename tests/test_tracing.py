@@ -481,3 +481,58 @@ async def test_a_reload_turns_tracing_on_and_off(
     assert proxy.gateway.current.tracing is None
     raw = await client.chat.completions.with_raw_response.create(**ask)
     assert "traceresponse" not in raw.headers
+
+
+async def test_a_hedged_attempt_that_lost_is_a_span_of_its_own(
+    receiver: OTLPReceiver, fakes: FakeFactory, proxies: ProxyFactory
+) -> None:
+    a = await fakes("a")
+    b = await fakes("b")
+    a.set_fault(Fault(stall_s=30))  # no first byte for far longer than hedge_after_ms
+    models = (
+        "  smart:\n"
+        "    hedge_after_ms: 100\n"
+        "    deployments:\n"
+        "      - {vendor: a, model: model-a}\n"
+        "      - {vendor: b, model: model-b}\n"
+    )
+    proxy = await proxies(build_config({"a": a, "b": b}, models, tracing_yaml(receiver.endpoint)))
+    raw = await proxy.client().chat.completions.with_raw_response.create(
+        model="smart", messages=[{"role": "user", "content": "hi"}]
+    )
+    assert raw.headers["x-proxy-attempts"] == "a/model-a=hedge_lost, b/model-b=success"
+    spans = await receiver.wait_for(3)
+    classes = {
+        s.attributes["llmproxy.deployment"]: s.attributes["llmproxy.outcome_class"]
+        for s in spans
+        if s.kind == "client"
+    }
+    assert classes == {"a/model-a": "hedge_lost", "b/model-b": "success"}
+    assert all(s.status_code == 0 for s in spans)  # losing a race is not an error
+
+
+@pytest.mark.parametrize("vendor", ["anthropic", "gemini"])
+async def test_translated_vendors_get_the_attempts_trace_context(
+    receiver: OTLPReceiver, fakes: FakeFactory, proxies: ProxyFactory, vendor: str
+) -> None:
+    """OpenAI SDK -> an Anthropic vendor (the native bridge) or Gemini (through litellm)."""
+    a = await fakes("a", vendor=vendor)
+    models = "  smart:\n    deployments: [{vendor: a, model: some-model}]\n"
+    proxy = await proxies(build_config({"a": a}, models, tracing_yaml(receiver.endpoint)))
+    answer = await proxy.client().chat.completions.create(
+        model="smart",
+        messages=[{"role": "user", "content": "hi"}],
+        extra_headers={"traceparent": TRACEPARENT},
+    )
+    assert answer.choices[0].message.content
+    spans = await receiver.wait_for(2)
+    (attempt,) = [s for s in spans if s.kind == "client"]
+    assert (
+        attempt.attributes["gen_ai.provider.name"]
+        == {
+            "anthropic": "anthropic",
+            "gemini": "gcp.gemini",
+        }[vendor]
+    )
+    sent = a.stats.last_requests[-1].headers
+    assert sent["traceparent"] == f"00-{CLIENT_TRACE}-{attempt.span_id}-01"
