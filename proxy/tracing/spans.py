@@ -122,18 +122,18 @@ class RequestSpan:
         "_error",
         "_relay",
         "_served",
-        "_tracing",
         "operation",
         "recording",
         "span",
         "trace_id",
+        "tracing",
         "traceresponse",
     )
 
     def __init__(
         self, tracing: Tracing, request: InboundRequest, endpoint: str, request_id: str
     ) -> None:
-        self._tracing = tracing
+        self.tracing = tracing
         self.operation = OPERATIONS.get(endpoint)
         attrs: Attributes = {
             "http.request.method": request.method,
@@ -168,7 +168,7 @@ class RequestSpan:
         self._error: tuple[str, str] | None = None  # (attribute, value) of what went wrong
 
     def child(self, name: str, kind: SpanKind, attrs: Attributes) -> Span:
-        return self._tracing.tracer.start_span(
+        return self.tracing.tracer.start_span(
             name, context=self._context, kind=kind, attributes=attrs
         )
 
@@ -189,7 +189,7 @@ class RequestSpan:
                     attrs[name] = value
             if client is not None:
                 attrs["llmproxy.client"] = client.config.name
-            if self._tracing.config.record_content:
+            if self.tracing.config.record_content:
                 system, messages = input_messages(body, self._budget)
                 if system is not None:
                     attrs["gen_ai.system_instructions"] = system
@@ -246,9 +246,13 @@ class RequestSpan:
         self._attempts += 1
         return AttemptSpan(self, deployment, vendor, first_byte_s, call)
 
+    def served_by(self, attempt: AttemptSpan) -> None:
+        """`attempt` is the one whose answer the client got."""
+        self._served = attempt
+
     def relay(self, out: StreamOut) -> StreamOut:
         """The client's end of a relayed stream, counted (and its text gathered if asked)."""
-        text = StreamText(self._budget) if self._tracing.config.record_content else None
+        text = StreamText(self._budget) if self.tracing.config.record_content else None
         relay = self._relay = RelayOut(self.child(RELAY_SPAN, SpanKind.INTERNAL, {}), out, text)
         return relay
 
@@ -295,7 +299,7 @@ class RequestSpan:
         span.end()
 
     def _output(self, served: AttemptSpan) -> str | None:
-        if not self._tracing.config.record_content:
+        if not self.tracing.config.record_content:
             return None
         if self._relay is not None and self._relay.text is not None:
             return self._relay.text.messages()
@@ -324,7 +328,7 @@ class AttemptSpan:
         self.summary: Attributes = {"llmproxy.deployment": deployment.id}
         attrs: Attributes = {}
         if request.recording:
-            address, port = request._tracing.server(vendor)
+            address, port = request.tracing.server(vendor)
             provider = GEN_AI_PROVIDERS[vendor.type]
             attrs = {
                 "llmproxy.deployment": deployment.id,
@@ -342,7 +346,7 @@ class AttemptSpan:
         name = f"{request.operation or 'call'} {deployment.model}"  # GenAI: "{operation} {model}"
         self.span = span = request.child(name, SpanKind.CLIENT, attrs)
         carrier: dict[str, str] = {}
-        request._tracing.propagator.inject(carrier, context=set_span_in_context(span))
+        request.tracing.propagator.inject(carrier, context=set_span_in_context(span))
         self.call = dataclasses.replace(call, trace_headers=carrier)
 
     def unsupported(self, unsupported: Unsupported) -> None:
@@ -393,7 +397,7 @@ class AttemptSpan:
         """The answer was relayed (or broken off after its commit point, or abandoned)."""
         span = self.span
         if abandoned_as is None:
-            self._request._served = self
+            self._request.served_by(self)
         if self._request.recording:
             attrs: Attributes = {}
             _usage(attrs, usage)
