@@ -14,6 +14,7 @@ import yaml
 
 from proxy.config.issues import ConfigIssue, find, from_env, line_of
 from proxy.config.schema import (
+    BAD_HEADER,
     DEFAULT_LEDGER,
     LEDGER_FILE,
     ClientConfig,
@@ -25,12 +26,12 @@ from proxy.config.schema import (
     ServerConfig,
     StateConfig,
     VendorConfig,
+    sendable,
 )
 from proxy.config.tracing import resolve_tracing
 from proxy.core.vendor_types import VENDOR_TYPES
 
 KEYLESS = "none"  # `api_key: none`: a server that needs no key (vLLM, Ollama)
-_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # an HTTP token (RFC 9110)
 
 
 class Source(Protocol):
@@ -101,18 +102,13 @@ def resolve(spec: ConfigSpec, root: yaml.Node, source: Source) -> Config | None:
             continue
         if api_key == KEYLESS:
             api_key = None
-        bad_headers = [
-            k
-            for k, val in v.headers.items()
-            if not _HEADER_NAME.fullmatch(k) or any(c in val for c in "\r\n\0")
-        ]
-        if bad_headers or (v.api_key and any(c in v.api_key for c in "\r\n\0")):
+        bad_headers = [k for k, val in v.headers.items() if not sendable(val, k)]
+        if bad_headers or (v.api_key and not sendable(v.api_key)):
             what = f"header {bad_headers[0]!r}" if bad_headers else "api_key"
             issue(
                 ("vendors", name, "headers" if bad_headers else "api_key"),
                 f"vendors.{name}.{'headers' if bad_headers else 'api_key'}",
-                f"{what} has a character HTTP does not allow (a line break, a NUL, or in a "
-                "header name a space or colon)",
+                f"{what} {BAD_HEADER}",
             )
             continue
         vendors[name] = VendorConfig(

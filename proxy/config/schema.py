@@ -9,6 +9,7 @@ field with `metadata={"derived": True}` is set by the loader, never by the YAML.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar, get_args
@@ -43,6 +44,19 @@ def _fraction(v: float) -> str | None:
 
 def _port(v: int) -> str | None:
     return None if 0 <= v <= 65535 else "must be a TCP port (0-65535)"
+
+
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # an HTTP token (RFC 9110)
+# What a configured header (or a credential sent as one) that cannot be sent is told.
+BAD_HEADER = (
+    "has a character HTTP does not allow (a line break, a NUL, or in a header name a space "
+    "or colon)"
+)
+
+
+def sendable(value: str, name: str = "x") -> bool:
+    """Whether a header `name: value` can go on the wire as configured."""
+    return _HEADER_NAME.fullmatch(name) is not None and not any(c in value for c in "\r\n\0")
 
 
 def check(fn: Callable[[Any], str | None], default: Any = dataclasses.MISSING, **kw: Any) -> Any:

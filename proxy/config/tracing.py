@@ -9,16 +9,17 @@ key it stands for, and the exporter is built from one set of explicit values.
 from __future__ import annotations
 
 import importlib.util
-import re
 from collections.abc import Callable, Mapping
 from typing import Final, cast
 from urllib.parse import unquote, urlsplit
 
 from proxy.config.schema import (
+    BAD_HEADER,
     TRACING_PROTOCOLS,
     TracingConfig,
     TracingProtocol,
     TracingSpec,
+    sendable,
 )
 
 __all__ = ["TRACING_EXTRA", "resolve_tracing"]
@@ -46,7 +47,6 @@ _SAMPLERS: Final[Mapping[str, float | None]] = {
     "traceidratio": None,
     "parentbased_traceidratio": None,
 }
-_HEADER_NAME: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # an HTTP token (RFC 9110)
 
 
 def _first(env: Mapping[str, str], *names: str) -> tuple[str, str] | None:
@@ -92,12 +92,8 @@ def resolve_tracing(spec: TracingSpec, env: Mapping[str, str], issue: IssueFn) -
         found = _first(env, "OTEL_EXPORTER_OTLP_TRACES_HEADERS", "OTEL_EXPORTER_OTLP_HEADERS")
         headers = _pairs(found[1]) if found else {}
     for name, value in headers.items():
-        if not _HEADER_NAME.fullmatch(name) or any(c in value for c in "\r\n\0"):
-            problem(
-                "headers",
-                f"header {name!r} has a character HTTP does not allow (a line break, a NUL, or "
-                "in a header name a space or colon)",
-            )
+        if not sendable(value, name):
+            problem("headers", f"header {name!r} {BAD_HEADER}")
     sample_ratio = spec.sample_ratio
     if sample_ratio is None:
         sample_ratio = _sampler_ratio(env, problem)

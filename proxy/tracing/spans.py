@@ -126,8 +126,8 @@ class RequestSpan:
         "recording",
         "span",
         "trace_id",
-        "tracing",
         "traceresponse",
+        "tracing",
     )
 
     def __init__(
