@@ -1,8 +1,8 @@
 """The OpenTelemetry SDK set up for one config generation: sampler, resource, and an OTLP
 exporter behind the SDK's BatchSpanProcessor, which exports from a thread of its own.
 
-Imported only when tracing is on (the SDK costs about 0.2 s and 12 MB to import, the
-grpc exporter three times that), so a proxy without tracing never loads it.
+Imported only when tracing is on: the SDK is large to import (the grpc exporter most of
+all), and a proxy without tracing never loads it.
 
 A dead or slow collector must never slow a request. Ending a span only appends it to the
 processor's queue; the export waits, retries and times out on the processor's thread. The
@@ -21,7 +21,6 @@ import logging
 import os
 import threading
 from collections.abc import Sequence
-from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
@@ -34,6 +33,7 @@ from opentelemetry.trace import Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from proxy.config import TracingConfig, VendorConfig
+from proxy.core.version import VERSION
 from proxy.tracing.drops import SpanDrops
 
 if TYPE_CHECKING:
@@ -49,13 +49,6 @@ _DEFAULT_QUEUE = 2048  # the SDK's defaults: OTEL_BSP_MAX_QUEUE_SIZE,
 _DEFAULT_BATCH = 512  # OTEL_BSP_MAX_EXPORT_BATCH_SIZE
 # Closing waits this long for the last spans to reach the collector, then gives up on them.
 CLOSE_TIMEOUT_S = 5.0
-
-
-def _package_version() -> str:
-    try:
-        return version("llm-failover-proxy")
-    except PackageNotFoundError:  # pragma: no cover - a source tree without install
-        return "unknown"
 
 
 def _env_int(name: str, default: int) -> int:
@@ -167,7 +160,7 @@ class Tracing:
         resource = Resource.create(
             {
                 "service.name": config.service_name,
-                "service.version": _package_version(),
+                "service.version": VERSION,
                 "service.instance.id": replica,  # the replica that served a request
             }
         )
@@ -181,7 +174,7 @@ class Tracing:
             shutdown_on_exit=False,
         )
         self._provider.add_span_processor(self._processor)
-        self.tracer: Tracer = self._provider.get_tracer(_INSTRUMENTATION, _package_version())
+        self.tracer: Tracer = self._provider.get_tracer(_INSTRUMENTATION, VERSION)
         self.propagator = TraceContextTextMapPropagator()
         self._servers: dict[str, tuple[str, int | None]] = {}
         # Export errors are logged by the SDK at ERROR once per failed batch; its retry
