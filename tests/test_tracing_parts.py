@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import subprocess
+import sys
 from typing import Any
 
 import orjson
@@ -195,3 +197,21 @@ async def test_closing_with_a_collector_that_never_answers_is_bounded_and_counts
         await asyncio.sleep(0.2)  # the export thread has taken them and waits for an answer
         await tracing.close(timeout_s=0.5)
     assert drops.counts() == {"queue_full": 0, "export_failed": 5}
+
+
+def test_a_proxy_without_tracing_never_imports_the_sdk() -> None:
+    """Tracing off costs no start-up time or memory: not even the API is loaded."""
+    code = (
+        "import sys\n"
+        "from proxy.app import create_app\n"
+        "from proxy.config import parse_config\n"
+        "config = parse_config(\"vendors: {a: {type: openai, base_url: 'http://127.0.0.1:9/v1'}}\\n"
+        'models: {m: {deployments: [{vendor: a, model: x}]}}\\n", env={})\n'
+        "create_app(config)\n"
+        "loaded = sorted(m for m in sys.modules if m.startswith(('opentelemetry', 'google.protobuf', 'grpc')))\n"
+        "assert not loaded, loaded\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
