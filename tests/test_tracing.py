@@ -536,3 +536,28 @@ async def test_translated_vendors_get_the_attempts_trace_context(
     )
     sent = a.stats.last_requests[-1].headers
     assert sent["traceparent"] == f"00-{CLIENT_TRACE}-{attempt.span_id}-01"
+
+
+async def test_a_malformed_client_trace_context_starts_a_new_trace_and_never_reaches_a_vendor(
+    receiver: OTLPReceiver, fakes: FakeFactory, proxies: ProxyFactory
+) -> None:
+    a = await fakes("a")
+    models = "  smart:\n    deployments: [{vendor: a, model: model-a}]\n"
+    proxy = await proxies(build_config({"a": a}, models, tracing_yaml(receiver.endpoint)))
+    raw = await proxy.client().chat.completions.with_raw_response.create(
+        model="smart",
+        messages=[{"role": "user", "content": "hi"}],
+        extra_headers={
+            "traceparent": "00-00000000000000000000000000000000-00f067aa0ba902b7-01",  # invalid
+            "tracestate": "not a=valid;;state," + "x" * 600,
+        },
+    )
+    assert raw.parse().choices[0].message.content
+    own = TRACERESPONSE_RE.match(raw.headers["traceresponse"])
+    assert own is not None and own.group(1) != "0" * 32
+    sent = a.stats.last_requests[-1].headers
+    assert sent["traceparent"].startswith(f"00-{own.group(1)}-")
+    assert "tracestate" not in sent
+    spans = await receiver.wait_for(2)
+    (server,) = [s for s in spans if s.kind == "server"]
+    assert server.parent_span_id == ""  # a root: the client's context was not valid
