@@ -1,5 +1,6 @@
-"""A small OTLP/HTTP trace receiver for tests: it decodes the exporter's real protobuf
-payloads (`opentelemetry-proto`, the collector's own message types) into plain spans."""
+"""A small OTLP trace receiver for tests, over HTTP (protobuf bodies) or gRPC: it decodes
+the exporter's real payloads (`opentelemetry-proto`, the collector's own message types and
+service) into plain spans."""
 
 from __future__ import annotations
 
@@ -54,27 +55,33 @@ class ReceivedSpan:
 
 
 class OTLPReceiver:
-    """Listens on 127.0.0.1; `spans` holds every span received, in arrival order."""
+    """Listens on 127.0.0.1 (OTLP/HTTP, or gRPC with `grpc=True`); `spans` holds every span
+    received, in arrival order, and `headers` each export's request headers (metadata)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, grpc: bool = False) -> None:
         self.spans: list[ReceivedSpan] = []
-        self.requests = 0
         self.headers: list[dict[str, str]] = []
         self.port = free_port()
+        self.grpc = grpc
         self._runner: web.AppRunner | None = None
+        self._server: Any = None
 
     @property
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     async def _traces(self, request: web.Request) -> web.Response:
-        self.requests += 1
         self.headers.append(dict(request.headers))
         message = ExportTraceServiceRequest()
         try:
             message.ParseFromString(await request.read())
         except DecodeError:
             return web.Response(status=400, text="not an ExportTraceServiceRequest")
+        self.ingest(message)
+        body = ExportTraceServiceResponse().SerializeToString()
+        return web.Response(body=body, content_type="application/x-protobuf")
+
+    def ingest(self, message: ExportTraceServiceRequest) -> None:
         for resource_spans in message.resource_spans:
             resource = _attributes(resource_spans.resource.attributes)
             for scope_spans in resource_spans.scope_spans:
@@ -95,17 +102,40 @@ class OTLPReceiver:
                             events=[e.name for e in span.events],
                         )
                     )
-        body = ExportTraceServiceResponse().SerializeToString()
-        return web.Response(body=body, content_type="application/x-protobuf")
 
     async def start(self) -> None:
+        if self.grpc:
+            await self._start_grpc()
+            return
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/v1/traces", self._traces)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
 
+    async def _start_grpc(self) -> None:
+        import grpc
+        from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc as service
+
+        receiver = self
+
+        class Servicer(service.TraceServiceServicer):  # type: ignore[misc]
+            async def Export(
+                self, request: ExportTraceServiceRequest, context: Any
+            ) -> ExportTraceServiceResponse:
+                receiver.headers.append(dict(context.invocation_metadata()))
+                receiver.ingest(request)
+                return ExportTraceServiceResponse()
+
+        self._server = grpc.aio.server()
+        service.add_TraceServiceServicer_to_server(Servicer(), self._server)
+        self._server.add_insecure_port(f"127.0.0.1:{self.port}")
+        await self._server.start()
+
     async def stop(self) -> None:
+        if self._server is not None:
+            await self._server.stop(None)
+            self._server = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

@@ -273,7 +273,9 @@ async def test_record_content_is_opt_in_redacted_and_capped(
 async def test_record_content_of_a_stream_gathers_the_relayed_text(
     receiver: OTLPReceiver, fakes: FakeFactory, proxies: ProxyFactory
 ) -> None:
-    a, b, proxy = await failover_proxy(fakes, proxies, receiver.endpoint, record_content=True)
+    a, b, proxy = await failover_proxy(
+        fakes, proxies, receiver.endpoint, record_content=True, headers={"x-backend-key": "k1"}
+    )
     client = proxy.client()
     stream = await client.chat.completions.create(
         model="smart", messages=[{"role": "user", "content": "hi"}], stream=True
@@ -286,6 +288,7 @@ async def test_record_content_of_a_stream_gathers_the_relayed_text(
     assert orjson.loads(server.attributes["gen_ai.input.messages"]) == [
         {"role": "user", "parts": [{"type": "text", "content": "hi"}]}
     ]
+    assert receiver.headers[0]["x-backend-key"] == "k1"  # tracing.headers, on every export
 
 
 async def test_an_anthropic_client_failing_over_is_traced_the_same(
@@ -561,3 +564,30 @@ async def test_a_malformed_client_trace_context_starts_a_new_trace_and_never_rea
     spans = await receiver.wait_for(2)
     (server,) = [s for s in spans if s.kind == "server"]
     assert server.parent_span_id == ""  # a root: the client's context was not valid
+
+
+@pytest.fixture
+async def grpc_receiver() -> AsyncIterator[OTLPReceiver]:
+    r = OTLPReceiver(grpc=True)
+    await r.start()
+    yield r
+    await r.stop()
+
+
+async def test_grpc_export_with_the_configured_headers(
+    grpc_receiver: OTLPReceiver, fakes: FakeFactory, proxies: ProxyFactory
+) -> None:
+    a, b, proxy = await failover_proxy(
+        fakes,
+        proxies,
+        grpc_receiver.endpoint,
+        protocol="grpc",
+        headers={"x-backend-key": "secret-123"},
+    )
+    await proxy.client().chat.completions.create(
+        model="smart", messages=[{"role": "user", "content": "hi"}]
+    )
+    spans = await grpc_receiver.wait_for(3)
+    assert sorted(s.kind for s in spans) == ["client", "client", "server"]
+    assert {s.trace_id for s in spans} == {spans[0].trace_id}
+    assert grpc_receiver.headers[0]["x-backend-key"] == "secret-123"
