@@ -215,3 +215,22 @@ def test_a_proxy_without_tracing_never_imports_the_sdk() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_vendor_headers_plus_a_trace_context_reuse_what_was_encoded() -> None:
+    from proxy.http1 import Headers, _encode_headers
+
+    vendor = Headers({"Authorization": "Bearer k", "Accept": "application/json"})
+    traced = vendor.plus({"traceparent": "00-ab-cd-01"})
+    assert dict(traced) == {
+        "Authorization": "Bearer k",
+        "Accept": "application/json",
+        "traceparent": "00-ab-cd-01",
+    }
+    assert _encode_headers(traced) == _encode_headers(dict(traced))
+    # A header the vendor's set already has is replaced, never sent twice.
+    replaced = vendor.plus({"Accept": "text/event-stream"})
+    assert _encode_headers(replaced).count(b"Accept:") == 1
+    assert replaced["Accept"] == "text/event-stream"
+    with pytest.raises(ValueError):
+        _encode_headers(vendor.plus({"traceparent": "bad\r\nInjected: yes"}))

@@ -21,7 +21,7 @@ from proxy.config import DeploymentConfig, VendorConfig
 from proxy.core.outcomes import Outcome, OutcomeClass
 from proxy.core.redact import redact
 from proxy.core.usage import Usage
-from proxy.http1 import Pool, Response
+from proxy.http1 import Headers, Pool, Response
 from proxy.vendors.base import (
     AttemptFailed,
     StreamOut,
@@ -532,7 +532,10 @@ class HTTPAdapter(VendorAdapter):
         pool = self.pool
         url, body, headers = self.prepare(deployment, call)
         if call.trace_headers:
-            headers = {**headers, **call.trace_headers}
+            if isinstance(headers, Headers):
+                headers = headers.plus(call.trace_headers)
+            else:
+                headers = {**headers, **call.trace_headers}
         vendor_type = self.config.type
         started = pool.loop.time()
         # Headers and the first chunk of the body must come within the first-byte budget: a
