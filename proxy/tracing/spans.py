@@ -26,7 +26,6 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from opentelemetry.trace import (
-    NonRecordingSpan,
     Span,
     SpanContext,
     SpanKind,
@@ -117,29 +116,15 @@ def _usage(attrs: Attributes, usage: Usage | None) -> None:
         attrs["gen_ai.usage.cache_read.input_tokens"] = usage.cached_prompt
 
 
-def _trace_headers(context: SpanContext) -> dict[str, str]:
-    """The W3C trace context naming `context` as the parent: `traceparent` and, when the
-    trace carries one, `tracestate`."""
+def _trace_headers(trace: SpanContext, span_id: int) -> dict[str, str]:
+    """The W3C trace context naming span `span_id` of `trace` as the parent: `traceparent`
+    and, when the trace carries one, `tracestate`."""
     headers = {
-        "traceparent": f"00-{context.trace_id:032x}-{context.span_id:016x}-"
-        f"{int(context.trace_flags):02x}"
+        "traceparent": f"00-{trace.trace_id:032x}-{span_id:016x}-{int(trace.trace_flags):02x}"
     }
-    if context.trace_state:
-        headers["tracestate"] = context.trace_state.to_header()
+    if trace.trace_state:
+        headers["tracestate"] = trace.trace_state.to_header()
     return headers
-
-
-def _unrecorded(parent: SpanContext) -> NonRecordingSpan:
-    """A child of an unsampled span: an id of its own and the trace's, recorded nowhere."""
-    return NonRecordingSpan(
-        SpanContext(
-            parent.trace_id,
-            random.getrandbits(64) or 1,
-            is_remote=False,
-            trace_flags=parent.trace_flags,
-            trace_state=parent.trace_state,
-        )
-    )
 
 
 def _fail(span: Span, error_type: str, message: str | None = None) -> None:
@@ -195,7 +180,8 @@ class RequestSpan:
         self.traceresponse = (
             f"00-{self.trace_id}-{context.span_id:016x}-{int(context.trace_flags):02x}"
         )
-        self._context = set_span_in_context(span)
+        # What child spans hang from, and the content recorder's budget: sampled requests only.
+        self._context = set_span_in_context(span) if self.recording else None
         self._budget = Budget(tracing.config.content_max_chars)
         self._admission: Span | None = None
         self._relay: RelayOut | None = None
@@ -204,6 +190,7 @@ class RequestSpan:
         self._error: tuple[str, str] | None = None  # (attribute, value) of what went wrong
 
     def child(self, name: str, kind: SpanKind, attrs: Attributes) -> Span:
+        """A span under the server span (of a sampled request: an unsampled one has none)."""
         return self.tracing.tracer.start_span(
             name, context=self._context, kind=kind, attributes=attrs
         )
@@ -381,14 +368,16 @@ class AttemptSpan:
                 attrs["server.port"] = port
             if request.operation is not None:
                 attrs["gen_ai.operation.name"] = request.operation
-        span: Span
         if request.recording:
             name = f"{request.operation or 'call'} {deployment.model}"  # GenAI's span name
-            span = request.child(name, SpanKind.CLIENT, attrs)
+            self.span = request.child(name, SpanKind.CLIENT, attrs)
+            span_id = self.span.get_span_context().span_id
         else:
-            span = _unrecorded(request.span.get_span_context())
-        self.span = span
-        headers = _trace_headers(span.get_span_context())
+            # Unsampled: the attempt shares the request's no-op span; only its id, in the
+            # trace context the vendor gets, is its own.
+            self.span = request.span
+            span_id = random.getrandbits(64) or 1
+        headers = _trace_headers(request.span.get_span_context(), span_id)
         self.call = dataclasses.replace(call, trace_headers=headers)
 
     def unsupported(self, unsupported: Unsupported) -> None:
