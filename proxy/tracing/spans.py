@@ -305,12 +305,14 @@ class RequestSpan:
         if self._admission is not None:  # cancelled while its limits were checked
             self._admission.end()
             self._admission = None
+        # The served attempt points back at this span: let go of it, so that reference
+        # counting frees both now (a cycle would be left for the garbage collector).
+        served, self._served = self._served, None
         if self.recording:
             attrs: Attributes = {
                 "http.response.status_code": status,
                 "llmproxy.attempts": self._attempts,
             }
-            served = self._served
             if served is not None:
                 attrs.update(served.summary)
                 output = self._output(served)
