@@ -234,3 +234,63 @@ def test_vendor_headers_plus_a_trace_context_reuse_what_was_encoded() -> None:
     assert replaced["Accept"] == "text/event-stream"
     with pytest.raises(ValueError):
         _encode_headers(vendor.plus({"traceparent": "bad\r\nInjected: yes"}))
+
+
+@pytest.mark.parametrize("ratio", [0.0, 1.0])
+def test_a_requests_spans_are_freed_without_the_garbage_collector(ratio: float) -> None:
+    """No reference cycle per request: the proxy's hot path leaves nothing for the cyclic
+    collector, and tracing must not start feeding it."""
+    import gc
+
+    from multidict import CIMultiDict, CIMultiDictProxy
+
+    from proxy.core.usage import Usage
+    from proxy.tracing.spans import AttemptSpan, RequestSpan
+    from proxy.vendors.base import UpstreamCall
+    from proxy.vendors.http import JSONResponse
+
+    config = parse_config(
+        "vendors: {a: {type: openai, base_url: 'http://127.0.0.1:9/v1'}}\n"
+        "models: {m: {deployments: [{vendor: a, model: x}]}}\n"
+        f"tracing: {{enabled: true, endpoint: 'http://127.0.0.1:9', sample_ratio: {ratio}}}\n",
+        env={},
+    )
+    tracing = start_tracing(config.tracing, "replica-1", SpanDrops())
+    assert tracing is not None
+
+    class Request:
+        method = "POST"
+        path = "/v1/chat/completions"
+        flags = "01" if ratio else "00"  # the caller's decision: sampled or not
+        headers = CIMultiDictProxy(
+            CIMultiDict({"traceparent": f"00-{'a' * 32}-{'b' * 16}-{flags}"})
+        )
+
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    answer = JSONResponse(200, b'{"model": "x", "choices": []}', Usage(3, 4, 0))
+
+    def one() -> None:
+        span = tracing.request(Request(), "chat/completions", "rid")  # type: ignore[arg-type]
+        span.admitting("m", body, None)
+        attempt = span.attempt(
+            config.deployments["a/x"],
+            config.vendors["a"],
+            5.0,
+            UpstreamCall("chat/completions", b"{}", body, False, "rid"),
+        )
+        attempt.answered(0.01, answer)
+        attempt.finished(None, None, answer.usage)
+        span.finish(200)
+
+    one()
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        for _ in range(20):
+            one()
+        gc.collect()
+        ours = [o for o in gc.garbage if isinstance(o, RequestSpan | AttemptSpan)]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+    assert ours == []
