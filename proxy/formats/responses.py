@@ -1,0 +1,854 @@
+"""OpenAI Responses API requests -> Anthropic Messages and OpenAI chat completions.
+
+What the Codex CLI, the openai-agents SDK and `client.responses.*` send, for vendors that do
+not speak the Responses API: Anthropic (natively, `responses_to_messages`) and the
+litellm-backed types, whose adapter speaks chat completions (`responses_to_chat`). The
+answers come back through `proxy.formats.responses_answers`.
+
+Every top-level field has one row in `REQUEST_FIELDS` saying how it is handled, so what
+survives a translation is read from one table: carried, only echoed in the answer (it
+changes nothing the vendor does), dropped as a sampling hint (reported), or refused
+(`Untranslatable`: the deployment is skipped, and the client gets a 400 naming the field
+and the vendor only when no deployment of the group can serve it). A field missing from
+the table is refused: a parameter nobody has mapped may change the answer.
+
+Input items: messages (text, images, files), function calls and their outputs, and
+reasoning items. A reasoning item is a vendor's private state: one this proxy produced from
+Anthropic thinking blocks (`encrypted_content` starts with `THINKING_PREFIX`) goes back as
+those blocks; one from another vendor cannot be replayed anywhere else and is left out, as
+is a `web_search_call` (a record of a search the vendor ran; the answer that used it follows
+it in the input).
+
+Tools: function tools; `namespace` tools (Codex's sub-agent tools) flattened to
+`<namespace>__<name>` and restored on the way back (`Toolset`); the hosted `web_search`
+tool as Anthropic's server-side web search. Other hosted tools, and web search for chat
+vendors, are refused.
+"""
+
+from __future__ import annotations
+
+import base64
+import enum
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+import orjson
+
+from proxy.formats.anthropic import DEFAULT_MAX_TOKENS
+from proxy.formats.translation import Translated, Untranslatable
+
+__all__ = [
+    "REQUEST_FIELDS",
+    "SUMMARY_MODES",
+    "THINKING_PREFIX",
+    "FieldRule",
+    "Handling",
+    "Toolset",
+    "input_items",
+    "pack_thinking",
+    "responses_to_chat",
+    "responses_to_messages",
+    "unpack_thinking",
+]
+
+
+class Handling(enum.Enum):
+    CARRIED = "carried"  # mapped onto the target API by the code below
+    ECHOED = "echoed"  # changes nothing the vendor does; echoed in the answer
+    HINT = "hint"  # a sampling hint with no equivalent: dropped, and the client told
+    REFUSED = "refused"  # changes the answer and has no equivalent
+
+
+@dataclass(frozen=True, slots=True)
+class FieldRule:
+    handling: Handling
+    # Values that ask for nothing: accepted whatever the handling (`null`, an "off" value).
+    inert: tuple[Any, ...] = (None,)
+    # For a refused field: why, phrased to follow "vendor type X ...".
+    why: str = ""
+
+
+_C, _E, _H, _R = Handling.CARRIED, Handling.ECHOED, Handling.HINT, Handling.REFUSED
+_STATE = (
+    "keeps no conversation state: send the whole conversation as input (as Codex does with "
+    "store: false), or route the group to a deployment of the vendor that produced it"
+)
+
+REQUEST_FIELDS: Mapping[str, FieldRule] = MappingProxyType(
+    {
+        "model": FieldRule(_C),
+        "input": FieldRule(_C),
+        "instructions": FieldRule(_C),
+        "tools": FieldRule(_C),
+        "tool_choice": FieldRule(_C),
+        "parallel_tool_calls": FieldRule(_C),
+        "max_output_tokens": FieldRule(_C),
+        "temperature": FieldRule(_C),
+        "top_p": FieldRule(_C),
+        "text": FieldRule(_C),
+        "reasoning": FieldRule(_C),
+        "include": FieldRule(_C),
+        "stream": FieldRule(_C),
+        "user": FieldRule(_C),
+        "safety_identifier": FieldRule(_C),
+        # A translated answer is not stored (it says `"store": false`): nothing to fetch later.
+        "store": FieldRule(_E),
+        "metadata": FieldRule(_E),
+        "prompt_cache_key": FieldRule(_E),  # the proxy's own affinity key for the request
+        "client_metadata": FieldRule(_E),  # Codex's turn metadata
+        "stream_options": FieldRule(_E),  # include_obfuscation: nothing to obfuscate
+        "service_tier": FieldRule(_H, inert=(None, "auto", "default")),
+        "prompt_cache_retention": FieldRule(_H),
+        "truncation": FieldRule(
+            _R,
+            inert=(None, "disabled"),
+            why="cannot drop earlier input to fit the context window (truncation: auto)",
+        ),
+        "top_logprobs": FieldRule(_R, inert=(None, 0), why="returns no token log probabilities"),
+        "max_tool_calls": FieldRule(_R, why="has no limit on the number of tool calls"),
+        "background": FieldRule(
+            _R, inert=(None, False), why="cannot run a response in the background"
+        ),
+        "previous_response_id": FieldRule(_R, why=_STATE),
+        "conversation": FieldRule(_R, why=_STATE),
+        "prompt": FieldRule(_R, why="cannot use a prompt template stored at OpenAI"),
+    }
+)
+
+# reasoning.summary values that ask for the reasoning text (OpenAI's names).
+SUMMARY_MODES = frozenset({"auto", "concise", "detailed"})
+
+# reasoning.effort -> Anthropic thinking budget (tokens; Anthropic's minimum is 1024).
+THINKING_BUDGET: Mapping[str, int] = MappingProxyType(
+    {"minimal": 1024, "low": 2048, "medium": 8192, "high": 16384, "xhigh": 32768}
+)
+_NO_EFFORT = frozenset({"none"})
+_MIN_THINKING = 1024
+
+# Tool names both Anthropic and chat completions accept.
+_TOOL_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+NAMESPACE_SEPARATOR = "__"
+
+_WEB_SEARCH_TYPES = frozenset({"web_search", "web_search_preview", "web_search_2025_08_26"})
+ANTHROPIC_WEB_SEARCH = "web_search_20250305"
+_WEB_SEARCH_NAME = "web_search"
+# Parts of an `include` list that ask for something a translation cannot produce.
+_INCLUDE_REFUSED: Mapping[str, str] = MappingProxyType(
+    {"message.output_text.logprobs": "returns no token log probabilities"}
+)
+
+# Reasoning items made from Anthropic thinking blocks carry the blocks themselves (text and
+# signature, which Anthropic needs back with tool results) in `encrypted_content`.
+THINKING_PREFIX = "llmproxy-thinking-v1:"
+_THINKING_BLOCKS = frozenset({"thinking", "redacted_thinking"})
+
+
+def pack_thinking(blocks: Sequence[Mapping[str, Any]]) -> str:
+    return THINKING_PREFIX + base64.b64encode(orjson.dumps(list(blocks))).decode()
+
+
+def unpack_thinking(encrypted: Any) -> list[dict[str, Any]] | None:
+    """The thinking blocks a reasoning item of ours carries, or None (another vendor's)."""
+    if not isinstance(encrypted, str) or not encrypted.startswith(THINKING_PREFIX):
+        return None
+    try:
+        blocks = orjson.loads(base64.b64decode(encrypted[len(THINKING_PREFIX) :], validate=True))
+    except (ValueError, orjson.JSONDecodeError):
+        return None
+    if not isinstance(blocks, list) or not all(
+        isinstance(b, dict) and b.get("type") in _THINKING_BLOCKS for b in blocks
+    ):
+        return None
+    return blocks
+
+
+# --------------------------------------------------------------------------- common
+
+
+class _Notes:
+    """What a translation dropped, in the client's field names."""
+
+    __slots__ = ("dropped",)
+
+    def __init__(self) -> None:
+        self.dropped: list[str] = []
+
+    def drop(self, name: str) -> None:
+        if name not in self.dropped:
+            self.dropped.append(name)
+
+
+def _check_fields(body: Mapping[str, Any], notes: _Notes) -> None:
+    for name, value in body.items():
+        rule = REQUEST_FIELDS.get(name)
+        if rule is None:
+            if value is None:
+                continue
+            raise Untranslatable(name, "has no equivalent of this Responses API parameter")
+        if value is None or _inert(value, rule.inert):
+            continue
+        if rule.handling is Handling.HINT:
+            notes.drop(name)
+        elif rule.handling is Handling.REFUSED:
+            raise Untranslatable(name, rule.why)
+
+
+def _inert(value: Any, inert: tuple[Any, ...]) -> bool:
+    # `False == 0` in Python: a value is inert only if it has an inert value's JSON type too.
+    return any(value == v and type(value) is type(v) for v in inert)
+
+
+def input_items(body: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """`input` as a list of items: a string is one user message; an item with a `role` and
+    no `type` is a message (as the SDKs send them)."""
+    raw = body.get("input")
+    if isinstance(raw, str):
+        return [{"type": "message", "role": "user", "content": raw}]
+    items: list[dict[str, Any]] = []
+    for item in raw if isinstance(raw, list) else ():
+        if isinstance(item, dict):
+            items.append({"type": "message", **item} if "type" not in item else item)
+    return items
+
+
+def _text_parts(content: Any) -> Iterator[tuple[int, Mapping[str, Any]]]:
+    """A message's content as (index, part); a string is one text part."""
+    if isinstance(content, str):
+        yield 0, {"type": "input_text", "text": content}
+        return
+    for j, part in enumerate(content if isinstance(content, list) else ()):
+        if isinstance(part, dict):
+            yield j, part
+
+
+_TEXT_PARTS = frozenset({"input_text", "output_text", "text"})
+
+
+def _data_url(url: str) -> tuple[str, str] | None:
+    """(media type, base64 data) of a `data:` URL, or None."""
+    if url.startswith("data:") and ";base64," in url:
+        media_type, data = url[5:].split(";base64,", 1)
+        return media_type, data
+    return None
+
+
+def _function_output(output: Any) -> Iterator[Mapping[str, Any]]:
+    """A function_call_output's `output` as content parts (a string is one text part)."""
+    for _, part in _text_parts(output):
+        yield part
+
+
+def _arguments(raw: Any) -> dict[str, Any]:
+    """A function call's arguments (a JSON string) as the object Anthropic wants."""
+    if isinstance(raw, dict):
+        return raw
+    if isinstance(raw, str) and raw.strip():
+        try:
+            value = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return {}
+        return value if isinstance(value, dict) else {}
+    return {}
+
+
+def _output_text(output: Any) -> str:
+    return "".join(
+        str(part.get("text", ""))
+        for part in _function_output(output)
+        if part.get("type") in _TEXT_PARTS
+    )
+
+
+# --------------------------------------------------------------------------- tools
+
+
+@dataclass(frozen=True, slots=True)
+class Function:
+    """A function tool as the target sees it (namespaced tools under their flat name)."""
+
+    name: str  # the flat name the vendor sees
+    description: str
+    parameters: dict[str, Any]
+    strict: bool
+
+
+@dataclass(slots=True)
+class Toolset:
+    """The request's tools, flattened for a vendor without namespaces or hosted tools.
+
+    `restore` maps a flat name the vendor called back to (name, namespace)."""
+
+    functions: list[Function] = field(default_factory=list)
+    web_search: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
+    namespaces: dict[str, tuple[str, str]] = field(default_factory=dict)  # flat -> (ns, name)
+
+    @classmethod
+    def of(cls, body: Mapping[str, Any], *, web_search: bool) -> Toolset:
+        toolset = cls()
+        tools = body.get("tools")
+        for i, tool in enumerate(tools if isinstance(tools, list) else ()):
+            if not isinstance(tool, dict):
+                continue
+            kind = tool.get("type")
+            if kind == "function":
+                toolset._function(tool, f"tools[{i}]", None)
+            elif kind == "namespace":
+                toolset._namespace(tool, i)
+            elif kind in _WEB_SEARCH_TYPES and web_search:
+                toolset.web_search.append((i, tool))
+            else:
+                raise Untranslatable(
+                    f"tools[{i}].type", f"has no equivalent of the hosted tool '{kind}'"
+                )
+        names = [f.name for f in toolset.functions]
+        if toolset.web_search:
+            names.append(_WEB_SEARCH_NAME)
+        for name in names:
+            if names.count(name) > 1:
+                raise Untranslatable(
+                    "tools", f"would see two tools named '{name}' once namespaces are flattened"
+                )
+        return toolset
+
+    def _function(self, tool: Mapping[str, Any], where: str, namespace: str | None) -> None:
+        name = tool.get("name")
+        if not isinstance(name, str):
+            raise Untranslatable(f"{where}.name", "needs a name for every function tool")
+        flat = self.flat(name, namespace)
+        if not _TOOL_NAME_RE.match(flat):
+            raise Untranslatable(
+                f"{where}.name",
+                f"accepts tool names of at most 64 letters, digits, '_' or '-' ('{flat}')",
+            )
+        if namespace is not None:
+            self.namespaces[flat] = (namespace, name)
+        parameters = tool.get("parameters")
+        self.functions.append(
+            Function(
+                flat,
+                str(tool.get("description") or ""),
+                parameters
+                if isinstance(parameters, dict)
+                else {"type": "object", "properties": {}},
+                tool.get("strict") is True,
+            )
+        )
+
+    def _namespace(self, tool: Mapping[str, Any], i: int) -> None:
+        namespace = tool.get("name")
+        if not isinstance(namespace, str):
+            raise Untranslatable(f"tools[{i}].name", "needs a name for every namespace tool")
+        for j, inner in enumerate(tool.get("tools") or ()):
+            if not isinstance(inner, dict) or inner.get("type") != "function":
+                kind = inner.get("type") if isinstance(inner, dict) else None
+                raise Untranslatable(
+                    f"tools[{i}].tools[{j}].type", f"has no equivalent of a '{kind}' tool"
+                )
+            self._function(inner, f"tools[{i}].tools[{j}]", namespace)
+
+    @staticmethod
+    def flat(name: str, namespace: str | None) -> str:
+        return name if not namespace else f"{namespace}{NAMESPACE_SEPARATOR}{name}"
+
+    def restore(self, flat: str) -> tuple[str, str | None]:
+        """The client's (name, namespace) of a tool the vendor called by its flat name."""
+        found = self.namespaces.get(flat)
+        return (found[1], found[0]) if found is not None else (flat, None)
+
+    def strict_dropped(self, notes: _Notes) -> None:
+        if any(f.strict for f in self.functions):
+            notes.drop("tools[].strict")
+
+    def allowed(self, choice: Any) -> Toolset:
+        """Only the tools an `allowed_tools` choice lets the model call (the same answer:
+        the model cannot call the others)."""
+        if not (isinstance(choice, dict) and choice.get("type") == "allowed_tools"):
+            return self
+        names = set()
+        for tool in choice.get("tools") or ():
+            if isinstance(tool, dict):
+                kind = tool.get("type")
+                if kind in _WEB_SEARCH_TYPES:
+                    names.add(_WEB_SEARCH_NAME)
+                elif isinstance(tool.get("name"), str):
+                    names.add(self.flat(tool["name"], tool.get("namespace")))
+        return Toolset(
+            [f for f in self.functions if f.name in names],
+            self.web_search if _WEB_SEARCH_NAME in names else [],
+            self.namespaces,
+        )
+
+
+def _choice_name(choice: Mapping[str, Any], toolset: Toolset) -> str | None:
+    """The flat name of the one tool a `tool_choice` object forces, if it forces one."""
+    kind = choice.get("type")
+    if kind == "function" and isinstance(choice.get("name"), str):
+        return toolset.flat(choice["name"], choice.get("namespace"))
+    if kind in _WEB_SEARCH_TYPES:
+        return _WEB_SEARCH_NAME
+    return None
+
+
+def _mode(choice: Any) -> str:
+    """auto | none | required | forced (one named tool)."""
+    if isinstance(choice, str):
+        return choice
+    if isinstance(choice, dict):
+        if choice.get("type") == "allowed_tools":
+            return "required" if choice.get("mode") == "required" else "auto"
+        return "forced"
+    return "auto"
+
+
+def _effort(body: Mapping[str, Any]) -> str | None:
+    reasoning = body.get("reasoning")
+    effort = reasoning.get("effort") if isinstance(reasoning, dict) else None
+    return effort if isinstance(effort, str) and effort not in _NO_EFFORT else None
+
+
+def _check_include(body: Mapping[str, Any]) -> None:
+    include = body.get("include")
+    for i, value in enumerate(include if isinstance(include, list) else ()):
+        why = _INCLUDE_REFUSED.get(value) if isinstance(value, str) else None
+        if why is not None:
+            raise Untranslatable(f"include[{i}]", why)
+
+
+def _text_format(body: Mapping[str, Any], notes: _Notes) -> dict[str, Any] | None:
+    """text.format when it asks for JSON ({"type": "json_schema" | "json_object", ...})."""
+    text = body.get("text")
+    if not isinstance(text, dict):
+        return None
+    if text.get("verbosity") is not None:
+        notes.drop("text.verbosity")
+    fmt = text.get("format")
+    if not isinstance(fmt, dict) or fmt.get("type") in (None, "text"):
+        return None
+    if fmt.get("type") not in ("json_schema", "json_object"):
+        raise Untranslatable("text.format.type", f"has no '{fmt.get('type')}' output format")
+    return fmt
+
+
+def _end_user(body: Mapping[str, Any]) -> str | None:
+    for name in ("safety_identifier", "user"):
+        value = body.get(name)
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
+# --------------------------------------------------------------------------- Anthropic
+
+
+def _anthropic_image(part: Mapping[str, Any], where: str) -> dict[str, Any]:
+    url = part.get("image_url")
+    if not isinstance(url, str):
+        raise Untranslatable(
+            f"{where}.file_id", "cannot read files stored at OpenAI: send the image as a URL"
+        )
+    inline = _data_url(url)
+    if inline is not None:
+        return {
+            "type": "image",
+            "source": {"type": "base64", "media_type": inline[0], "data": inline[1]},
+        }
+    return {"type": "image", "source": {"type": "url", "url": url}}
+
+
+def _anthropic_document(part: Mapping[str, Any], where: str) -> dict[str, Any]:
+    data = part.get("file_data")
+    inline = _data_url(data) if isinstance(data, str) else None
+    if inline is not None:
+        source = {"type": "base64", "media_type": inline[0], "data": inline[1]}
+    elif isinstance(part.get("file_url"), str):
+        source = {"type": "url", "url": part["file_url"]}
+    else:
+        raise Untranslatable(
+            f"{where}.file_id",
+            "cannot read files stored at OpenAI: send the file as file_data or file_url",
+        )
+    block: dict[str, Any] = {"type": "document", "source": source}
+    if isinstance(part.get("filename"), str):
+        block["title"] = part["filename"]
+    return block
+
+
+def _anthropic_blocks(content: Any, where: str) -> list[dict[str, Any]]:
+    blocks: list[dict[str, Any]] = []
+    for j, part in _text_parts(content):
+        kind = part.get("type")
+        at = f"{where}[{j}]"
+        if kind in _TEXT_PARTS:
+            if part.get("text"):
+                blocks.append({"type": "text", "text": str(part["text"])})
+        elif kind == "refusal":
+            blocks.append({"type": "text", "text": str(part.get("refusal", ""))})
+        elif kind == "input_image":
+            blocks.append(_anthropic_image(part, at))
+        elif kind == "input_file":
+            blocks.append(_anthropic_document(part, at))
+        else:
+            raise Untranslatable(f"{at}.type", f"has no equivalent of '{kind}' content")
+    return blocks
+
+
+def _turn(messages: list[dict[str, Any]], role: str, blocks: list[dict[str, Any]]) -> None:
+    """Add blocks to the conversation; consecutive blocks of one role form one turn."""
+    if not blocks:
+        return
+    if messages and messages[-1]["role"] == role:
+        messages[-1]["content"].extend(blocks)
+    else:
+        messages.append({"role": role, "content": list(blocks)})
+
+
+def _anthropic_conversation(
+    body: Mapping[str, Any], toolset: Toolset
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(system blocks, messages) of the request's instructions and input items."""
+    system: list[dict[str, Any]] = []
+    instructions = body.get("instructions")
+    if isinstance(instructions, str) and instructions:
+        system.append({"type": "text", "text": instructions})
+    messages: list[dict[str, Any]] = []
+    for i, item in enumerate(input_items(body)):
+        kind = item.get("type")
+        where = f"input[{i}]"
+        if kind == "message":
+            role = item.get("role")
+            blocks = _anthropic_blocks(item.get("content"), f"{where}.content")
+            if role in ("system", "developer"):
+                if any(b["type"] != "text" for b in blocks):
+                    raise Untranslatable(
+                        f"{where}.content", "takes only text in system and developer messages"
+                    )
+                system.extend(blocks)
+            else:
+                _turn(messages, "assistant" if role == "assistant" else "user", blocks)
+        elif kind == "function_call":
+            name = toolset.flat(str(item.get("name", "")), item.get("namespace"))
+            use = {
+                "type": "tool_use",
+                "id": str(item.get("call_id", "")),
+                "name": name,
+                "input": _arguments(item.get("arguments")),
+            }
+            _turn(messages, "assistant", [use])
+        elif kind == "function_call_output":
+            _turn(messages, "user", [_tool_result(item, f"{where}.output")])
+        elif kind == "reasoning":
+            thinking = unpack_thinking(item.get("encrypted_content"))
+            if thinking:
+                _turn(messages, "assistant", thinking)
+        elif kind == "web_search_call":
+            continue
+        else:
+            raise Untranslatable(f"{where}.type", f"has no equivalent of '{kind}' input items")
+    return system, messages
+
+
+def _tool_result(item: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """A function_call_output as a tool_result; one without a call_id (Codex adds such
+    outputs of its own tools) as text the model can read."""
+    call_id = item.get("call_id")
+    if not isinstance(call_id, str) or not call_id:
+        name = Toolset.flat(str(item.get("name") or "tool"), item.get("namespace"))
+        return {"type": "text", "text": f"[output of {name}]\n{_output_text(item.get('output'))}"}
+    output = item.get("output")
+    content: Any = output if isinstance(output, str) else _anthropic_blocks(output, where)
+    return {"type": "tool_result", "tool_use_id": call_id, "content": content}
+
+
+def _anthropic_tools(toolset: Toolset, notes: _Notes) -> list[dict[str, Any]]:
+    tools: list[dict[str, Any]] = [
+        {"name": f.name, "description": f.description, "input_schema": f.parameters}
+        for f in toolset.functions
+    ]
+    toolset.strict_dropped(notes)
+    for i, tool in toolset.web_search:
+        search: dict[str, Any] = {"type": ANTHROPIC_WEB_SEARCH, "name": _WEB_SEARCH_NAME}
+        filters = tool.get("filters")
+        domains = filters.get("allowed_domains") if isinstance(filters, dict) else None
+        if domains:
+            search["allowed_domains"] = list(domains)
+        location = tool.get("user_location")
+        if isinstance(location, dict):
+            search["user_location"] = {
+                k: v
+                for k, v in location.items()
+                if k in ("type", "city", "region", "country", "timezone") and v is not None
+            }
+        if tool.get("search_context_size") is not None:
+            notes.drop(f"tools[{i}].search_context_size")
+        if tool.get("external_web_access") is False:
+            # Anthropic searches the live web; there is no cached-index-only mode.
+            notes.drop(f"tools[{i}].external_web_access")
+        tools.append(search)
+    return tools
+
+
+def _anthropic_tool_choice(
+    choice: Any, toolset: Toolset, parallel: Any, thinking: bool
+) -> dict[str, Any] | None:
+    mode = _mode(choice)
+    mapped: dict[str, Any] | None
+    if mode == "none":
+        mapped = {"type": "none"}
+    elif mode == "required":
+        mapped = {"type": "any"}
+    elif mode == "forced" and isinstance(choice, dict):
+        name = _choice_name(choice, toolset)
+        if name is None:
+            raise Untranslatable("tool_choice.type", f"cannot force a '{choice.get('type')}'")
+        mapped = {"type": "tool", "name": name}
+    else:
+        mapped = {"type": "auto"} if parallel is False else None
+    if parallel is False and mapped is not None and mapped["type"] != "none":
+        mapped["disable_parallel_tool_use"] = True
+    if thinking and mapped is not None and mapped["type"] in ("any", "tool"):
+        raise Untranslatable(
+            "tool_choice", "cannot force a tool call while it reasons (reasoning.effort)"
+        )
+    return mapped
+
+
+def responses_to_messages(body: Mapping[str, Any], model: str) -> Translated:
+    """A Responses API request -> an Anthropic Messages request for `model`."""
+    notes = _Notes()
+    _check_fields(body, notes)
+    _check_include(body)
+    choice = body.get("tool_choice")
+    toolset = Toolset.of(body, web_search=True)
+    system, messages = _anthropic_conversation(body, toolset)
+    limit = body.get("max_output_tokens")
+    out: dict[str, Any] = {
+        "model": model,
+        "messages": messages,
+        "max_tokens": limit if isinstance(limit, int) and limit > 0 else DEFAULT_MAX_TOKENS,
+    }
+    if system:
+        out["system"] = system
+    thinking = _thinking(body, out, limit, notes)
+    _sampling(body, out, thinking, notes)
+    if body.get("stream") is True:
+        out["stream"] = True
+    user = _end_user(body)
+    if user is not None:
+        out["metadata"] = {"user_id": user}
+    offered = toolset.allowed(choice)
+    if offered.functions or offered.web_search:
+        out["tools"] = _anthropic_tools(offered, notes)
+        mapped = _anthropic_tool_choice(
+            choice, toolset, body.get("parallel_tool_calls"), "thinking" in out
+        )
+        if mapped is not None:
+            out["tool_choice"] = mapped
+    fmt = _text_format(body, notes)
+    if fmt is not None:
+        schema = fmt.get("schema") if fmt.get("type") == "json_schema" else None
+        out["output_config"] = {
+            "format": {
+                "type": "json_schema",
+                "schema": schema if isinstance(schema, dict) else {"type": "object"},
+            }
+        }
+    return Translated(out, tuple(notes.dropped))
+
+
+def _thinking(body: Mapping[str, Any], out: dict[str, Any], limit: Any, notes: _Notes) -> bool:
+    """reasoning.effort as an Anthropic thinking budget (within max_output_tokens, which
+    counts reasoning tokens in both APIs)."""
+    effort = _effort(body)
+    if effort is None:
+        return False
+    budget = THINKING_BUDGET.get(effort)
+    if budget is None:
+        raise Untranslatable(
+            "reasoning.effort",
+            f"has no reasoning effort '{effort}' (known: {', '.join(THINKING_BUDGET)})",
+        )
+    if isinstance(limit, int) and limit > 0:
+        budget = min(budget, limit - 1)
+        if budget < _MIN_THINKING:
+            notes.drop("reasoning.effort")  # too few tokens allowed to think at all
+            return False
+    else:
+        out["max_tokens"] = budget + DEFAULT_MAX_TOKENS
+    out["thinking"] = {"type": "enabled", "budget_tokens": budget}
+    return True
+
+
+def _sampling(body: Mapping[str, Any], out: dict[str, Any], thinking: bool, notes: _Notes) -> None:
+    """temperature (OpenAI's range is 0..2, Anthropic's 0..1) and top_p; Anthropic takes
+    only one of them, and neither while it thinks."""
+    temperature = body.get("temperature")
+    top_p = body.get("top_p")
+    if isinstance(temperature, int | float) and not isinstance(temperature, bool):
+        if thinking and temperature != 1:
+            notes.drop("temperature")
+        else:
+            out["temperature"] = min(float(temperature), 1.0)
+    if isinstance(top_p, int | float) and not isinstance(top_p, bool):
+        if thinking or "temperature" in out:
+            notes.drop("top_p")
+        else:
+            out["top_p"] = top_p
+
+
+# --------------------------------------------------------------------------- chat
+
+
+def _chat_parts(content: Any, where: str) -> list[dict[str, Any]]:
+    parts: list[dict[str, Any]] = []
+    for j, part in _text_parts(content):
+        kind = part.get("type")
+        at = f"{where}[{j}]"
+        if kind in _TEXT_PARTS:
+            parts.append({"type": "text", "text": str(part.get("text", ""))})
+        elif kind == "refusal":
+            parts.append({"type": "text", "text": str(part.get("refusal", ""))})
+        elif kind == "input_image":
+            url = part.get("image_url")
+            if not isinstance(url, str):
+                raise Untranslatable(
+                    f"{at}.file_id", "cannot read files stored at OpenAI: send the image as a URL"
+                )
+            image: dict[str, Any] = {"url": url}
+            if isinstance(part.get("detail"), str):
+                image["detail"] = part["detail"]
+            parts.append({"type": "image_url", "image_url": image})
+        elif kind == "input_file" and isinstance(part.get("file_data"), str):
+            file = {"file_data": part["file_data"]}
+            if isinstance(part.get("filename"), str):
+                file["filename"] = part["filename"]
+            parts.append({"type": "file", "file": file})
+        elif kind == "input_file":
+            raise Untranslatable(
+                f"{at}.file_id", "cannot read files stored at OpenAI: send the file as file_data"
+            )
+        else:
+            raise Untranslatable(f"{at}.type", f"has no equivalent of '{kind}' content")
+    return parts
+
+
+def _chat_content(parts: list[dict[str, Any]]) -> Any:
+    if all(p["type"] == "text" for p in parts):
+        return "".join(p["text"] for p in parts)
+    return parts
+
+
+def _chat_messages(body: Mapping[str, Any], toolset: Toolset) -> list[dict[str, Any]]:
+    messages: list[dict[str, Any]] = []
+    instructions = body.get("instructions")
+    if isinstance(instructions, str) and instructions:
+        messages.append({"role": "system", "content": instructions})
+    for i, item in enumerate(input_items(body)):
+        kind = item.get("type")
+        where = f"input[{i}]"
+        if kind == "message":
+            role = item.get("role")
+            parts = _chat_parts(item.get("content"), f"{where}.content")
+            if role == "assistant":
+                message = _assistant(messages)
+                text = "".join(p.get("text", "") for p in parts)
+                message["content"] = (message.get("content") or "") + text or None
+            else:
+                chat_role = "system" if role in ("system", "developer") else "user"
+                messages.append({"role": chat_role, "content": _chat_content(parts)})
+        elif kind == "function_call":
+            call = {
+                "id": str(item.get("call_id", "")),
+                "type": "function",
+                "function": {
+                    "name": toolset.flat(str(item.get("name", "")), item.get("namespace")),
+                    "arguments": str(item.get("arguments") or "{}"),
+                },
+            }
+            _assistant(messages).setdefault("tool_calls", []).append(call)
+        elif kind == "function_call_output":
+            call_id = item.get("call_id")
+            text = _output_text(item.get("output"))
+            if isinstance(call_id, str) and call_id:
+                messages.append({"role": "tool", "tool_call_id": call_id, "content": text})
+            else:
+                name = Toolset.flat(str(item.get("name") or "tool"), item.get("namespace"))
+                messages.append({"role": "user", "content": f"[output of {name}]\n{text}"})
+        elif kind in ("reasoning", "web_search_call"):
+            continue  # a vendor's private reasoning; a record of a search (module docstring)
+        else:
+            raise Untranslatable(f"{where}.type", f"has no equivalent of '{kind}' input items")
+    return messages
+
+
+def _assistant(messages: list[dict[str, Any]]) -> dict[str, Any]:
+    """The assistant message the next part of an assistant turn belongs to (a text reply
+    and the tool calls after it form one chat message)."""
+    if messages and messages[-1]["role"] == "assistant":
+        return messages[-1]
+    message: dict[str, Any] = {"role": "assistant", "content": None}
+    messages.append(message)
+    return message
+
+
+def responses_to_chat(body: Mapping[str, Any], model: str) -> Translated:
+    """A Responses API request -> an OpenAI chat completions request for `model`."""
+    notes = _Notes()
+    _check_fields(body, notes)
+    _check_include(body)
+    choice = body.get("tool_choice")
+    toolset = Toolset.of(body, web_search=False)
+    out: dict[str, Any] = {"model": model, "messages": _chat_messages(body, toolset)}
+    limit = body.get("max_output_tokens")
+    if isinstance(limit, int) and limit > 0:
+        out["max_completion_tokens"] = limit
+    for name in ("temperature", "top_p"):
+        if body.get(name) is not None:
+            out[name] = body[name]
+    effort = _effort(body)
+    if effort is not None:
+        out["reasoning_effort"] = effort
+    user = _end_user(body)
+    if user is not None:
+        out["user"] = user
+    if body.get("stream") is True:
+        out["stream"] = True
+        out["stream_options"] = {"include_usage": True}
+    offered = toolset.allowed(choice)
+    if offered.functions:
+        out["tools"] = [
+            {
+                "type": "function",
+                "function": {
+                    "name": f.name,
+                    "description": f.description,
+                    "parameters": f.parameters,
+                    **({"strict": True} if f.strict else {}),
+                },
+            }
+            for f in offered.functions
+        ]
+        mode = _mode(choice)
+        if mode == "forced" and isinstance(choice, dict):
+            forced = _choice_name(choice, toolset)
+            if forced is None:
+                raise Untranslatable("tool_choice.type", f"cannot force a '{choice.get('type')}'")
+            out["tool_choice"] = {"type": "function", "function": {"name": forced}}
+        elif mode in ("none", "required"):
+            out["tool_choice"] = mode
+        if body.get("parallel_tool_calls") is False:
+            out["parallel_tool_calls"] = False
+    fmt = _text_format(body, notes)
+    if fmt is not None and fmt.get("type") == "json_schema":
+        schema: dict[str, Any] = {
+            "name": str(fmt.get("name") or "response"),
+            "schema": fmt.get("schema") if isinstance(fmt.get("schema"), dict) else {},
+        }
+        if fmt.get("strict") is not None:
+            schema["strict"] = fmt["strict"]
+        out["response_format"] = {"type": "json_schema", "json_schema": schema}
+    elif fmt is not None:
+        out["response_format"] = {"type": "json_object"}
+    return Translated(out, tuple(notes.dropped))
