@@ -11,7 +11,7 @@ __all__ = ["DEFAULT_COMPLETION_ESTIMATE", "Usage", "estimate_tokens"]
 # What a request reserves for its answer when it sets no max_tokens.
 DEFAULT_COMPLETION_ESTIMATE = 1024
 # Endpoints that reach a vendor but spend no tokens (they still count as requests).
-_NO_TOKENS = frozenset({"messages/count_tokens"})
+_NO_TOKENS = frozenset({"messages/count_tokens", "responses/input_tokens", "responses/stored"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +32,19 @@ class Usage:
         return cls(
             prompt=_int(usage.get("prompt_tokens")),
             completion=_int(usage.get("completion_tokens")),
+            cached_prompt=_int(cached),
+        )
+
+    @classmethod
+    def from_responses(cls, usage: Any) -> Usage | None:
+        """The Responses API's usage (`input_tokens` includes the cached ones)."""
+        if not isinstance(usage, dict):
+            return None
+        details = usage.get("input_tokens_details")
+        cached = details.get("cached_tokens") if isinstance(details, dict) else 0
+        return cls(
+            prompt=_int(usage.get("input_tokens")),
+            completion=_int(usage.get("output_tokens")),
             cached_prompt=_int(cached),
         )
 

@@ -126,7 +126,7 @@ class AnthropicAdapter(HTTPAdapter):
     def probe_headers(self) -> Mapping[str, str]:
         return self._headers
 
-    def new_scan(self) -> StreamScan:
+    def new_scan(self, call: UpstreamCall) -> StreamScan:
         return _MessagesScan()
 
     def json_usage(self, data: bytes) -> Usage | None:

@@ -436,7 +436,7 @@ class HTTPAdapter(VendorAdapter):
         """URL, body and headers of one attempt."""
 
     @abstractmethod
-    def new_scan(self) -> StreamScan: ...
+    def new_scan(self, call: UpstreamCall) -> StreamScan: ...
 
     def models_url(self) -> str | None:
         """The vendor's model list (a health probe that costs no tokens), if it has one."""
@@ -488,17 +488,21 @@ class HTTPAdapter(VendorAdapter):
         body: bytes,
         headers: Mapping[str, str],
         timeout_s: float,
+        *,
+        method: str = "POST",
+        limit: int | None = MAX_ERROR_BODY,
     ) -> tuple[int, bytes]:
-        """A small side request (e.g. a token count): status and body, within `timeout_s`.
+        """A side request (a token count, a stored response): status and body (at most
+        `limit` bytes), within `timeout_s`.
 
         Raises what the pool raises (OSError, TimeoutError, ProtocolError)."""
         pool = self.pool
         deadline = pool.loop.time() + timeout_s
         resp = await pool.request(
-            "POST", url, headers, body, deadline=deadline, connect_s=deployment.timeouts.connect_s
+            method, url, headers, body, deadline=deadline, connect_s=deployment.timeouts.connect_s
         )
         try:
-            return resp.status, await resp.read(MAX_ERROR_BODY, deadline)
+            return resp.status, await resp.read(limit, deadline)
         finally:
             resp.release()
 
@@ -551,7 +555,7 @@ class HTTPAdapter(VendorAdapter):
             if call.stream and resp.content_type == "text/event-stream":
                 return await self._first_chunk(
                     resp,
-                    self.new_scan(),
+                    self.new_scan(call),
                     self.stream_filter(call),
                     deployment.timeouts.stream_idle_s,
                     first_by,
