@@ -40,8 +40,9 @@ log = logging.getLogger("llmproxy")
 
 UNKNOWN_CLIENT = "_unknown_"  # the `client` label of requests whose key is not known
 
-# Fields that do not change what a request asks the model (loop detection ignores them).
-_LOOP_IGNORED = frozenset({"stream", "stream_options", "user", "metadata"})
+# Fields that do not change what a request asks the model (loop detection ignores them;
+# Codex's `client_metadata` names the turn, which changes when the question does not).
+_LOOP_IGNORED = frozenset({"stream", "stream_options", "user", "metadata", "client_metadata"})
 # A client's loop history is swept of expired bodies when it grows past this.
 _LOOP_SWEEP_AT = 4096
 
@@ -311,7 +312,9 @@ class Limits:
         p_price, c_price = self._prices.get(group, (0.0, 0.0))
         cost = (prompt * p_price + completion * c_price) / 1_000_000
         loop_key: bytes | None = None
-        loops = state.loops
+        # A request that spends no tokens (a token count, polling a stored response) cannot
+        # run away with a budget: rpm bounds it.
+        loops = state.loops if tokens else None
         if loops is not None:
             loop_key = _loop_digest(body)
             seen = loops.get(loop_key)

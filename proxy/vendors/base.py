@@ -69,7 +69,9 @@ class UpstreamCall:
     # client asked for it: adapters ask the vendor for it and, unless the client asked too,
     # keep the usage-only event out of the relayed stream.
     proxy_usage: bool = False
-    session_id: str | None = None  # the client's x-session-id header (cache-affinity key)
+    # The conversation the client says this request belongs to (the cache-affinity key):
+    # its x-session-id (or Codex's session) header, or prompt_cache_key.
+    session_id: str | None = None
 
     api: Api = "openai"
     # The group refuses to drop fields a vendor cannot honour (`strict_params`): a
