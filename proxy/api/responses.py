@@ -27,6 +27,7 @@ another.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import time
 from collections.abc import Mapping
@@ -57,6 +58,7 @@ OWNER_TTL_S = 30 * 86400.0
 _OWNER_KEY = "resp:"
 _PREFIX = "/v1/responses/"
 _SSE = "text/event-stream"
+_KNOWN_WAIT_S = 86400.0  # a longer wait than this is no known time of return
 
 _NUM = (int, float)
 CREATE = EndpointSchema(
@@ -165,12 +167,37 @@ class Owner:
         return cls(deployment, vendor, group, client if isinstance(client, str) else None)
 
 
+class _NotYours(Exception):
+    """The response id was created for another client key."""
+
+
 async def _owner(ex: Exchange, response_id: str) -> Owner | None:
-    """The owner of a response id, if this client's key created it."""
+    """The owner of a response id (None: not known here); raises _NotYours for an id
+    another client key created, which the client is told it does not exist."""
     value = await ex.gateway.state.recall(_OWNER_KEY + response_id)
     owner = Owner.decode(value) if value is not None else None
-    client = ex.client.name if ex.client is not None else None
-    return owner if owner is not None and owner.client == client else None
+    if owner is None:
+        return None
+    if owner.client != (ex.client.name if ex.client is not None else None):
+        raise _NotYours(response_id)
+    return owner
+
+
+async def _previous_owner(ex: Exchange, body: Mapping[str, Any]) -> tuple[str, Owner] | None:
+    """The previous_response_id of a request and its owner, when this proxy knows it."""
+    previous = body.get("previous_response_id")
+    if not isinstance(previous, str) or not previous:
+        return None
+    try:
+        owner = await _owner(ex, previous)
+    except _NotYours:
+        raise ApiError(
+            404,
+            f"Previous response with id '{previous}' not found.",
+            code="previous_response_not_found",
+            param="previous_response_id",
+        ) from None
+    return (previous, owner) if owner is not None else None
 
 
 # The response id where a Responses answer starts: a JSON object's first key, or in a
@@ -213,6 +240,8 @@ def _remember(ex: Exchange, served: Served, call: UpstreamCall) -> None:
 
 
 def _why_down(dep: DeploymentState, now: float) -> str:
+    if dep.breaker.drained:
+        return "an operator has drained it"
     if dep.breaker.state is not BreakerState.CLOSED:
         return "its circuit breaker is open"
     if now < dep.cooldown_until:
@@ -246,16 +275,19 @@ def _held_by(ex: Exchange, group: ModelGroup, owner: Owner, response_id: str) ->
     now = time.monotonic()
     if not any(states[m.deployment].usable(now) for m in members):
         dep = states[members[0].deployment]
-        wait = max(1, round(dep.unusable_until(now) - now))
+        left = dep.unusable_until(now) - now
+        # Unhealthy or drained deployments have no known time of return.
+        wait = max(1, math.ceil(left)) if left < _KNOWN_WAIT_S else None
+        retry = f"Retry in about {wait}s" if wait is not None else "Retry later"
         raise ApiError(
             503,
             f"previous_response_id '{response_id}' refers to a response stored at {where}, "
             f"which is unavailable now ({_why_down(dep, now)}), and no other vendor can know "
-            f"it. Retry in about {wait}s, or send the whole conversation as input instead.",
+            f"it. {retry}, or send the whole conversation as input instead.",
             type="server_error",
             code="previous_response_unavailable",
             param="previous_response_id",
-            headers={"retry-after": str(wait)},
+            headers={"retry-after": str(wait)} if wait is not None else None,
         )
     config = dataclasses.replace(
         group.config,
@@ -271,11 +303,11 @@ async def _route(ex: Exchange, group: ModelGroup, call: UpstreamCall, deadline: 
     """Route a create request: one that continues a stored response goes to the vendor
     holding it; the owner of what it answers is remembered."""
     router = ex.generation.router
-    previous = call.parsed.get("previous_response_id")
-    owner = await _owner(ex, previous) if isinstance(previous, str) and previous else None
-    if owner is None or not isinstance(previous, str):
+    continued = await _previous_owner(ex, call.parsed)
+    if continued is None:
         served = await router.run(group, call, deadline, ex.trace)
     else:
+        previous, owner = continued
         try:
             served = await router.run(
                 _held_by(ex, group, owner, previous), call, deadline, ex.trace
@@ -297,10 +329,9 @@ async def _route(ex: Exchange, group: ModelGroup, call: UpstreamCall, deadline: 
 
 
 async def _input_tokens(ex: Exchange, group: ModelGroup, body: dict[str, Any]) -> Answer:
-    previous = body.get("previous_response_id")
-    owner = await _owner(ex, previous) if isinstance(previous, str) and previous else None
-    if owner is not None and isinstance(previous, str):
-        group = _held_by(ex, group, owner, previous)
+    continued = await _previous_owner(ex, body)
+    if continued is not None:
+        group = _held_by(ex, group, continued[1], continued[0])
     adapters = ex.generation.adapters
     count: int | None = None
     for dep, _ in group.members:
@@ -334,7 +365,10 @@ async def _stored_owner(ex: Exchange) -> dict[str, Any]:
     """The body a stored-response request stands for: its owner's model group and owner."""
     path = ex.request.path[len(_PREFIX) :]
     response_id = path.split("/", 1)[0]
-    owner = await _owner(ex, response_id)
+    try:
+        owner = await _owner(ex, response_id)
+    except _NotYours:
+        owner = None
     if owner is None:
         raise ApiError(
             404,
