@@ -359,6 +359,8 @@ async def _input_tokens(ex: Exchange, group: ModelGroup, body: dict[str, Any]) -
 
 # Requests about a stored response: (method, sub-resource).
 _STORED_OPERATIONS = (("GET", ""), ("DELETE", ""), ("GET", "/input_items"), ("POST", "/cancel"))
+# The id in a route (aiohttp's `{name:regex}`): `input_tokens` is an endpoint, not an id.
+_ID_PARAM = "{response_id:(?!input_tokens$)[^/]+}"
 
 
 async def _stored_owner(ex: Exchange) -> dict[str, Any]:
@@ -450,7 +452,7 @@ ENDPOINTS = (
     ),
     *(
         Endpoint(
-            _PREFIX + "{response_id}" + sub,
+            _PREFIX + _ID_PARAM + sub,
             "responses/stored",
             STORED,
             RESPONSES,
