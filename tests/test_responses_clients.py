@@ -24,7 +24,9 @@ MODELS = {"anthropic": "claude-sonnet-4-5", "openai": "gpt-4o"}
 VENDORS = pytest.mark.parametrize("vendor", ["openai", "anthropic"])
 
 
-async def _proxy(fakes: FakeFactory, proxies: ProxyFactory, vendor: str) -> tuple[Any, RunningProxy]:
+async def _proxy(
+    fakes: FakeFactory, proxies: ProxyFactory, vendor: str
+) -> tuple[Any, RunningProxy]:
     fake = await fakes("v", vendor=vendor)
     models = f"  smart:\n    deployments:\n      - {{vendor: v, model: {MODELS[vendor]}}}\n"
     return fake, await proxies(build_config({"v": fake}, models))
@@ -46,7 +48,9 @@ async def test_openai_agents_runs_a_tool_using_agent(
         return f"sunny in {city}"
 
     model = OpenAIResponsesModel(model="smart", openai_client=proxy.client())
-    agent = Agent(name="forecaster", instructions="Use your tools.", tools=[get_weather], model=model)
+    agent = Agent(
+        name="forecaster", instructions="Use your tools.", tools=[get_weather], model=model
+    )
     if streamed:
         run = Runner.run_streamed(agent, "What is the weather in Paris?")
         async for _ in run.stream_events():
