@@ -68,6 +68,14 @@ _ROWS: list[tuple[str, str, str, int]] = [
     ("f", "latency p50 (ms)", "p50_ms", 2),
     ("f", "CPU per request (ms)", "cpu_ms", 3),
     ("f", "client errors (all runs)", "errors", 0),
+    ("r", "requests/s", "rps", 0),
+    ("r", "latency p50 (ms)", "p50_ms", 2),
+    ("r", "CPU per request (ms)", "cpu_ms", 3),
+    ("r", "client errors (all runs)", "errors", 0),
+    ("u", "streams/s", "rps", 0),
+    ("u", "time to first byte p50 (ms)", "ttfb_p50_ms", 2),
+    ("u", "CPU per stream (ms)", "cpu_ms", 3),
+    ("u", "client errors (all runs)", "errors", 0),
 ]
 
 
@@ -197,6 +205,18 @@ def _targets(data: dict[str, Any]) -> list[str]:
             None,
         )
     )
+    for responses, chat in (("r", "b"), ("u", "c")):
+        rcpu, ccpu = _num(data, responses, "ours", "cpu_ms"), _num(data, chat, "ours", "cpu_ms")
+        if rcpu is None:
+            continue
+        more = None if ccpu is None else (rcpu / ccpu - 1) * 100
+        rows.append(
+            (
+                f"Responses API pass-through CPU ({responses}) within 10% of chat's ({chat})",
+                f"{_f(rcpu, 3)} ms vs {_f(ccpu, 3)} ms ({_f(more, 0)}%)",
+                _at_most(more, 10.0),
+            )
+        )
     rss = data["startup"].get("ours", {}).get("rss_idle_mb")
     rows.append(
         (

@@ -13,6 +13,7 @@ for a resource configured with a dated preview `api_version`.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -23,7 +24,6 @@ import orjson
 
 from proxy.config import DeploymentConfig, VendorConfig
 from proxy.core.usage import Usage
-from proxy.formats.sse import SSEParser
 from proxy.http1 import Headers, ProtocolError
 from proxy.vendors.base import AttemptFailed, StoredResponseRequest, UpstreamCall
 from proxy.vendors.classify import classify_response
@@ -197,59 +197,32 @@ class _SSEScan(StreamScan):
 _PREAMBLE = frozenset({b"response.created", b"response.in_progress", b"response.queued"})
 _TERMINAL = frozenset({b"response.completed", b"response.incomplete"})
 _FAILED = frozenset({b"response.failed", b"error"})
+# After the commit point only the end of a stream matters: a read holding none of these is
+# passed over (`error` is in every lifecycle event's response and names the error event;
+# text that merely mentions them is parsed, then ignored).
+_ENDS = (b"error", b"response.completed", b"response.incomplete")
 _TYPE_RE = re.compile(rb'"type"\s*:\s*"([^"\\]+)"')
 _USAGE_OBJECT = b'"usage"'
-
-
-def _event_type(name: bytes, data: bytes) -> bytes:
-    """An event's type: its `event:` name, else the `type` its data starts with."""
-    if name:
-        return name
-    found = _TYPE_RE.search(data, 0, 256)
-    return found.group(1) if found is not None else b""
-
-
-def _object_end(data: bytes, start: int) -> int | None:
-    """Where the JSON object opened at `start` closes (string-aware), or None."""
-    depth = 0
-    in_string = escaped = False
-    for i in range(start, len(data)):
-        c = data[i]
-        if in_string:
-            if escaped:
-                escaped = False
-            elif c == 0x5C:  # backslash
-                escaped = True
-            elif c == 0x22:  # quote
-                in_string = False
-        elif c == 0x22:
-            in_string = True
-        elif c == 0x7B:  # {
-            depth += 1
-        elif c == 0x7D:  # }
-            depth -= 1
-            if depth == 0:
-                return i + 1
-    return None
+_DECODER = json.JSONDecoder()
 
 
 def responses_usage(data: bytes) -> Usage | None:
     """The usage of a terminal Responses event (or of a response object).
 
     The event echoes the whole response (tools, instructions, output): tens of kilobytes for
-    an agent's request, too much to parse per stream. The response's own `usage` is its
-    last `"usage":{...}` object carrying `input_tokens`, so only that is parsed; anything
-    unexpected falls back to parsing the event whole."""
+    an agent's request, too much to parse per stream. The response's own `usage` comes
+    after its tools, so the last `"usage":{...}` carrying `input_tokens` is it: only that
+    object is decoded (the stdlib decoder stops where it ends); anything unexpected falls
+    back to parsing the event whole."""
     end = len(data)
     while (i := data.rfind(_USAGE_OBJECT, 0, end)) >= 0:
         end = i
         brace = data.find(b"{", i + 7, i + 12)
-        close = _object_end(data, brace) if brace >= 0 else None
-        if close is None:
+        if brace < 0:
             continue
         try:
-            usage = orjson.loads(data[brace:close])
-        except orjson.JSONDecodeError:
+            usage, _ = _DECODER.raw_decode(data[brace:].decode("utf-8", "replace"))
+        except ValueError:
             continue
         if isinstance(usage, dict) and "input_tokens" in usage:
             return Usage.from_responses(usage)
@@ -266,12 +239,20 @@ class _ResponsesScan(StreamScan):
     """Watches a relayed Responses API stream: `response.completed`/`response.incomplete`
     end it (with its usage), `response.failed` and `error` are in-stream errors, and it
     commits at the first event after the preamble (`response.created`, `in_progress`,
-    `queued`), so a failure reported right after the preamble still fails over."""
+    `queued`), so a failure reported right after the preamble still fails over.
 
-    __slots__ = ("_committed", "_parser", "done", "error", "usage")
+    It runs on every relayed read: after the commit point only the end of the stream
+    matters, so a read is searched for the end events' markers (`_ENDS`) and only the
+    events from the first marker on are parsed (one or two, at the end of a stream).
+    Lines are taken whole (an unfinished last line waits for the next read), so nothing is
+    missed at a read edge.
+    """
+
+    __slots__ = ("_committed", "_name", "done", "error", "partial", "usage")
 
     def __init__(self) -> None:
-        self._parser = SSEParser()
+        self.partial = b""
+        self._name = b""  # the `event:` name of the event whose data line comes next
         self._committed = False
         self.done = False
         self.error: bytes | None = None
@@ -282,16 +263,70 @@ class _ResponsesScan(StreamScan):
         return self._committed
 
     def feed(self, chunk: bytes) -> None:
-        for name, data in self._parser.feed(chunk):
-            kind = _event_type(name, data)
-            if kind in _PREAMBLE:
-                continue
-            self._committed = True
-            if kind in _FAILED:
-                self.error = data
-            elif kind in _TERMINAL:
-                self.done = True
-                self.usage = responses_usage(data)
+        if (  # the common case: whole events in the middle of the stream
+            self._committed
+            and not self.partial
+            and not self._name
+            and chunk.endswith(b"\n")
+            and chunk.find(_ENDS[0]) < 0
+            and chunk.find(_ENDS[1]) < 0
+            and chunk.find(_ENDS[2]) < 0
+        ):
+            return
+        data = self.partial + chunk if self.partial else chunk
+        if chunk.endswith(b"\n"):
+            self.partial = b""
+        else:
+            cut = data.rfind(b"\n") + 1
+            self.partial = data[cut:]
+            data = data[:cut]
+        pos = 0
+        end = len(data)
+        while pos < end and not self._committed:  # the preamble, line by line
+            eol = data.find(b"\n", pos)
+            self._line(data[pos:eol])
+            pos = eol + 1
+        if pos < end:
+            start = self._ends_from(data, pos)
+            if start >= 0:
+                for line in data[start:].split(b"\n"):
+                    self._line(line)
+
+    def _ends_from(self, data: bytes, pos: int) -> int:
+        """Where the events worth parsing start in `data[pos:]` (the event of the first end
+        marker), or -1 when it holds none."""
+        if self._name:
+            return pos  # an event whose data line is in this read
+        first = -1
+        for marker in _ENDS:
+            at = data.find(marker, pos)
+            if at >= 0 and (first < 0 or at < first):
+                first = at
+        if first < 0:
+            return -1
+        cut = data.rfind(b"\n\n", pos, first)
+        return cut + 2 if cut >= 0 else pos
+
+    def _line(self, line: bytes) -> None:
+        if line.startswith(b"event:"):
+            self._name = line[6:].strip()
+        elif line.startswith(b"data:"):
+            self._event(line[5:].strip())
+
+    def _event(self, payload: bytes) -> None:
+        kind = self._name
+        self._name = b""
+        if not kind:
+            found = _TYPE_RE.search(payload, 0, 256)
+            kind = found.group(1) if found is not None else b""
+        if kind in _PREAMBLE:
+            return
+        self._committed = True
+        if kind in _FAILED:
+            self.error = payload
+        elif kind in _TERMINAL:
+            self.done = True
+            self.usage = responses_usage(payload)
 
 
 @dataclass(frozen=True, slots=True)
