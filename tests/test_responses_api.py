@@ -564,3 +564,22 @@ async def test_bad_bodies_are_400s(fakes: FakeFactory, proxies: ProxyFactory) ->
             async with s.post(f"{proxy.url}/v1/responses", json=body) as r:
                 assert 400 <= r.status < 500, (body, await r.text())
                 assert (await r.json())["error"]["message"]
+
+
+async def test_polling_a_stored_response_is_not_a_loop(
+    fakes: FakeFactory, proxies: ProxyFactory
+) -> None:
+    extra = (
+        "clients:\n  - {name: poller, key: '${POLL_KEY:-k-poll}', "
+        "limits: {loop_max_repeats: 2, loop_window_s: 60}}\n"
+    )
+    _, proxy = await _proxy(fakes, proxies, "openai", extra=extra)
+    client = proxy.client(api_key="k-poll")
+    resp = await client.responses.create(model="smart", input="x", background=True)
+    for _ in range(5):
+        assert (await client.responses.retrieve(resp.id)).id == resp.id
+    for _ in range(2):
+        await client.responses.create(model="smart", input="same", store=False)
+    with pytest.raises(openai.RateLimitError) as err:  # a model call repeated still is
+        await client.responses.create(model="smart", input="same", store=False)
+    assert err.value.code == "loop_detected"
