@@ -31,6 +31,7 @@ __all__ = [
     "message_to_chat",
     "messages_to_chat",
     "openai_usage",
+    "tool_input",
 ]
 
 # Anthropic requires max_tokens; OpenAI clients often leave it out.
@@ -148,7 +149,7 @@ def _text_of(content: Any) -> str:
     return ""
 
 
-def _arguments(raw: Any) -> Any:
+def tool_input(raw: Any) -> Any:
     if isinstance(raw, dict):
         return raw
     if isinstance(raw, str) and raw.strip():
@@ -197,7 +198,7 @@ def chat_to_messages(body: Mapping[str, Any], model: str) -> dict[str, Any]:
                         "type": "tool_use",
                         "id": call.get("id") or "",
                         "name": fn.get("name") or "",
-                        "input": _arguments(fn.get("arguments")),
+                        "input": tool_input(fn.get("arguments")),
                     }
                 )
             _append(messages, "assistant", blocks)
@@ -515,7 +516,7 @@ def chat_to_message(resp: Mapping[str, Any]) -> dict[str, Any]:
                 "type": "tool_use",
                 "id": call.get("id", ""),
                 "name": fn.get("name", ""),
-                "input": _arguments(fn.get("arguments")),
+                "input": tool_input(fn.get("arguments")),
             }
         )
     finish = choice.get("finish_reason")

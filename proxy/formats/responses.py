@@ -30,14 +30,14 @@ from __future__ import annotations
 import base64
 import enum
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
 import orjson
 
-from proxy.formats.anthropic import DEFAULT_MAX_TOKENS
+from proxy.formats.anthropic import DEFAULT_MAX_TOKENS, tool_input
 from proxy.formats.translation import Translated, Untranslatable
 
 __all__ = [
@@ -235,23 +235,45 @@ def _data_url(url: str) -> tuple[str, str] | None:
     return None
 
 
+# How one content part becomes the target's: (the part, where it is) -> the target's part,
+# or None for a part that carries nothing (an empty text).
+PartRenderer = Callable[[Mapping[str, Any], str], "dict[str, Any] | None"]
+
+
+def _render_parts(
+    content: Any, where: str, renderers: Mapping[str, PartRenderer]
+) -> list[dict[str, Any]]:
+    """A message's content parts in the target API; a kind it has no renderer for is refused."""
+    out: list[dict[str, Any]] = []
+    for j, part in _text_parts(content):
+        kind = part.get("type")
+        render = renderers.get("text" if kind in _TEXT_PARTS else str(kind))
+        if render is None:
+            raise Untranslatable(f"{where}[{j}].type", f"has no equivalent of '{kind}' content")
+        rendered = render(part, f"{where}[{j}]")
+        if rendered is not None:
+            out.append(rendered)
+    return out
+
+
+def _text(part: Mapping[str, Any], where: str) -> dict[str, Any] | None:
+    text = part.get("refusal") if part.get("type") == "refusal" else part.get("text")
+    return {"type": "text", "text": str(text)} if text else None
+
+
+def _image_url(part: Mapping[str, Any], where: str) -> str:
+    url = part.get("image_url")
+    if not isinstance(url, str):
+        raise Untranslatable(
+            f"{where}.file_id", "cannot read files stored at OpenAI: send the image as a URL"
+        )
+    return url
+
+
 def _function_output(output: Any) -> Iterator[Mapping[str, Any]]:
     """A function_call_output's `output` as content parts (a string is one text part)."""
     for _, part in _text_parts(output):
         yield part
-
-
-def _arguments(raw: Any) -> dict[str, Any]:
-    """A function call's arguments (a JSON string) as the object Anthropic wants."""
-    if isinstance(raw, dict):
-        return raw
-    if isinstance(raw, str) and raw.strip():
-        try:
-            value = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            return {}
-        return value if isinstance(value, dict) else {}
-    return {}
 
 
 def _output_text(output: Any) -> str:
@@ -444,11 +466,7 @@ def _end_user(body: Mapping[str, Any]) -> str | None:
 
 
 def _anthropic_image(part: Mapping[str, Any], where: str) -> dict[str, Any]:
-    url = part.get("image_url")
-    if not isinstance(url, str):
-        raise Untranslatable(
-            f"{where}.file_id", "cannot read files stored at OpenAI: send the image as a URL"
-        )
+    url = _image_url(part, where)
     inline = _data_url(url)
     if inline is not None:
         return {
@@ -476,23 +494,18 @@ def _anthropic_document(part: Mapping[str, Any], where: str) -> dict[str, Any]:
     return block
 
 
+_ANTHROPIC_PARTS: Mapping[str, PartRenderer] = MappingProxyType(
+    {
+        "text": _text,
+        "refusal": _text,
+        "input_image": _anthropic_image,
+        "input_file": _anthropic_document,
+    }
+)
+
+
 def _anthropic_blocks(content: Any, where: str) -> list[dict[str, Any]]:
-    blocks: list[dict[str, Any]] = []
-    for j, part in _text_parts(content):
-        kind = part.get("type")
-        at = f"{where}[{j}]"
-        if kind in _TEXT_PARTS:
-            if part.get("text"):
-                blocks.append({"type": "text", "text": str(part["text"])})
-        elif kind == "refusal":
-            blocks.append({"type": "text", "text": str(part.get("refusal", ""))})
-        elif kind == "input_image":
-            blocks.append(_anthropic_image(part, at))
-        elif kind == "input_file":
-            blocks.append(_anthropic_document(part, at))
-        else:
-            raise Untranslatable(f"{at}.type", f"has no equivalent of '{kind}' content")
-    return blocks
+    return _render_parts(content, where, _ANTHROPIC_PARTS)
 
 
 def _turn(messages: list[dict[str, Any]], role: str, blocks: list[dict[str, Any]]) -> None:
@@ -534,7 +547,7 @@ def _anthropic_conversation(
                 "type": "tool_use",
                 "id": str(item.get("call_id", "")),
                 "name": name,
-                "input": _arguments(item.get("arguments")),
+                "input": tool_input(item.get("arguments")),
             }
             _turn(messages, "assistant", [use])
         elif kind == "function_call_output":
@@ -615,13 +628,18 @@ def _anthropic_tool_choice(
     return mapped
 
 
-def responses_to_messages(body: Mapping[str, Any], model: str) -> Translated:
-    """A Responses API request -> an Anthropic Messages request for `model`."""
+def _checked(body: Mapping[str, Any], *, web_search: bool) -> tuple[_Notes, Toolset]:
+    """What every translation checks first: each field's handling, `include`, the tools."""
     notes = _Notes()
     _check_fields(body, notes)
     _check_include(body)
+    return notes, Toolset.of(body, web_search=web_search)
+
+
+def responses_to_messages(body: Mapping[str, Any], model: str) -> Translated:
+    """A Responses API request -> an Anthropic Messages request for `model`."""
+    notes, toolset = _checked(body, web_search=True)
     choice = body.get("tool_choice")
-    toolset = Toolset.of(body, web_search=True)
     system, messages = _anthropic_conversation(body, toolset)
     limit = body.get("max_output_tokens")
     out: dict[str, Any] = {
@@ -701,37 +719,31 @@ def _sampling(body: Mapping[str, Any], out: dict[str, Any], thinking: bool, note
 # --------------------------------------------------------------------------- chat
 
 
+def _chat_image(part: Mapping[str, Any], where: str) -> dict[str, Any]:
+    image: dict[str, Any] = {"url": _image_url(part, where)}
+    if isinstance(part.get("detail"), str):
+        image["detail"] = part["detail"]
+    return {"type": "image_url", "image_url": image}
+
+
+def _chat_file(part: Mapping[str, Any], where: str) -> dict[str, Any]:
+    if not isinstance(part.get("file_data"), str):
+        raise Untranslatable(
+            f"{where}.file_id", "cannot read files stored at OpenAI: send the file as file_data"
+        )
+    file = {"file_data": part["file_data"]}
+    if isinstance(part.get("filename"), str):
+        file["filename"] = part["filename"]
+    return {"type": "file", "file": file}
+
+
+_CHAT_PARTS: Mapping[str, PartRenderer] = MappingProxyType(
+    {"text": _text, "refusal": _text, "input_image": _chat_image, "input_file": _chat_file}
+)
+
+
 def _chat_parts(content: Any, where: str) -> list[dict[str, Any]]:
-    parts: list[dict[str, Any]] = []
-    for j, part in _text_parts(content):
-        kind = part.get("type")
-        at = f"{where}[{j}]"
-        if kind in _TEXT_PARTS:
-            parts.append({"type": "text", "text": str(part.get("text", ""))})
-        elif kind == "refusal":
-            parts.append({"type": "text", "text": str(part.get("refusal", ""))})
-        elif kind == "input_image":
-            url = part.get("image_url")
-            if not isinstance(url, str):
-                raise Untranslatable(
-                    f"{at}.file_id", "cannot read files stored at OpenAI: send the image as a URL"
-                )
-            image: dict[str, Any] = {"url": url}
-            if isinstance(part.get("detail"), str):
-                image["detail"] = part["detail"]
-            parts.append({"type": "image_url", "image_url": image})
-        elif kind == "input_file" and isinstance(part.get("file_data"), str):
-            file = {"file_data": part["file_data"]}
-            if isinstance(part.get("filename"), str):
-                file["filename"] = part["filename"]
-            parts.append({"type": "file", "file": file})
-        elif kind == "input_file":
-            raise Untranslatable(
-                f"{at}.file_id", "cannot read files stored at OpenAI: send the file as file_data"
-            )
-        else:
-            raise Untranslatable(f"{at}.type", f"has no equivalent of '{kind}' content")
-    return parts
+    return _render_parts(content, where, _CHAT_PARTS)
 
 
 def _chat_content(parts: list[dict[str, Any]]) -> Any:
@@ -795,11 +807,8 @@ def _assistant(messages: list[dict[str, Any]]) -> dict[str, Any]:
 
 def responses_to_chat(body: Mapping[str, Any], model: str) -> Translated:
     """A Responses API request -> an OpenAI chat completions request for `model`."""
-    notes = _Notes()
-    _check_fields(body, notes)
-    _check_include(body)
+    notes, toolset = _checked(body, web_search=False)
     choice = body.get("tool_choice")
-    toolset = Toolset.of(body, web_search=False)
     out: dict[str, Any] = {"model": model, "messages": _chat_messages(body, toolset)}
     limit = body.get("max_output_tokens")
     if isinstance(limit, int) and limit > 0:

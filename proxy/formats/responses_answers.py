@@ -546,14 +546,8 @@ class MessagesToResponsesStream:
         self.done = False
 
     def feed(self, chunk: bytes) -> bytes:
-        for name, data in self._parser.feed(chunk):
-            if name in (b"ping", b"error") or not data.startswith(b"{"):
-                continue
-            try:
-                event = orjson.loads(data)
-            except orjson.JSONDecodeError:
-                continue
-            if isinstance(event, dict):
+        for name, event in self._parser.objects(chunk):
+            if event is not None and name not in (b"ping", b"error"):
                 self._event(event)
         return self._builder.take() if self._builder is not None else b""
 
@@ -693,20 +687,14 @@ class ChatToResponsesStream:
         self.done = False
 
     def feed(self, chunk: bytes) -> bytes:
-        for _, data in self._parser.feed(chunk):
-            if data == b"[DONE]":
+        for _, event in self._parser.objects(chunk):
+            if event is None:  # [DONE]
                 builder = self._started({})
                 status, reason = _CHAT_FINISH.get(self._finish or "", _COMPLETED)
                 builder.finish(status, reason, chat_to_usage(self._usage))
                 self.done = True
                 continue
-            if not data.startswith(b"{"):
-                continue
-            try:
-                event = orjson.loads(data)
-            except orjson.JSONDecodeError:
-                continue
-            if not isinstance(event, dict) or "error" in event:
+            if "error" in event:
                 continue
             builder = self._started(event)
             if event.get("usage"):

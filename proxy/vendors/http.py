@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from typing import Protocol
+from typing import Any, Protocol
 
 import aiohttp
 import orjson
@@ -36,7 +36,14 @@ from proxy.vendors.classify import (
     without_secret,
 )
 
-__all__ = ["HTTPAdapter", "JSONResponse", "StreamFilter", "StreamScan", "invalid_json"]
+__all__ = [
+    "HTTPAdapter",
+    "JSONResponse",
+    "StreamFilter",
+    "StreamScan",
+    "invalid_json",
+    "json_object",
+]
 
 # Error bodies read for classification (and health probes' bodies) are capped at this.
 MAX_ERROR_BODY = 64 * 1024
@@ -62,6 +69,17 @@ class StreamScan(ABC):
         event right after a vendor's preamble still fails over instead of reaching the client.
         """
         return True
+
+
+def json_object(data: bytes) -> dict[str, Any]:
+    """A 200's body as the JSON object an answer is; anything else fails the attempt."""
+    try:
+        doc = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        doc = None
+    if not isinstance(doc, dict):
+        raise invalid_json()
+    return doc
 
 
 def invalid_json() -> AttemptFailed:

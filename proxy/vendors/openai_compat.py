@@ -27,7 +27,7 @@ from proxy.core.usage import Usage
 from proxy.http1 import Headers, ProtocolError
 from proxy.vendors.base import AttemptFailed, StoredResponseRequest, UpstreamCall
 from proxy.vendors.classify import classify_response
-from proxy.vendors.http import HTTPAdapter, StreamFilter, StreamScan, invalid_json
+from proxy.vendors.http import HTTPAdapter, StreamFilter, StreamScan, json_object
 
 __all__ = ["OpenAICompatAdapter", "rewrite_model"]
 
@@ -144,7 +144,25 @@ def _drop_usage_events(data: bytes) -> bytes:
     return b"\n".join(out)
 
 
-class _SSEScan(StreamScan):
+class _LineScan(StreamScan):
+    """A scan that reads whole lines: the unfinished last line of a read is kept and
+    searched again once the next read completes it, so nothing is missed at a read edge."""
+
+    __slots__ = ("partial",)
+
+    partial: bytes
+
+    def _whole_lines(self, chunk: bytes) -> bytes:
+        data = self.partial + chunk if self.partial else chunk
+        if chunk.endswith(b"\n"):
+            self.partial = b""
+            return data
+        cut = data.rfind(b"\n") + 1
+        self.partial = data[cut:]
+        return data[:cut]
+
+
+class _SSEScan(_LineScan):
     """Watches a relayed OpenAI SSE stream for what the proxy must act on.
 
     It runs on every relayed event, so an ordinary content event costs three substring
@@ -153,24 +171,18 @@ class _SSEScan(StreamScan):
     missed at a read edge.
     """
 
-    __slots__ = ("done", "error", "partial", "usage")
+    __slots__ = ("done", "error", "usage")
 
     def __init__(self) -> None:
-        self.partial = b""  # the unfinished last line of the bytes seen so far
+        self.partial = b""
         self.done = False
         self.usage: Usage | None = None
         self.error: bytes | None = None
 
     def feed(self, chunk: bytes) -> None:
-        data = self.partial + chunk if self.partial else chunk
-        if chunk.endswith(b"\n"):
-            self.partial = b""
-        else:
-            cut = data.rfind(b"\n") + 1
-            self.partial = data[cut:]
-            data = data[:cut]
-            if not data:
-                return
+        data = self._whole_lines(chunk)
+        if not data:
+            return
         if not self.done and data.find(b"[DONE]") >= 0 and _DONE.search(data):
             self.done = True
         if data.find(b'"error"') < 0 and (data.find(_USAGE_KEY) < 0 or not _has_usage(data)):
@@ -235,7 +247,7 @@ def responses_usage(data: bytes) -> Usage | None:
     return Usage.from_responses(doc.get("usage")) if isinstance(doc, dict) else None
 
 
-class _ResponsesScan(StreamScan):
+class _ResponsesScan(_LineScan):
     """Watches a relayed Responses API stream: `response.completed`/`response.incomplete`
     end it (with its usage), `response.failed` and `error` are in-stream errors, and it
     commits at the first event after the preamble (`response.created`, `in_progress`,
@@ -248,7 +260,7 @@ class _ResponsesScan(StreamScan):
     missed at a read edge.
     """
 
-    __slots__ = ("_committed", "_name", "done", "error", "partial", "usage")
+    __slots__ = ("_committed", "_name", "done", "error", "usage")
 
     def __init__(self) -> None:
         self.partial = b""
@@ -273,13 +285,7 @@ class _ResponsesScan(StreamScan):
             and chunk.find(_ENDS[2]) < 0
         ):
             return
-        data = self.partial + chunk if self.partial else chunk
-        if chunk.endswith(b"\n"):
-            self.partial = b""
-        else:
-            cut = data.rfind(b"\n") + 1
-            self.partial = data[cut:]
-            data = data[:cut]
+        data = self._whole_lines(chunk)
         pos = 0
         end = len(data)
         while pos < end and not self._committed:  # the preamble, line by line
@@ -494,12 +500,7 @@ class OpenAICompatAdapter(HTTPAdapter):
 def _json_usage(data: bytes, vendor_type: str) -> Usage | None:
     """Usage of a non-streamed answer; a 200 whose body is not a JSON object is a failure,
     and so is a Responses API response that failed."""
-    try:
-        doc = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        doc = None
-    if not isinstance(doc, dict):
-        raise invalid_json()
+    doc = json_object(data)
     if doc.get("object") == "response":
         if doc.get("status") == "failed":
             raise AttemptFailed(classify_response(vendor_type, 200, {}, data))
