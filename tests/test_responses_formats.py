@@ -435,6 +435,9 @@ def test_messages_request_shape() -> None:
     assert sent["tools"][1]["allowed_domains"] == ["example.com"]
     assert sent["metadata"] == {"user_id": "user-1"}
     assert sent["max_tokens"] == 500
+    assert "cache_control" not in sent
+    cached = responses_to_messages({**body, "prompt_cache_key": "session-1"}, "claude").body
+    assert cached["cache_control"] == {"type": "ephemeral"}  # Anthropic caches when asked
 
 
 def test_thinking_budget_fits_max_output_tokens() -> None:

@@ -97,7 +97,9 @@ REQUEST_FIELDS: Mapping[str, FieldRule] = MappingProxyType(
         # A translated answer is not stored (it says `"store": false`): nothing to fetch later.
         "store": FieldRule(_E),
         "metadata": FieldRule(_E),
-        "prompt_cache_key": FieldRule(_E),  # the proxy's own affinity key for the request
+        # The proxy's affinity key; for Anthropic also automatic prompt caching (OpenAI caches
+        # prefixes by itself, Anthropic only when asked).
+        "prompt_cache_key": FieldRule(_C),
         "client_metadata": FieldRule(_E),  # Codex's turn metadata
         "stream_options": FieldRule(_E),  # include_obfuscation: nothing to obfuscate
         "service_tier": FieldRule(_H, inert=(None, "auto", "default")),
@@ -656,6 +658,8 @@ def responses_to_messages(body: Mapping[str, Any], model: str) -> Translated:
     user = _end_user(body)
     if user is not None:
         out["metadata"] = {"user_id": user}
+    if isinstance(body.get("prompt_cache_key"), str):
+        out["cache_control"] = {"type": "ephemeral"}
     offered = toolset.allowed(choice)
     if offered.functions or offered.web_search:
         out["tools"] = _anthropic_tools(offered, notes)
