@@ -124,7 +124,7 @@ async def run(spec: dict[str, Any]) -> dict[str, Any]:
         }
         codex = await asyncio.create_subprocess_exec(
             spec["codex"], "exec", "--skip-git-repo-check", "--sandbox", "read-only",
-            "--cd", str(project), spec["prompt"],
+            "--cd", str(project), *spec.get("codex_args", ()), spec["prompt"],
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE, env=env,
         )  # fmt: skip

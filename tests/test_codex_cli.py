@@ -92,6 +92,7 @@ def test_codex_exec_fails_over_to_anthropic(tmp_path: Path, codex: Path) -> None
         vendors={"oa": "openai", "an": "anthropic"},
         group=[["oa", "gpt-5"], ["an", "claude-sonnet-4-5"]],
         faults={"oa": "rate_limited"},
+        codex_args=["-c", 'model_reasoning_effort="medium"'],
     )
     assert report["stdout"].strip().endswith(report["pieces"]["an"])
     assert [r["path"] for r in report["vendors"]["oa"]] == ["/v1/responses"]  # the 429
@@ -108,3 +109,8 @@ def test_codex_exec_fails_over_to_anthropic(tmp_path: Path, codex: Path) -> None
         if isinstance(block, dict) and block.get("type") == "tool_result"
     ]
     assert results  # Codex's tool outputs went back as tool results
+    # Its reasoning ran as Anthropic thinking, and the thinking (with its signature) came
+    # back in the next turn through the reasoning item Codex kept.
+    assert sent[0]["body"]["thinking"]["type"] == "enabled"
+    turn = next(m for m in sent[1]["body"]["messages"] if m["role"] == "assistant")
+    assert turn["content"][0]["type"] == "thinking" and turn["content"][0]["signature"]
