@@ -36,14 +36,7 @@ from proxy.vendors.classify import (
     without_secret,
 )
 
-__all__ = [
-    "HTTPAdapter",
-    "JSONResponse",
-    "StreamFilter",
-    "StreamScan",
-    "invalid_json",
-    "json_object",
-]
+__all__ = ["HTTPAdapter", "JSONResponse", "StreamFilter", "StreamScan", "invalid_json"]
 
 # Error bodies read for classification (and health probes' bodies) are capped at this.
 MAX_ERROR_BODY = 64 * 1024
@@ -72,7 +65,7 @@ class StreamScan(ABC):
 
 
 def json_object(data: bytes) -> dict[str, Any]:
-    """A 200's body as the JSON object an answer is; anything else fails the attempt."""
+    """A 200's JSON object body; anything else is a failed attempt (a vendor's garbage)."""
     try:
         doc = orjson.loads(data)
     except orjson.JSONDecodeError:
