@@ -41,7 +41,14 @@ from collections import Counter
 
 import orjson
 
-__all__ = ["STREAM_CHUNKS", "STREAM_GAP_MS", "Upstream", "UpstreamProtocol", "serve"]
+__all__ = [
+    "STREAM_CHUNKS",
+    "STREAM_EVENTS",
+    "STREAM_GAP_MS",
+    "Upstream",
+    "UpstreamProtocol",
+    "serve",
+]
 
 STREAM_CHUNKS = 20
 STREAM_GAP_MS = 1.0  # a very fast model: 1,000 tokens/s
@@ -302,6 +309,8 @@ def _responses_events() -> list[bytes]:
 
 
 _RESPONSES_SSE = _responses_events()
+# Events per stream (a proxy's relay costs about the same per event, whatever the API).
+STREAM_EVENTS = {"chat": len(_OPENAI_SSE), "responses": len(_RESPONSES_SSE)}
 
 
 def _stream_bytes(events: list[bytes]) -> list[bytes]:
