@@ -480,9 +480,9 @@ async def test_strict_params_refuses_to_drop_hints(
 ) -> None:
     (fake,), proxy = await _proxy(fakes, proxies, "anthropic")
     raw = await proxy.client().responses.with_raw_response.create(
-        model="smart", input="x", service_tier="flex"
+        model="smart", input="x", store=False, text={"verbosity": "low"}
     )
-    assert raw.headers["x-proxy-dropped-params"] == "service_tier"
+    assert raw.headers["x-proxy-dropped-params"] == "text.verbosity"
     assert raw.parse().output_text == "".join(fake.pieces)
     text = build_config(
         {"v0": fake},
@@ -491,8 +491,10 @@ async def test_strict_params_refuses_to_drop_hints(
     )
     strict_proxy = await proxies(text)
     with pytest.raises(openai.BadRequestError) as err:
-        await strict_proxy.client().responses.create(model="smart", input="x", service_tier="flex")
-    assert err.value.param == "service_tier" and "strict_params" in err.value.message
+        await strict_proxy.client().responses.create(
+            model="smart", input="x", text={"verbosity": "low"}
+        )
+    assert err.value.param == "text.verbosity" and "strict_params" in err.value.message
 
 
 @STREAM

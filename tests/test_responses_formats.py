@@ -13,9 +13,9 @@ from openai._types import omit
 from openai.lib.streaming.responses._responses import ResponseStreamState
 from openai.types.responses import ResponseStreamEvent
 
+from proxy.core.errors import Unsupported
 from proxy.formats.responses import (
-    REQUEST_FIELDS,
-    Handling,
+    RESPONSES_FIELDS,
     pack_thinking,
     responses_to_chat,
     responses_to_messages,
@@ -27,7 +27,12 @@ from proxy.formats.responses_answers import (
     message_to_response,
 )
 from proxy.formats.sse import SSEParser, sse_event
-from proxy.formats.translation import Untranslatable
+from proxy.formats.translation import Kind, Translation
+
+
+def _t(model: str = "claude-sonnet-4-5", *, strict: bool = False) -> Translation:
+    return Translation("v", model, strict)
+
 
 SEARCH_TOOLS: list[Any] = [
     {"type": "web_search", "filters": {"allowed_domains": ["example.com"]}},
@@ -188,12 +193,12 @@ def _items(response: Any) -> list[dict[str, Any]]:
 
 @pytest.mark.parametrize("step", [1, 7, 10_000])
 def test_anthropic_stream_matches_its_json_twin(step: int) -> None:
-    stream = _feed(MessagesToResponsesStream(REQUEST), ANTHROPIC_STREAM, step)
+    stream = _feed(MessagesToResponsesStream(REQUEST, _t()), ANTHROPIC_STREAM, step)
     kinds, final = _accumulate(stream)
     assert kinds[0] == "response.created" and kinds[-1] == "response.completed"
     assert "response.web_search_call.completed" in kinds
     assert "response.output_text.annotation.added" in kinds
-    twin = message_to_response(ANTHROPIC_JSON, REQUEST)
+    twin = message_to_response(ANTHROPIC_JSON, Translation("v", "m", request=REQUEST))
     assert final is not None and final.id == twin["id"]
     streamed = [i.model_dump(exclude_none=True) for i in final.output]
     assert streamed == orjson.loads(orjson.dumps(twin["output"]))
@@ -315,9 +320,9 @@ CHAT_JSON: dict[str, Any] = {
 @pytest.mark.parametrize("step", [1, 13, 10_000])
 def test_chat_stream_matches_its_json_twin(step: int) -> None:
     request = {"model": "m", "input": "x", "tools": SEARCH_TOOLS[1:]}
-    kinds, final = _accumulate(_feed(ChatToResponsesStream(request), CHAT_STREAM, step))
+    kinds, final = _accumulate(_feed(ChatToResponsesStream(request, _t()), CHAT_STREAM, step))
     assert kinds[-1] == "response.completed"
-    twin = chat_to_response(CHAT_JSON, request)
+    twin = chat_to_response(CHAT_JSON, Translation("v", "g", request=request))
     assert [i.model_dump(exclude_none=True) for i in final.output] == twin["output"]
     assert [i["type"] for i in twin["output"]] == ["message", "function_call", "function_call"]
     assert twin["output"][1]["namespace"] == "crm" and twin["output"][1]["name"] == "lookup"
@@ -334,7 +339,7 @@ def test_chat_stream_matches_its_json_twin(step: int) -> None:
 )
 def test_stop_reasons(stop: str, status: str, reason: str | None) -> None:
     msg = {"id": "m", "content": [{"type": "text", "text": "x"}], "stop_reason": stop, "usage": {}}
-    response = message_to_response(msg, {"model": "m"})
+    response = message_to_response(msg, Translation("v", "m", request={"model": "m"}))
     assert response["status"] == status
     assert response["incomplete_details"] == ({"reason": reason} if reason else None)
     assert response["output"][0]["status"] == ("incomplete" if reason else "completed")
@@ -344,17 +349,17 @@ def test_stop_reasons(stop: str, status: str, reason: str | None) -> None:
 
 
 def test_every_refused_field_is_named() -> None:
-    for name, rule in REQUEST_FIELDS.items():
-        if rule.handling is not Handling.REFUSED:
+    for name, spec in RESPONSES_FIELDS.items():
+        if spec.kind is not Kind.SHAPE:
             continue
         value: Any = "x" if name != "top_logprobs" else 3
         for translate in (responses_to_messages, responses_to_chat):
-            with pytest.raises(Untranslatable) as err:
-                translate({"model": "m", "input": "x", name: value}, "target")
-            assert err.value.field == name and err.value.detail
+            with pytest.raises(Unsupported) as err:
+                translate({"model": "m", "input": "x", name: value}, _t())
+            assert err.value.field == name and err.value.vendor == "v"
 
 
-def test_inert_values_and_hints() -> None:
+def test_neutral_values_hints_and_info() -> None:
     body = {
         "model": "m",
         "input": "x",
@@ -362,17 +367,21 @@ def test_inert_values_and_hints() -> None:
         "truncation": "disabled",
         "top_logprobs": 0,
         "service_tier": "priority",
-        "prompt_cache_retention": "24h",
         "store": True,
         "metadata": {"k": "v"},
         "text": {"verbosity": "low"},
         "unknown_but_null": None,
+        "brand_new": 1,
     }
-    translated = responses_to_messages(body, "claude")
-    assert translated.dropped == ("service_tier", "prompt_cache_retention", "text.verbosity")
-    with pytest.raises(Untranslatable) as err:
-        responses_to_messages({"model": "m", "input": "x", "brand_new": 1}, "claude")
+    t = _t()
+    responses_to_messages(body, t)
+    assert t.dropped == ["service_tier", "store", "metadata", "brand_new", "text.verbosity"]
+    strict = _t(strict=True)  # hints are refused, fields that change nothing still dropped
+    with pytest.raises(Unsupported) as err:
+        responses_to_messages(body, strict)
     assert err.value.field == "brand_new"
+    responses_to_messages({**body, "brand_new": None, "text": {}}, strict)
+    assert strict.dropped == ["service_tier", "store", "metadata"]
 
 
 def test_messages_request_shape() -> None:
@@ -412,8 +421,8 @@ def test_messages_request_shape() -> None:
         "max_output_tokens": 500,
         "safety_identifier": "user-1",
     }
-    out = responses_to_messages(body, "claude")
-    sent = out.body
+    t = _t()
+    sent = responses_to_messages(body, t)
     assert sent["system"] == [
         {"type": "text", "text": "system one"},
         {"type": "text", "text": "system two"},
@@ -431,25 +440,37 @@ def test_messages_request_shape() -> None:
     assert result["content"][1]["type"] == "text" and "agent__goal" in result["content"][1]["text"]
     assert sent["tool_choice"] == {"type": "any", "disable_parallel_tool_use": True}
     assert sent["temperature"] == 1.0 and "top_p" not in sent
-    assert out.dropped == ("top_p",)
+    assert t.dropped == ["top_p"]
     assert sent["tools"][1]["allowed_domains"] == ["example.com"]
     assert sent["metadata"] == {"user_id": "user-1"}
     assert sent["max_tokens"] == 500
     assert "cache_control" not in sent
-    cached = responses_to_messages({**body, "prompt_cache_key": "session-1"}, "claude").body
+    cached = responses_to_messages({**body, "prompt_cache_key": "session-1"}, _t())
     assert cached["cache_control"] == {"type": "ephemeral"}  # Anthropic caches when asked
 
 
 def test_thinking_budget_fits_max_output_tokens() -> None:
     body = {"model": "m", "input": "x", "reasoning": {"effort": "high"}, "temperature": 0.2}
-    out = responses_to_messages({**body, "max_output_tokens": 4000}, "claude")
-    assert out.body["thinking"] == {"type": "enabled", "budget_tokens": 3999}
-    assert out.dropped == ("temperature",)
-    small = responses_to_messages({**body, "max_output_tokens": 500}, "claude")
-    assert "thinking" not in small.body and "reasoning.effort" in small.dropped
-    with pytest.raises(Untranslatable) as err:
-        responses_to_messages({**body, "reasoning": {"effort": "galactic"}}, "claude")
-    assert err.value.field == "reasoning.effort"
+    t = _t()
+    out = responses_to_messages({**body, "max_output_tokens": 4000}, t)
+    assert out["thinking"] == {"type": "enabled", "budget_tokens": 3999}
+    assert t.dropped == ["temperature"]
+    for why in (
+        {**body, "max_output_tokens": 500},  # no room for 1024 thinking tokens
+        {**body, "reasoning": {"effort": "galactic"}},  # no such budget
+        {**body, "tools": [{"type": "function", "name": "f"}], "tool_choice": "required"},
+    ):
+        t = _t()
+        assert "thinking" not in responses_to_messages(why, t)
+        assert "reasoning.effort" in t.dropped
+    t = _t("claude-3-5-sonnet-20241022")  # a model without extended thinking
+    assert "thinking" not in responses_to_messages(body, t)
+    assert "reasoning.effort" in t.dropped
+    with pytest.raises(Unsupported) as err:  # and without structured outputs
+        responses_to_messages(
+            {**body, "text": {"format": {"type": "json_schema", "name": "W", "schema": {}}}}, t
+        )
+    assert err.value.field == "text.format"
 
 
 def test_chat_request_shape() -> None:
@@ -480,13 +501,13 @@ def test_chat_request_shape() -> None:
         "reasoning": {"effort": "low"},
         "stream": True,
     }
-    sent = responses_to_chat(body, "gemini-x").body
+    sent = responses_to_chat(body, _t("gemini-x"))
     assert [m["role"] for m in sent["messages"]] == ["system", "user", "assistant", "tool"]
     assert sent["messages"][2]["content"] == "let me see"
     assert sent["messages"][2]["tool_calls"][0]["id"] == "c1"
     assert sent["response_format"]["json_schema"]["name"] == "W"
     assert sent["reasoning_effort"] == "low"
     assert sent["stream_options"] == {"include_usage": True}
-    with pytest.raises(Untranslatable) as err:
-        responses_to_chat({"model": "m", "input": "x", "tools": [{"type": "web_search"}]}, "g")
-    assert err.value.field == "tools[0].type"
+    with pytest.raises(Unsupported) as err:
+        responses_to_chat({"model": "m", "input": "x", "tools": [{"type": "web_search"}]}, _t())
+    assert err.value.field == "tools[0].type" and "chat completions" in err.value.message

@@ -5,12 +5,12 @@ not speak the Responses API: Anthropic (natively, `responses_to_messages`) and t
 litellm-backed types, whose adapter speaks chat completions (`responses_to_chat`). The
 answers come back through `proxy.formats.responses_answers`.
 
-Every top-level field has one row in `REQUEST_FIELDS` saying how it is handled, so what
-survives a translation is read from one table: carried, only echoed in the answer (it
-changes nothing the vendor does), dropped as a sampling hint (reported), or refused
-(`Untranslatable`: the deployment is skipped, and the client gets a 400 naming the field
-and the vendor only when no deployment of the group can serve it). A field missing from
-the table is refused: a parameter nobody has mapped may change the answer.
+The fields a translation carries are `CARRIED`; every other field is screened by its kind in
+`RESPONSES_FIELDS` (`proxy.formats.translation`, the same rule as every translation): one
+that changes the answer is refused (`Unsupported`: the deployment is skipped, and the
+client gets a 400 naming the field and the vendor only when no deployment of the group can
+serve it), a sampling hint or a field that changes nothing the vendor does is dropped and
+named in `x-proxy-dropped-params`.
 
 Input items: messages (text, images, files), function calls and their outputs, and
 reasoning items. A reasoning item is a vendor's private state: one this proxy produced from
@@ -28,7 +28,6 @@ vendors, are refused.
 from __future__ import annotations
 
 import base64
-import enum
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -37,15 +36,16 @@ from typing import Any
 
 import orjson
 
-from proxy.formats.anthropic import DEFAULT_MAX_TOKENS, tool_input
-from proxy.formats.translation import Translated, Untranslatable
+from proxy.formats.anthropic import DEFAULT_MAX_TOKENS, THINKING_BUDGET, tool_input
+from proxy.formats.capabilities import anthropic_structured_outputs, anthropic_thinks
+from proxy.formats.jsonschema import anthropic_expressible, to_anthropic
+from proxy.formats.translation import Field, Kind, Translation, neutral
 
 __all__ = [
-    "REQUEST_FIELDS",
+    "CARRIED",
+    "RESPONSES_FIELDS",
     "SUMMARY_MODES",
     "THINKING_PREFIX",
-    "FieldRule",
-    "Handling",
     "Toolset",
     "input_items",
     "pack_thinking",
@@ -55,80 +55,70 @@ __all__ = [
 ]
 
 
-class Handling(enum.Enum):
-    CARRIED = "carried"  # mapped onto the target API by the code below
-    ECHOED = "echoed"  # changes nothing the vendor does; echoed in the answer
-    HINT = "hint"  # a sampling hint with no equivalent: dropped, and the client told
-    REFUSED = "refused"  # changes the answer and has no equivalent
-
-
-@dataclass(frozen=True, slots=True)
-class FieldRule:
-    handling: Handling
-    # Values that ask for nothing: accepted whatever the handling (`null`, an "off" value).
-    inert: tuple[Any, ...] = (None,)
-    # For a refused field: why, phrased to follow "vendor type X ...".
-    why: str = ""
-
-
-_C, _E, _H, _R = Handling.CARRIED, Handling.ECHOED, Handling.HINT, Handling.REFUSED
+# What both translations carry (mapped onto the target API by the code below).
+CARRIED = frozenset(
+    {
+        "model",
+        "input",
+        "instructions",
+        "tools",
+        "tool_choice",
+        "parallel_tool_calls",
+        "max_output_tokens",
+        "temperature",
+        "top_p",
+        "text",
+        "reasoning",
+        "include",
+        "stream",
+        "user",
+        "safety_identifier",
+        # The proxy's affinity key; for Anthropic also automatic prompt caching (OpenAI
+        # caches prefixes by itself, Anthropic only when asked).
+        "prompt_cache_key",
+    }
+)
 _STATE = (
     "keeps no conversation state: send the whole conversation as input (as Codex does with "
-    "store: false), or route the group to a deployment of the vendor that produced it"
+    "store: false), or use a model group with a deployment of the vendor that stored it"
 )
-
-REQUEST_FIELDS: Mapping[str, FieldRule] = MappingProxyType(
+# The other fields of the Responses API, by kind. A translated answer is stored nowhere, so
+# `store` (true by default) is dropped visibly.
+RESPONSES_FIELDS: Mapping[str, Field] = MappingProxyType(
     {
-        "model": FieldRule(_C),
-        "input": FieldRule(_C),
-        "instructions": FieldRule(_C),
-        "tools": FieldRule(_C),
-        "tool_choice": FieldRule(_C),
-        "parallel_tool_calls": FieldRule(_C),
-        "max_output_tokens": FieldRule(_C),
-        "temperature": FieldRule(_C),
-        "top_p": FieldRule(_C),
-        "text": FieldRule(_C),
-        "reasoning": FieldRule(_C),
-        "include": FieldRule(_C),
-        "stream": FieldRule(_C),
-        "user": FieldRule(_C),
-        "safety_identifier": FieldRule(_C),
-        # A translated answer is not stored (it says `"store": false`): nothing to fetch later.
-        "store": FieldRule(_E),
-        "metadata": FieldRule(_E),
-        # The proxy's affinity key; for Anthropic also automatic prompt caching (OpenAI caches
-        # prefixes by itself, Anthropic only when asked).
-        "prompt_cache_key": FieldRule(_C),
-        "client_metadata": FieldRule(_E),  # Codex's turn metadata
-        "stream_options": FieldRule(_E),  # include_obfuscation: nothing to obfuscate
-        "service_tier": FieldRule(_H, inert=(None, "auto", "default")),
-        "prompt_cache_retention": FieldRule(_H),
-        "truncation": FieldRule(
-            _R,
-            inert=(None, "disabled"),
-            why="cannot drop earlier input to fit the context window (truncation: auto)",
-        ),
-        "top_logprobs": FieldRule(_R, inert=(None, 0), why="returns no token log probabilities"),
-        "max_tool_calls": FieldRule(_R, why="has no limit on the number of tool calls"),
-        "background": FieldRule(
-            _R, inert=(None, False), why="cannot run a response in the background"
-        ),
-        "previous_response_id": FieldRule(_R, why=_STATE),
-        "conversation": FieldRule(_R, why=_STATE),
-        "prompt": FieldRule(_R, why="cannot use a prompt template stored at OpenAI"),
+        "truncation": Field(Kind.SHAPE, ("disabled",)),
+        "top_logprobs": Field(Kind.SHAPE, (0,)),
+        "max_tool_calls": Field(Kind.SHAPE),
+        "background": Field(Kind.SHAPE, (False,)),
+        "previous_response_id": Field(Kind.SHAPE),
+        "conversation": Field(Kind.SHAPE),
+        "prompt": Field(Kind.SHAPE),
+        "service_tier": Field(Kind.INFO, ("auto", "default")),
+        "prompt_cache_retention": Field(Kind.INFO),
+        "store": Field(Kind.INFO, (False,)),
+        "metadata": Field(Kind.INFO, ({},)),
+        "client_metadata": Field(Kind.INFO, ({},)),
+        "stream_options": Field(Kind.INFO, ({},)),
+    }
+)
+# What to tell the client about the refusals that have a way out.
+_WHY: Mapping[str, str] = MappingProxyType(
+    {
+        "truncation": "cannot drop earlier input to fit the context window (truncation: auto)",
+        "top_logprobs": "returns no token log probabilities",
+        "background": "cannot run a response in the background",
+        "previous_response_id": _STATE,
+        "conversation": _STATE,
+        "prompt": "cannot use a prompt template stored at OpenAI",
     }
 )
 
 # reasoning.summary values that ask for the reasoning text (OpenAI's names).
 SUMMARY_MODES = frozenset({"auto", "concise", "detailed"})
 
-# reasoning.effort -> Anthropic thinking budget (tokens; Anthropic's minimum is 1024).
-THINKING_BUDGET: Mapping[str, int] = MappingProxyType(
-    {"minimal": 1024, "low": 2048, "medium": 8192, "high": 16384, "xhigh": 32768}
-)
 _NO_EFFORT = frozenset({"none"})
-_MIN_THINKING = 1024
+_MIN_THINKING = 1024  # Anthropic's minimum thinking budget
+_MAX_OUTPUT = 32000  # the most output tokens every Anthropic thinking model takes
 
 # Tool names both Anthropic and chat completions accept.
 _TOOL_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -170,37 +160,23 @@ def unpack_thinking(encrypted: Any) -> list[dict[str, Any]] | None:
 # --------------------------------------------------------------------------- common
 
 
-class _Notes:
-    """What a translation dropped, in the client's field names."""
+class _Refused(Exception):
+    """A request field the target cannot carry (turned into `Translation.refuse` by the
+    public translations, which name the target API)."""
 
-    __slots__ = ("dropped",)
-
-    def __init__(self) -> None:
-        self.dropped: list[str] = []
-
-    def drop(self, name: str) -> None:
-        if name not in self.dropped:
-            self.dropped.append(name)
+    def __init__(self, field: str, detail: str) -> None:
+        super().__init__(f"{field}: {detail}")
+        self.field = field
+        self.detail = detail
 
 
-def _check_fields(body: Mapping[str, Any], notes: _Notes) -> None:
-    for name, value in body.items():
-        rule = REQUEST_FIELDS.get(name)
-        if rule is None:
-            if value is None:
-                continue
-            raise Untranslatable(name, "has no equivalent of this Responses API parameter")
-        if value is None or _inert(value, rule.inert):
-            continue
-        if rule.handling is Handling.HINT:
-            notes.drop(name)
-        elif rule.handling is Handling.REFUSED:
-            raise Untranslatable(name, rule.why)
-
-
-def _inert(value: Any, inert: tuple[Any, ...]) -> bool:
-    # `False == 0` in Python: a value is inert only if it has an inert value's JSON type too.
-    return any(value == v and type(value) is type(v) for v in inert)
+def _screen(body: Mapping[str, Any], t: Translation, target: str) -> None:
+    """Refuse (with a way out, where there is one) or drop what is not carried."""
+    for name, why in _WHY.items():
+        value = body.get(name)
+        if value is not None and not neutral(RESPONSES_FIELDS[name], value):
+            t.refuse(name, f"{target} {why}")
+    t.screen(body, CARRIED, RESPONSES_FIELDS, target)
 
 
 def input_items(body: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -251,7 +227,7 @@ def _render_parts(
         kind = part.get("type")
         render = renderers.get("text" if kind in _TEXT_PARTS else str(kind))
         if render is None:
-            raise Untranslatable(f"{where}[{j}].type", f"has no equivalent of '{kind}' content")
+            raise _Refused(f"{where}[{j}].type", f"has no equivalent of '{kind}' content")
         rendered = render(part, f"{where}[{j}]")
         if rendered is not None:
             out.append(rendered)
@@ -266,7 +242,7 @@ def _text(part: Mapping[str, Any], where: str) -> dict[str, Any] | None:
 def _image_url(part: Mapping[str, Any], where: str) -> str:
     url = part.get("image_url")
     if not isinstance(url, str):
-        raise Untranslatable(
+        raise _Refused(
             f"{where}.file_id", "cannot read files stored at OpenAI: send the image as a URL"
         )
     return url
@@ -324,15 +300,13 @@ class Toolset:
             elif kind in _WEB_SEARCH_TYPES and web_search:
                 toolset.web_search.append((i, tool))
             else:
-                raise Untranslatable(
-                    f"tools[{i}].type", f"has no equivalent of the hosted tool '{kind}'"
-                )
+                raise _Refused(f"tools[{i}].type", f"has no equivalent of the hosted tool '{kind}'")
         names = [f.name for f in toolset.functions]
         if toolset.web_search:
             names.append(_WEB_SEARCH_NAME)
         for name in names:
             if names.count(name) > 1:
-                raise Untranslatable(
+                raise _Refused(
                     "tools", f"would see two tools named '{name}' once namespaces are flattened"
                 )
         return toolset
@@ -340,10 +314,10 @@ class Toolset:
     def _function(self, tool: Mapping[str, Any], where: str, namespace: str | None) -> None:
         name = tool.get("name")
         if not isinstance(name, str):
-            raise Untranslatable(f"{where}.name", "needs a name for every function tool")
+            raise _Refused(f"{where}.name", "needs a name for every function tool")
         flat = self.flat(name, namespace)
         if not _TOOL_NAME_RE.match(flat):
-            raise Untranslatable(
+            raise _Refused(
                 f"{where}.name",
                 f"accepts tool names of at most 64 letters, digits, '_' or '-' ('{flat}')",
             )
@@ -364,11 +338,11 @@ class Toolset:
     def _namespace(self, tool: Mapping[str, Any], i: int) -> None:
         namespace = tool.get("name")
         if not isinstance(namespace, str):
-            raise Untranslatable(f"tools[{i}].name", "needs a name for every namespace tool")
+            raise _Refused(f"tools[{i}].name", "needs a name for every namespace tool")
         for j, inner in enumerate(tool.get("tools") or ()):
             if not isinstance(inner, dict) or inner.get("type") != "function":
                 kind = inner.get("type") if isinstance(inner, dict) else None
-                raise Untranslatable(
+                raise _Refused(
                     f"tools[{i}].tools[{j}].type", f"has no equivalent of a '{kind}' tool"
                 )
             self._function(inner, f"tools[{i}].tools[{j}]", namespace)
@@ -381,10 +355,6 @@ class Toolset:
         """The client's (name, namespace) of a tool the vendor called by its flat name."""
         found = self.namespaces.get(flat)
         return (found[1], found[0]) if found is not None else (flat, None)
-
-    def strict_dropped(self, notes: _Notes) -> None:
-        if any(f.strict for f in self.functions):
-            notes.drop("tools[].strict")
 
     def allowed(self, choice: Any) -> Toolset:
         """Only the tools an `allowed_tools` choice lets the model call (the same answer:
@@ -438,21 +408,21 @@ def _check_include(body: Mapping[str, Any]) -> None:
     for i, value in enumerate(include if isinstance(include, list) else ()):
         why = _INCLUDE_REFUSED.get(value) if isinstance(value, str) else None
         if why is not None:
-            raise Untranslatable(f"include[{i}]", why)
+            raise _Refused(f"include[{i}]", why)
 
 
-def _text_format(body: Mapping[str, Any], notes: _Notes) -> dict[str, Any] | None:
+def _text_format(body: Mapping[str, Any], t: Translation, target: str) -> dict[str, Any] | None:
     """text.format when it asks for JSON ({"type": "json_schema" | "json_object", ...})."""
     text = body.get("text")
     if not isinstance(text, dict):
         return None
     if text.get("verbosity") is not None:
-        notes.drop("text.verbosity")
+        t.drop("text.verbosity", f"{target} has no equivalent")
     fmt = text.get("format")
     if not isinstance(fmt, dict) or fmt.get("type") in (None, "text"):
         return None
     if fmt.get("type") not in ("json_schema", "json_object"):
-        raise Untranslatable("text.format.type", f"has no '{fmt.get('type')}' output format")
+        raise _Refused("text.format.type", f"has no '{fmt.get('type')}' output format")
     return fmt
 
 
@@ -486,7 +456,7 @@ def _anthropic_document(part: Mapping[str, Any], where: str) -> dict[str, Any]:
     elif isinstance(part.get("file_url"), str):
         source = {"type": "url", "url": part["file_url"]}
     else:
-        raise Untranslatable(
+        raise _Refused(
             f"{where}.file_id",
             "cannot read files stored at OpenAI: send the file as file_data or file_url",
         )
@@ -537,7 +507,7 @@ def _anthropic_conversation(
             blocks = _anthropic_blocks(item.get("content"), f"{where}.content")
             if role in ("system", "developer"):
                 if any(b["type"] != "text" for b in blocks):
-                    raise Untranslatable(
+                    raise _Refused(
                         f"{where}.content", "takes only text in system and developer messages"
                     )
                 system.extend(blocks)
@@ -561,7 +531,7 @@ def _anthropic_conversation(
         elif kind == "web_search_call":
             continue
         else:
-            raise Untranslatable(f"{where}.type", f"has no equivalent of '{kind}' input items")
+            raise _Refused(f"{where}.type", f"has no equivalent of '{kind}' input items")
     return system, messages
 
 
@@ -577,37 +547,54 @@ def _tool_result(item: Mapping[str, Any], where: str) -> dict[str, Any]:
     return {"type": "tool_result", "tool_use_id": call_id, "content": content}
 
 
-def _anthropic_tools(toolset: Toolset, notes: _Notes) -> list[dict[str, Any]]:
-    tools: list[dict[str, Any]] = [
-        {"name": f.name, "description": f.description, "input_schema": f.parameters}
-        for f in toolset.functions
-    ]
-    toolset.strict_dropped(notes)
-    for i, tool in toolset.web_search:
+def _anthropic_tools(toolset: Toolset, t: Translation) -> list[dict[str, Any]]:
+    """Function tools (`strict` where the model can hold arguments to the schema) and the
+    hosted web search as Anthropic's."""
+    tools: list[dict[str, Any]] = []
+    for f in toolset.functions:
+        tool: dict[str, Any] = {
+            "name": f.name,
+            "description": f.description,
+            "input_schema": f.parameters,
+        }
+        if (
+            f.strict
+            and anthropic_structured_outputs(t.model)
+            and anthropic_expressible(f.parameters)
+        ):
+            tool.update(input_schema=to_anthropic(f.parameters), strict=True)
+        elif f.strict:
+            t.drop(
+                "tools[].strict",
+                f"model {t.model} cannot hold tool arguments to this schema (strict tool use "
+                "needs Claude 4.5 or later and a non-recursive schema)",
+            )
+        tools.append(tool)
+    for i, hosted in toolset.web_search:
         search: dict[str, Any] = {"type": ANTHROPIC_WEB_SEARCH, "name": _WEB_SEARCH_NAME}
-        filters = tool.get("filters")
+        filters = hosted.get("filters")
         domains = filters.get("allowed_domains") if isinstance(filters, dict) else None
         if domains:
             search["allowed_domains"] = list(domains)
-        location = tool.get("user_location")
+        location = hosted.get("user_location")
         if isinstance(location, dict):
             search["user_location"] = {
                 k: v
                 for k, v in location.items()
                 if k in ("type", "city", "region", "country", "timezone") and v is not None
             }
-        if tool.get("search_context_size") is not None:
-            notes.drop(f"tools[{i}].search_context_size")
-        if tool.get("external_web_access") is False:
-            # Anthropic searches the live web; there is no cached-index-only mode.
-            notes.drop(f"tools[{i}].external_web_access")
+        if hosted.get("search_context_size") is not None:
+            t.drop(f"tools[{i}].search_context_size", "Anthropic's web search has no such setting")
+        if hosted.get("external_web_access") is False:
+            t.drop(
+                f"tools[{i}].external_web_access",
+                "Anthropic's web search reads the live web; it has no cached-only mode",
+            )
         tools.append(search)
     return tools
 
 
-def _anthropic_tool_choice(
-    choice: Any, toolset: Toolset, parallel: Any, thinking: bool
-) -> dict[str, Any] | None:
+def _anthropic_tool_choice(choice: Any, toolset: Toolset, parallel: Any) -> dict[str, Any] | None:
     mode = _mode(choice)
     mapped: dict[str, Any] | None
     if mode == "none":
@@ -617,42 +604,50 @@ def _anthropic_tool_choice(
     elif mode == "forced" and isinstance(choice, dict):
         name = _choice_name(choice, toolset)
         if name is None:
-            raise Untranslatable("tool_choice.type", f"cannot force a '{choice.get('type')}'")
+            raise _Refused("tool_choice.type", f"cannot force a '{choice.get('type')}'")
         mapped = {"type": "tool", "name": name}
     else:
         mapped = {"type": "auto"} if parallel is False else None
     if parallel is False and mapped is not None and mapped["type"] != "none":
         mapped["disable_parallel_tool_use"] = True
-    if thinking and mapped is not None and mapped["type"] in ("any", "tool"):
-        raise Untranslatable(
-            "tool_choice", "cannot force a tool call while it reasons (reasoning.effort)"
-        )
     return mapped
 
 
-def _checked(body: Mapping[str, Any], *, web_search: bool) -> tuple[_Notes, Toolset]:
-    """What every translation checks first: each field's handling, `include`, the tools."""
-    notes = _Notes()
-    _check_fields(body, notes)
-    _check_include(body)
-    return notes, Toolset.of(body, web_search=web_search)
+def _translated(
+    body: Mapping[str, Any], t: Translation, target: str, build: Callable[[Toolset], dict[str, Any]]
+) -> dict[str, Any]:
+    """What both translations do around building the target request: screen the fields,
+    check `include`, flatten the tools, name the target in a refusal, and keep the request
+    for the answer (which echoes it)."""
+    _screen(body, t, target)
+    t.request = body
+    try:
+        _check_include(body)
+        return build(Toolset.of(body, web_search=target == _MESSAGES_API))
+    except _Refused as refused:
+        t.refuse(refused.field, f"{target} {refused.detail}")
 
 
-def responses_to_messages(body: Mapping[str, Any], model: str) -> Translated:
-    """A Responses API request -> an Anthropic Messages request for `model`."""
-    notes, toolset = _checked(body, web_search=True)
+_MESSAGES_API = "Anthropic's Messages API"
+_CHAT_API = "the chat completions API"
+
+
+def responses_to_messages(body: Mapping[str, Any], t: Translation) -> dict[str, Any]:
+    """A Responses API request -> an Anthropic Messages request for `t.model`."""
+    return _translated(body, t, _MESSAGES_API, lambda tools: _messages(body, t, tools))
+
+
+def _messages(body: Mapping[str, Any], t: Translation, toolset: Toolset) -> dict[str, Any]:
     choice = body.get("tool_choice")
     system, messages = _anthropic_conversation(body, toolset)
     limit = body.get("max_output_tokens")
     out: dict[str, Any] = {
-        "model": model,
+        "model": t.model,
         "messages": messages,
         "max_tokens": limit if isinstance(limit, int) and limit > 0 else DEFAULT_MAX_TOKENS,
     }
     if system:
         out["system"] = system
-    thinking = _thinking(body, out, limit, notes)
-    _sampling(body, out, thinking, notes)
     if body.get("stream") is True:
         out["stream"] = True
     user = _end_user(body)
@@ -662,60 +657,81 @@ def responses_to_messages(body: Mapping[str, Any], model: str) -> Translated:
         out["cache_control"] = {"type": "ephemeral"}
     offered = toolset.allowed(choice)
     if offered.functions or offered.web_search:
-        out["tools"] = _anthropic_tools(offered, notes)
-        mapped = _anthropic_tool_choice(
-            choice, toolset, body.get("parallel_tool_calls"), "thinking" in out
-        )
+        out["tools"] = _anthropic_tools(offered, t)
+        mapped = _anthropic_tool_choice(choice, toolset, body.get("parallel_tool_calls"))
         if mapped is not None:
             out["tool_choice"] = mapped
-    fmt = _text_format(body, notes)
+    fmt = _text_format(body, t, _MESSAGES_API)
     if fmt is not None:
-        schema = fmt.get("schema") if fmt.get("type") == "json_schema" else None
-        out["output_config"] = {
-            "format": {
-                "type": "json_schema",
-                "schema": schema if isinstance(schema, dict) else {"type": "object"},
-            }
-        }
-    return Translated(out, tuple(notes.dropped))
+        schema = fmt.get("schema") if fmt.get("type") == "json_schema" else {"type": "object"}
+        if not (isinstance(schema, dict) and anthropic_structured_outputs(t.model)):
+            raise _Refused("text.format", f"takes no structured output on model {t.model}")
+        if not anthropic_expressible(schema):
+            raise _Refused("text.format.schema", "cannot hold an answer to this schema")
+        out["output_config"] = {"format": {"type": "json_schema", "schema": to_anthropic(schema)}}
+    _thinking(body, out, limit, t)
+    _sampling(body, out, t)
+    return out
 
 
-def _thinking(body: Mapping[str, Any], out: dict[str, Any], limit: Any, notes: _Notes) -> bool:
-    """reasoning.effort as an Anthropic thinking budget (within max_output_tokens, which
-    counts reasoning tokens in both APIs)."""
+def _thinking(body: Mapping[str, Any], out: dict[str, Any], limit: Any, t: Translation) -> None:
+    """reasoning.effort as an Anthropic thinking budget, within max_output_tokens (which
+    counts reasoning in both APIs), where the model can think now."""
     effort = _effort(body)
     if effort is None:
-        return False
+        return
     budget = THINKING_BUDGET.get(effort)
+    client_max = isinstance(limit, int) and limit > 0
+    if budget is not None:
+        budget = min(budget, limit - 1 if client_max else _MAX_OUTPUT - DEFAULT_MAX_TOKENS)
+    reason = None
     if budget is None:
-        raise Untranslatable(
-            "reasoning.effort",
-            f"has no reasoning effort '{effort}' (known: {', '.join(THINKING_BUDGET)})",
+        reason = f"the effort {effort!r} has no Anthropic thinking budget"
+    elif not anthropic_thinks(t.model):
+        reason = f"model {t.model} has no extended thinking"
+    elif (out.get("tool_choice") or {}).get("type") in ("any", "tool"):
+        reason = "Anthropic cannot think while a tool call is forced"
+    elif not _thinking_blocks_kept(out["messages"]):
+        reason = (
+            "Anthropic thinks after tool results only with the thinking of the turn that "
+            "called the tools (a reasoning item with its encrypted_content)"
         )
-    if isinstance(limit, int) and limit > 0:
-        budget = min(budget, limit - 1)
-        if budget < _MIN_THINKING:
-            notes.drop("reasoning.effort")  # too few tokens allowed to think at all
-            return False
-    else:
-        out["max_tokens"] = budget + DEFAULT_MAX_TOKENS
+    elif budget < _MIN_THINKING:
+        reason = f"max_output_tokens leaves no room for {_MIN_THINKING} thinking tokens"
+    if reason is not None:
+        t.drop("reasoning.effort", reason)
+        return
+    assert budget is not None
+    if not client_max:
+        out["max_tokens"] = DEFAULT_MAX_TOKENS + budget
     out["thinking"] = {"type": "enabled", "budget_tokens": budget}
-    return True
 
 
-def _sampling(body: Mapping[str, Any], out: dict[str, Any], thinking: bool, notes: _Notes) -> None:
+def _thinking_blocks_kept(messages: list[dict[str, Any]]) -> bool:
+    """False if the request answers tool calls whose turn came without its thinking."""
+    last = messages[-1] if messages else None
+    if last is None or not any(b.get("type") == "tool_result" for b in last["content"]):
+        return True
+    turn = messages[-2] if len(messages) > 1 else None
+    return turn is not None and turn["content"][0].get("type") in _THINKING_BLOCKS
+
+
+def _sampling(body: Mapping[str, Any], out: dict[str, Any], t: Translation) -> None:
     """temperature (OpenAI's range is 0..2, Anthropic's 0..1) and top_p; Anthropic takes
     only one of them, and neither while it thinks."""
+    thinking = "thinking" in out
     temperature = body.get("temperature")
     top_p = body.get("top_p")
     if isinstance(temperature, int | float) and not isinstance(temperature, bool):
         if thinking and temperature != 1:
-            notes.drop("temperature")
+            t.drop("temperature", "Anthropic takes no temperature but 1 while thinking")
         else:
             out["temperature"] = min(float(temperature), 1.0)
-    if isinstance(top_p, int | float) and not isinstance(top_p, bool):
-        if thinking or "temperature" in out:
-            notes.drop("top_p")
+    if isinstance(top_p, int | float) and not isinstance(top_p, bool) and top_p != 1:
+        if thinking:
+            t.drop("top_p", "Anthropic takes no top_p while thinking")
+        elif "temperature" in out:
+            t.drop("top_p", "Anthropic's current models take temperature or top_p, not both")
         else:
             out["top_p"] = top_p
 
@@ -732,7 +748,7 @@ def _chat_image(part: Mapping[str, Any], where: str) -> dict[str, Any]:
 
 def _chat_file(part: Mapping[str, Any], where: str) -> dict[str, Any]:
     if not isinstance(part.get("file_data"), str):
-        raise Untranslatable(
+        raise _Refused(
             f"{where}.file_id", "cannot read files stored at OpenAI: send the file as file_data"
         )
     file = {"file_data": part["file_data"]}
@@ -795,7 +811,7 @@ def _chat_messages(body: Mapping[str, Any], toolset: Toolset) -> list[dict[str, 
         elif kind in ("reasoning", "web_search_call"):
             continue  # a vendor's private reasoning; a record of a search (module docstring)
         else:
-            raise Untranslatable(f"{where}.type", f"has no equivalent of '{kind}' input items")
+            raise _Refused(f"{where}.type", f"has no equivalent of '{kind}' input items")
     return messages
 
 
@@ -809,11 +825,14 @@ def _assistant(messages: list[dict[str, Any]]) -> dict[str, Any]:
     return message
 
 
-def responses_to_chat(body: Mapping[str, Any], model: str) -> Translated:
-    """A Responses API request -> an OpenAI chat completions request for `model`."""
-    notes, toolset = _checked(body, web_search=False)
+def responses_to_chat(body: Mapping[str, Any], t: Translation) -> dict[str, Any]:
+    """A Responses API request -> an OpenAI chat completions request for `t.model`."""
+    return _translated(body, t, _CHAT_API, lambda tools: _chat(body, t, tools))
+
+
+def _chat(body: Mapping[str, Any], t: Translation, toolset: Toolset) -> dict[str, Any]:
     choice = body.get("tool_choice")
-    out: dict[str, Any] = {"model": model, "messages": _chat_messages(body, toolset)}
+    out: dict[str, Any] = {"model": t.model, "messages": _chat_messages(body, toolset)}
     limit = body.get("max_output_tokens")
     if isinstance(limit, int) and limit > 0:
         out["max_completion_tokens"] = limit
@@ -847,13 +866,15 @@ def responses_to_chat(body: Mapping[str, Any], model: str) -> Translated:
         if mode == "forced" and isinstance(choice, dict):
             forced = _choice_name(choice, toolset)
             if forced is None:
-                raise Untranslatable("tool_choice.type", f"cannot force a '{choice.get('type')}'")
+                raise _Refused("tool_choice.type", f"cannot force a '{choice.get('type')}'")
             out["tool_choice"] = {"type": "function", "function": {"name": forced}}
         elif mode in ("none", "required"):
             out["tool_choice"] = mode
         if body.get("parallel_tool_calls") is False:
             out["parallel_tool_calls"] = False
-    fmt = _text_format(body, notes)
+    if isinstance(body.get("prompt_cache_key"), str):
+        out["prompt_cache_key"] = body["prompt_cache_key"]
+    fmt = _text_format(body, t, _CHAT_API)
     if fmt is not None and fmt.get("type") == "json_schema":
         schema: dict[str, Any] = {
             "name": str(fmt.get("name") or "response"),
@@ -864,4 +885,4 @@ def responses_to_chat(body: Mapping[str, Any], model: str) -> Translated:
         out["response_format"] = {"type": "json_schema", "json_schema": schema}
     elif fmt is not None:
         out["response_format"] = {"type": "json_object"}
-    return Translated(out, tuple(notes.dropped))
+    return out

@@ -30,6 +30,7 @@ import orjson
 
 from proxy.formats.responses import SUMMARY_MODES, Toolset, pack_thinking
 from proxy.formats.sse import SSEParser, sse_event
+from proxy.formats.translation import Translation
 
 __all__ = [
     "ChatToResponsesStream",
@@ -494,9 +495,9 @@ def _query(raw: Any) -> str:
     return query if isinstance(query, str) else ""
 
 
-def message_to_response(msg: Mapping[str, Any], request: Mapping[str, Any]) -> dict[str, Any]:
+def message_to_response(msg: Mapping[str, Any], t: Translation) -> dict[str, Any]:
     """An Anthropic Messages answer -> a Responses API response object."""
-    builder = ResponseBuilder(request, msg.get("id"), str(msg.get("model", "")), stream=False)
+    builder = ResponseBuilder(t.request, msg.get("id"), str(msg.get("model", "")), stream=False)
     for block in msg.get("content") or ():
         if not isinstance(block, dict):
             continue
@@ -536,7 +537,7 @@ class MessagesToResponsesStream:
 
     __slots__ = ("_blocks", "_builder", "_parser", "_request", "_stop", "_usage", "done")
 
-    def __init__(self, request: Mapping[str, Any]) -> None:
+    def __init__(self, request: Mapping[str, Any], t: Translation) -> None:
         self._request = request
         self._parser = SSEParser()
         self._builder: ResponseBuilder | None = None
@@ -640,9 +641,9 @@ class MessagesToResponsesStream:
 # --------------------------------------------------------------------------- chat
 
 
-def chat_to_response(resp: Mapping[str, Any], request: Mapping[str, Any]) -> dict[str, Any]:
+def chat_to_response(resp: Mapping[str, Any], t: Translation) -> dict[str, Any]:
     """An OpenAI chat completion -> a Responses API response object."""
-    builder = ResponseBuilder(request, resp.get("id"), str(resp.get("model", "")), stream=False)
+    builder = ResponseBuilder(t.request, resp.get("id"), str(resp.get("model", "")), stream=False)
     choices = resp.get("choices") or [{}]
     choice = choices[0] if isinstance(choices[0], dict) else {}
     message = choice.get("message") or {}
@@ -677,7 +678,7 @@ class ChatToResponsesStream:
 
     __slots__ = ("_builder", "_calls", "_finish", "_parser", "_request", "_usage", "done")
 
-    def __init__(self, request: Mapping[str, Any]) -> None:
+    def __init__(self, request: Mapping[str, Any], t: Translation) -> None:
         self._request = request
         self._parser = SSEParser()
         self._builder: ResponseBuilder | None = None

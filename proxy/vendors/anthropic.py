@@ -19,10 +19,11 @@ from typing import Any
 import orjson
 
 from proxy.config import DeploymentConfig, VendorConfig
+from proxy.core.errors import Unsupported
 from proxy.core.usage import Usage
 from proxy.formats.responses import responses_to_messages
 from proxy.formats.sse import SSEParser
-from proxy.formats.translation import Untranslatable
+from proxy.formats.translation import Translation
 from proxy.http1 import Headers, ProtocolError
 from proxy.vendors.base import AttemptFailed, UpstreamCall
 from proxy.vendors.classify import classify_response
@@ -165,8 +166,8 @@ class AnthropicAdapter(HTTPAdapter):
     ) -> int | None:
         """A Responses API body's input tokens: its Messages translation, counted."""
         try:
-            messages = responses_to_messages(body, deployment.model).body
-        except Untranslatable:
+            messages = responses_to_messages(body, Translation(self.config.name, deployment.model))
+        except Unsupported:
             return None
         return await self.count_tokens(
             deployment, {k: messages[k] for k in _COUNTED if k in messages}

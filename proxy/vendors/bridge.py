@@ -1,11 +1,10 @@
 """Serving a request in one inbound API by a vendor that speaks another.
 
-`send_bridged` translates the request (`proxy.formats`), makes the attempt with the
-adapter's `send_native`, and translates the answer back: JSON at once, streams chunk by
-chunk. A request field the translation cannot carry (`Untranslatable`) is `Unsupported` by
-that vendor, before anything is sent: the router tries the next deployment. Fields it
-dropped (sampling hints) are reported on the answer (`UpstreamResponse.dropped`), or
-refused in a group with `strict_params`. The commit point is the native stream's (its first content event): a vendor
+`send_bridged` translates the request (`proxy.formats`), makes the attempt with
+the adapter's `send_native`, and translates the answer back: JSON at once, streams chunk
+by chunk. A request field the vendor cannot honour is refused before anything is sent
+(`Unsupported`: the router tries the next deployment) or, for a sampling hint, dropped
+and listed in the answer's `dropped` (`x-proxy-dropped-params`). The commit point is the native stream's (its first content event): a vendor
 error before that is still a failed attempt the router may fail over. After it, a failure
 surfaces from `relay()` as `AttemptFailed` without `error_event_sent`, so the inbound API
 writes the error event in its own format.
@@ -36,7 +35,7 @@ from proxy.formats.responses_answers import (
     chat_to_response,
     message_to_response,
 )
-from proxy.formats.translation import Translated, Untranslatable
+from proxy.formats.translation import Translation
 from proxy.vendors.base import AttemptFailed, StreamOut, UpstreamCall, UpstreamResponse
 from proxy.vendors.http import JSONResponse, invalid_json
 
@@ -54,46 +53,26 @@ class StreamTranslator(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Bridge:
-    """How requests of API `source` reach a vendor speaking API `target`."""
+    """How requests of API `source` reach a vendor speaking API `target`.
+
+    `request` translates the client's body for one deployment (the `Translation` names it
+    and collects what was dropped; it raises `Unsupported` for what cannot be carried);
+    `response` and `stream` translate the answer back, given the same `Translation`."""
 
     source_endpoint: str  # the one endpoint of the source API that can be translated
     target_endpoint: str
-    # (client's request, deployment's model) -> the request in the target API
-    request: Callable[[Mapping[str, Any], str], Translated]
-    # (vendor's answer, client's request) -> the answer in the source API
-    response: Callable[[Mapping[str, Any], Mapping[str, Any]], dict[str, Any]]
-    stream: Callable[[Mapping[str, Any]], StreamTranslator]
-
-
-def _carried(
-    translate: Callable[[Mapping[str, Any], str], dict[str, Any]],
-) -> Callable[[Mapping[str, Any], str], Translated]:
-    """A request translation that drops nothing."""
-    return lambda body, model: Translated(translate(body, model))
-
-
-def _answer(
-    translate: Callable[[Mapping[str, Any]], dict[str, Any]],
-) -> Callable[[Mapping[str, Any], Mapping[str, Any]], dict[str, Any]]:
-    """An answer translation that needs nothing of the request."""
-    return lambda answer, request: translate(answer)
+    request: Callable[[Mapping[str, Any], Translation], dict[str, Any]]
+    response: Callable[[Mapping[str, Any], Translation], dict[str, Any]]
+    stream: Callable[[Mapping[str, Any], Translation], StreamTranslator]
 
 
 # (inbound API, vendor's native API) -> bridge
 BRIDGES: Mapping[tuple[str, str], Bridge] = {
     ("openai", "anthropic"): Bridge(
-        "chat/completions",
-        "messages",
-        _carried(chat_to_messages),
-        _answer(message_to_chat),
-        MessagesToChatStream,
+        "chat/completions", "messages", chat_to_messages, message_to_chat, MessagesToChatStream
     ),
     ("anthropic", "openai"): Bridge(
-        "messages",
-        "chat/completions",
-        _carried(messages_to_chat),
-        _answer(chat_to_message),
-        ChatToMessagesStream,
+        "messages", "chat/completions", messages_to_chat, chat_to_message, ChatToMessagesStream
     ),
     ("responses", "anthropic"): Bridge(
         "responses",
@@ -126,12 +105,19 @@ class _Translated:
 
 
 class _BridgedStream(UpstreamResponse):
-    __slots__ = ("_first", "_inner", "_translator", "content_type", "status", "usage")
+    __slots__ = ("_first", "_inner", "_translator", "content_type", "dropped", "status", "usage")
 
-    def __init__(self, inner: UpstreamResponse, translator: StreamTranslator, first: bytes) -> None:
+    def __init__(
+        self,
+        inner: UpstreamResponse,
+        translator: StreamTranslator,
+        first: bytes,
+        dropped: tuple[str, ...],
+    ) -> None:
         self.status = inner.status
         self.content_type = "text/event-stream"
         self.usage = inner.usage
+        self.dropped = dropped
         self._inner = inner
         self._translator = translator
         self._first = first
@@ -174,8 +160,8 @@ async def send_bridged(
     bridge = BRIDGES.get((call.api, adapter.native_api))
     if bridge is None or call.endpoint != bridge.source_endpoint:
         raise _unsupported(call, adapter)
-    translated = _translate(bridge, adapter, deployment, call)
-    body = translated.body
+    translation = Translation(adapter.config.name, deployment.model, call.strict_params)
+    body = bridge.request(call.parsed, translation)
     inner_call = UpstreamCall(
         bridge.target_endpoint,
         orjson.dumps(body),
@@ -183,10 +169,13 @@ async def send_bridged(
         call.stream,
         call.request_id,
         api=adapter.native_api,
+        strict_params=call.strict_params,
     )
     inner = await adapter.send_native(
         deployment, inner_call, first_byte_s=first_byte_s, attempt_s=attempt_s
     )
+    # What the vendor's own path dropped too (a litellm vendor screens the translated body).
+    dropped = (*translation.dropped, *(d for d in inner.dropped if d not in translation.dropped))
     if inner.content_type != "text/event-stream":
         try:
             doc = orjson.loads(inner.body)
@@ -194,35 +183,11 @@ async def send_bridged(
             raise invalid_json() from None
         finally:
             inner.close()
-        answer: UpstreamResponse = JSONResponse(
-            inner.status, orjson.dumps(bridge.response(doc, call.parsed)), inner.usage
+        answer = JSONResponse(
+            inner.status, orjson.dumps(bridge.response(doc, translation)), inner.usage
         )
-    else:
-        translator = bridge.stream(call.parsed)
-        # The inner stream committed at its first content; its translation starts there too.
-        answer = _BridgedStream(inner, translator, translator.feed(inner.body))
-    answer.dropped = translated.dropped
-    return answer
-
-
-def _translate(
-    bridge: Bridge, adapter: VendorAdapter, deployment: DeploymentConfig, call: UpstreamCall
-) -> Translated:
-    """The request in the vendor's API; a field it cannot carry (or, with strict_params,
-    a hint it would drop) makes the deployment unable to serve it."""
-    vendor = adapter.config
-    try:
-        translated = bridge.request(call.parsed, deployment.model)
-    except Untranslatable as exc:
-        raise Unsupported(
-            exc.field, vendor.name, f"vendor type {vendor.type} {exc.detail}"
-        ) from None
-    if translated.dropped and call.strict_params:
-        raise Unsupported(
-            translated.dropped[0],
-            vendor.name,
-            f"vendor type {vendor.type} has no equivalent of this sampling hint, and the model "
-            "group sets strict_params: true (remove the field, or route the group to "
-            "deployments that honour it)",
-        )
-    return translated
+        answer.dropped = dropped
+        return answer
+    translator = bridge.stream(call.parsed, translation)
+    # The inner stream committed at its first content; its translation starts there too.
+    return _BridgedStream(inner, translator, translator.feed(inner.body), dropped)
