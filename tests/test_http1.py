@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from proxy.core.outcomes import OutcomeClass
-from proxy.http1 import BodyIncomplete, Pool, ProtocolError, RemoteDisconnected
+from proxy.http1 import BodyIncomplete, InvalidHeader, Pool, ProtocolError, RemoteDisconnected
 from proxy.vendors.classify import classify_transport
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -366,11 +366,38 @@ async def test_a_slow_reader_pauses_the_socket_and_gets_every_byte(pool: Pool) -
         resp.release()
 
 
-async def test_header_injection_is_refused(pool: Pool) -> None:
-    with pytest.raises(ValueError, match="HTTP does not allow"):
-        await pool.request(
-            "POST", "http://127.0.0.1:9/x", {"x": "a\r\nEvil: 1"}, b"", deadline=deadline(pool)
-        )
+@pytest.mark.parametrize(
+    ("headers", "problem"),
+    [
+        ({"x": "a\r\nEvil: 1"}, "control character"),
+        ({"x": "nul\x00"}, "control character"),
+        ({"x": "caf\u00e9 \u2603"}, "outside Latin-1"),
+        ({"bad name": "v"}, "not an HTTP token"),
+        ({"x:y": "v"}, "not an HTTP token"),
+    ],
+)
+async def test_a_header_that_cannot_be_sent_is_refused_before_anything_is_sent(
+    headers: dict[str, str], problem: str
+) -> None:
+    """InvalidHeader names the header and never quotes its value (it may be a key)."""
+    connected = 0
+
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        nonlocal connected
+        connected += 1
+
+    async with RawServer(handler) as srv:
+        pool = Pool(read_s=5.0)
+        try:
+            with pytest.raises(InvalidHeader, match=problem) as caught:
+                await pool.request("POST", srv.url, headers, b"", deadline=deadline(pool))
+        finally:
+            await pool.close()
+    ((name, value),) = headers.items()
+    assert caught.value.header == name
+    assert value not in str(caught.value)
+    assert isinstance(caught.value, ValueError)
+    assert connected == 0
 
 
 async def test_idle_connections_expire(pool: Pool) -> None:
@@ -459,14 +486,17 @@ SSE_HEAD = (
             b"event1event2....event3....",
             None,
         ),
-        # Chunk extensions, a size line with spaces, two chunks in one read, then the end.
+        # Chunk extensions, two chunks in one read, then the end.
         (
-            [b"6;x=1\r\nevent1\r\n", b"6 \r\nevent2\r\n6\r\nevent3\r\n0\r\n\r\n"],
+            [b"6;x=1\r\nevent1\r\n", b"6\r\nevent2\r\n6\r\nevent3\r\n0\r\n\r\n"],
             b"event1event2event3",
             None,
         ),
-        # A chunk longer than its size line says: misframed, an error, not an answer.
-        ([b"6\r\nevent1\r\n", b"3\r\nevent2\r\n"], b"event1", ProtocolError),
+        # A chunk longer than its size line says: misframed, an error, not an answer (the
+        # bytes the size announced are handed on before the misframing shows).
+        ([b"6\r\nevent1\r\n", b"3\r\nevent2\r\n"], b"event1eve", ProtocolError),
+        # Whitespace after a chunk size is not HTTP (strict framing).
+        ([b"6\r\nevent1\r\n", b"6 \r\nevent2\r\n"], b"event1", ProtocolError),
         # Not a size at all.
         ([b"6\r\nevent1\r\n", b"zz\r\nevent2\r\n"], b"event1", ProtocolError),
     ],
@@ -474,8 +504,8 @@ SSE_HEAD = (
 async def test_a_body_delivered_by_callback_is_what_read_would_return(
     pool: Pool, frames: list[bytes], delivered: bytes, error: type[Exception] | None
 ) -> None:
-    """Callback delivery (a relayed stream) takes a shortcut for one whole chunk per read;
-    it must hand on exactly the bytes, and raise exactly the errors, of the general path."""
+    """Callback delivery (a relayed stream) hands on exactly the bytes, and raises exactly
+    the errors, that reading would."""
 
     async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         await read_request(r)
