@@ -15,6 +15,7 @@ import dataclasses
 import hashlib
 import os
 import re
+import ssl
 import types
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -24,6 +25,16 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_
 import yaml
 
 from proxy.core.vendor_types import VENDOR_TYPES
+from proxy.http1 import (
+    DIRECT,
+    MAX_BODY,
+    MAX_DECODED,
+    POOL_WAIT_S,
+    Egress,
+    header_problem,
+    parse_proxy_url,
+    tls_context,
+)
 
 __all__ = [
     "PROBE_KINDS",
@@ -116,13 +127,16 @@ class Timeouts:
 
     `attempt_s` bounds a whole non-streamed attempt (headers and body). A stream, once its
     first byte reached the client, is bounded by `stream_idle_s` between chunks instead:
-    long generations are legitimate, stalls are not.
+    long generations are legitimate, stalls are not. `pool_wait_s` bounds the wait for a
+    free connection when the vendor's pool is at `max_connections`: past it the attempt
+    fails over (the vendor was not contacted, so it is not blamed).
     """
 
     connect_s: float = check(_positive, 5.0)
     first_byte_s: float = check(_positive, 30.0)
     attempt_s: float = check(_positive, 60.0)
     stream_idle_s: float = check(_positive, 60.0)
+    pool_wait_s: float = check(_positive, POOL_WAIT_S)
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +147,7 @@ class PartialTimeouts:
     first_byte_s: float | None = check(_positive, None)
     attempt_s: float | None = check(_positive, None)
     stream_idle_s: float | None = check(_positive, None)
+    pool_wait_s: float | None = check(_positive, None)
 
     def over(self, base: Timeouts) -> Timeouts:
         return _overlay(self, base)
@@ -204,8 +219,14 @@ class VendorSpec:
     region: str | None = None
     project: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
-    max_connections: int = check(_at_least_one, 256)
+    # None: half the process's open-file limit, at least 256 (proxy.http1.default_limit).
+    max_connections: int | None = check(_at_least_one, None)
     timeouts: PartialTimeouts = field(default_factory=PartialTimeouts)
+    max_response_bytes: int = check(_at_least_one, MAX_BODY)
+    max_decompressed_bytes: int = check(_at_least_one, MAX_DECODED)
+    # An http:// proxy URL, or "direct"; unset: HTTPS_PROXY / HTTP_PROXY / NO_PROXY.
+    proxy: str | None = None
+    ca_file: str | None = None  # PEM CA certificates trusted besides the system's
 
 
 @dataclass(frozen=True, slots=True)
@@ -341,9 +362,13 @@ class VendorConfig:
     api_key: str | None
     api_version: str | None
     headers: Mapping[str, str]
-    max_connections: int
+    max_connections: int | None  # None: proxy.http1.default_limit()
     region: str | None = None
     project: str | None = None
+    max_response_bytes: int = MAX_BODY
+    max_decompressed_bytes: int = MAX_DECODED
+    egress: Egress = DIRECT  # resolved from `proxy:` or the environment at load time
+    ca_file: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -414,7 +439,6 @@ _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _REF_PREFIX = "__llmproxy_env_"
 _REF_RE = re.compile(re.escape(_REF_PREFIX) + r"(\d+)__")
 _MISSING = object()
-_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # an HTTP token (RFC 9110)
 
 
 class _Loader:
@@ -643,6 +667,7 @@ def _resolve(spec: ConfigSpec, root: yaml.Node, loader: _Loader) -> Config | Non
         loader.issues.append(ConfigIssue(loader.file, _line(_find(root, *path)), key, message))
 
     vendors: dict[str, VendorConfig] = {}
+    env_egress = _env_egress(loader.env, issue) if spec.vendors else DIRECT
     for name, v in spec.vendors.items():
         if v is None:
             continue
@@ -678,19 +703,29 @@ def _resolve(spec: ConfigSpec, root: yaml.Node, loader: _Loader) -> Config | Non
                 f"must be an http(s) URL, got {base_url!r}",
             )
             continue
-        bad_headers = [
-            k
-            for k, val in v.headers.items()
-            if not _HEADER_NAME.fullmatch(k) or any(c in val for c in "\r\n\0")
-        ]
-        if bad_headers or (v.api_key and any(c in v.api_key for c in "\r\n\0")):
-            what = f"header {bad_headers[0]!r}" if bad_headers else "api_key"
+        bad_header = next(
+            ((k, p) for k, val in v.headers.items() if (p := header_problem(k, val))), None
+        )
+        if bad_header is not None:
             issue(
-                ("vendors", name, "headers" if bad_headers else "api_key"),
-                f"vendors.{name}.{'headers' if bad_headers else 'api_key'}",
-                f"{what} has a character HTTP does not allow (a line break, a NUL, or in a "
-                "header name a space or colon)",
+                ("vendors", name, "headers"),
+                f"vendors.{name}.headers",
+                f"header {bad_header[0]!r} {bad_header[1]}",
             )
+            continue
+        if v.api_key and header_problem("Authorization", v.api_key):
+            issue(
+                ("vendors", name, "api_key"),
+                f"vendors.{name}.api_key",
+                "has a character HTTP headers cannot carry (a line break, a NUL or another "
+                "control character, or one outside Latin-1)",
+            )
+            continue
+        egress = _vendor_egress(name, v, env_egress, issue)
+        if egress is None:
+            continue
+        if v.ca_file is not None and (problem := _ca_file_problem(v.ca_file)):
+            issue(("vendors", name, "ca_file"), f"vendors.{name}.ca_file", problem)
             continue
         vendors[name] = VendorConfig(
             name=name,
@@ -702,6 +737,10 @@ def _resolve(spec: ConfigSpec, root: yaml.Node, loader: _Loader) -> Config | Non
             max_connections=v.max_connections,
             region=v.region,
             project=v.project,
+            max_response_bytes=v.max_response_bytes,
+            max_decompressed_bytes=v.max_decompressed_bytes,
+            egress=egress,
+            ca_file=v.ca_file,
         )
 
     deployments: dict[str, DeploymentConfig] = {}
@@ -816,6 +855,49 @@ def _resolve(spec: ConfigSpec, root: yaml.Node, loader: _Loader) -> Config | Non
 
 
 IssueFn = Callable[[tuple[str | int, ...], str, str], None]
+
+
+def _env_egress(env: Mapping[str, str], issue: IssueFn) -> Egress | None:
+    """The egress the environment asks for (HTTPS_PROXY, HTTP_PROXY, NO_PROXY...), read
+    once per config; None (and an issue) if a variable holds a malformed URL."""
+    try:
+        return Egress.from_environment(env)
+    except ValueError as exc:
+        issue((), "", f"{exc}")
+        return None
+
+
+def _vendor_egress(
+    name: str, vendor: VendorSpec, env_egress: Egress | None, issue: IssueFn
+) -> Egress | None:
+    """A vendor's `proxy:` (a URL, or `direct`), else the environment's choice."""
+    if vendor.proxy is None:
+        return env_egress
+    if vendor.proxy.strip().lower() == "direct":
+        return Egress(source="config")
+    try:
+        return Egress.through(parse_proxy_url(vendor.proxy))
+    except ValueError as exc:
+        issue(
+            ("vendors", name, "proxy"),
+            f"vendors.{name}.proxy",
+            f"{exc} (expected http://[user:password@]host:port, or `direct` to bypass "
+            "HTTPS_PROXY/HTTP_PROXY for this vendor)",
+        )
+        return None
+
+
+def _ca_file_problem(path: str) -> str | None:
+    """Why `ca_file` cannot be used, or None (it is loaded as the pool will load it)."""
+    try:
+        tls_context(path)
+    except OSError as exc:
+        return f"cannot read {path!r}: {exc.strerror or exc}"
+    except ssl.SSLError:
+        return f"{path!r} holds no PEM CA certificate that TLS can load"
+    return None
+
+
 _SHA256_RE = re.compile(r"^[0-9a-fA-F]{64}$")
 _CLIENT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 

@@ -19,6 +19,7 @@ from proxy.health.breaker import BreakerState
 from proxy.health.checker import HealthChecker
 from proxy.health.deployment import DeploymentState
 from proxy.health.sync import StateSync
+from proxy.http1 import PoolState
 from proxy.limits import Limits, UsageLedger
 from proxy.limits.ledger import utc_day
 from proxy.metrics import Metrics
@@ -69,6 +70,7 @@ class Gateway:
             self._limits_for(config, None),
         )
         self.metrics.add_deployment_gauges(self._gauge_snapshot, self._group_snapshot)
+        self.metrics.add_pool_gauges(self._pool_snapshot)
         self.metrics.add_client_gauges(lambda: self.limits.budget_use())
 
     def _states_for(self, config: Config) -> dict[str, DeploymentState]:
@@ -98,6 +100,8 @@ class Gateway:
         self.config = config
         self.deployments = states
         self.adapters = adapters
+        for adapter in adapters.values():
+            adapter.bind_metrics(self.metrics)
         self.groups = {name: ModelGroup(g, states) for name, g in config.models.items()}
         self.router = Router(config, self.groups, adapters, self.metrics)
         self.limits = limits
@@ -226,6 +230,12 @@ class Gateway:
         now = time.monotonic()
         for dep in self.deployments.values():
             yield dep.id, int(dep.breaker.state), dep.healthy, dep.cooldown_left(now)
+
+    def _pool_snapshot(self) -> Iterator[tuple[str, PoolState]]:
+        for name, adapter in self.adapters.items():
+            state = adapter.pool_state()
+            if state is not None:
+                yield name, state
 
     def _group_snapshot(self) -> Iterator[tuple[str, int]]:
         now = time.monotonic()

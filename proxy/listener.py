@@ -30,7 +30,6 @@ from typing import Any, Final
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
-
 __all__ = ["FastEventStream", "FastHandler", "FastRequest", "Listener", "ProxiedRequest"]
 
 log = logging.getLogger("llmproxy")

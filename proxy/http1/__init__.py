@@ -37,6 +37,7 @@ from proxy.http1.errors import (
 from proxy.http1.pool import MAX_BODY, MAX_DECODED, POOL_WAIT_S, Pool, PoolState, default_limit
 from proxy.http1.request import Headers, header_problem
 from proxy.http1.response import Response
+from proxy.http1.tls import tls_context
 
 __all__ = [
     "DIRECT",
@@ -61,4 +62,5 @@ __all__ = [
     "default_limit",
     "header_problem",
     "parse_proxy_url",
+    "tls_context",
 ]

@@ -215,6 +215,12 @@ class Egress:
             return None
         return proxy
 
+    def describe_url(self, url: str) -> str:
+        """`describe` for the host of a URL."""
+        parts = urlsplit(url)
+        tls = parts.scheme == "https"
+        return self.describe(parts.hostname or "", parts.port or (443 if tls else 80), tls)
+
     def describe(self, host: str, port: int, tls: bool) -> str:
         """How a connection to host:port leaves, for the start-up log (no credentials)."""
         proxy = self.proxy_for(host, port, tls)
