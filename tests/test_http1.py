@@ -1,8 +1,10 @@
-"""The upstream HTTP/1.1 client (proxy/http1.py) against raw servers that send exact bytes.
+"""The upstream HTTP/1.1 client (proxy.http1) against raw servers that send exact bytes.
 
 Each server here is a real socket on 127.0.0.1 whose answer is written byte for byte, so
 the framing cases (chunk edges, a body cut short, a connection the server already closed)
 are what the client really reads, not what a friendly server library would produce.
+Hostile answers (ambiguous framing, oversized heads and bodies, compression bombs) are
+in test_http1_hostile.py.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import gzip
 import ssl
 import subprocess
 import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -20,72 +22,7 @@ import pytest
 from proxy.core.outcomes import OutcomeClass
 from proxy.http1 import BodyIncomplete, InvalidHeader, Pool, ProtocolError, RemoteDisconnected
 from proxy.vendors.classify import classify_transport
-
-Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
-
-
-class RawServer:
-    """A TCP server that hands each connection to `handler`; counts connections."""
-
-    def __init__(self, handler: Handler) -> None:
-        self.handler = handler
-        self.connections = 0
-        self.server: asyncio.Server | None = None
-
-    async def __aenter__(self) -> RawServer:
-        async def on_connect(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-            self.connections += 1
-            try:
-                await self.handler(r, w)
-            except (ConnectionError, asyncio.IncompleteReadError):
-                pass
-            finally:
-                w.close()
-
-        self.server = await asyncio.start_server(on_connect, "127.0.0.1", 0)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self.server is not None
-        self.server.close()
-
-    @property
-    def url(self) -> str:
-        assert self.server is not None
-        port = self.server.sockets[0].getsockname()[1]
-        return f"http://127.0.0.1:{port}/v1/x"
-
-
-async def read_request(r: asyncio.StreamReader) -> tuple[bytes, bytes]:
-    """(head, body) of one request with a Content-Length (or none)."""
-    head = await r.readuntil(b"\r\n\r\n")
-    length = 0
-    for line in head.split(b"\r\n"):
-        if line.lower().startswith(b"content-length:"):
-            length = int(line.split(b":", 1)[1])
-    return head, await r.readexactly(length)
-
-
-def answering(*answers: bytes, trickle: bool = False, close: bool = False) -> Handler:
-    """A handler answering successive requests on a connection with `answers`, in order.
-
-    `trickle` writes each answer a byte at a time (every chunk edge is exercised)."""
-
-    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        for answer in answers:
-            await read_request(r)
-            if trickle:
-                for i in range(len(answer)):
-                    w.write(answer[i : i + 1])
-                    await w.drain()
-            else:
-                w.write(answer)
-                await w.drain()
-        if close:
-            return
-        await r.read()  # keep the connection open until the client closes it
-
-    return handler
+from tests.raw_http import RawServer, answering, read_request
 
 
 @pytest.fixture
