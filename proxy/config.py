@@ -891,10 +891,10 @@ def _ca_file_problem(path: str) -> str | None:
     """Why `ca_file` cannot be used, or None (it is loaded as the pool will load it)."""
     try:
         tls_context(path)
+    except ssl.SSLError:  # an OSError too: first
+        return f"{path!r} holds no PEM CA certificate that TLS can load"
     except OSError as exc:
         return f"cannot read {path!r}: {exc.strerror or exc}"
-    except ssl.SSLError:
-        return f"{path!r} holds no PEM CA certificate that TLS can load"
     return None
 
 

@@ -33,6 +33,7 @@ class RawServer:
                 self.ended += 1
 
         self.server = await asyncio.start_server(on_connect, "127.0.0.1", 0)
+        self._port: int = self.server.sockets[0].getsockname()[1]
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -42,8 +43,7 @@ class RawServer:
     @property
     def port(self) -> int:
         assert self.server is not None
-        port: int = self.server.sockets[0].getsockname()[1]
-        return port
+        return self._port
 
     @property
     def url(self) -> str:
