@@ -721,6 +721,17 @@ def _resolve(spec: ConfigSpec, root: yaml.Node, loader: _Loader) -> Config | Non
                 "control character, or one outside Latin-1)",
             )
             continue
+        if vtype.adapter == "litellm":
+            native_only = [k for k in _NATIVE_ONLY if _find(root, "vendors", name, k) is not None]
+            if native_only:
+                issue(
+                    ("vendors", name, native_only[0]),
+                    f"vendors.{name}.{native_only[0]}",
+                    f"applies to native vendors only (openai, azure, mistral, anthropic); "
+                    f"type {v.type!r} is called through litellm, whose HTTP client reads "
+                    "HTTPS_PROXY and SSL_CERT_FILE itself",
+                )
+                continue
         egress = _vendor_egress(name, v, env_egress, issue)
         if egress is None:
             continue
@@ -855,6 +866,8 @@ def _resolve(spec: ConfigSpec, root: yaml.Node, loader: _Loader) -> Config | Non
 
 
 IssueFn = Callable[[tuple[str | int, ...], str, str], None]
+# Vendor keys only the native HTTP client (proxy.http1) honours.
+_NATIVE_ONLY = ("proxy", "ca_file", "max_response_bytes", "max_decompressed_bytes")
 
 
 def _env_egress(env: Mapping[str, str], issue: IssueFn) -> Egress | None:

@@ -390,3 +390,14 @@ async def test_serve_reaches_a_tls_vendor_through_https_proxy_and_no_proxy_bypas
             f"a CONNECT tunnel through the proxy at 127.0.0.1:{egress.port}" in (startup["message"])
         )
     assert front.connections == 1
+
+
+def test_egress_keys_on_a_vendor_called_through_litellm_are_an_error_not_ignored() -> None:
+    text = """
+vendors:
+  g: {type: gemini, api_key: x, ca_file: /etc/ssl/corp.pem}
+models:
+  m: {deployments: [{vendor: g, model: gemini-2.5-pro}]}
+"""
+    with pytest.raises(ConfigError, match=r"vendors\.g\.ca_file: applies to native vendors only"):
+        parse_config(text, env={})
