@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
-__all__ = ["Handler", "RawServer", "answering", "read_request"]
+from proxy.http1 import Pool
+
+__all__ = ["Handler", "RawServer", "answering", "deadline", "fetch", "read_request"]
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -88,3 +90,16 @@ def answering(*answers: bytes, trickle: bool = False, close: bool = False) -> Ha
         await r.read()  # keep the connection open until the client closes it
 
     return handler
+
+
+def deadline(pool: Pool, s: float = 5.0) -> float:
+    """`s` seconds from now on the pool's loop clock."""
+    return pool.loop.time() + s
+
+
+async def fetch(pool: Pool, url: str) -> bytes:
+    """POST to `url` through `pool`: the whole body, the connection given back."""
+    resp = await pool.request("POST", url, {}, b"{}", deadline=deadline(pool))
+    body = await resp.read(deadline=deadline(pool))
+    resp.release()
+    return body

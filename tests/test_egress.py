@@ -33,7 +33,7 @@ from proxy.vendors.classify import classify_transport
 from tests.conftest import FakeFactory, free_port
 from tests.egress_helpers import EgressProxy, TLSFront
 from tests.processes import spawn_serve, wait_ready
-from tests.raw_http import RawServer, answering, read_request
+from tests.raw_http import RawServer, answering, fetch, read_request
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 
@@ -185,13 +185,6 @@ async def tls_vendor(ca: tuple[trustme.CA, Path]) -> AsyncIterator[TLSFront]:
         TLSFront(server_context(ca[0]), backend.port) as front,
     ):
         yield front
-
-
-async def fetch(pool: Pool, url: str) -> bytes:
-    resp = await pool.request("POST", url, {}, b"{}", deadline=pool.loop.time() + 5)
-    body = await resp.read(deadline=pool.loop.time() + 5)
-    resp.release()
-    return body
 
 
 async def test_an_https_vendor_through_a_connect_tunnel(

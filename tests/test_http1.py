@@ -22,7 +22,7 @@ import pytest
 from proxy.core.outcomes import OutcomeClass
 from proxy.http1 import BodyIncomplete, InvalidHeader, Pool, ProtocolError, RemoteDisconnected
 from proxy.vendors.classify import classify_transport
-from tests.raw_http import RawServer, answering, read_request
+from tests.raw_http import RawServer, answering, deadline, read_request
 
 
 @pytest.fixture
@@ -30,10 +30,6 @@ async def pool() -> AsyncIterator[Pool]:
     p = Pool(limit=4, read_s=5.0)
     yield p
     await p.close()
-
-
-def deadline(pool: Pool, s: float = 5.0) -> float:
-    return pool.loop.time() + s
 
 
 CHUNKED = (

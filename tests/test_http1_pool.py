@@ -25,13 +25,9 @@ from tests.conftest import (
     free_port,
     two_deployments,
 )
-from tests.raw_http import RawServer, answering, read_request
+from tests.raw_http import RawServer, answering, deadline, read_request
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
-
-
-def deadline(pool: Pool, s: float = 5.0) -> float:
-    return pool.loop.time() + s
 
 
 async def test_a_full_pool_makes_a_request_wait_at_most_pool_wait_s() -> None:
@@ -61,27 +57,6 @@ async def test_a_full_pool_makes_a_request_wait_at_most_pool_wait_s() -> None:
         await pool.close()
     assert waits[0] == 0.0 and waits[2] == 0.0
     assert 0.1 < waits[1] < 3
-
-
-async def test_a_request_gets_the_connection_another_gives_back_while_it_waits() -> None:
-    waits: list[float] = []
-    pool = Pool(limit=1, read_s=5.0, pool_wait_s=5.0, on_wait=waits.append)
-    try:
-        async with RawServer(answering(OK, OK)) as srv:
-            first = await pool.request("POST", srv.url, {}, b"", deadline=deadline(pool))
-            second = asyncio.ensure_future(
-                pool.request("POST", srv.url, {}, b"", deadline=deadline(pool))
-            )
-            await asyncio.sleep(0.1)
-            await first.read(deadline=deadline(pool))
-            first.release()
-            resp = await asyncio.wait_for(second, 5)
-            assert await resp.read(deadline=deadline(pool)) == b"ok"
-            resp.release()
-            assert srv.connections == 1
-    finally:
-        await pool.close()
-    assert waits[1] > 0.05
 
 
 def test_a_pool_timeout_fails_over_without_blaming_the_vendor() -> None:

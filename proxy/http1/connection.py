@@ -265,16 +265,25 @@ class Connection(asyncio.Protocol):
                 response._push(tail)
             response._finish()
 
+    def _inflate_more(self) -> bool:
+        """Inflate what there is room for now; False if that failed the answer."""
+        response = self.response
+        if self._inflater is None or response is None or response._eof:
+            return True
+        try:
+            self._pump()
+        except ProtocolError as exc:
+            self._fail(exc)
+            return False
+        return True
+
     def drained(self) -> None:
         """The reader took what was buffered (or took over by callback): go on reading."""
-        if self._inflater is not None and self.response is not None and not self.response._eof:
-            try:
-                self._pump()
-            except ProtocolError as exc:
-                self._fail(exc)
+        if self._inflater is not None:
+            if not self._inflate_more():
                 return
-            if self.response._buffered >= RESUME_AT:
-                return
+            if self.response is not None and self.response._buffered >= RESUME_AT:
+                return  # what the inflating added is the read-ahead already
         if self._paused and self.transport is not None:
             self._paused = False
             self.transport.resume_reading()
@@ -287,13 +296,7 @@ class Connection(asyncio.Protocol):
 
     def unhold(self) -> None:
         self._held = False
-        if self._inflater is not None and self.response is not None and not self.response._eof:
-            try:
-                self._pump()
-            except ProtocolError as exc:
-                self._fail(exc)
-                return
-        if not self._paused and self.transport is not None:
+        if self._inflate_more() and not self._paused and self.transport is not None:
             self.transport.resume_reading()
 
     # -- failures ------------------------------------------------------------------------
