@@ -102,6 +102,12 @@ def _at_least_one(v: int) -> str | None:
     return None if v >= 1 else "must be at least 1"
 
 
+def _at_least_a_mebibyte(v: int) -> str | None:
+    # Below that, an answer's first read (up to the read-ahead) could hold more than the
+    # cap before it is counted: the cap would not be exact.
+    return None if v >= 1024 * 1024 else "must be at least 1048576 (1 MiB)"
+
+
 def _limit(v: float) -> str | None:
     return None if v > 0 else "must be greater than 0 (to have no such limit, leave the key out)"
 
@@ -222,7 +228,7 @@ class VendorSpec:
     # None: half the process's open-file limit, at least 256 (proxy.http1.default_limit).
     max_connections: int | None = check(_at_least_one, None)
     timeouts: PartialTimeouts = field(default_factory=PartialTimeouts)
-    max_response_bytes: int = check(_at_least_one, MAX_BODY)
+    max_response_bytes: int = check(_at_least_a_mebibyte, MAX_BODY)
     max_decompressed_bytes: int = check(_at_least_one, MAX_DECODED)
     # An http:// proxy URL, or "direct"; unset: HTTPS_PROXY / HTTP_PROXY / NO_PROXY.
     proxy: str | None = None

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import logging
 import tracemalloc
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
+import orjson
 import pytest
 
 from proxy.core.outcomes import OutcomeClass
@@ -23,6 +25,7 @@ from proxy.http1 import MAX_BODY, MAX_DECODED, Pool, ProtocolError, ResponseTooL
 from proxy.http1.connection import MAX_HEAD, Connection
 from proxy.http1.response import Response
 from proxy.vendors.classify import classify_transport
+from tests.conftest import FakeFactory, ProxyFactory, two_deployments
 from tests.raw_http import RawServer, answering, deadline, read_request
 
 MiB = 1024 * 1024
@@ -372,3 +375,35 @@ async def test_deflate_with_and_without_its_zlib_wrapper_even_split_in_tiny_read
             resp = await pool.request("POST", srv.url, {}, b"", deadline=deadline(pool))
             assert await resp.read(deadline=deadline(pool)) == payload
             resp.release()
+
+
+async def test_through_the_proxy_an_answer_over_the_cap_fails_over_and_says_why(
+    fakes: FakeFactory, proxies: ProxyFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    body = b'{"choices": [], "padding": "' + b"x" * (2 * MiB) + b'"}'
+    huge = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(
+        body
+    )
+    b = await fakes("b")
+    async with RawServer(answering(huge + body)) as a:
+        config = (
+            "server: {host: 127.0.0.1, port: 0, request_timeout_s: 20}\n"
+            "health_check: {enabled: false}\n"
+            "vendors:\n"
+            f"  a: {{type: openai, base_url: 'http://127.0.0.1:{a.port}/v1', api_key: k,"
+            " max_response_bytes: 1048576}\n"
+            f"  b: {{type: openai, base_url: '{b.base_url}', api_key: k}}\n"
+            "models:\n" + two_deployments()
+        )
+        proxy = await proxies(config)
+        with caplog.at_level(logging.INFO, logger="llmproxy.access"):
+            resp = await proxy.client().chat.completions.with_raw_response.create(
+                model="smart", messages=[{"role": "user", "content": "hi"}]
+            )
+        assert resp.headers["x-proxy-deployment"] == "b/model-b"
+        await a.all_ended()  # the connection to `a` was closed, not pooled
+    (line,) = [orjson.loads(r.getMessage()) for r in caplog.records if r.name == "llmproxy.access"]
+    failed = line["attempts"][0]
+    assert failed["outcome"] == "server_error"
+    assert failed["detail"].startswith("response over a size cap while reading the body")
+    assert "max_response_bytes" in failed["detail"]
