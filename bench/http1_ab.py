@@ -6,7 +6,13 @@ own process, so its CPU is not counted) and reads each answer the way the proxy 
 `read()` for JSON, `deliver_to` callbacks for streams. Old and new alternate, several
 rounds, and the medians are compared.
 
-    python -m bench.http1_ab [--ref main] [--rounds 6] [--requests 4000]
+`--proxy` compares whole proxies instead: `llm-proxy serve` from this tree and from the
+ref run side by side in front of the same upstream, and the load generator drives them
+in turns (JSON at concurrency 32, burst and paced streams at 16), counting each one's CPU. Running
+both at once and alternating short rounds puts both under the same noise on a busy
+machine.
+
+    python -m bench.http1_ab [--ref main] [--rounds 6] [--requests 4000] [--proxy]
 """
 
 from __future__ import annotations
@@ -92,6 +98,94 @@ def _measure(tree: Path, mode: str, base: str, requests: int, concurrency: int) 
     return float(json.loads(out)["cpu_us"])
 
 
+_PROXY_CONFIG = """
+server: {{host: 127.0.0.1, port: {port}}}
+health_check: {{enabled: false}}
+vendors:
+  ok: {{type: openai, base_url: '{upstream}/ok/v1', api_key: sk-bench}}
+  paced: {{type: openai, base_url: '{upstream}/paced/v1', api_key: sk-bench}}
+models:
+  json: {{deployments: [{{vendor: ok, model: gpt-4o-mini}}]}}
+  stream: {{deployments: [{{vendor: ok, model: gpt-4o-mini}}]}}
+  paced: {{deployments: [{{vendor: paced, model: gpt-4o-mini}}]}}
+"""
+# (model group = mode, stream?, concurrency)
+_PROXY_MODES = (("json", False, 32), ("stream", True, 16), ("paced", True, 16))
+
+
+def _serve(tree: Path, port: int, upstream: str, workdir: Path) -> subprocess.Popen[bytes]:
+    config = workdir / f"proxy-{port}.yaml"
+    config.write_text(_PROXY_CONFIG.format(port=port, upstream=upstream))
+    return subprocess.Popen(
+        [sys.executable, "-m", "proxy.cli", "serve", "--config", str(config)],
+        cwd=tree,
+        env={**os.environ, "PYTHONPATH": str(tree)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def _compare_proxies(args: argparse.Namespace, old: Path, upstream: str) -> None:
+    from bench.loadgen import Request, run_load
+    from bench.procstat import cpu_seconds
+
+    ports = {"old": 18100 + os.getpid() % 100, "new": 18300 + os.getpid() % 100}
+    procs = {
+        side: _serve(tree, ports[side], upstream, old)
+        for side, tree in (("old", old), ("new", ROOT))
+    }
+    modes = [m for m in _PROXY_MODES if m[0] in args.modes.split(",")]
+    try:
+        time.sleep(3.0)
+        results: dict[tuple[str, str], list[float]] = {}
+        for r in range(args.rounds):
+            for mode, stream, concurrency in modes:
+                sides = ["old", "new"] if r % 2 == 0 else ["new", "old"]
+                for side in sides:
+                    body = b'{"model":"%s","messages":[{"role":"user","content":"hi"}]%s}' % (
+                        mode.encode(),
+                        b',"stream":true' if stream else b"",
+                    )
+                    req = Request(
+                        "127.0.0.1", ports[side], "/v1/chat/completions", body,
+                        expect=b"[DONE]" if stream else b"", stream=stream,
+                    )  # fmt: skip
+                    before = cpu_seconds(procs[side].pid)
+                    load = asyncio.run(
+                        run_load(
+                            req, concurrency=concurrency, requests=args.requests, max_seconds=120
+                        )
+                    )
+                    cpu = (cpu_seconds(procs[side].pid) - before) / max(load.requests, 1) * 1e6
+                    if load.errors:
+                        raise RuntimeError(
+                            f"{side}: {load.errors} errors: {load.error_samples[:2]}"
+                        )
+                    results.setdefault((mode, side), []).append(cpu)
+                    print(f"round {r + 1} {mode:6} {side}: {cpu:7.1f} us/request", flush=True)
+        _summary(args, results, tuple(m for m, _, _ in modes), "request")
+    finally:
+        for proc in procs.values():
+            proc.terminate()
+            proc.wait()
+
+
+def _summary(
+    args: argparse.Namespace,
+    results: dict[tuple[str, str], list[float]],
+    modes: tuple[str, ...],
+    unit: str,
+) -> None:
+    print(f"\nmedians over {args.rounds} rounds, {args.requests} each:")
+    for mode in modes:
+        a = statistics.median(results[(mode, "old")])
+        b = statistics.median(results[(mode, "new")])
+        print(
+            f"{mode:6}  {args.ref}: {a:7.1f} us/{unit}   this tree: {b:7.1f} us/{unit}"
+            f"   {100 * (b - a) / a:+.1f}%"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ref", default="main", help="the git ref to compare with")
@@ -99,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=4000)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--modes", default=",".join(MODES))
+    parser.add_argument("--proxy", action="store_true", help="whole proxies, not the client")
     parser.add_argument("--client", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.client:
@@ -119,6 +214,9 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             old = Path(tmp)
             _export(args.ref, old)
+            if args.proxy:
+                _compare_proxies(args, old, base)
+                return 0
             results: dict[tuple[str, str], list[float]] = {}
             for r in range(args.rounds):
                 for mode in args.modes.split(","):
@@ -129,14 +227,7 @@ def main(argv: list[str] | None = None) -> int:
                         cpu = _measure(tree, mode, base, args.requests, args.concurrency)
                         results.setdefault((mode, side), []).append(cpu)
                         print(f"round {r + 1} {mode:6} {side}: {cpu:7.1f} us/call", flush=True)
-            print(f"\nmedians over {args.rounds} rounds, {args.requests} calls each:")
-            for mode in args.modes.split(","):
-                a = statistics.median(results[(mode, "old")])
-                b = statistics.median(results[(mode, "new")])
-                print(
-                    f"{mode:6}  {args.ref}: {a:7.1f} us/call   this tree: {b:7.1f} us/call"
-                    f"   {100 * (b - a) / a:+.1f}%"
-                )
+            _summary(args, results, tuple(args.modes.split(",")), "call")
     finally:
         upstream.terminate()
         upstream.wait()
