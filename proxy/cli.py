@@ -1,4 +1,4 @@
-"""`llm-proxy`: serve, check-config, demo."""
+"""`llm-proxy`: serve, check-config, demo, and the admin verbs on-call engineers type."""
 
 from __future__ import annotations
 
@@ -170,15 +170,39 @@ def cmd_demo(args: argparse.Namespace) -> int:
         loop.close()
 
 
-def admin_call(args: argparse.Namespace, method: str, path: str) -> tuple[int, Any]:
+def _admin_key(args: argparse.Namespace) -> str | None:
+    """--admin-key, else $LLM_PROXY_ADMIN_KEY, else the file $LLM_PROXY_ADMIN_KEY_FILE names
+    (a mounted secret: what `docker compose exec` / `kubectl exec` sessions have)."""
+    if args.admin_key:
+        return str(args.admin_key)
+    path = os.environ.get("LLM_PROXY_ADMIN_KEY_FILE")
+    if not path:
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read().strip() or None
+    except OSError as exc:
+        raise SystemExit(
+            f"llm-proxy: cannot read the admin key file {path} ($LLM_PROXY_ADMIN_KEY_FILE): "
+            f"{exc.strerror}"
+        ) from None
+
+
+def admin_call(
+    args: argparse.Namespace, method: str, path: str, body: Any = None
+) -> tuple[int, Any]:
     """One admin API call from the CLI (plain blocking HTTP: no event loop here)."""
     import urllib.error
     import urllib.request
 
     url = args.url.rstrip("/") + path
-    req = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None)
-    if args.admin_key:
-        req.add_header("Authorization", f"Bearer {args.admin_key}")
+    data = orjson.dumps(body) if body is not None else (b"" if method == "POST" else None)
+    req = urllib.request.Request(url, method=method, data=data)
+    if body is not None:
+        req.add_header("Content-Type", "application/json")
+    key = _admin_key(args)
+    if key:
+        req.add_header("Authorization", f"Bearer {key}")
     try:
         with urllib.request.urlopen(req, timeout=args.timeout) as resp:
             return resp.status, orjson.loads(resp.read())
@@ -206,6 +230,38 @@ def cmd_reload(args: argparse.Namespace) -> int:
     print(f"llm-proxy: reload failed ({status}): {_error_message(body)}", file=sys.stderr)
     for problem in body.get("problems", []) if isinstance(body, dict) else []:
         print(f"  {problem}", file=sys.stderr)
+    return 1
+
+
+def _quoted(name: str) -> str:
+    """A deployment id or client name as one URL path segment (`openai/gpt-4o` has a slash)."""
+    from urllib.parse import quote
+
+    return quote(name, safe="")
+
+
+# Admin actions: verb -> (method, path template, body, what to print on success). `{0}` is
+# the deployment id or client name, URL-encoded.
+_ACTIONS: dict[str, tuple[str, str, Any, str]] = {
+    "drain": ("POST", "/admin/deployments/{0}/breaker", {"state": "open"}, "drained {0}"),
+    "undrain": (
+        "POST",
+        "/admin/deployments/{0}/breaker",
+        {"state": "closed"},
+        "{0} is back in service (breaker closed)",
+    ),
+    "clear-cooldown": ("DELETE", "/admin/deployments/{0}/cooldown", None, "cleared {0}'s cooldown"),
+    "reset-usage": ("POST", "/admin/clients/{0}/reset-usage", None, "reset {0}'s usage"),
+}
+
+
+def cmd_action(args: argparse.Namespace) -> int:
+    method, path, body, done = _ACTIONS[args.command]
+    status, answer = admin_call(args, method, path.format(_quoted(args.target)), body)
+    if status == 200:
+        print(f"{done.format(args.target)} on {args.url}")
+        return 0
+    print(f"llm-proxy: {args.command} failed ({status}): {_error_message(answer)}", file=sys.stderr)
     return 1
 
 
@@ -247,7 +303,7 @@ def render_status(doc: dict[str, Any]) -> str:
             rows.append(
                 [
                     dep_id,
-                    d["breaker"]["state"],
+                    d["breaker"]["state"] + (" (drained)" if d["breaker"].get("drained") else ""),
                     d["breaker"].get("failures"),
                     f"{cooldown['left_s']:.0f}s {cooldown['reason']}" if cooldown else "-",
                     "healthy" if d.get("healthy") else "UNHEALTHY",
@@ -278,8 +334,7 @@ def render_status(doc: dict[str, Any]) -> str:
         for name, c in clients.items():
             today = c.get("today") or {}
             limits = "; ".join(
-                f"{k}: {v.get('remaining', v.get('in_flight'))}/{v.get('limit')}"
-                for k, v in (c.get("limits") or {}).items()
+                f"{k}: {v.get('summary')}" for k, v in (c.get("limits") or {}).items()
             )
             rows.append(
                 [
@@ -320,7 +375,8 @@ def _add_admin_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--admin-key",
         default=os.environ.get("LLM_PROXY_ADMIN_KEY"),
-        help="the admin key (default: $LLM_PROXY_ADMIN_KEY)",
+        help="the admin key (default: $LLM_PROXY_ADMIN_KEY, else the file "
+        "$LLM_PROXY_ADMIN_KEY_FILE names)",
     )
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the proxy")
 
@@ -387,6 +443,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_admin_args(reload)
     reload.set_defaults(func=cmd_reload)
+
+    for verb, target, help_text in (
+        ("drain", "deployment", "send a deployment no traffic until `undrain` (shared via Redis)"),
+        ("undrain", "deployment", "bring a drained or open deployment back (shared via Redis)"),
+        ("clear-cooldown", "deployment", "end a deployment's cooldown (shared via Redis)"),
+        ("reset-usage", "client", "refill a client's limits, zero today's usage (this replica)"),
+    ):
+        action = sub.add_parser(verb, help=help_text)
+        action.add_argument("target", metavar=target.upper(), help=f"the {target} (as in status)")
+        _add_admin_args(action)
+        action.set_defaults(func=cmd_action)
 
     demo = sub.add_parser(
         "demo", help="run the proxy against simulated vendors and show a failover"

@@ -1,14 +1,25 @@
 """The listener: the proxy's HTTP/1.1 front door, with a fast lane for the proxied endpoints.
 
 Why not aiohttp's server alone: its request machinery (a task per request, a Request object,
-routing, middleware, a StreamResponse and its writer) cost ~110 us of CPU per request here,
-most of a proxied request's CPU and latency once the upstream hop was lean. The requests a
-proxy lives on are few and plain (a POST of a JSON body with a Content-Length to one of the
-paths in `routes`), so the listener parses those itself and answers them through the
-same handlers, and hands every other connection to aiohttp at a request boundary: admin,
-metrics, the dashboard, GETs, chunked or `Expect` uploads, HTTP/1.0, anything unusual or
-malformed. aiohttp then owns that connection for good, with its own parser, limits and
-error answers; the fast lane never has to be lenient.
+routing, middleware, a StreamResponse and its writer) cost more CPU than the rest of a
+proxied request together. The requests a proxy lives on are few and plain (a POST of a JSON
+body with a Content-Length to one of the paths in `routes`), so the listener serves those
+itself and hands every other connection to aiohttp at a request boundary: admin, metrics,
+the dashboard, GETs, chunked uploads, HTTP/1.0. aiohttp then owns that connection, with
+its own routing and answers.
+
+Parsing is llhttp's (through `httptools`), on both lanes: the fast lane feeds it each request
+head and serves only what it accepts; a connection handed to aiohttp is watched by the same
+parser, so a request llhttp rejects is refused there too and both lanes apply the same
+time limits. The listener finds where a head ends (the first blank line) only to know what
+to feed; every rule about what a valid request is belongs to llhttp.
+
+Limits on what a peer controls: `header_timeout_s` from a request's first byte to the end
+of its head, `body_timeout_s` from there to the end of its body, `keepalive_s` between
+requests, `max_connections` open at once (beyond it a connection gets a 503 and is
+closed), at most `_PIPELINE_LIMIT` bytes read ahead of a request in flight, and the next
+pipelined request starts only once the client has taken the previous answer. One sweep a
+second enforces the timeouts: no timer per connection.
 
 Lifecycle: `start()` listens; `close()` stops listening, lets the requests in flight finish
 (within the grace period; streams included), closes idle keep-alive connections, then
@@ -20,146 +31,140 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from email.utils import formatdate
 from http import HTTPStatus
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
+import httptools
+import orjson
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
-__all__ = ["FastEventStream", "FastHandler", "FastRequest", "Listener", "ProxiedRequest"]
+__all__ = [
+    "Answer",
+    "BodyTooLarge",
+    "FastHandler",
+    "FastRequest",
+    "InboundRequest",
+    "Listener",
+    "ListenerLimits",
+    "StreamBody",
+]
 
 log = logging.getLogger("llmproxy")
 
-FastHandler = Callable[[Any], Awaitable[web.StreamResponse]]
+_MAX_HEAD: Final = 8190  # aiohttp's line limit: a longer head is aiohttp's to refuse
+_MAX_HEADERS: Final = 128  # aiohttp's header count limit, likewise
+_PIPELINE_LIMIT: Final = 256 * 1024  # bytes read ahead of a request in flight
+_SWEEP_S: Final = 1.0
 
-_MAX_HEAD: Final = 8190  # aiohttp's own line limit; a longer head is aiohttp's to judge
-_MAX_HEADERS: Final = 128  # aiohttp's header count limit (it answers 400 beyond it)
-_PIPELINE_LIMIT: Final = 256 * 1024  # bytes held behind a request in flight
-_KEEPALIVE_S: Final = 75.0  # aiohttp's default keep-alive timeout
-_SWEEP_S: Final = 5.0
-_TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-# Headers whose presence sends the request to aiohttp (it knows what to do with them).
-_NOT_FAST: Final = frozenset({"transfer-encoding", "expect", "upgrade"})
+
+class BodyTooLarge(Exception):
+    """The request's body is over the limit the handler asked for."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the body is larger than {limit} bytes")
+        self.limit = limit
+
+
+class StreamOut:
+    """Where a streamed answer's body goes (see `proxy.vendors.base.StreamOut`)."""
+
+    def send(self, data: bytes) -> bool:  # pragma: no cover - an interface
+        raise NotImplementedError
+
+    async def drained(self) -> None:  # pragma: no cover - an interface
+        raise NotImplementedError
+
+
+StreamBody = Callable[[Any], Awaitable[None]]  # called with a StreamOut, sends the body
+
+
+@dataclass(slots=True)
+class Answer:
+    """What a handler answers, whichever lane the request came in on.
+
+    A JSON (or other) body is `body`; a streamed one is `stream`, a coroutine function that
+    sends the body to the `StreamOut` it is given (the head goes out with its first bytes)
+    and returns when it is complete. The lane adds framing headers (Content-Length or
+    chunked, Date).
+    """
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes = b""
+    content_type: str = "application/json"
+    stream: StreamBody | None = None
+
+
+FastHandler = Callable[["FastRequest"], Awaitable[Answer]]
+
+
+class InboundRequest(Protocol):
+    """What a handler reads of a request, on either lane."""
+
+    @property
+    def method(self) -> str: ...
+
+    @property
+    def path(self) -> str: ...
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+    @property
+    def content_type(self) -> str: ...
+
+    async def read_body(self, limit: int) -> bytes:
+        """The whole body; raises BodyTooLarge past `limit` bytes, TimeoutError when it does
+        not arrive within the server's body timeout."""
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerLimits:
+    """What a peer may hold: the `server:` settings the listener enforces."""
+
+    max_body: int
+    header_timeout_s: float = 30.0
+    body_timeout_s: float = 60.0
+    keepalive_s: float = 75.0
+    max_connections: int = 10_000
 
 
 class FastRequest:
-    """The parts of a request the proxied endpoints read (a subset of `web.Request`'s API)."""
+    """A request read whole on the fast lane: the parts the proxied endpoints read."""
 
-    __slots__ = (
-        "_body",
-        "_conn",
-        "_stream",
-        "app",
-        "content_length",
-        "content_type",
-        "headers",
-        "method",
-        "path",
-    )
+    __slots__ = ("_body", "content_type", "headers", "method", "path", "remote")
 
     def __init__(
         self,
-        conn: _Connection,
-        app: web.Application,
         method: str,
         path: str,
         headers: CIMultiDictProxy[str],
-        body: bytes,
+        body: bytes | None,
+        remote: str | None,
     ) -> None:
-        self._conn = conn
-        self.app = app
         self.method = method
         self.path = path
         self.headers = headers
-        self._body = body
-        self._stream: FastEventStream | None = None
-        self.content_length: int | None = len(body)
+        self._body = body  # None: over the listener's body limit, never read
+        self.remote = remote
         ctype = headers.get("Content-Type")
         self.content_type = (
             ctype.partition(";")[0].strip().lower() if ctype else "application/octet-stream"
         )
 
-    async def read(self) -> bytes:
-        return self._body
-
-    def event_stream(self, status: int, headers: Mapping[str, str]) -> FastEventStream:
-        """The streamed answer to this request (`prepare` is a no-op; the head goes first)."""
-        self._stream = FastEventStream(self._conn, status, headers)
-        return self._stream
-
-    @property
-    def answer_started(self) -> bool:
-        """True once part of the answer (a stream's head) has been sent."""
-        return self._stream is not None and self._stream._head is None
+    async def read_body(self, limit: int) -> bytes:
+        body = self._body
+        if body is None or len(body) > limit:
+            raise BodyTooLarge(limit)
+        return body
 
 
-ProxiedRequest = web.Request | FastRequest
-
-
-class FastEventStream(web.StreamResponse):
-    """A streamed answer written straight to the connection, chunk-encoded.
-
-    The head leaves with the first chunk (one send instead of two). `write` waits only when
-    the client is not reading (the transport's buffer is over its high-water mark).
-
-    It is a `web.StreamResponse` only so the handlers keep one return type; aiohttp never
-    sees it, so its constructor (a header multidict per stream) is skipped: only `status`
-    of aiohttp's surface is kept.
-    """
-
-    def __init__(self, conn: _Connection, status: int, headers: Mapping[str, str]) -> None:
-        self._status = status
-        self._conn = conn
-        self._head: bytes | None = _head(status, headers, b"Transfer-Encoding: chunked\r\n")
-        self._eof_sent = False
-
-    def __repr__(self) -> str:
-        return f"<FastEventStream {self._status} {'eof' if self._eof_sent else 'streaming'}>"
-
-    async def prepare(self, request: Any) -> None:
-        return None
-
-    def send(self, data: bytes) -> bool:
-        """Queue one chunk for the client (the `StreamOut` side of a relay); True if the
-        client is not keeping up."""
-        conn = self._conn
-        transport = conn.transport
-        if transport is None or transport.is_closing():
-            raise ConnectionResetError("the client closed the connection")
-        if data:
-            if self._head is None:
-                transport.write(b"%x\r\n%s\r\n" % (len(data), data))
-            else:
-                transport.write(b"%s%x\r\n%s\r\n" % (self._head, len(data), data))
-                self._head = None
-        return conn.writing_paused
-
-    async def drained(self) -> None:
-        await self._conn.drained()
-
-    async def write(self, data: bytes | bytearray | memoryview) -> None:
-        if self.send(bytes(data)):
-            await self._conn.drained()
-
-    async def write_eof(self, data: bytes = b"") -> None:
-        if self._eof_sent:
-            return
-        if data:
-            await self.write(data)
-        transport = self._conn.transport
-        if transport is None or transport.is_closing():
-            raise ConnectionResetError("the client closed the connection")
-        tail = b"0\r\n\r\n"
-        if self._head is not None:
-            tail = self._head + tail
-            self._head = None
-        self._eof_sent = True
-        transport.write(tail)
-
+# -- writing answers ----------------------------------------------------------------------
 
 _date_second = 0
 _date_header = b""
@@ -177,43 +182,210 @@ def _date() -> bytes:
 _REASONS: Final = {s.value: s.phrase.encode("ascii") for s in HTTPStatus}
 
 
-def _head(status: int, headers: Mapping[str, str], extra: bytes) -> bytes:
+def _head(status: int, headers: Mapping[str, str], content_type: str, extra: bytes) -> bytes:
     lines = "".join([f"{name}: {value}\r\n" for name, value in headers.items()])
     return (
         b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"Unknown"))
         + _date()
+        + b"Content-Type: "
+        + content_type.encode("latin-1")
+        + b"\r\n"
         + lines.encode("latin-1")
         + extra
         + b"\r\n"
     )
 
 
-def _serialize(resp: web.StreamResponse) -> bytes:
-    """A `web.Response` (status, headers, bytes body) as HTTP/1.1 bytes."""
-    body = resp.body if isinstance(resp, web.Response) else None
-    if not isinstance(body, (bytes, bytearray)):
-        body = b""
-    headers = resp.headers
-    if "Content-Type" not in headers and resp.content_type:
-        headers = CIMultiDict(headers)
-        headers["Content-Type"] = resp.content_type
-    return _head(resp.status, headers, b"Content-Length: %d\r\n" % len(body)) + bytes(body)
+def serialize(answer: Answer, *, close: bool = False) -> bytes:
+    """A non-streamed answer as HTTP/1.1 bytes."""
+    extra = b"Content-Length: %d\r\n" % len(answer.body)
+    if close:
+        extra += b"Connection: close\r\n"
+    return _head(answer.status, answer.headers, answer.content_type, extra) + answer.body
+
+
+def error_answer(status: int, message: str, code: str, headers: Mapping[str, str] = {}) -> Answer:
+    """A refusal from the listener itself (before any handler saw the request)."""
+    body = {"error": {"message": message, "type": "invalid_request_error", "param": None}}
+    body["error"]["code"] = code
+    if status >= 500:
+        body["error"]["type"] = "server_error"
+    return Answer(status, headers, orjson.dumps(body))
+
+
+class _ChunkedOut(StreamOut):
+    """A streamed answer written straight to a fast-lane connection, chunk-encoded; its head
+    leaves with the first chunk (one send instead of two)."""
+
+    __slots__ = ("_conn", "_head", "sent")
+
+    def __init__(self, conn: _Connection, head: bytes) -> None:
+        self._conn = conn
+        self._head: bytes | None = head
+        self.sent = False  # part of the answer is out: an error can no longer be answered
+
+    def send(self, data: bytes) -> bool:
+        conn = self._conn
+        transport = conn.transport
+        if transport is None or transport.is_closing():
+            raise ConnectionResetError("the client closed the connection")
+        if data:
+            self.sent = True
+            if self._head is None:
+                transport.write(b"%x\r\n%s\r\n" % (len(data), data))
+            else:
+                transport.write(b"%s%x\r\n%s\r\n" % (self._head, len(data), data))
+                self._head = None
+        return conn.writing_paused
+
+    async def drained(self) -> None:
+        await self._conn.drained()
+
+    def finish(self) -> None:
+        transport = self._conn.transport
+        if transport is None or transport.is_closing():
+            raise ConnectionResetError("the client closed the connection")
+        tail = b"0\r\n\r\n"
+        if self._head is not None:
+            tail, self._head = self._head + tail, None
+        self.sent = True
+        transport.write(tail)
+
+
+# -- parsing --------------------------------------------------------------------------------
+
+
+class _Head:
+    """llhttp's callbacks for one request head (httptools calls these by name)."""
+
+    __slots__ = ("complete", "headers", "url")
+
+    def __init__(self) -> None:
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.complete = False
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self.complete = True
+
+
+# Headers that send a request to aiohttp: llhttp accepted them, aiohttp serves them.
+_HAND_OVER: Final = frozenset({"transfer-encoding", "expect", "upgrade"})
+
+
+@dataclass(slots=True)
+class _Parsed:
+    method: str
+    path: str
+    headers: CIMultiDictProxy[str]
+    length: int
+    close: bool
+
+
+def _parse_head(head: bytes) -> _Parsed | str | None:
+    """Parse one request head with llhttp: the request, an error message (a 400), or None
+    when the request is valid but aiohttp's to serve."""
+    sink = _Head()
+    parser = httptools.HttpRequestParser(sink)
+    try:
+        parser.feed_data(head)
+    except httptools.HttpParserUpgrade:
+        return None
+    except httptools.HttpParserError as exc:
+        return f"Malformed HTTP request: {exc}."
+    if not sink.complete:
+        return "Malformed HTTP request: the head is incomplete."
+    if parser.get_http_version() != "1.1" or len(sink.headers) > _MAX_HEADERS:
+        return None
+    pairs: list[tuple[str, str]] = []
+    length = 0
+    hosts = 0
+    for raw_name, raw_value in sink.headers:
+        name = raw_name.decode("latin-1")
+        value = raw_value.decode("latin-1")
+        lower = name.lower()
+        if lower in _HAND_OVER:
+            return None
+        if lower == "host":
+            hosts += 1
+        elif lower == "content-length":
+            length = int(value)  # llhttp has checked it is one decimal number
+        pairs.append((name, value))
+    if hosts != 1:
+        return "An HTTP/1.1 request needs exactly one Host header."
+    return _Parsed(
+        parser.get_method().decode("ascii"),
+        sink.url.decode("latin-1"),
+        CIMultiDictProxy(CIMultiDict(pairs)),
+        length,
+        not parser.should_keep_alive(),
+    )
+
+
+class _Watch:
+    """llhttp following a connection aiohttp serves, for the listener's time limits: it
+    knows when a request's head and body are under way. A request llhttp rejects ends the
+    connection (the fast lane would have refused it too)."""
+
+    __slots__ = ("body_since", "failed", "head_since", "parser")
+
+    def __init__(self) -> None:
+        self.parser = httptools.HttpRequestParser(self)
+        self.head_since: float | None = None
+        self.body_since: float | None = None
+        self.failed = False
+
+    def on_message_begin(self) -> None:
+        self.head_since = time.monotonic()
+
+    def on_headers_complete(self) -> None:
+        self.head_since = None
+        self.body_since = time.monotonic()
+
+    def on_message_complete(self) -> None:
+        self.head_since = self.body_since = None
+
+    def feed(self, data: bytes) -> None:
+        if self.failed:
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self.failed = True  # aiohttp answers upgrades; nothing more to follow
+            self.head_since = self.body_since = None
+        except httptools.HttpParserError:
+            self.failed = True
+            raise
+
+
+# -- connections ----------------------------------------------------------------------------
 
 
 class _Connection(asyncio.Protocol):
-    """One client connection while it is on the fast lane."""
+    """One client connection: served on the fast lane, or handed to aiohttp and watched."""
 
     __slots__ = (
+        "_aiohttp",
         "_buf",
         "_drain_waiter",
-        "_have",
+        "_handler",
         "_listener",
         "_need",
-        "_parts",
+        "_parsed",
         "_reading_paused",
         "_task",
+        "_watch",
+        "body_since",
         "close_after",
+        "head_since",
         "last_active",
+        "remote",
         "transport",
         "writing_paused",
     )
@@ -222,48 +394,65 @@ class _Connection(asyncio.Protocol):
         self._listener = listener
         self.transport: asyncio.Transport | None = None
         self._buf = b""
-        self._parts: list[bytes] | None = None  # a body still arriving
-        self._have = self._need = 0
+        self._parsed: _Parsed | None = None  # a head whose body is still arriving
+        self._handler: FastHandler | None = None
+        self._need = 0
         self._task: asyncio.Task[None] | None = None
         self._drain_waiter: asyncio.Future[None] | None = None
+        self._watch: _Watch | None = None
+        self._aiohttp: asyncio.Protocol | None = None
         self.writing_paused = False
         self._reading_paused = False
         self.close_after = False
+        self.head_since: float | None = None
+        self.body_since: float | None = None
         self.last_active = 0.0
+        self.remote: str | None = None
 
     # -- asyncio.Protocol --------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        listener = self._listener
+        self.last_active = time.monotonic()
+        peer = transport.get_extra_info("peername")
+        self.remote = peer[0] if isinstance(peer, tuple) and peer else None
+        if len(listener.connections) >= listener.limits.max_connections:
+            listener.refused += 1
+            answer = error_answer(
+                503,
+                "The proxy has reached its connection limit (server.max_connections = "
+                f"{listener.limits.max_connections}); retry shortly.",
+                "too_many_connections",
+                {"Retry-After": "1"},
+            )
+            transport.write(serialize(answer, close=True))  # type: ignore[attr-defined]
+            transport.close()
+            return
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
-        self._listener.connections.add(self)
-        self.last_active = self._listener.loop.time()
+        listener.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
-        self.last_active = self._listener.loop.time()
-        parts = self._parts
-        if parts is not None:  # the rest of a large body: joined once, not copied per piece
-            parts.append(data)
-            self._have += len(data)
-            if self._have < self._need:
-                return
-            self._buf = b"".join(parts)
-            self._parts = None
-        else:
-            self._buf = self._buf + data if self._buf else data
+        self.last_active = time.monotonic()
+        if self._aiohttp is not None:
+            self._watched(data)
+            return
+        self._buf = self._buf + data if self._buf else data
         if self._task is None:
             self._next()
-        elif len(self._buf) > _PIPELINE_LIMIT and not self._reading_paused:
-            # Requests pipelined behind one in flight: stop reading until it is answered.
-            self._reading_paused = True
-            if self.transport is not None:
-                self.transport.pause_reading()
+        elif len(self._buf) > _PIPELINE_LIMIT:
+            self._pause_reading()  # requests pipelined behind one in flight: stop reading
 
-    def eof_received(self) -> bool:
+    def eof_received(self) -> bool | None:
+        if self._aiohttp is not None:
+            return self._aiohttp.eof_received()
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._listener.connections.discard(self)
         self.transport = None
+        if self._aiohttp is not None:
+            self._aiohttp.connection_lost(exc)
+            return
         if self._task is not None:
             self._task.cancel()  # the client went away: stop the upstream call too
         waiter = self._drain_waiter
@@ -272,9 +461,14 @@ class _Connection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.writing_paused = True
+        if self._aiohttp is not None:
+            self._aiohttp.pause_writing()
 
     def resume_writing(self) -> None:
         self.writing_paused = False
+        if self._aiohttp is not None:
+            self._aiohttp.resume_writing()
+            return
         waiter = self._drain_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -282,114 +476,142 @@ class _Connection(asyncio.Protocol):
     async def drained(self) -> None:
         if not self.writing_paused:
             return
-        waiter = self._drain_waiter = self._listener.loop.create_future()
+        if self.transport is None:
+            raise ConnectionResetError("the client closed the connection")
+        waiter = self._drain_waiter = asyncio.get_running_loop().create_future()
         try:
             await waiter
         finally:
             self._drain_waiter = None
 
-    # -- requests ------------------------------------------------------------------------
+    def _pause_reading(self) -> None:
+        if not self._reading_paused and self.transport is not None:
+            self._reading_paused = True
+            self.transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if self._reading_paused and self.transport is not None:
+            self._reading_paused = False
+            self.transport.resume_reading()
+
+    # -- the fast lane ----------------------------------------------------------------------
 
     def _next(self) -> None:
-        """Start the next complete request in the buffer, or hand the connection over."""
-        buf = self._buf
-        if not buf or self.transport is None:
+        """Start the next request in the buffer once it is whole (or hand the connection over)."""
+        if self.transport is None:
             return
-        end = buf.find(b"\r\n\r\n")
-        if end < 0:
-            if len(buf) > _MAX_HEAD:
-                self._hand_over()
-            return
-        parsed = self._parse(buf, end)
+        parsed = self._parsed
         if parsed is None:
-            self._hand_over()
-            return
-        handler, method, path, headers, length, close = parsed
-        start = end + 4
-        if len(buf) - start < length:  # wait for the rest of the body
-            self._parts, self._have, self._need = [buf], len(buf), start + length
-            self._buf = b""
-            return
-        body = buf[start : start + length]
-        self._buf = buf[start + length :]
-        self.close_after = close
-        listener = self._listener
-        request = FastRequest(self, listener.app, method, path, headers, body)
-        self._task = listener.loop.create_task(self._serve(handler, request))
-
-    def _parse(
-        self, buf: bytes, end: int
-    ) -> tuple[FastHandler, str, str, CIMultiDictProxy[str], int, bool] | None:
-        if end > _MAX_HEAD:
-            return None
-        lines = buf[:end].decode("latin-1").split("\r\n")
-        method, _, rest = lines[0].partition(" ")
-        path, _, version = rest.partition(" ")
-        if method != "POST" or version != "HTTP/1.1" or len(lines) > _MAX_HEADERS + 1:
-            return None
-        handler = self._listener.routes.get(path)
-        if handler is None:
-            return None
-        pairs: list[tuple[str, str]] = []
-        length = -1
-        close = False
-        for line in lines[1:]:
-            name, sep, value = line.partition(":")
-            if not sep or not _TOKEN.fullmatch(name):
-                return None
-            value = value.strip(" \t")
-            if "\n" in value or "\r" in value or "\x00" in value:
-                return None
-            lower = name.lower()
-            if lower == "content-length":
-                if length >= 0 or not value.isdigit() or not value.isascii():
-                    return None
-                length = int(value)
-            elif lower in _NOT_FAST:
-                return None
-            elif lower == "connection":
-                close = "close" in value.lower()
-            pairs.append((name, value))
-        if length < 0 or length > self._listener.max_body:
-            return None  # aiohttp answers what the handler would (411, 413) its own way
-        return handler, method, path, CIMultiDictProxy(CIMultiDict(pairs)), length, close
+            buf = self._buf
+            if not buf:
+                self.head_since = None
+                return
+            if self.head_since is None:
+                self.head_since = time.monotonic()
+            end = buf.find(b"\r\n\r\n", 0, _MAX_HEAD + 4)
+            if end < 0:
+                if len(buf) > _MAX_HEAD:
+                    self._hand_over()  # aiohttp answers an oversized head its own way
+                return
+            line = buf[: buf.find(b"\r\n")].split(b" ")
+            handler = (
+                self._listener.routes.get(line[1].decode("latin-1")) if len(line) == 3 else None
+            )
+            if handler is None or line[0] != b"POST":
+                self._hand_over()
+                return
+            result = _parse_head(buf[: end + 4])
+            if result is None:
+                self._hand_over()
+                return
+            if isinstance(result, str):
+                self._refuse(400, result, "malformed_request")
+                return
+            self._buf = buf[end + 4 :]
+            self._parsed, self._handler = result, handler
+            self.head_since = None
+            self.body_since = time.monotonic()
+            parsed = result
+        if parsed.length > self._listener.limits.max_body:
+            # Not read: the handler answers 413 in its API's shape, then the connection ends.
+            body: bytes | None = None
+            self.close_after = True
+        elif len(self._buf) < parsed.length:
+            return  # wait for the rest of the body
+        else:
+            body = self._buf[: parsed.length]
+            self._buf = self._buf[parsed.length :]
+            self.close_after = parsed.close
+        handler = self._handler
+        assert handler is not None
+        self._parsed = self._handler = None
+        self.body_since = None
+        request = FastRequest(parsed.method, parsed.path, parsed.headers, body, self.remote)
+        self._task = asyncio.get_running_loop().create_task(self._serve(handler, request))
 
     async def _serve(self, handler: FastHandler, request: FastRequest) -> None:
         listener = self._listener
         listener.in_flight += 1
         try:
-            try:
-                resp = await handler(request)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("unhandled error serving %s %s", request.method, request.path)
-                if request.answer_started:
-                    # A streamed answer is under way: a 500 now would land in the middle
-                    # of its body. Cutting the connection tells the client it broke off.
-                    if self.transport is not None:
-                        self.transport.close()
-                    return
-                data: bytes | None = _serialize(listener.internal_error())
-            else:
-                data = None if isinstance(resp, FastEventStream) else _serialize(resp)
-            transport = self.transport
-            if transport is None:
-                return
-            if data is not None:
-                transport.write(data)
-            if self.close_after or listener.closing:
-                transport.close()
-                return
+            await self._answer(handler, request)
         finally:
             listener.in_flight -= 1
             self._task = None
-        if self._reading_paused and self.transport is not None:
-            self._reading_paused = False
-            self.transport.resume_reading()
-        self.last_active = listener.loop.time()
+        if self.transport is None:
+            return
+        if self.close_after or listener.closing:
+            self.transport.close()
+            return
+        self.last_active = time.monotonic()
+        if self.writing_paused:
+            # The client has not taken this answer yet: the next request waits for it.
+            try:
+                await self.drained()
+            except ConnectionResetError:
+                return
+        self._resume_reading()
         if self._buf:
             self._next()
+
+    async def _answer(self, handler: FastHandler, request: FastRequest) -> None:
+        out: _ChunkedOut | None = None
+        try:
+            answer = await handler(request)
+            if answer.stream is None:
+                data = serialize(answer, close=self.close_after)
+                if self.transport is not None:
+                    self.transport.write(data)
+                return
+            extra = b"Transfer-Encoding: chunked\r\n"
+            if self.close_after:
+                extra += b"Connection: close\r\n"
+            out = _ChunkedOut(
+                self, _head(answer.status, answer.headers, answer.content_type, extra)
+            )
+            await answer.stream(out)
+            out.finish()
+        except asyncio.CancelledError:
+            raise
+        except ConnectionResetError:
+            self.close_after = True
+        except Exception:
+            log.exception("unhandled error serving %s %s", request.method, request.path)
+            if self.transport is None:
+                return
+            if out is not None and out.sent:
+                # A streamed answer is under way: a 500 now would land in the middle of its
+                # body. Cutting the connection tells the client it broke off.
+                self.transport.close()
+                return
+            self.transport.write(serialize(self._listener.internal_error(), close=self.close_after))
+
+    def _refuse(self, status: int, message: str, code: str) -> None:
+        """Answer a request the listener will not serve, and end the connection."""
+        if self.transport is not None:
+            self.transport.write(serialize(error_answer(status, message, code), close=True))
+            self.transport.close()
+
+    # -- handed over to aiohttp ----------------------------------------------------------------
 
     def _hand_over(self) -> None:
         """Give the connection (and what it has sent so far) to aiohttp, for good."""
@@ -397,68 +619,127 @@ class _Connection(asyncio.Protocol):
         listener = self._listener
         if transport is None:
             return
-        listener.connections.discard(self)
         if listener.closing:
             transport.close()
             return
         protocol = listener.runner.server
         assert protocol is not None, "the aiohttp runner is not set up"
-        handler = protocol()
-        transport.set_protocol(handler)
-        handler.connection_made(transport)
+        self._aiohttp = protocol()
+        self._watch = _Watch()
+        self._aiohttp.connection_made(transport)
+        if self.writing_paused:
+            self._aiohttp.pause_writing()
+        self._resume_reading()
         buf, self._buf = self._buf, b""
-        self.transport = None
+        self.head_since = None
         if buf:
-            handler.data_received(buf)
+            self._watched(buf)
 
-    def close_if_idle(self, idle_before: float) -> None:
-        if self._task is None and self.transport is not None and self.last_active < idle_before:
+    def _watched(self, data: bytes) -> None:
+        watch = self._watch
+        assert watch is not None and self._aiohttp is not None
+        try:
+            watch.feed(data)
+        except httptools.HttpParserError as exc:
+            if self.transport is not None:
+                log.info(
+                    "malformed HTTP request refused: %s",
+                    type(exc).__name__,
+                    extra={"event": "malformed_request"},
+                )
+                answer = error_answer(400, f"Malformed HTTP request: {exc}.", "malformed_request")
+                self.transport.write(serialize(answer, close=True))
+                self.transport.close()
+            return
+        self._aiohttp.data_received(data)
+
+    # -- limits ----------------------------------------------------------------------------------
+
+    def sweep(self, now: float, limits: ListenerLimits) -> None:
+        """Close this connection if a peer-controlled wait is over its limit."""
+        if self.transport is None:
+            return
+        watch = self._watch
+        head_since = watch.head_since if watch is not None else self.head_since
+        body_since = watch.body_since if watch is not None else self.body_since
+        if head_since is not None and now - head_since > limits.header_timeout_s:
+            self._timed_out(
+                f"its head within {limits.header_timeout_s:g} s (server.header_timeout_s)"
+            )
+        elif body_since is not None and now - body_since > limits.body_timeout_s:
+            self._timed_out(f"its body within {limits.body_timeout_s:g} s (server.body_timeout_s)")
+        elif (
+            watch is None
+            and self._task is None
+            and head_since is None
+            and body_since is None
+            and now - self.last_active > limits.keepalive_s
+        ):
+            self.transport.close()  # idle keep-alive
+
+    def _timed_out(self, what: str) -> None:
+        self._listener.timeouts += 1
+        if self._watch is None:
+            self._refuse(408, f"The request did not send {what}.", "request_timeout")
+        elif self.transport is not None:
+            self.transport.close()  # aiohttp's connection: it may be mid-answer
+
+    @property
+    def lane(self) -> str:
+        """ "fast" while the listener serves this connection, "aiohttp" once handed over."""
+        return "fast" if self._watch is None else "aiohttp"
+
+    def close_if_idle(self) -> None:
+        if (
+            self._watch is None
+            and self._task is None
+            and self.transport is not None
+            and self._parsed is None
+            and not self._buf
+        ):
             self.transport.close()
 
 
+@dataclass(slots=True)
 class Listener:
     """Listens for clients; serves `routes` on the fast lane and hands the rest to aiohttp."""
 
-    def __init__(
-        self,
-        runner: web.AppRunner,
-        routes: Mapping[str, FastHandler],
-        *,
-        max_body: int,
-        internal_error: Callable[[], web.Response],
-        keepalive_s: float = _KEEPALIVE_S,
-    ) -> None:
-        self.runner = runner
-        self.internal_error = internal_error  # the answer to a request that hit a bug
-        self.app = runner.app
-        self.routes = dict(routes)
-        self.max_body = max_body
-        self.keepalive_s = keepalive_s
-        self.connections: set[_Connection] = set()
-        self.in_flight = 0
-        self.closing = False
-        self.loop = asyncio.get_running_loop()
-        self._servers: list[asyncio.Server] = []
-        self._sweeper: asyncio.TimerHandle | None = None
+    runner: web.AppRunner
+    routes: dict[str, FastHandler]
+    limits: ListenerLimits
+    internal_error: Callable[[], Answer]  # the answer to a request that hit a bug
+    connections: set[_Connection] = field(default_factory=set)
+    in_flight: int = 0
+    closing: bool = False
+    refused: int = 0  # connections refused at the cap
+    timeouts: int = 0  # connections closed for a slow head or body
+    _servers: list[asyncio.Server] = field(default_factory=list)
+    _sweeper: asyncio.TimerHandle | None = None
 
     async def start(self, host: str, port: int, *, reuse_port: bool = False) -> None:
-        server = await self.loop.create_server(
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(
             lambda: _Connection(self), host, port, backlog=1024, reuse_port=reuse_port or None
         )
         self._servers.append(server)
         if self._sweeper is None:
-            self._sweeper = self.loop.call_later(_SWEEP_S, self._sweep)
+            self._sweeper = loop.call_later(_SWEEP_S, self.sweep)
 
     @property
     def port(self) -> int:
         return int(self._servers[0].sockets[0].getsockname()[1])
 
-    def _sweep(self) -> None:
-        """Close keep-alive connections idle for longer than `keepalive_s`."""
-        idle_before = self.loop.time() - self.keepalive_s
+    def stats(self) -> tuple[int, int, int, int]:
+        """(fast-lane connections, aiohttp-lane connections, refused at the cap, timed out)."""
+        fast = sum(1 for conn in self.connections if conn.lane == "fast")
+        return fast, len(self.connections) - fast, self.refused, self.timeouts
+
+    def sweep(self) -> None:
+        """Enforce the time limits on every connection (runs once a second)."""
+        now = time.monotonic()
         for conn in list(self.connections):
-            conn.close_if_idle(idle_before)
-        self._sweeper = self.loop.call_later(_SWEEP_S, self._sweep)
+            conn.sweep(now, self.limits)
+        self._sweeper = asyncio.get_running_loop().call_later(_SWEEP_S, self.sweep)
 
     async def close(self, grace_s: float) -> None:
         """Stop listening, drain the fast lane within `grace_s`, then clean up aiohttp's side."""
@@ -467,12 +748,13 @@ class Listener:
             self._sweeper.cancel()
         for server in self._servers:
             server.close()
-        deadline = self.loop.time() + grace_s
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace_s
         for conn in list(self.connections):
-            conn.close_if_idle(float("inf"))
-        while self.in_flight and self.loop.time() < deadline:
+            conn.close_if_idle()
+        while self.in_flight and loop.time() < deadline:
             await asyncio.sleep(0.05)
         for conn in list(self.connections):  # past the grace period: cut what is left
-            if conn.transport is not None:
+            if conn._watch is None and conn.transport is not None:
                 conn.transport.close()
         await self.runner.cleanup()

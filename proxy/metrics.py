@@ -9,12 +9,19 @@ vendor rate-limit budgets) are plain numbers in dicts, rendered by a collector a
 time: prometheus_client's own types take a lock and run several checks per update, about
 a tenth of a request's CPU on a path that aims at a quarter millisecond. They are updated
 and scraped on the event loop's thread only. The rest use prometheus_client's types.
+
+Every series an alert rule or a dashboard panel reads exists from start-up at 0
+(`Metrics.declare`, called again by each reload for the deployments, groups and clients
+it adds). A labelled counter born at its first increment is born at 1, and Prometheus'
+`increase()` and `rate()` see nothing in a series that appears at 1: the alert for a first
+event (a vendor's quota running out, one failed reload) would never fire.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import (
@@ -33,7 +40,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-__all__ = ["UNKNOWN_GROUP", "DeploymentGauges", "Metrics", "PoolGauges"]
+__all__ = ["UNKNOWN_GROUP", "DeploymentGauges", "Metrics", "PoolGauges", "SeriesPlan"]
 
 UNKNOWN_GROUP = "_unknown_"
 
@@ -60,6 +67,10 @@ class LeanCounter:
     def inc(self, labels: tuple[str, ...], amount: float = 1.0) -> None:
         values = self.values
         values[labels] = values.get(labels, 0.0) + amount
+
+    def declare(self, labels: tuple[str, ...]) -> None:
+        """Make the series exist at 0 (a no-op for one that exists)."""
+        self.values.setdefault(labels, 0.0)
 
     def family(self) -> Metric:
         family = CounterMetricFamily(self.name, self.doc, labels=self.labelnames)
@@ -121,17 +132,17 @@ class LeanHistogram:
         self.les = [floatToGoString(b) for b in self.bounds]  # type: ignore[no-untyped-call]
         self.children: dict[tuple[str, ...], _Observations] = {}
 
-    def ensure(self, labels: tuple[str, ...]) -> None:
-        """Create the series at zero (so it exists before its first observation)."""
-        if labels not in self.children:
-            self.children[labels] = _Observations(len(self.bounds))
-
     def observe(self, labels: tuple[str, ...], value: float) -> None:
         child = self.children.get(labels)
         if child is None:
             child = self.children[labels] = _Observations(len(self.bounds))
         child.counts[bisect_left(self.bounds, value)] += 1  # le: value <= bound
         child.sum += value
+
+    def declare(self, labels: tuple[str, ...]) -> None:
+        """Make the series (every bucket, _sum, _count) exist at 0."""
+        if labels not in self.children:
+            self.children[labels] = _Observations(len(self.bounds))
 
     def family(self) -> Metric:
         family = HistogramMetricFamily(self.name, self.doc, labels=self.labelnames)
@@ -143,6 +154,23 @@ class LeanHistogram:
                 buckets.append((le, float(cumulative)))
             family.add_metric(labels, buckets, child.sum)
         return family
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesPlan:
+    """The label values of the series that exist from start-up (or from a reload) at 0.
+
+    Built from the config and the outcome table (`Gateway`), so every label set stays
+    bounded: groups and their deployments, clients and the refusals they can get, classes
+    from a fixed table.
+    """
+
+    groups: Mapping[str, Sequence[str]]  # model group -> the ids of its deployments
+    deployments: Sequence[str]
+    clients: Mapping[str, Sequence[str]]  # client -> the `reason`s it can be refused for
+    attempt_classes: Sequence[str]  # every `outcome_class` of an upstream attempt
+    failover_reasons: Sequence[str]  # the classes a request fails over on
+    failure_classes: Sequence[str]  # the classes a stream abort or an unserved request has
 
 
 class _LeanCollector(Collector):
@@ -166,7 +194,7 @@ class DeploymentGauges(Collector):
         groups: Callable[[], Iterable[tuple[str, int]]],
     ) -> None:
         # snapshot yields (deployment id, breaker state 0/1/2, healthy, cooldown seconds left);
-        # groups yields (model group, how many of its deployments routing would use now).
+        # groups yields (model group, how many of its deployments are in service now).
         self._snapshot = snapshot
         self._groups = groups
 
@@ -188,7 +216,8 @@ class DeploymentGauges(Collector):
         )
         usable = GaugeMetricFamily(
             "llmproxy_model_group_usable_deployments",
-            "Deployments of the group that routing would use now (not open, cooling or unhealthy).",
+            "Deployments of the group in service now: healthy, not cooling, breaker closed "
+            "(a half-open breaker's one trial does not make a deployment usable).",
             labels=["model_group"],
         )
         for dep_id, state, ok, left in self._snapshot():
@@ -266,6 +295,43 @@ class ClientGauges(Collector):
         yield used
 
 
+class ListenerGauges(Collector):
+    """The front door's connections, read at scrape time from the listener."""
+
+    def __init__(self, snapshot: Callable[[], tuple[int, int, int, int]]) -> None:
+        # snapshot: (fast-lane connections, aiohttp-lane connections, refused, timed out)
+        self._snapshot = snapshot
+
+    @staticmethod
+    def _families() -> tuple[GaugeMetricFamily, CounterMetricFamily, CounterMetricFamily]:
+        return (
+            GaugeMetricFamily(
+                "llmproxy_client_connections", "Open client connections, by lane.", labels=["lane"]
+            ),
+            CounterMetricFamily(
+                "llmproxy_client_connections_refused",
+                "Client connections refused at server.max_connections.",
+            ),
+            CounterMetricFamily(
+                "llmproxy_client_request_timeouts",
+                "Client connections closed for a head or body slower than "
+                "server.header_timeout_s / server.body_timeout_s.",
+            ),
+        )
+
+    def describe(self) -> Iterator[Metric]:
+        yield from self._families()
+
+    def collect(self) -> Iterator[Metric]:
+        fast, aiohttp_lane, refused, timeouts = self._snapshot()
+        connections, refusals, slow = self._families()
+        connections.add_metric(["fast"], fast)
+        connections.add_metric(["aiohttp"], aiohttp_lane)
+        refusals.add_metric([], refused)
+        slow.add_metric([], timeouts)
+        yield from (connections, refusals, slow)
+
+
 class Metrics:
     """All of the proxy's metrics, on a registry of its own (several proxies can share a process)."""
 
@@ -321,6 +387,19 @@ class Metrics:
             ("vendor",),
             _POOL_WAIT_BUCKETS,
         )
+        self.unserved = LeanCounter(
+            "llmproxy_unserved_requests",
+            "Requests no deployment served (every candidate failed, or none could be tried), "
+            "by the outcome class of the error the client got.",
+            ("model_group", "outcome_class"),
+        )
+        self.served_away = LeanCounter(
+            "llmproxy_served_away",
+            "Requests served by a deployment other than the group's preferred one: after a "
+            "failed attempt (failover), or because the preferred one was out of service "
+            "(skipped; for strategies that spread traffic, its share of the weight).",
+            ("model_group", "reason"),
+        )
         self.in_flight = LeanGauge("llmproxy_in_flight_requests", "Client requests being served.")
         self.ratelimit_remaining = LeanGauge(
             "llmproxy_upstream_ratelimit_remaining",
@@ -337,6 +416,8 @@ class Metrics:
                     self.upstream_duration,
                     self.tokens,
                     self.pool_wait,
+                    self.unserved,
+                    self.served_away,
                     self.in_flight,
                     self.ratelimit_remaining,
                 )
@@ -370,6 +451,8 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        for result in RELOAD_RESULTS:
+            self.config_reloads.labels(result)
         self.state_backend_up = Gauge(
             "llmproxy_state_backend_up",
             "1 if the shared state backend (Redis) is reachable, else 0 (always 1 for memory).",
@@ -381,7 +464,37 @@ class Metrics:
             ["direction"],
             registry=r,
         )
+        for direction in ("published", "applied"):
+            self.state_events.labels(direction)
         self._children: dict[tuple[Any, ...], Any] = {}
+
+    def declare(self, plan: SeriesPlan) -> None:
+        """Create at 0 every series an alert or a dashboard panel reads (module docstring).
+
+        Series that exist stay as they are: a reload keeps its counts.
+        """
+        for dep in plan.deployments:
+            self.upstream_duration.declare((dep,))
+            for cls in plan.attempt_classes:
+                self.attempts.declare((dep, cls))
+            for kind in TOKEN_KINDS:
+                self.tokens.declare((dep, kind))
+        for group, members in plan.groups.items():
+            self.requests.declare((group, "200"))
+            self.request_duration.declare((group,))
+            self.ttfb.declare((group,))
+            for reason in SERVED_AWAY_REASONS:
+                self.served_away.declare((group, reason))
+            for cls in plan.failure_classes:
+                self.unserved.declare((group, cls))
+            for dep in members:
+                for reason in plan.failover_reasons:
+                    self._child(self.failovers, group, dep, reason)
+                for cls in plan.failure_classes:
+                    self._child(self.stream_aborts, group, dep, cls)
+        for client, reasons in plan.clients.items():
+            for reason in reasons:
+                self._child(self.client_limit_rejections, client, reason)
 
     def add_deployment_gauges(
         self,
@@ -403,9 +516,12 @@ class Metrics:
         vendor's series exists from now on, at zero."""
         labels = (vendor,)
         histogram = self.pool_wait
-        histogram.ensure(labels)
+        histogram.declare(labels)
         observe = histogram.observe
         return lambda seconds: observe(labels, seconds)
+
+    def add_listener_gauges(self, snapshot: Callable[[], tuple[int, int, int, int]]) -> None:
+        self.registry.register(ListenerGauges(snapshot))
 
     def _child(self, metric: Any, *labels: str) -> Any:
         key = (id(metric), *labels)
@@ -437,6 +553,12 @@ class Metrics:
     def stream_abort(self, group: str, deployment: str, outcome_class: str) -> None:
         self._child(self.stream_aborts, group, deployment, outcome_class).inc()
 
+    def unserved_request(self, group: str, outcome_class: str) -> None:
+        self.unserved.inc((group, outcome_class))
+
+    def served_away_from_preferred(self, group: str, reason: str, share: float) -> None:
+        self.served_away.inc((group, reason), share)
+
     def usage(self, deployment: str, prompt: int, completion: int, cached_prompt: int) -> None:
         if prompt:
             self.tokens.inc((deployment, "prompt"), prompt)
@@ -461,6 +583,10 @@ class Metrics:
 
 
 _STATUS = {code: str(code) for code in range(100, 600)}
+
+RELOAD_RESULTS = ("success", "failure")  # the `result` of llmproxy_config_reloads_total
+TOKEN_KINDS = ("prompt", "completion", "cached_prompt")  # the `kind` of llmproxy_tokens_total
+SERVED_AWAY_REASONS = ("failover", "skipped")  # the `reason` of llmproxy_served_away_total
 
 # Response header -> `kind` label of llmproxy_upstream_ratelimit_remaining (VENDOR_WIRE_FORMATS.md section 3).
 RATELIMIT_HEADERS: tuple[tuple[str, str], ...] = (

@@ -23,15 +23,17 @@ CLI = [sys.executable, "-m", "proxy.cli"]
 ENV = {**os.environ, "NO_COLOR": "1", "PYTHONUNBUFFERED": "1"}
 
 
-async def run_cli(*args: str, timeout: float = 60) -> tuple[int, str, str]:
-    """Run `llm-proxy ARGS` to completion: (exit code, stdout, stderr)."""
+async def run_cli(
+    *args: str, timeout: float = 60, env: dict[str, str] | None = None
+) -> tuple[int, str, str]:
+    """Run `llm-proxy ARGS` to completion: (exit code, stdout, stderr); `env` adds variables."""
     proc = await asyncio.create_subprocess_exec(
         *CLI,
         *args,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         cwd=ROOT,
-        env=ENV,
+        env={**ENV, **(env or {})},
     )
     out, err = await asyncio.wait_for(proc.communicate(), timeout)
     assert proc.returncode is not None

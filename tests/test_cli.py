@@ -14,11 +14,30 @@ from proxy.fakes import FakeOpenAI
 from tests.conftest import FakeFactory, build_config, free_port, two_deployments
 from tests.processes import Serve, run_cli, spawn_serve, wait_ready
 
+EXAMPLE_KEYS = {
+    name: f"test-{name}"
+    for name in (
+        "OPENAI_API_KEY",
+        "GROQ_API_KEY",
+        "ANTHROPIC_API_KEY",
+        "GEMINI_API_KEY",
+        "AZURE_OPENAI_KEY",
+    )
+}
+
 
 async def test_check_config_accepts_a_valid_file() -> None:
-    code, out, _ = await run_cli("check-config", "config/example.yaml")
+    code, out, _ = await run_cli("check-config", "config/example.yaml", env=EXAMPLE_KEYS)
     assert code == 0
     assert "config/example.yaml: OK" in out
+
+
+async def test_check_config_rejects_an_empty_vendor_key_naming_the_vendor() -> None:
+    code, _, err = await run_cli(
+        "check-config", "config/example.yaml", env={**EXAMPLE_KEYS, "GROQ_API_KEY": " "}
+    )
+    assert code == 2
+    assert "vendors.groq.api_key: is empty (${GROQ_API_KEY} is empty or only whitespace)" in err
 
 
 async def test_check_config_rejects_a_broken_file_with_its_lines(tmp_path: Path) -> None:

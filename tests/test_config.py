@@ -194,9 +194,13 @@ def test_broken_files(text: str, expected: str) -> None:
 
 
 def test_shipped_configs_are_valid() -> None:
+    from tests.test_cli import EXAMPLE_KEYS
+
     for name in ("example.yaml", "demo.yaml"):
-        config = load_config(ROOT / "config" / name, env={})
+        config = load_config(ROOT / "config" / name, env=EXAMPLE_KEYS)
         assert config.models
+    with pytest.raises(ConfigError, match="OPENAI_API_KEY is not set"):
+        load_config(ROOT / "config" / "example.yaml", env={})
 
 
 def test_unreadable_file(tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.app import create_app
 from proxy.cli import build_parser
-from proxy.config import Config, load_config, parse_config
+from proxy.config import Config, parse_config
 from proxy.fakes.__main__ import _parse_args as parse_fake_args
 from proxy.gateway import Gateway
 
@@ -109,7 +109,7 @@ def test_dockerfile_is_slim_non_root_checks_health_and_serves_the_mounted_config
     assert "curl" not in cmd and "wget" not in cmd  # neither is in the slim image
     url = re.search(r"http://127\.0\.0\.1:(\d+)(/[\w/]+)", cmd)
     assert url is not None and int(url.group(1)) == port
-    assert url.group(2) == "/health/live" and url.group(2) in _routes()
+    assert url.group(2) == "/health/ready" and url.group(2) in _routes()
 
     (entrypoint,) = get("ENTRYPOINT")
     assert _exec_form(entrypoint) == ["llm-proxy", "serve"]
@@ -149,22 +149,39 @@ def _mounts(service: dict[str, Any]) -> dict[str, Path]:
     return out
 
 
-def _compose_proxies() -> dict[str, tuple[dict[str, Any], Config]]:
+def _with_secret_files(text: str, mount: str, names: set[str], tmp: Path) -> str:
+    """`text` with its ${file:MOUNT/NAME} references pointed at test files: every NAME must
+    be one the container gets (a compose secret, a key of the Kubernetes Secret)."""
+    refs = set(re.findall(r"\$\{file:" + re.escape(mount) + r"/([^}]+)\}", text))
+    assert refs and refs <= names, (refs, names)
+    for ref in refs:
+        (tmp / ref).write_text(f"test-{ref}\n")
+    return text.replace("${file:" + mount + "/", "${file:" + str(tmp) + "/")
+
+
+def _compose_proxies(tmp: Path) -> dict[str, tuple[dict[str, Any], Config]]:
     proxies = {}
-    for name, service in _compose()["services"].items():
+    compose = _compose()
+    for name, service in compose["services"].items():
         if "build" not in service or service.get("entrypoint"):
             continue
         args = _serve_args(service["command"])
         host_file = _mounts(service)[args.config]
         env = {k: str(v) for k, v in service.get("environment", {}).items()}
-        proxies[name] = (service, load_config(host_file, env=env))
+        secrets = set(service.get("secrets", []))
+        assert secrets <= set(compose["secrets"])
+        text = _with_secret_files(host_file.read_text(), "/run/secrets", secrets, tmp)
+        proxies[name] = (service, parse_config(text, file=str(host_file), env=env))
+        assert env["LLM_PROXY_ADMIN_KEY_FILE"].removeprefix("/run/secrets/") in secrets
     return proxies
 
 
-def test_compose_runs_two_proxy_replicas_on_redis_in_front_of_fake_vendors() -> None:
+def test_compose_runs_two_proxy_replicas_on_redis_in_front_of_fake_vendors(
+    tmp_path: Path,
+) -> None:
     compose = _compose()
     services = compose["services"]
-    proxies = _compose_proxies()
+    proxies = _compose_proxies(tmp_path)
     assert len(proxies) >= 2
     fakes = {
         name: parse_fake_args(s["command"])
@@ -177,6 +194,7 @@ def test_compose_runs_two_proxy_replicas_on_redis_in_front_of_fake_vendors() -> 
         container_ports = {int(p.split(":")[1]) for p in service["ports"]}
         assert container_ports == {config.server.port}, name
         assert config.state.backend == "redis"
+        assert config.server.admin_key_sha256  # the admin API is reachable from outside
         redis_url = urlsplit(config.state.url or "")
         assert redis_url.hostname in services and redis_url.port == 6379
         assert "redis" in services[redis_url.hostname]["image"]
@@ -191,11 +209,11 @@ def test_compose_runs_two_proxy_replicas_on_redis_in_front_of_fake_vendors() -> 
         assert float(stop.rstrip("s")) > _serve_args(service["command"]).shutdown_grace_s
 
 
-def test_compose_prometheus_scrapes_the_replicas_with_our_alerts_and_grafana_has_our_dashboard() -> (
-    None
-):
+def test_compose_prometheus_scrapes_the_replicas_with_our_alerts_and_grafana_has_our_dashboard(
+    tmp_path: Path,
+) -> None:
     services = _compose()["services"]
-    proxies = _compose_proxies()
+    proxies = _compose_proxies(tmp_path)
     prom = services["prometheus"]
     mounts = _mounts(prom)
     config_path = next(
@@ -205,6 +223,7 @@ def test_compose_prometheus_scrapes_the_replicas_with_our_alerts_and_grafana_has
     for rule_file in prom_config["rule_files"]:
         assert mounts[rule_file] == (DEPLOY / "prometheus" / "alerts.yml").resolve()
     (job,) = prom_config["scrape_configs"]
+    assert job["job_name"] == "llm-proxy"  # what the alerts' up{job="llm-proxy"} reads
     assert job["metrics_path"] == "/metrics" and "/metrics" in _routes()
     targets = set(job["static_configs"][0]["targets"])
     assert targets == {f"{name}:{cfg.server.port}" for name, (_, cfg) in proxies.items()}
@@ -244,7 +263,23 @@ def test_kustomization_lists_every_manifest() -> None:
     assert set(kustomization["resources"]) == files
 
 
-def test_k8s_deployment_probes_ports_config_and_draining_agree_with_the_proxy() -> None:
+def test_the_secret_is_not_applied_from_git() -> None:
+    """`kubectl apply -k` must not overwrite the real keys with placeholders."""
+    assert not [k for k in _k8s() if k.startswith("Secret/")]
+
+
+def test_redis_keeps_its_data_on_a_persistent_volume() -> None:
+    m = _k8s()
+    spec = m["Deployment/llm-proxy-redis"]["spec"]
+    (volume,) = spec["template"]["spec"]["volumes"]
+    claim = volume["persistentVolumeClaim"]["claimName"]
+    assert f"PersistentVolumeClaim/{claim}" in m
+    assert spec["strategy"]["type"] == "Recreate"  # one pod at a time on a ReadWriteOnce volume
+
+
+def test_k8s_deployment_probes_ports_config_and_draining_agree_with_the_proxy(
+    tmp_path: Path,
+) -> None:
     m = _k8s()
     deployment = m["Deployment/llm-proxy"]
     pod = deployment["spec"]["template"]
@@ -261,11 +296,18 @@ def test_k8s_deployment_probes_ports_config_and_draining_agree_with_the_proxy() 
     items = {i["path"]: i["key"] for i in volume["configMap"]["items"]}
     configmap = m[f"ConfigMap/{volume['configMap']['name']}"]
     env = {e["name"]: e["value"] for e in container.get("env", [])}
-    for source in container.get("envFrom", []):
-        secret = m[f"Secret/{source['secretRef']['name']}"]
-        env.update({k: "test-value" for k in secret["stringData"]})
-        assert all(v == "" for v in secret["stringData"].values()), "no real secrets in git"
-    config = parse_config(configmap["data"][items[file_name]], file="configmap", env=env)
+    assert "envFrom" not in container  # keys are files (rotated without a restart)
+    (keys,) = [v for v in spec["volumes"] if "secret" in v]
+    keys_dir = next(
+        vm["mountPath"] for vm in container["volumeMounts"] if vm["name"] == keys["name"]
+    )
+    kustomization = (DEPLOY / "k8s" / "kustomization.yaml").read_text()
+    secret_keys = set(re.findall(r"--from-literal=(\w+)=", kustomization))
+    text = _with_secret_files(configmap["data"][items[file_name]], keys_dir, secret_keys, tmp_path)
+    config = parse_config(text, file="configmap", env=env)
+    assert config.server.admin_key_sha256  # the admin API is reachable from outside the pod
+    assert env["LLM_PROXY_ADMIN_KEY_FILE"] == f"{keys_dir}/LLM_PROXY_ADMIN_KEY"
+    assert keys["secret"]["secretName"] in kustomization
     assert config.server.port == ports["http"]
     assert config.state.backend == "redis"  # several replicas: breakers must be shared
 

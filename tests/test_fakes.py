@@ -94,8 +94,9 @@ async def test_chat_json_shape_usage_and_recording(
     assert fake.stats.requests["/v1/chat/completions"] == 1
     assert fake.stats.tokens == {"prompt": 10, "completion": 5, "cached": 0}
     rec = fake.stats.last_requests[-1]
-    path, rec_headers, rec_body = rec
+    path, rec_headers, rec_body, method = rec
     assert path == "/v1/chat/completions"
+    assert method == "POST"
     assert rec_headers["authorization"] == "Bearer sk-vendor"
     assert rec_body == body
 

@@ -73,7 +73,12 @@ async def test_probes_alone_take_a_refusing_vendor_out_and_bring_it_back(
     for _ in range(5):  # no client request goes to the unhealthy deployment
         assert await chat(proxy) == ("b/model-b", "b/model-b=success")
     metrics = await proxy.metrics_text()
-    assert 'llmproxy_upstream_attempts_total{deployment="a/model-a"' not in metrics
+    attempts_to_a = [
+        line
+        for line in metrics.splitlines()
+        if line.startswith('llmproxy_upstream_attempts_total{deployment="a/model-a"')
+    ]
+    assert attempts_to_a and all(line.endswith(" 0.0") for line in attempts_to_a)
     assert 'deployment="a/model-a",outcome_class="unreachable"} ' in metrics  # the probes
 
     passes_before = proxy.gateway.health.probes["a/model-a"].checks

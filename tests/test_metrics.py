@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.fakes import FakeOpenAI, Fault
-from tests.conftest import RunningProxy
+from tests.conftest import FakeFactory, ProxyFactory, RunningProxy, build_config
 
 EXPECTED = {
     "llmproxy_requests": ("counter", {"model_group", "status"}),
@@ -160,3 +162,46 @@ def test_lean_metrics_expose_exactly_what_prometheus_client_would() -> None:
     assert generate_latest(lean).decode().splitlines() == [
         line for line in generate_latest(ref).decode().splitlines() if "_created" not in line
     ]
+
+
+async def test_every_series_alerts_and_panels_read_exists_at_0_from_start_and_from_a_reload(
+    fakes: FakeFactory, proxies: ProxyFactory
+) -> None:
+    """A series born at its first increment is born at 1, which increase() cannot see."""
+    a, b = await fakes("a"), await fakes("b")
+    proxy = await proxies(
+        build_config({"a": a}, "  smart: {deployments: [{vendor: a, model: m}]}\n")
+    )
+    text = await proxy.metrics_text()
+    for series in (
+        'llmproxy_upstream_attempts_total{deployment="a/m",outcome_class="quota_exhausted"} 0.0',
+        'llmproxy_upstream_attempts_total{deployment="a/m",outcome_class="auth_error"} 0.0',
+        'llmproxy_config_reloads_total{result="failure"} 0.0',
+        'llmproxy_requests_total{model_group="smart",status="200"} 0.0',
+        'llmproxy_unserved_requests_total{model_group="smart",outcome_class="rate_limited"} 0.0',
+        'llmproxy_served_away_total{model_group="smart",reason="skipped"} 0.0',
+        'llmproxy_failovers_total{from_deployment="a/m",model_group="smart",reason="timeout"} 0.0',
+        'llmproxy_stream_aborts_total{deployment="a/m",model_group="smart",outcome_class="server_error"} 0.0',
+        'llmproxy_tokens_total{deployment="a/m",kind="cached_prompt"} 0.0',
+        'llmproxy_upstream_duration_seconds_count{deployment="a/m"} 0.0',
+    ):
+        assert series in text, series
+    assert "llmproxy_client_limit_rejections_total{" not in text  # no clients: open proxy
+
+    config = Path(proxy.config.source)
+    config.write_text(
+        build_config(
+            {"a": a, "b": b},
+            "  smart: {deployments: [{vendor: a, model: m}, {vendor: b, model: m}]}\n",
+            "clients:\n  - {name: team, key_sha256: '" + "0" * 64 + "'}\n",
+        )
+    )
+    await proxy.gateway.reload_from_file()
+    text = await proxy.metrics_text()
+    for series in (
+        'llmproxy_upstream_attempts_total{deployment="b/m",outcome_class="quota_exhausted"} 0.0',
+        'llmproxy_client_limit_rejections_total{client="team",reason="loop_detected"} 0.0',
+        'llmproxy_client_limit_rejections_total{client="_unknown_",reason="invalid_key"} 0.0',
+        'llmproxy_config_reloads_total{result="success"} 1.0',
+    ):
+        assert series in text, series

@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from proxy.api.openai import GATEWAY
+from proxy.api import GATEWAY
 from proxy.config import ConfigError
 from proxy.core.errors import ApiError
 from proxy.gateway import Gateway

@@ -1,13 +1,13 @@
 """The Anthropic-compatible inbound API: `POST /v1/messages` and `/v1/messages/count_tokens`.
 
 So that the Anthropic SDK and Claude Code (`ANTHROPIC_BASE_URL=http://proxy:4000`) fail over
-like OpenAI clients do. The request takes the same path as the OpenAI endpoints (the relay
-in `openai.proxy_request`, the router, the breakers): an Anthropic deployment gets the
-client's bytes (and its `anthropic-beta` header) passed through, any other vendor gets a
-translation. Only the edges differ: validation, and errors in Anthropic's shape
-(`{"type": "error", "error": {"type", "message"}}`), including the `event: error` that ends
-a stream broken after its first byte. `x-api-key` and `anthropic-version` are accepted
-(client authentication is the admission layer's business, not this module's).
+like OpenAI clients do. Both are endpoints of the shared pipeline (`proxy.api.pipeline`):
+an Anthropic deployment gets the client's bytes (and its `anthropic-beta` header) passed
+through, any other vendor gets a translation. Only the edges differ: validation, and errors
+in Anthropic's shape (`{"type": "error", "error": {"type", "message"}}`), including the
+`event: error` that ends a stream broken after its first byte. A token count needs the
+client's key, its model allow-list and its limits like every other endpoint that reaches a
+vendor.
 """
 
 from __future__ import annotations
@@ -16,16 +16,16 @@ from collections.abc import Mapping
 from typing import Any
 
 import orjson
-from aiohttp import web
 
-from proxy.api.openai import GATEWAY, Inbound, proxy_request, stream_error_message
-from proxy.api.validation import EndpointSchema, read_json, validate
+from proxy.api.pipeline import Endpoint, Exchange, Inbound, stream_error_message
+from proxy.api.validation import EndpointSchema, validate
 from proxy.core.errors import ApiError
 from proxy.core.outcomes import FinalError, Outcome, OutcomeClass
-from proxy.listener import ProxiedRequest
-from proxy.routing.router import Served
+from proxy.core.usage import Usage
+from proxy.listener import Answer
+from proxy.routing.router import ModelGroup
 
-__all__ = ["ANTHROPIC", "MESSAGES", "error_type", "routes"]
+__all__ = ["ANTHROPIC", "ENDPOINTS", "MESSAGES", "error_type"]
 
 _NUM = (int, float)
 MESSAGES = EndpointSchema(
@@ -87,30 +87,21 @@ def error_body(type_: str, message: str) -> bytes:
     return orjson.dumps({"type": "error", "error": {"type": type_, "message": message}})
 
 
-def _error(err: ApiError, headers: Mapping[str, str]) -> web.Response:
-    return web.Response(
-        status=err.status,
-        body=error_body(error_type(err.status), err.message),
-        content_type="application/json",
-        headers={**err.headers, **headers},
+def _error(err: ApiError, headers: Mapping[str, str]) -> Answer:
+    return Answer(
+        err.status, {**err.headers, **headers}, error_body(error_type(err.status), err.message)
     )
 
 
-def _final_error(final: FinalError, headers: Mapping[str, str]) -> web.Response:
+def _final_error(final: FinalError, headers: Mapping[str, str]) -> Answer:
     type_ = _TYPE_FOR_CLASS.get(final.cls) or error_type(final.status)
-    return web.Response(
-        status=final.status,
-        body=error_body(type_, final.message),
-        content_type="application/json",
-        headers=headers,
-    )
+    return Answer(final.status, headers, error_body(type_, final.message))
 
 
-def _stream_error(served: Served, outcome: Outcome) -> bytes:
+def _stream_error(deployment: str, outcome: Outcome) -> bytes:
     type_ = _TYPE_FOR_CLASS.get(outcome.cls, "api_error")
-    return (
-        b"event: error\ndata: " + error_body(type_, stream_error_message(served, outcome)) + b"\n\n"
-    )
+    message = stream_error_message(deployment, outcome)
+    return b"event: error\ndata: " + error_body(type_, message) + b"\n\n"
 
 
 def _validate(body: Any, schema: EndpointSchema) -> dict[str, Any]:
@@ -144,49 +135,34 @@ def _validate(body: Any, schema: EndpointSchema) -> dict[str, Any]:
     return checked
 
 
-def _forward_headers(request: ProxiedRequest) -> Mapping[str, str]:
-    beta = request.headers.get("anthropic-beta")
-    return {"anthropic-beta": beta} if beta else {}
+ANTHROPIC = Inbound(
+    "anthropic", _validate, _error, _final_error, _stream_error, forwarded=("anthropic-beta",)
+)
 
 
-ANTHROPIC = Inbound("anthropic", _validate, _error, _final_error, _stream_error, _forward_headers)
-
-
-async def messages(request: ProxiedRequest) -> web.StreamResponse:
-    return await proxy_request(request, "messages", MESSAGES, ANTHROPIC)
-
-
-async def count_tokens(request: web.Request) -> web.Response:
+async def _count_tokens(ex: Exchange, group: ModelGroup, body: dict[str, Any]) -> Answer:
     """Input tokens of a Messages body, from the first deployment of the group that can count
     them (an Anthropic vendor asks the vendor), else estimated (~4 characters a token)."""
-    gw = request.app[GATEWAY]
-    try:
-        _, parsed = await read_json(request, gw.config.server.max_body_bytes)
-        body = _validate(parsed, COUNT_TOKENS)
-        group = gw.groups.get(body["model"])
-        if group is None:
-            raise ApiError(
-                404,
-                f"model: '{body['model']}' is not a model group of this proxy "
-                f"({', '.join(sorted(gw.groups))}).",
-                param="model",
-            )
-    except ApiError as err:
-        return _error(err, {})
+    adapters = ex.generation.adapters
     count: int | None = None
     for dep, _ in group.members:
-        adapter = gw.adapters[dep.config.vendor]
-        count = await adapter.count_tokens(dep.config, body)
+        count = await adapters[dep.config.vendor].count_tokens(dep.config, body)
         if count is not None:
             break
     if count is None:  # ~4 bytes of JSON per token: a deliberate over- rather than under-estimate
         sized = [body.get("system"), body["messages"], body.get("tools")]
         count = max(1, len(orjson.dumps(sized)) // 4)
-    return web.Response(body=orjson.dumps({"input_tokens": count}), content_type="application/json")
+    batch = ex.ticket.settle(Usage(), None, served=True)  # counted as a request, no tokens
+    if batch is not None:
+        await ex.gateway.ledger.durable(batch)
+    return Answer(
+        200, {"x-request-id": ex.rid, **ex.ticket.headers}, orjson.dumps({"input_tokens": count})
+    )
 
 
-def routes() -> list[web.RouteDef]:
-    return [
-        web.post("/v1/messages", messages),
-        web.post("/v1/messages/count_tokens", count_tokens),
-    ]
+ENDPOINTS = (
+    Endpoint("/v1/messages", "messages", MESSAGES, ANTHROPIC),
+    Endpoint(
+        "/v1/messages/count_tokens", "messages/count_tokens", COUNT_TOKENS, ANTHROPIC, _count_tokens
+    ),
+)

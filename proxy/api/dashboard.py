@@ -82,7 +82,7 @@ function render(doc) {
     const state = d.breaker.state;
     const cooling = d.cooldown ? `${d.cooldown.left_s.toFixed(0)} s (${d.cooldown.reason})` : "-";
     const row = [
-      cell(id), cell(state, state), cell(d.breaker.failures, "num"), cell(cooling, d.cooldown ? "cooling" : ""),
+      cell(id), cell(d.breaker.drained ? `${state} (drained)` : state, state), cell(d.breaker.failures, "num"), cell(cooling, d.cooldown ? "cooling" : ""),
       cell(d.healthy ? "healthy" : "unhealthy", d.healthy ? "healthy" : "unhealthy"),
       cell(d.usable ? "yes" : "no", d.usable ? "yes" : "no"), cell(d.latency_ewma_ms, "num"),
       cell(d.in_flight, "num"),
@@ -98,8 +98,7 @@ function render(doc) {
   fill("clients", Object.entries(doc.clients || {}).map(([name, c]) => {
     const today = c.today || {};
     const tokens = (today.prompt_tokens || 0) + (today.completion_tokens || 0);
-    const limits = Object.entries(c.limits || {}).map(([k, v]) =>
-      v.remaining !== undefined ? `${k}: ${v.remaining}/${v.limit}` : `${k}: ${v.in_flight}/${v.limit}`).join("; ");
+    const limits = Object.entries(c.limits || {}).map(([k, v]) => `${k}: ${v.summary}`).join("; ");
     return [cell(name), cell(c.in_flight, "num"), cell(today.requests || 0, "num"), cell(tokens, "num"),
             cell(limits || "none")];
   }));

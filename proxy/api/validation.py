@@ -12,10 +12,9 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import orjson
-from aiohttp import web
 
 from proxy.core.errors import ApiError
-from proxy.listener import ProxiedRequest
+from proxy.listener import BodyTooLarge, InboundRequest
 
 __all__ = ["CHAT", "COMPLETIONS", "EMBEDDINGS", "EndpointSchema", "read_json", "validate"]
 
@@ -179,7 +178,7 @@ def validate(body: Any, schema: EndpointSchema) -> dict[str, Any]:
     return body
 
 
-async def read_json(request: ProxiedRequest, limit: int) -> tuple[bytes, Any]:
+async def read_json(request: InboundRequest, limit: int) -> tuple[bytes, Any]:
     """Read the body once (at most `limit` bytes) and parse it. Raises ApiError on bad input."""
     ctype = request.content_type
     if (
@@ -192,23 +191,16 @@ async def read_json(request: ProxiedRequest, limit: int) -> tuple[bytes, Any]:
             f"Unsupported Content-Type '{ctype}': send the body as JSON with 'Content-Type: application/json'.",
             code="unsupported_media_type",
         )
-    length = request.content_length
-    if length is not None and length > limit:
-        raise _too_large(limit)
-    if length is not None or not isinstance(request, web.BaseRequest):
-        try:
-            raw = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            raise _too_large(limit) from None
-    else:  # chunked upload: stop reading as soon as it is over the limit
-        parts: list[bytes] = []
-        size = 0
-        while chunk := await request.content.read(65536):
-            size += len(chunk)
-            if size > limit:
-                raise _too_large(limit)
-            parts.append(chunk)
-        raw = b"".join(parts)
+    try:
+        raw = await request.read_body(limit)
+    except BodyTooLarge:
+        raise _too_large(limit) from None
+    except TimeoutError:
+        raise ApiError(
+            408,
+            "The request body did not arrive in time (server.body_timeout_s).",
+            code="request_timeout",
+        ) from None
     if not raw:
         raise ApiError(400, "The request body is empty: send a JSON object.")
     try:

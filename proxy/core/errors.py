@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-__all__ = ["ApiError"]
+__all__ = ["ApiError", "Unsupported"]
 
 
 class ApiError(Exception):
@@ -32,3 +32,24 @@ class ApiError(Exception):
         self.code = code
         self.param = param
         self.headers = dict(headers or {})
+
+
+class Unsupported(ApiError):
+    """A deployment cannot serve this request as asked: its vendor cannot honour a field
+    (`n`, `logprobs`, a hosted tool...) and no translation carries it.
+
+    Raised by an adapter before anything is sent. The router skips that deployment (it
+    says so in `x-proxy-attempts` as `unsupported`) and tries the next; only when no
+    deployment of the group can serve the request does the client get this 400, which
+    names the field and the vendor. Never counted against the vendor's health.
+    """
+
+    def __init__(self, field: str, vendor: str, detail: str) -> None:
+        super().__init__(
+            400,
+            f"'{field}' cannot be served by vendor {vendor!r}: {detail}",
+            code="unsupported_parameter",
+            param=field,
+        )
+        self.field = field
+        self.vendor = vendor

@@ -10,6 +10,8 @@ __all__ = ["DEFAULT_COMPLETION_ESTIMATE", "Usage", "estimate_tokens"]
 
 # What a request reserves for its answer when it sets no max_tokens.
 DEFAULT_COMPLETION_ESTIMATE = 1024
+# Endpoints that reach a vendor but spend no tokens (they still count as requests).
+_NO_TOKENS = frozenset({"messages/count_tokens"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +47,8 @@ def estimate_tokens(endpoint: str, body: Mapping[str, Any], raw_len: int) -> tup
     syntax: safe, and settled to the real figure anyway); the completion is `max_tokens`
     (or `max_completion_tokens`, `max_output_tokens`) times `n`, else a default.
     """
+    if endpoint in _NO_TOKENS:
+        return 0, 0
     prompt = raw_len // 4 + 1
     if endpoint == "embeddings":
         return prompt, 0

@@ -2,7 +2,9 @@
 
 Real HTTP servers on a real socket (no mocks), so the proxy's pooling, timeouts and
 stream parsing are exercised exactly as against a vendor. See ``base`` for the fault
-model; ``openai``, ``anthropic`` and ``gemini`` for the wire formats.
+model; ``openai``, ``anthropic`` and ``gemini`` for the wire formats; ``answers`` and
+``schema_values`` for what the fakes answer (tool calls, structured JSON), which ``chat``,
+``responses`` (OpenAI's Responses API) and ``messages`` (Anthropic) render.
 """
 
 from proxy.fakes.anthropic import ANTHROPIC_ERRORS, FakeAnthropic

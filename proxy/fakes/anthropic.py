@@ -20,6 +20,7 @@ from proxy.fakes.base import (
     Call,
     FakeVendor,
     Fault,
+    Rejected,
     Route,
     Usage,
     bad_gateway,
@@ -28,6 +29,7 @@ from proxy.fakes.base import (
     seconds_text,
     text_chars,
 )
+from proxy.fakes.messages import MessageAnswer
 
 __all__ = ["ANTHROPIC_ERRORS", "FakeAnthropic"]
 
@@ -81,8 +83,6 @@ _KIND_FOR_STATUS: dict[int, str] = {
     503: "overloaded",
 }
 
-_STOP_FOR_LIMIT = "max_tokens"
-
 
 def _error_body(type_: str, message: str, request_id: str) -> bytes:
     return orjson.dumps(
@@ -100,38 +100,14 @@ def _prompt_chars(body: dict[str, Any]) -> int:
     return text_chars(body.get("system")) + text_chars(body.get("messages"))
 
 
-def _tool_input(tool: dict[str, Any]) -> dict[str, Any]:
-    """A deterministic argument object for a tool: every string property gets "test"."""
-    schema = tool.get("input_schema") or {}
-    props = schema.get("properties") if isinstance(schema, dict) else None
-    return {name: "test" for name in (props or {})}
-
-
-def _wants_tool(body: dict[str, Any]) -> dict[str, Any] | None:
-    """The tool to call: the first one, unless the last turn already carries a tool result."""
-    tools = body.get("tools")
-    if (
-        not isinstance(tools, list)
-        or not tools
-        or body.get("tool_choice", {}).get("type") == "none"
-    ):
-        return None
-    messages = body.get("messages") or []
-    last = messages[-1].get("content") if messages and isinstance(messages[-1], dict) else None
-    if isinstance(last, list) and any(
-        isinstance(b, dict) and b.get("type") == "tool_result" for b in last
-    ):
-        return None
-    first = tools[0]
-    return first if isinstance(first, dict) else None
-
-
 class FakeAnthropic(FakeVendor):
     """An Anthropic Messages vendor (``base_url`` is the origin, no path).
 
     Answers ``f"Hello from {name}"`` plus filler words in ``chunks`` pieces (``output_tokens``
     = pieces, ``max_tokens`` honoured with ``stop_reason: "max_tokens"``); with ``tools`` it
-    calls the first tool unless the last user turn holds a ``tool_result``.
+    calls each tool ``tool_choice`` allows unless the last user turn holds a
+    ``tool_result``; ``thinking`` and ``output_config.format`` are honoured (see
+    ``proxy.fakes.messages``).
     """
 
     vendor_type: ClassVar[str] = "anthropic"
@@ -199,7 +175,7 @@ class FakeAnthropic(FakeVendor):
         body = _error_body("invalid_request_error", text, self._request_id())
         return web.Response(status=400, body=body, content_type="application/json")
 
-    def stream_error_event(self, call: Call, fault: Fault) -> bytes:
+    def stream_error_event(self, call: Call, fault: Fault, sent: int) -> bytes:
         if isinstance(fault.body, bytes):
             return b"event: error\ndata: " + fault.body + b"\n\n"
         if fault.body is not None:
@@ -209,6 +185,11 @@ class FakeAnthropic(FakeVendor):
         )
         message = fault.message or template.format(model=call.body.get("model"))
         return _event("error", {"error": {"type": type_, "message": message}})
+
+    def rejected_response(self, call: Call, rejected: Rejected) -> web.Response:
+        type_ = "not_found_error" if rejected.status == 404 else "invalid_request_error"
+        body = _error_body(type_, rejected.message, self._request_id())
+        return web.Response(status=rejected.status, body=body, content_type="application/json")
 
     # ------------------------------------------------------------------ handlers
 
@@ -238,30 +219,13 @@ class FakeAnthropic(FakeVendor):
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             return self._invalid("messages: Field required")
-        tool = _wants_tool(body)
-        pieces = self.pieces
-        stop = "end_turn"
-        if tool is not None:
-            stop = "tool_use"
-        elif 0 < max_tokens < len(pieces):
-            pieces, stop = pieces[:max_tokens], _STOP_FOR_LIMIT
-        completion = len(pieces) if tool is None else 3
+        answer = MessageAnswer.plan(
+            body, self.pieces, chunks=self.chunks, name=self.name, new_id=self.next_id
+        )
+        completion = answer.output_tokens
         usage, usage_json = self._usage(body, completion)
         msg_id = "msg_" + self.next_id()
-        tool_block: dict[str, Any] | None = None
-        if tool is not None:
-            tool_block = {
-                "type": "tool_use",
-                "id": "toolu_" + self.next_id(),
-                "name": tool.get("name", ""),
-                "input": _tool_input(tool),
-            }
         if body.get("stream") is not True:
-            content: list[dict[str, Any]] = (
-                [tool_block]
-                if tool_block is not None
-                else [{"type": "text", "text": "".join(pieces)}]
-            )
             return await self.json_response(
                 call,
                 {
@@ -269,8 +233,8 @@ class FakeAnthropic(FakeVendor):
                     "type": "message",
                     "role": "assistant",
                     "model": model,
-                    "content": content,
-                    "stop_reason": stop,
+                    "content": answer.content(),
+                    "stop_reason": answer.stop_reason,
                     "stop_sequence": None,
                     "usage": usage_json,
                 },
@@ -292,35 +256,17 @@ class FakeAnthropic(FakeVendor):
                         "usage": start_usage,
                     }
                 },
-            )
-        ]
-        if tool_block is not None:
-            start = {**tool_block, "input": {}}
-            args = orjson.dumps(tool_block["input"]).decode()
-            half = len(args) // 2
-            events.append(_event("content_block_start", {"index": 0, "content_block": start}))
-            events.append(_event("ping", {}))
-            for part in (args[:half], args[half:]):
-                delta = {"type": "input_json_delta", "partial_json": part}
-                events.append(_event("content_block_delta", {"index": 0, "delta": delta}))
-        else:
-            block = {"type": "text", "text": ""}
-            events.append(_event("content_block_start", {"index": 0, "content_block": block}))
-            events.append(_event("ping", {}))
-            for piece in pieces:
-                delta = {"type": "text_delta", "text": piece}
-                events.append(_event("content_block_delta", {"index": 0, "delta": delta}))
-        events.append(_event("content_block_stop", {"index": 0}))
-        events.append(
+            ),
+            *answer.block_events(_event),
             _event(
                 "message_delta",
                 {
-                    "delta": {"stop_reason": stop, "stop_sequence": None},
+                    "delta": {"stop_reason": answer.stop_reason, "stop_sequence": None},
                     "usage": {"output_tokens": completion},
                 },
-            )
-        )
-        events.append(_event("message_stop", {}))
+            ),
+            _event("message_stop", {}),
+        ]
         return await self.stream_response(call, events, trailer=None, usage=usage)
 
     async def _count_tokens(self, call: Call) -> web.StreamResponse:

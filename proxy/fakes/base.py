@@ -44,8 +44,11 @@ __all__ = [
     "FakeVendor",
     "Fault",
     "RecordedRequest",
+    "Rejected",
     "Route",
     "Usage",
+    "sse_data",
+    "sse_event",
 ]
 
 #: Error kinds a vendor subclass must be able to render (the error presets' names).
@@ -74,6 +77,9 @@ _STALL_S = 60.0
 _CUT_SETTLE_ITERATIONS = 8
 
 _FAULT_FIELDS: frozenset[str] = frozenset()  # filled in after the class is defined
+
+#: Methods whose requests carry no body (an empty one is not a malformed JSON body).
+_BODYLESS: frozenset[str] = frozenset({"GET", "DELETE", "HEAD"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +157,13 @@ class Fault:
     def is_error(self) -> bool:
         """True if a faulted request gets an error response instead of an answer."""
         return self.status is not None or self.error is not None
+
+    def stream_end(self, events: int) -> int | None:
+        """After how many of ``events`` stream events this fault ends the stream (drop,
+        error event or truncation), or None if the stream completes."""
+        ends = (self.drop_after_chunks, self.error_event_after_chunks, self.truncate_after_chunks)
+        end = min((n for n in ends if n is not None), default=None)
+        return end if end is not None and end <= events else None
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> Fault:
@@ -249,11 +262,27 @@ class Usage(NamedTuple):
 
 
 class RecordedRequest(NamedTuple):
-    """One LLM request as received: header names lower-cased, body parsed (None if not JSON)."""
+    """One LLM request as received: header names lower-cased, body parsed (None if not JSON
+    or empty, as for ``GET``/``DELETE``), the method last (it was added later)."""
 
     path: str
     headers: dict[str, str]
     body: Any
+    method: str = "POST"
+
+
+class Rejected(Exception):
+    """A request the vendor refuses (bad field, unknown id): raised by a handler before it
+    answers, rendered by the vendor's ``rejected_response`` in its own error format."""
+
+    def __init__(
+        self, message: str, *, param: str | None = None, code: str | None = None, status: int = 400
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code
+        self.status = status
 
 
 @dataclass(slots=True)
@@ -316,12 +345,14 @@ class Call:
 
     ``fault`` is the fault rolled for *this* request (None: serve it healthily); pass the
     Call back to ``json_response``/``stream_response`` so stream faults and fault headers
-    are applied.
+    are applied. ``state`` is the handler's, for the vendor's renderers (the Responses
+    API's in-stream failure event names the response being streamed).
     """
 
     request: web.Request
     body: dict[str, Any]
     fault: Fault | None
+    state: Any = None
 
 
 CallHandler = Callable[[Call], Awaitable[web.StreamResponse]]
@@ -339,6 +370,17 @@ _SSE_HEADERS: Mapping[str, str] = {
     "Content-Type": "text/event-stream",
     "Cache-Control": "no-cache",
 }
+
+
+def sse_data(payload: Any) -> bytes:
+    """An unnamed SSE event (``data: {...}``): OpenAI chat, Gemini."""
+    return b"data: " + orjson.dumps(payload) + b"\n\n"
+
+
+def sse_event(name: str, payload: Any) -> bytes:
+    """A named SSE event (``event: name`` + ``data: {...}``): Anthropic, the Responses API."""
+    return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(payload) + b"\n\n"
+
 
 _FILLER_WORDS: tuple[str, ...] = (
     "lorem", "ipsum", "dolor", "sit", "amet", "consectetur", "adipiscing", "elit",
@@ -498,8 +540,13 @@ class FakeVendor(abc.ABC):
         """The vendor's 400 for an unparsable body (``message`` None) or a bad field."""
 
     @abc.abstractmethod
-    def stream_error_event(self, call: Call, fault: Fault) -> bytes:
-        """A framed in-stream error event (``fault.body``, if set, is its payload)."""
+    def stream_error_event(self, call: Call, fault: Fault, sent: int) -> bytes:
+        """A framed in-stream error event (``fault.body``, if set, is its payload), sent
+        after ``sent`` events (the Responses API numbers its events)."""
+
+    def rejected_response(self, call: Call, rejected: Rejected) -> web.Response:
+        """The vendor's answer to a ``Rejected`` request; by default its 400 for a bad field."""
+        return self.bad_request_response(call, rejected.message)
 
     def is_authorized(self, request: web.Request) -> bool:
         """Default: ``Authorization: Bearer <api_key>``; override for other header schemes."""
@@ -740,9 +787,13 @@ class FakeVendor(abc.ABC):
                     body: Any = orjson.loads(raw)
                 except orjson.JSONDecodeError:
                     body = None
+                method = request.method
                 stats.last_requests.append(
                     RecordedRequest(
-                        request.path, {k.lower(): v for k, v in request.headers.items()}, body
+                        request.path,
+                        {k.lower(): v for k, v in request.headers.items()},
+                        body,
+                        method,
                     )
                 )
                 call = Call(request, body if isinstance(body, dict) else {}, None)
@@ -751,9 +802,13 @@ class FakeVendor(abc.ABC):
                 early = await self._before_response(call, stats)
                 if early is not None:
                     return early
-                if not isinstance(body, dict):
+                # GET/DELETE (stored responses) carry no body: that is not a malformed one.
+                if not isinstance(body, dict) and (raw or method not in _BODYLESS):
                     return self.bad_request_response(call, None)
-                return await handler(call)
+                try:
+                    return await handler(call)
+                except Rejected as rejected:
+                    return self.rejected_response(call, rejected)
             except (asyncio.CancelledError, ConnectionResetError):
                 if not self._stopping and generation == self._cut_generation:
                     stats.disconnects += 1
@@ -873,7 +928,7 @@ class FakeVendor(abc.ABC):
                 self.stats.faults["stall_after_headers"] += 1
                 await asyncio.sleep(fault.stall_after_headers_s)
         delay = self.chunk_delay_s
-        end_at = min((n for n in (drop_at, error_at, truncate_at) if n is not None), default=None)
+        end_at = fault.stream_end(len(events)) if fault is not None else None
         for i in range(len(events) + 1):
             if i == end_at:
                 self.stats.tokens_unfinished += i + (usage.prompt if usage is not None else 0)
@@ -886,7 +941,7 @@ class FakeVendor(abc.ABC):
             if error_at is not None and i >= error_at:
                 assert fault is not None
                 self.stats.faults["error_event"] += 1
-                await resp.write(self.stream_error_event(call, fault))
+                await resp.write(self.stream_error_event(call, fault, i))
                 await resp.write_eof()
                 return resp
             if truncate_at is not None and i >= truncate_at:

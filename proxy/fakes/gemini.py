@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 import orjson
 from aiohttp import web
 
+from proxy.fakes.answers import ToolChoice, ToolSpec, plan_calls
 from proxy.fakes.base import (
     Call,
     FakeVendor,
@@ -229,7 +230,7 @@ class FakeGemini(FakeVendor):
             content_type="application/json",
         )
 
-    def stream_error_event(self, call: Call, fault: Fault) -> bytes:
+    def stream_error_event(self, call: Call, fault: Fault, sent: int) -> bytes:
         if isinstance(fault.body, bytes):
             return b"data: " + fault.body + _SEP
         if fault.body is not None:
@@ -289,10 +290,11 @@ class FakeGemini(FakeVendor):
             return out
 
         if decl is not None:
-            props = (decl.get("parameters") or {}).get("properties") or {}
-            call_part: dict[str, Any] = {
-                "functionCall": {"name": decl.get("name", ""), "args": {k: "test" for k in props}}
-            }
+            name = decl.get("name")
+            name = name if isinstance(name, str) else ""
+            schema = decl.get("parameters") or decl.get("parametersJsonSchema") or {}
+            (planned,) = plan_calls([ToolSpec(name, schema)], ToolChoice(), body["contents"])
+            call_part: dict[str, Any] = {"functionCall": {"name": name, "args": planned.input}}
             parts_seq: list[list[dict[str, Any]]] = [[call_part]]
         else:
             parts_seq = [[{"text": p}] for p in pieces]

@@ -22,14 +22,19 @@ from proxy.fakes.base import (
     Call,
     FakeVendor,
     Fault,
+    Rejected,
     Route,
     Usage,
     bad_gateway,
     estimate_tokens,
     overridden_body,
     seconds_text,
+    sse_data,
+    sse_event,
     text_chars,
 )
+from proxy.fakes.chat import ChatAnswer
+from proxy.fakes.responses import InFlight, ResponsesAPI
 
 __all__ = ["OPENAI_ERRORS", "FakeAzureOpenAI", "FakeOpenAI"]
 
@@ -148,10 +153,6 @@ def _error_body(
     )
 
 
-def _sse(payload: Any) -> bytes:
-    return b"data: " + orjson.dumps(payload) + b"\n\n"
-
-
 def _vector(item: Any, dims: int) -> list[float]:
     """Deterministic pseudo-embedding in [-1, 1): same input, same vector, any process."""
     data = item.encode() if isinstance(item, str) else orjson.dumps(item)
@@ -206,6 +207,8 @@ class FakeOpenAI(FakeVendor):
             max_recorded=max_recorded,
         )
         self.embedding_dims = embedding_dims
+        #: The Responses API endpoints and the responses this fake stored (``.store``).
+        self.responses = ResponsesAPI(self)
         self._models_body = orjson.dumps(
             {
                 "object": "list",
@@ -219,6 +222,10 @@ class FakeOpenAI(FakeVendor):
     # ------------------------------------------------------------------ routes
 
     def llm_routes(self) -> Sequence[Route]:
+        return (*self._model_routes(), *self.responses.routes("/v1"))
+
+    def _model_routes(self) -> tuple[Route, ...]:
+        """The endpoints that name their model in the body (Azure: in the path)."""
         return (
             Route("POST", "/v1/chat/completions", self._chat),
             Route("POST", "/v1/completions", self._completions),
@@ -278,13 +285,31 @@ class FakeOpenAI(FakeVendor):
         body = _error_body(message or _BAD_JSON_MESSAGE, "invalid_request_error")
         return web.Response(status=400, body=body, content_type="application/json")
 
-    def stream_error_event(self, call: Call, fault: Fault) -> bytes:
+    def rejected_response(self, call: Call, rejected: Rejected) -> web.Response:
+        body = _error_body(rejected.message, "invalid_request_error", rejected.code, rejected.param)
+        return web.Response(status=rejected.status, body=body, content_type="application/json")
+
+    def stream_error_event(self, call: Call, fault: Fault, sent: int) -> bytes:
+        if isinstance(call.state, InFlight):
+            return self._responses_error_event(call.state, fault, sent)
         if isinstance(fault.body, bytes):
             return b"data: " + fault.body + b"\n\n"
         if fault.body is not None:
-            return _sse(fault.body)
+            return sse_data(fault.body)
         message = fault.message or OPENAI_ERRORS["server_error"][4]
         return b"data: " + _error_body(message, "server_error") + b"\n\n"
+
+    def _responses_error_event(self, flight: InFlight, fault: Fault, sent: int) -> bytes:
+        """A Responses stream fails with ``response.failed`` (the response, ``status:
+        failed``, with its ``error``); ``fault.body`` replaces it, sent as the event its
+        ``type`` names (e.g. OpenAI's bare ``error`` event)."""
+        if isinstance(fault.body, bytes):
+            return b"event: error\ndata: " + fault.body + b"\n\n"
+        if fault.body is not None:
+            kind = fault.body.get("type")
+            return sse_event(kind if isinstance(kind, str) else "error", fault.body)
+        message = fault.message or OPENAI_ERRORS["server_error"][4]
+        return flight.failed_event("server_error", message, sent)
 
     # ------------------------------------------------------------------ handlers
 
@@ -314,15 +339,16 @@ class FakeOpenAI(FakeVendor):
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             return self._missing(call, "messages")
-        pieces, finish = self._plan(call)
+        answer = ChatAnswer.plan(body, self.pieces, self.chunks, self.next_id)
         cached = self.cached_tokens
         # Cached tokens are part of prompt_tokens: never report more cached than prompt.
         prompt = max(estimate_tokens(text_chars(messages)), cached)
-        usage = Usage(prompt, len(pieces), cached)
+        completion = answer.completion_tokens
+        usage = Usage(prompt, completion, cached)
         usage_json = {
             "prompt_tokens": prompt,
-            "completion_tokens": len(pieces),
-            "total_tokens": prompt + len(pieces),
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
             "prompt_tokens_details": {"cached_tokens": cached},
         }
         rid = "chatcmpl-" + self.next_id()
@@ -336,18 +362,7 @@ class FakeOpenAI(FakeVendor):
                     "created": created,
                     "model": model,
                     "system_fingerprint": _FINGERPRINT,
-                    "choices": [
-                        {
-                            "index": 0,
-                            "message": {
-                                "role": "assistant",
-                                "content": "".join(pieces),
-                                "refusal": None,
-                            },
-                            "logprobs": None,
-                            "finish_reason": finish,
-                        }
-                    ],
+                    "choices": answer.choices(),
                     "usage": usage_json,
                 },
                 usage,
@@ -362,16 +377,9 @@ class FakeOpenAI(FakeVendor):
         }
         if include_usage:
             head["usage"] = None
-
-        def chunk(delta: dict[str, str], finish_reason: str | None) -> bytes:
-            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
-            return _sse({**head, "choices": [choice]})
-
-        events = [chunk({"role": "assistant", "content": pieces[0]}, None)]
-        events.extend(chunk({"content": p}, None) for p in pieces[1:])
-        events.append(chunk({}, finish))
+        events = answer.stream_chunks(head)
         if include_usage:
-            events.append(_sse({**head, "choices": [], "usage": usage_json}))
+            events.append(sse_data({**head, "choices": [], "usage": usage_json}))
         return await self.stream_response(call, events, trailer=_DONE, usage=usage)
 
     async def _completions(self, call: Call) -> web.StreamResponse:
@@ -414,12 +422,12 @@ class FakeOpenAI(FakeVendor):
 
         def chunk(text: str, finish_reason: str | None) -> bytes:
             choice = {"text": text, "index": 0, "logprobs": None, "finish_reason": finish_reason}
-            return _sse({**head, "choices": [choice]})
+            return sse_data({**head, "choices": [choice]})
 
         events = [chunk(p, None) for p in pieces]
         events.append(chunk("", finish))
         if include_usage:
-            events.append(_sse({**head, "choices": [], "usage": usage_json}))
+            events.append(sse_data({**head, "choices": [], "usage": usage_json}))
         return await self.stream_response(call, events, trailer=_DONE, usage=usage)
 
     async def _embeddings(self, call: Call) -> web.StreamResponse:
@@ -488,10 +496,17 @@ class FakeAzureOpenAI(FakeOpenAI):
 
     def llm_routes(self) -> Sequence[Route]:
         prefix = "/openai/deployments/{deployment}"
-        return tuple(
+        deployment_routes = tuple(
             Route(r.method, prefix + r.path.removeprefix("/v1"), self._azure(r.handler))
-            for r in super().llm_routes()
+            for r in self._model_routes()
         )
+        # The Responses API is not under a deployment: the body's model names it. Dated
+        # surface (api-version required) and the v1 surface (none needed).
+        dated = tuple(
+            Route(r.method, r.path, self._versioned(r.handler))
+            for r in self.responses.routes("/openai")
+        )
+        return (*deployment_routes, *dated, *self.responses.routes("/openai/v1"))
 
     def probe_routes(self) -> Sequence[Route]:
         return (Route("GET", "/openai/models", self._list_models),)
@@ -501,10 +516,20 @@ class FakeAzureOpenAI(FakeOpenAI):
 
     def _azure(self, handler: Any) -> Any:
         async def serve(call: Call) -> web.StreamResponse:
+            call.body["model"] = call.request.match_info["deployment"]
+            response: web.StreamResponse = await handler(call)
+            return response
+
+        return self._versioned(serve)
+
+    @staticmethod
+    def _versioned(handler: Any) -> Any:
+        """Azure's 404 for a request without ``api-version`` (dated surface)."""
+
+        async def serve(call: Call) -> web.StreamResponse:
             if not call.request.query.get("api-version"):
                 body = orjson.dumps({"error": {"code": "404", "message": "Resource not found"}})
                 return web.Response(status=404, body=body, content_type="application/json")
-            call.body["model"] = call.request.match_info["deployment"]
             response: web.StreamResponse = await handler(call)
             return response
 

@@ -26,7 +26,6 @@ every replica probes for itself (duplicated probes are better than none).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import logging
 import random
@@ -161,16 +160,34 @@ class HealthChecker:
         for dep_id in self.probes:
             self._tasks.append(loop.create_task(self._loop(dep_id), name=f"health:{dep_id}"))
 
-    async def stop(self) -> None:
+    async def stop(self, timeout_s: float) -> None:
+        """Stop the probe loops and give their leases back, within `timeout_s` in all.
+
+        A loop is cancelled, never awaited without a bound: one stuck in a probe or a lease
+        call that ignores its cancel must not hold up a reload or a shutdown. Leases are
+        released (so a peer, or this replica's next generation, takes over at once) as far
+        as the time allows; one left unreleased expires by its TTL.
+        """
         tasks, self._tasks = self._tasks, []
         for task in tasks:
             task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout_s)
         held, self._held = self._held, {}
-        for lease in held.values():  # a peer (or our next config generation) takes over now
-            await lease.release()
+        releases = [asyncio.ensure_future(lease.release()) for lease in held.values()]
+        if releases:
+            left = max(0.0, deadline - asyncio.get_running_loop().time())
+            _, pending = await asyncio.wait(releases, timeout=left)
+            for task in pending:
+                task.cancel()
+        for task in (*tasks, *releases):
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                log.warning(
+                    "stopping a health check loop failed: %r",
+                    task.exception(),
+                    extra={"event": "health_check_stop"},
+                )
 
     async def _loop(self, dep_id: str) -> None:
         status = self.probes[dep_id]

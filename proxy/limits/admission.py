@@ -228,12 +228,6 @@ class Limits:
                 len(self.clients),
                 extra={"event": "clients", "clients": sorted(self.clients)},
             )
-            if not self.ledger.persistent:
-                log.warning(
-                    "usage is kept in memory only (state.sqlite_path is not set): daily "
-                    "limits and the usage ledger restart from zero with the process",
-                    extra={"event": "ledger_memory_only"},
-                )
 
     # ------------------------------------------------------------------ the hot path
 
@@ -628,8 +622,20 @@ class Limits:
                 "loop_max_repeats": lim.loop_max_repeats,
                 "loop_window_s": lim.loop_window_s,
             }
+        for name, entry in limits.items():
+            entry["summary"] = _summary(name, entry)
         out["limits"] = limits
         return out
+
+
+def _summary(name: str, entry: Mapping[str, Any]) -> str:
+    """One limit in a few words, as `llm-proxy status` and /dashboard print it (both render
+    this string, so they cannot disagree)."""
+    if name == "loop_detection":
+        return f"{entry['loop_max_repeats']} repeats per {entry['loop_window_s']:g}s"
+    if "remaining" in entry:
+        return f"{entry['remaining']:g}/{entry['limit']:g} left"
+    return f"{entry['in_flight']}/{entry['limit']} in flight"
 
 
 def _header_names(name: str, limit: float) -> tuple[str, str, str, str]:

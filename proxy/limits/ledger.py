@@ -129,8 +129,15 @@ ResetKey = tuple[str, str]  # (day, client)
 class UsageLedger:
     """Usage rows in memory, persisted to SQLite in the background when `path` is set."""
 
-    def __init__(self, path: str | None, backend: StateBackend | None = None) -> None:
+    def __init__(
+        self,
+        path: str | None,
+        backend: StateBackend | None = None,
+        *,
+        create_directory: bool = False,
+    ) -> None:
         self.path = path
+        self.create_directory = create_directory  # the default location: made if missing
         self.backend = backend if backend is not None and backend.shared else None
         # Other replicas' usage today per client (tokens, cost), as of the last `refresh`.
         self.others: dict[str, tuple[int, float]] = {}
@@ -181,6 +188,8 @@ class UsageLedger:
     def _open_sync(self, today: str) -> tuple[list[Any], list[Any]]:
         assert self.path is not None
         parent = os.path.dirname(os.path.abspath(self.path))
+        if self.create_directory:
+            os.makedirs(parent, mode=0o700, exist_ok=True)
         if not os.path.isdir(parent):
             raise OSError(f"the directory {parent!r} does not exist")
         con = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)

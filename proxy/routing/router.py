@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from proxy.config import Config, ModelGroupConfig
+from proxy.core.errors import Unsupported
 from proxy.core.outcomes import (
     BreakerVerdict,
     FailoverRule,
@@ -30,7 +31,7 @@ from proxy.metrics import Metrics
 from proxy.routing.strategies import STRATEGIES, Member, Strategy
 from proxy.vendors.base import AttemptFailed, UpstreamCall, UpstreamResponse, VendorAdapter
 
-__all__ = ["AllFailed", "Attempt", "ModelGroup", "Router", "Served", "Trace"]
+__all__ = ["HEDGE_LOST", "AllFailed", "Attempt", "ModelGroup", "Router", "Served", "Trace"]
 
 
 @dataclass(slots=True)
@@ -59,7 +60,15 @@ class Trace:
 class ModelGroup:
     """A model group at run time: its members' live state and its strategy."""
 
-    __slots__ = ("config", "fallback", "hedge_after_s", "members", "name", "strategy")
+    __slots__ = (
+        "config",
+        "fallback",
+        "hedge_after_s",
+        "members",
+        "name",
+        "preference",
+        "strategy",
+    )
 
     def __init__(
         self, config: ModelGroupConfig, deployments: Mapping[str, DeploymentState]
@@ -70,9 +79,24 @@ class ModelGroup:
             (deployments[m.deployment], m.weight) for m in config.members
         )
         self.strategy: Strategy = STRATEGIES[config.strategy](config, self.members)
+        self.preference = _preference(config)
         self.fallback = config.context_window_fallback
         ms = config.hedge_after_ms
         self.hedge_after_s = None if ms is None else ms / 1000.0
+
+
+def _preference(config: ModelGroupConfig) -> tuple[float, ...]:
+    """Each member's share of the group's traffic while every member is in service.
+
+    `priority` sends everything to its first deployment; the other strategies spread it,
+    by weight in the long run. A request served while members were skipped counts as
+    served away from its preferred deployment by the skipped members' share.
+    """
+    members = config.members
+    if config.strategy == "priority":
+        return tuple(1.0 if i == 0 else 0.0 for i in range(len(members)))
+    total = sum(m.weight for m in members)
+    return tuple(m.weight / total for m in members)
 
 
 class AllFailed(Exception):
@@ -201,7 +225,7 @@ class Router:
         it (at most two at a time); the first to answer is relayed, the other cancelled.
         """
         walk = _Walk(self, group, call, deadline, trace)
-        racing: dict[asyncio.Task[Served | Outcome], _Racer] = {}
+        racing: dict[asyncio.Task[Served | Outcome | Unsupported], _Racer] = {}
         try:
             while True:
                 if not racing:
@@ -211,28 +235,38 @@ class Router:
                     if walk.group.hedge_after_s is None:  # the common case: no task needed
                         result = await self._attempt(walk, *step)
                         if isinstance(result, Served):
+                            if walk.outcomes or walk.skipped:
+                                walk.served_away(result)
                             return result
-                        if walk.failed(step[0], result) is _Then.STOP:
+                        if isinstance(result, Unsupported):
+                            walk.skip(result)
+                        elif walk.failed(step[0], result) is _Then.STOP:
                             break
                         continue
                     racing[self._spawn(walk, step)] = _Racer(step[0], self.clock(), hedge=False)
                 served, then = await self._race(walk, racing)
                 if served is not None:
+                    if walk.outcomes or walk.skipped:
+                        walk.served_away(served)
                     return served
                 if then is not _Then.CONTINUE:
-                    await self._cancel(walk, racing, _HEDGE_LOST)
+                    await self._cancel(walk, racing, HEDGE_LOST)
                     if then is _Then.STOP:
                         break
         finally:
             if racing:  # the client went away (or a bug): nobody will read these answers
                 await self._cancel(walk, racing, OutcomeClass.CLIENT_CANCELLED)
         outcomes = walk.outcomes
+        if not outcomes and walk.unsupported:
+            raise walk.unsupported[0]  # no deployment of the group can serve it as asked
         if not outcomes:
             outcomes.append(walk.capacity_outcome() or _DEADLINE)
-        raise AllFailed(aggregate(outcomes, model=walk.group.name), trace)
+        error = aggregate(outcomes, model=walk.group.name)
+        self.metrics.unserved_request(group.name, error.cls)
+        raise AllFailed(error, trace)
 
     async def _race(
-        self, walk: _Walk, racing: dict[asyncio.Task[Served | Outcome], _Racer]
+        self, walk: _Walk, racing: dict[asyncio.Task[Served | Outcome | Unsupported], _Racer]
     ) -> tuple[Served | None, _Then]:
         """Wait for the next racing attempt to finish, hedging a lone one that is too slow."""
         hedge_s = walk.group.hedge_after_s
@@ -254,8 +288,11 @@ class Router:
             if isinstance(result, Served):
                 if racer.hedge:
                     self.metrics.hedge(walk.group.name, "won")
-                await self._cancel(walk, racing, _HEDGE_LOST)  # incl. a second answer just in
+                await self._cancel(walk, racing, HEDGE_LOST)  # incl. a second answer just in
                 return result, then
+            if isinstance(result, Unsupported):
+                walk.skip(result)
+                continue
             if racer.hedge:
                 self.metrics.hedge(walk.group.name, "failed")
             verdict = walk.failed(racer.deployment, result)
@@ -263,13 +300,13 @@ class Router:
                 then = verdict
         return None, then
 
-    def _spawn(self, walk: _Walk, step: _Step) -> asyncio.Task[Served | Outcome]:
+    def _spawn(self, walk: _Walk, step: _Step) -> asyncio.Task[Served | Outcome | Unsupported]:
         return asyncio.get_running_loop().create_task(self._attempt(walk, *step))
 
     async def _cancel(
         self,
         walk: _Walk,
-        racing: dict[asyncio.Task[Served | Outcome], _Racer],
+        racing: dict[asyncio.Task[Served | Outcome | Unsupported], _Racer],
         outcome_class: str,
     ) -> None:
         """Cancel racing attempts (the vendor sees the disconnect) and account for them."""
@@ -280,7 +317,7 @@ class Router:
         clock = self.clock
         for task, racer in tasks:
             try:
-                result: Served | Outcome | None = await task
+                result: Served | Outcome | Unsupported | None = await task
             except asyncio.CancelledError:
                 result = None
             if racer.hedge:
@@ -303,8 +340,9 @@ class Router:
         permit: Permit,
         first_byte_s: float,
         attempt_s: float,
-    ) -> Served | Outcome:
-        """One upstream call with its bookkeeping: a Served, or the failure's Outcome."""
+    ) -> Served | Outcome | Unsupported:
+        """One upstream call with its bookkeeping: a Served, the failure's Outcome, or
+        Unsupported when the deployment cannot serve this request (nothing was sent)."""
         clock = self.clock
         now = clock()
         dep_config = self.config.deployments[dep.id]  # this generation's, even after a reload
@@ -316,6 +354,13 @@ class Router:
             response = await adapter.send(
                 dep_config, walk.call, first_byte_s=first_byte_s, attempt_s=attempt_s
             )
+        except Unsupported as unsupported:
+            dep.in_flight -= 1
+            dep.breaker.release(permit)
+            walk.trace.attempts.append(
+                Attempt(dep.id, UNSUPPORTED, 0.0, unsupported.status, unsupported.message)
+            )
+            return unsupported
         except AttemptFailed as failed:
             dep.in_flight -= 1
             outcome = failed.outcome
@@ -386,9 +431,13 @@ _VERDICT: Mapping[BreakerVerdict, bool | None] = {
 }
 
 
+# In x-proxy-attempts (never in metrics): a candidate skipped because it cannot serve the
+# request as asked (`proxy.core.errors.Unsupported`); no attempt was made.
+UNSUPPORTED = "unsupported"
+
 # The outcome class (in x-proxy-attempts and upstream_attempts_total) of a hedged attempt
 # cancelled because another one answered first. Not a classification: nothing failed.
-_HEDGE_LOST = "hedge_lost"
+HEDGE_LOST = "hedge_lost"
 
 _Step = tuple[DeploymentState, Permit, float, float]  # deployment, permit, first_byte_s, attempt_s
 
@@ -420,30 +469,39 @@ class _Walk:
         "forced",
         "group",
         "i",
+        "origin",
         "outcomes",
         "pending_failover",
         "router",
+        "skipped",
         "started",
         "trace",
         "tried_groups",
+        "unsupported",
     )
 
     def __init__(
         self, router: Router, group: ModelGroup, call: UpstreamCall, deadline: float, trace: Trace
     ) -> None:
         self.router = router
-        self.group = group
+        self.group = self.origin = group
         self.call = call
         self.deadline = deadline
         self.trace = trace
         self.outcomes: list[Outcome] = []
         self.tried_groups = {group.name}
         self.candidates, self.forced = router.plan(group, call, router.clock())
+        # The members routing left out (out of service or at a cap): nothing in the common case.
+        self.skipped: tuple[DeploymentState, ...] = ()
+        if self.forced or len(self.candidates) < len(group.members):
+            planned = set() if self.forced else set(self.candidates)
+            self.skipped = tuple(d for d, _ in group.members if d not in planned)
         self.i = 0
         self.started = 0
         self.exhausted = False
         self.pending_failover: tuple[str, str] | None = None
         self.capped_for: float | None = None  # soonest a skipped-at-cap deployment frees up
+        self.unsupported: list[Unsupported] = []  # candidates that cannot serve the request
 
     def next(self) -> _Step | None:
         """The next attempt to make, or None when there is none (candidates, attempts or time)."""
@@ -474,20 +532,31 @@ class _Walk:
             attempts_left = min(max_attempts - self.started, len(self.candidates) - self.i + 1)
             self.started += 1
             timeouts = router.config.deployments[dep.id].timeouts
+            # Both budgets are this attempt's share of the time left: a vendor that stalls
+            # before its first byte, or sends its head and then drips the body, still leaves
+            # the next candidate its turn.
+            share = left / attempts_left
             return (
                 dep,
                 permit,
-                min(timeouts.first_byte_s, left / attempts_left),
-                min(timeouts.attempt_s, left),
+                min(timeouts.first_byte_s, share),
+                min(timeouts.attempt_s, share),
             )
         self.exhausted = True
         return None
+
+    def skip(self, unsupported: Unsupported) -> None:
+        """A candidate that cannot serve this request: no attempt was spent on it."""
+        self.started -= 1
+        self.unsupported.append(unsupported)
 
     def failed(self, dep: DeploymentState, outcome: Outcome) -> _Then:
         """Fold in a failed attempt; the class's failover rule says what happens next."""
         self.outcomes.append(outcome)
         rule = outcome.policy.fail_over
-        if rule is FailoverRule.YES:
+        if rule is FailoverRule.YES or (
+            rule is FailoverRule.OPT_IN and self.group.config.failover_on_content_filter
+        ):
             self.pending_failover = (dep.id, outcome.cls)
             return _Then.CONTINUE
         fallback = self.group.fallback
@@ -503,6 +572,20 @@ class _Walk:
                 self.exhausted = False
                 return _Then.RESTART
         return _Then.STOP
+
+    def served_away(self, served: Served) -> None:
+        """Count a request answered away from its group's preferred deployment."""
+        group, metrics = self.origin, self.router.metrics
+        if self.outcomes:  # an attempt failed before this one answered
+            metrics.served_away_from_preferred(group.name, "failover", 1.0)
+            return
+        share = sum(
+            pref
+            for (dep, _), pref in zip(group.members, group.preference, strict=True)
+            if dep in self.skipped and dep is not served.deployment
+        )
+        if share > 0:
+            metrics.served_away_from_preferred(group.name, "skipped", share)
 
     def capacity_outcome(self) -> Outcome | None:
         """Nothing was attempted because every candidate was at its cap: a 429 of our own."""

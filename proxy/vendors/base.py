@@ -16,7 +16,7 @@ the adapter's `send_native`.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, ClassVar, Protocol
@@ -70,6 +70,9 @@ class UpstreamCall:
     session_id: str | None = None  # the client's x-session-id header (cache-affinity key)
 
     api: Api = "openai"
+    # The group refuses to drop fields a vendor cannot honour (`strict_params`): a
+    # translation raises `Unsupported` instead of dropping a sampling hint.
+    strict_params: bool = False
     # Client headers that go upstream when the vendor speaks the client's API natively
     # (e.g. `anthropic-beta` from Claude Code to an Anthropic deployment).
     forward_headers: Mapping[str, str] = field(default_factory=dict)
@@ -108,6 +111,10 @@ class UpstreamResponse(ABC):
     usage: Usage | None
     # The vendor's response headers (rate-limit budgets live there); none for translated answers.
     headers: Mapping[str, str] = MappingProxyType({})
+    # Request fields a translation dropped because the vendor has no equivalent (sampling
+    # hints only: a field that changes the answer's shape is mapped or refused). The client
+    # is told in `x-proxy-dropped-params`.
+    dropped: tuple[str, ...] = ()
 
     @property
     @abstractmethod
@@ -115,20 +122,12 @@ class UpstreamResponse(ABC):
         """The whole JSON body (non-streamed), or the first chunk (streamed)."""
 
     @abstractmethod
-    def rest(self) -> AsyncIterator[bytes]:
-        """The stream after the first chunk. Raises AttemptFailed if it breaks off.
-
-        It yields bytes in the inbound (OpenAI) SSE format, ready to relay, as they arrive.
-        Usage seen in the stream is stored in `usage` by the time the iterator ends.
-        """
-
     async def relay(self, out: StreamOut) -> None:
-        """Send the stream after the first chunk to `out` as it arrives (what `rest` yields).
+        """Send the stream after its first bytes (`body`) to `out` as it arrives, in the
+        inbound API's format. Usage seen in the stream is in `usage` by the time it returns.
 
-        Raises AttemptFailed if it breaks off, ConnectionResetError if the client left."""
-        async for chunk in self.rest():
-            if out.send(chunk):
-                await out.drained()
+        Raises AttemptFailed if the stream breaks off, ConnectionResetError if the client
+        left. A non-streamed answer has nothing more to send."""
 
     @abstractmethod
     def close(self) -> None:

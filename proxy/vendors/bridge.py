@@ -2,23 +2,22 @@
 
 `send_bridged` translates the request (`proxy.formats.anthropic`), makes the attempt with
 the adapter's `send_native`, and translates the answer back: JSON at once, streams chunk
-by chunk. The commit point is kept: `send_bridged` returns only once the translation has
-produced its first bytes, so a vendor error before that is still a failed attempt the
-router may fail over. After it, a failure surfaces from `rest()` as `AttemptFailed`
-without `error_event_sent`, so the inbound API writes the error event in its own format.
+by chunk. The commit point is the native stream's (its first content event): a vendor
+error before that is still a failed attempt the router may fail over. After it, a failure
+surfaces from `relay()` as `AttemptFailed` without `error_event_sent`, so the inbound API
+writes the error event in its own format.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
 from proxy.config import DeploymentConfig
-from proxy.core.outcomes import Outcome, OutcomeClass
+from proxy.core.errors import Unsupported
 from proxy.formats.anthropic import (
     ChatToMessagesStream,
     MessagesToChatStream,
@@ -27,8 +26,7 @@ from proxy.formats.anthropic import (
     message_to_chat,
     messages_to_chat,
 )
-from proxy.vendors.base import AttemptFailed, UpstreamCall, UpstreamResponse
-from proxy.vendors.classify import classify_transport
+from proxy.vendors.base import AttemptFailed, StreamOut, UpstreamCall, UpstreamResponse
 from proxy.vendors.http import JSONResponse, invalid_json
 
 if TYPE_CHECKING:
@@ -65,21 +63,31 @@ BRIDGES: Mapping[tuple[str, str], Bridge] = {
 }
 
 
-class _BridgedStream(UpstreamResponse):
-    __slots__ = ("_first", "_inner", "_it", "_translator", "content_type", "status", "usage")
+class _Translated:
+    """The `StreamOut` a bridged stream relays into: each chunk is translated on its way."""
 
-    def __init__(
-        self,
-        inner: UpstreamResponse,
-        it: AsyncIterator[bytes],
-        translator: StreamTranslator,
-        first: bytes,
-    ) -> None:
+    __slots__ = ("_out", "_translator")
+
+    def __init__(self, translator: StreamTranslator, out: StreamOut) -> None:
+        self._translator = translator
+        self._out = out
+
+    def send(self, data: bytes) -> bool:
+        translated = self._translator.feed(data)
+        return self._out.send(translated) if translated else False
+
+    async def drained(self) -> None:
+        await self._out.drained()
+
+
+class _BridgedStream(UpstreamResponse):
+    __slots__ = ("_first", "_inner", "_translator", "content_type", "status", "usage")
+
+    def __init__(self, inner: UpstreamResponse, translator: StreamTranslator, first: bytes) -> None:
         self.status = inner.status
         self.content_type = "text/event-stream"
         self.usage = inner.usage
         self._inner = inner
-        self._it = it
         self._translator = translator
         self._first = first
 
@@ -87,15 +95,12 @@ class _BridgedStream(UpstreamResponse):
     def body(self) -> bytes:
         return self._first
 
-    async def rest(self) -> AsyncIterator[bytes]:
-        translator = self._translator
+    async def relay(self, out: StreamOut) -> None:
         try:
-            async for chunk in self._it:
-                out = translator.feed(chunk)
-                if out:
-                    yield out
+            await self._inner.relay(_Translated(self._translator, out))
         except AttemptFailed as failed:
-            # The vendor's own error event was in its format, not the client's: not relayed.
+            # The vendor's own error event was in its format, not the client's: the inbound
+            # API writes one of its own.
             raise AttemptFailed(failed.outcome) from None
         finally:
             self.usage = self._inner.usage
@@ -104,17 +109,12 @@ class _BridgedStream(UpstreamResponse):
         self._inner.close()
 
 
-def _unsupported(call: UpstreamCall, adapter: VendorAdapter) -> AttemptFailed:
-    path = "/v1/" + call.endpoint
-    return AttemptFailed(
-        Outcome(
-            OutcomeClass.CLIENT_ERROR,
-            400,
-            None,
-            f"{path} cannot be served by vendor {adapter.config.name!r} "
-            f"(type {adapter.config.type}); route this model group to deployments whose "
-            "vendors serve it",
-        )
+def _unsupported(call: UpstreamCall, adapter: VendorAdapter) -> Unsupported:
+    return Unsupported(
+        "/v1/" + call.endpoint,
+        adapter.config.name,
+        f"vendor type {adapter.config.type} has no such endpoint; route this model group to "
+        "deployments whose vendors serve it",
     )
 
 
@@ -138,8 +138,6 @@ async def send_bridged(
         call.request_id,
         api=adapter.native_api,
     )
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + first_byte_s
     inner = await adapter.send_native(
         deployment, inner_call, first_byte_s=first_byte_s, attempt_s=attempt_s
     )
@@ -152,24 +150,5 @@ async def send_bridged(
             inner.close()
         return JSONResponse(inner.status, orjson.dumps(bridge.response(doc)), inner.usage)
     translator = bridge.stream(call.parsed)
-    it = aiter(inner.rest())
-    first = translator.feed(inner.body)
-    try:
-        async with asyncio.timeout_at(deadline):
-            while not first and not translator.done:
-                first = translator.feed(await anext(it))
-    except StopAsyncIteration:
-        pass
-    except TimeoutError:
-        inner.close()
-        raise AttemptFailed(classify_transport(TimeoutError(), phase="first_byte")) from None
-    except AttemptFailed as failed:
-        inner.close()
-        raise AttemptFailed(failed.outcome) from None
-    except BaseException:
-        inner.close()
-        raise
-    if not first:
-        inner.close()
-        raise invalid_json()
-    return _BridgedStream(inner, it, translator, first)
+    # The inner stream committed at its first content; its translation starts there too.
+    return _BridgedStream(inner, translator, translator.feed(inner.body))

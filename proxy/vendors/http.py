@@ -12,17 +12,18 @@ from __future__ import annotations
 import asyncio
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Protocol
 from urllib.parse import urlsplit
 
 import aiohttp
+import orjson
 
 from proxy.config import DeploymentConfig, VendorConfig
-from proxy.core.outcomes import Outcome
+from proxy.core.outcomes import Outcome, OutcomeClass
 from proxy.core.redact import redact
 from proxy.core.usage import Usage
-from proxy.http1 import Pool, PoolState, ProtocolError, Response, tls_context
+from proxy.http1 import Pool, PoolState, Response, tls_context
 from proxy.metrics import Metrics
 from proxy.vendors.base import (
     AttemptFailed,
@@ -104,9 +105,8 @@ class JSONResponse(UpstreamResponse):
     def body(self) -> bytes:
         return self._body
 
-    async def rest(self) -> AsyncIterator[bytes]:  # pragma: no cover - never called for JSON
-        return
-        yield b""
+    async def relay(self, out: StreamOut) -> None:
+        return None  # the whole answer is in `body`
 
     def close(self) -> None:
         return None
@@ -122,6 +122,64 @@ def _event_ends(previous: bytes, chunk: bytes) -> bool:
 
 
 _EVENT_END = (b"\n\n", b"\r\n\r\n")
+
+
+def _data_payloads(lines: list[bytes]) -> list[bytes]:
+    return [line[5:].strip() for line in lines if line.startswith(b"data:")]
+
+
+def first_events_valid(data: bytes) -> tuple[int, bool]:
+    """(complete events carrying data, whether every one of them is valid JSON) in the
+    start of a stream: what the commit point needs. `[DONE]` counts as valid."""
+    events = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n\n")
+    complete = 0
+    for event in events[:-1]:  # the last piece is an unfinished event (or empty)
+        payloads = _data_payloads(event.split(b"\n"))
+        if not payloads:
+            continue  # a comment or a keep-alive: not an event
+        complete += 1
+        payload = b"\n".join(payloads)
+        if payload == b"[DONE]":
+            continue
+        try:
+            orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            return complete, False
+    return complete, True
+
+
+class EventShape:
+    """A cheap check that each later event of a relayed stream is shaped like JSON.
+
+    The first events are parsed whole before the commit point (`first_events_valid`); after
+    it, parsing every event would cost more than the rest of the relay. An ordinary chunk
+    (one event whose data ends in `}`) costs two byte comparisons; anything else has each
+    complete `data:` line checked for a JSON object's braces (or `[DONE]`). It catches a
+    truncated or garbage event, not every invalid JSON text."""
+
+    __slots__ = ("partial",)
+
+    def __init__(self) -> None:
+        self.partial = b""  # an unfinished line
+
+    def ok(self, chunk: bytes) -> bool:
+        if not self.partial and chunk.endswith(b"}\n\n") and chunk.find(b"\n\n") == len(chunk) - 2:
+            return True
+        data = self.partial + chunk
+        cut = max(data.rfind(b"\n"), data.rfind(b"\r")) + 1
+        self.partial = data[cut:]
+        for payload in _data_payloads(data[:cut].replace(b"\r", b"\n").split(b"\n")):
+            if payload != b"[DONE]" and not (payload.startswith(b"{") and payload.endswith(b"}")):
+                return False
+        return True
+
+
+def malformed_event() -> AttemptFailed:
+    return AttemptFailed(
+        Outcome(
+            OutcomeClass.SERVER_ERROR, 200, None, "the stream carried an event that is not JSON"
+        )
+    )
 
 
 class _StreamResponse(UpstreamResponse):
@@ -174,28 +232,6 @@ class _StreamResponse(UpstreamResponse):
     def body(self) -> bytes:
         return self._first
 
-    async def rest(self) -> AsyncIterator[bytes]:
-        """The stream read chunk by chunk, each checked by `_Splice` as in `relay`."""
-        resp = self._resp
-        idle_s = self._idle_s
-        out = _Collected()
-        splice = _Splice(self, out, resp.loop)
-        while True:
-            try:
-                chunk = await resp.read_some(splice.last_event + idle_s)
-            except (ProtocolError, OSError, TimeoutError) as exc:
-                raise AttemptFailed(classify_transport(exc, phase="body")) from None
-            if not chunk:
-                break
-            splice.on_data(chunk)
-            if out.chunks:
-                yield out.take()
-            if splice.failure is not None:
-                raise splice.failure
-        if tail := self._tail():
-            yield tail
-        self._ended()
-
     def _tail(self) -> bytes:
         """What the stream filter still holds at the end of the stream."""
         filt = self._filter
@@ -214,8 +250,8 @@ class _StreamResponse(UpstreamResponse):
         self._finished = True
 
     async def relay(self, out: StreamOut) -> None:
-        """`rest` without a task wake-up per chunk: the connection hands each piece to
-        `_Splice.on_data`, which checks it (the same way `rest` does) and sends it on at
+        """The stream after its first bytes, without a task wake-up per chunk: the vendor
+        connection hands each piece to `_Splice.on_data`, which checks it and sends it on at
         once; this task wakes only at the end, on a failure, when the client falls behind
         (reading from the vendor pauses until it catches up), or to check the idle budget."""
         resp = self._resp
@@ -263,26 +299,6 @@ class _StreamResponse(UpstreamResponse):
             self._resp.close()  # abort: the vendor sees the disconnect and stops generating
 
 
-class _Collected:
-    """The `StreamOut` of `rest`: what `_Splice` passed, until the generator yields it."""
-
-    __slots__ = ("chunks",)
-
-    def __init__(self) -> None:
-        self.chunks: list[bytes] = []
-
-    def send(self, data: bytes) -> bool:
-        self.chunks.append(data)
-        return False  # `rest` reads only as fast as its consumer
-
-    async def drained(self) -> None:
-        return None
-
-    def take(self) -> bytes:
-        chunks, self.chunks = self.chunks, []
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-
 def _wake(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_result(None)
@@ -293,8 +309,8 @@ class _Splice:
     the idle budget between events, the scan (usage, in-stream errors, the terminator),
     our credential out of a relayed error event, the filter.
 
-    `relay` runs `on_data` inside the vendor connection's callback; `rest` calls it with
-    each chunk it reads. It runs once per relayed event, so it is kept flat."""
+    `relay` runs `on_data` inside the vendor connection's callback, once per relayed event,
+    so it is kept flat."""
 
     __slots__ = (
         "clock",
@@ -307,6 +323,7 @@ class _Splice:
         "out",
         "previous",
         "scan",
+        "shape",
         "stream",
         "waiter",
     )
@@ -315,6 +332,7 @@ class _Splice:
         self, stream: _StreamResponse, out: StreamOut, loop: asyncio.AbstractEventLoop
     ) -> None:
         self.stream = stream
+        self.shape = EventShape()
         self.scan = stream._scan
         self.filter = stream._filter
         self.idle_s = stream._idle_s
@@ -343,6 +361,9 @@ class _Splice:
         scan.feed(chunk)
         if scan.error is not None:
             self._error_event(chunk, scan.error)
+            return
+        if not self.shape.ok(chunk):
+            self._fail(malformed_event())
             return
         filt = self.filter
         data = chunk if filt is None else filt.feed(chunk)
@@ -603,26 +624,32 @@ class HTTPAdapter(VendorAdapter):
         idle_s: float,
         first_by: float,
     ) -> UpstreamResponse:
-        """Read up to the commit point; an error event or an empty stream before it fails the attempt.
+        """Read up to the commit point; an error event, a first event that is not JSON or an
+        empty stream before it fails the attempt (the router may still fail over).
 
-        The commit point needs at least one complete event: a vendor that drips its first
-        event a byte at a time is still "before the first byte" for the failover budget.
+        The commit point needs at least one complete event carrying data: a vendor that
+        drips its first event a byte at a time, or sends only keep-alive comments, is still
+        "before the first byte" for the failover budget.
         """
         parts: list[bytes] = []
-        whole_event = False
+        events = 0
         previous = b""
         while True:
             chunk = await resp.read_some(first_by)
             if not chunk:
                 break
             parts.append(chunk)
-            whole_event = whole_event or _event_ends(previous, chunk)
+            if _event_ends(previous, chunk):
+                events, valid = first_events_valid(b"".join(parts))
+                if not valid:
+                    resp.close()
+                    raise malformed_event()
             previous = chunk
             scan.feed(chunk)
             if scan.error is not None:
                 resp.close()
                 raise AttemptFailed(classify_stream_error(self.config.type, scan.error))
-            if (scan.committed and whole_event) or scan.done:
+            if (scan.committed and events) or scan.done:
                 break
         if not parts:
             resp.close()

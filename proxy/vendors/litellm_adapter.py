@@ -27,9 +27,16 @@ from typing import Any
 import orjson
 
 from proxy.config import DeploymentConfig, VendorConfig
+from proxy.core.errors import Unsupported
 from proxy.core.outcomes import Outcome, OutcomeClass
 from proxy.core.usage import Usage
-from proxy.vendors.base import AttemptFailed, UpstreamCall, UpstreamResponse, VendorAdapter
+from proxy.vendors.base import (
+    AttemptFailed,
+    StreamOut,
+    UpstreamCall,
+    UpstreamResponse,
+    VendorAdapter,
+)
 from proxy.vendors.classify import classify_response, classify_transport
 from proxy.vendors.http import JSONResponse
 
@@ -260,7 +267,7 @@ class _Stream(UpstreamResponse):
     def body(self) -> bytes:
         return self.first
 
-    async def rest(self) -> AsyncIterator[bytes]:
+    async def relay(self, out: StreamOut) -> None:
         while True:
             try:
                 async with asyncio.timeout(self._idle_s):
@@ -272,10 +279,10 @@ class _Stream(UpstreamResponse):
                     classify_litellm(exc, self._vendor_type, phase="body")
                 ) from None
             data = self.encode(chunk)
-            if data:
-                yield data
+            if data and out.send(data):
+                await out.drained()
         self._finished = True
-        yield b"data: [DONE]\n\n"
+        out.send(b"data: [DONE]\n\n")
 
     def close(self) -> None:
         if not self._finished:
@@ -321,15 +328,11 @@ class LiteLLMAdapter(VendorAdapter):
         attempt_s: float,
     ) -> UpstreamResponse:
         if call.endpoint != "chat/completions":
-            raise AttemptFailed(
-                Outcome(
-                    OutcomeClass.CLIENT_ERROR,
-                    400,
-                    None,
-                    f"/v1/{call.endpoint} cannot be served by vendor {self.config.name!r} "
-                    f"(type {self.config.type}); route this model group to deployments whose "
-                    "vendors serve it",
-                )
+            raise Unsupported(
+                "/v1/" + call.endpoint,
+                self.config.name,
+                f"vendor type {self.config.type} has no such endpoint; route this model group "
+                "to deployments whose vendors serve it",
             )
         params = self.call_params(deployment, call)
         vendor_type = self.config.type
