@@ -12,7 +12,10 @@ in turns (JSON at concurrency 32, burst and paced streams at 16), counting each 
 both at once and alternating short rounds puts both under the same noise on a busy
 machine.
 
-    python -m bench.http1_ab [--ref main] [--rounds 6] [--requests 4000] [--proxy]
+`--proxy --instructions` runs each proxy under callgrind instead and counts instructions
+per request: slow (valgrind), but deterministic enough to compare on a shared machine.
+
+    python -m bench.http1_ab [--ref main] [--rounds 6] [--requests 4000] [--proxy [--instructions]]
 """
 
 from __future__ import annotations
@@ -21,14 +24,20 @@ import argparse
 import asyncio
 import json
 import os
+import socket
 import statistics
 import subprocess
 import sys
 import tarfile
 import tempfile
 import time
+import urllib.request
 from io import BytesIO
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the client mode runs where `bench` may not be importable
+    from bench.loadgen import Request
 
 ROOT = Path(__file__).resolve().parent.parent
 MODES = {
@@ -113,11 +122,32 @@ models:
 _PROXY_MODES = (("json", False, 32), ("stream", True, 16), ("paced", True, 16))
 
 
-def _serve(tree: Path, port: int, upstream: str, workdir: Path) -> subprocess.Popen[bytes]:
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _wait_ready(url: str, timeout_s: float = 60.0) -> None:
+    for _ in range(int(timeout_s / 0.2)):
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} did not become ready")
+
+
+def _serve(
+    tree: Path, port: int, upstream: str, workdir: Path, prefix: tuple[str, ...] = ()
+) -> subprocess.Popen[bytes]:
     config = workdir / f"proxy-{port}.yaml"
     config.write_text(_PROXY_CONFIG.format(port=port, upstream=upstream))
     return subprocess.Popen(
-        [sys.executable, "-m", "proxy.cli", "serve", "--config", str(config)],
+        [*prefix, sys.executable, "-m", "proxy.cli", "serve", "--config", str(config)],
         cwd=tree,
         env={**os.environ, "PYTHONPATH": str(tree)},
         stdout=subprocess.DEVNULL,
@@ -125,31 +155,38 @@ def _serve(tree: Path, port: int, upstream: str, workdir: Path) -> subprocess.Po
     )
 
 
+def _request(mode: str, stream: bool, port: int) -> Request:
+    from bench.loadgen import Request
+
+    body = b'{"model":"%s","messages":[{"role":"user","content":"hi"}]%s}' % (
+        mode.encode(),
+        b',"stream":true' if stream else b"",
+    )
+    return Request(
+        "127.0.0.1", port, "/v1/chat/completions", body,
+        expect=b"[DONE]" if stream else b"", stream=stream,
+    )  # fmt: skip
+
+
 def _compare_proxies(args: argparse.Namespace, old: Path, upstream: str) -> None:
-    from bench.loadgen import Request, run_load
+    from bench.loadgen import run_load
     from bench.procstat import cpu_seconds
 
-    ports = {"old": 18100 + os.getpid() % 100, "new": 18300 + os.getpid() % 100}
+    ports = {"old": _free_port(), "new": _free_port()}
     procs = {
         side: _serve(tree, ports[side], upstream, old)
         for side, tree in (("old", old), ("new", ROOT))
     }
     modes = [m for m in _PROXY_MODES if m[0] in args.modes.split(",")]
     try:
-        time.sleep(3.0)
+        for port in ports.values():
+            _wait_ready(f"http://127.0.0.1:{port}/health/ready")
         results: dict[tuple[str, str], list[float]] = {}
         for r in range(args.rounds):
             for mode, stream, concurrency in modes:
                 sides = ["old", "new"] if r % 2 == 0 else ["new", "old"]
                 for side in sides:
-                    body = b'{"model":"%s","messages":[{"role":"user","content":"hi"}]%s}' % (
-                        mode.encode(),
-                        b',"stream":true' if stream else b"",
-                    )
-                    req = Request(
-                        "127.0.0.1", ports[side], "/v1/chat/completions", body,
-                        expect=b"[DONE]" if stream else b"", stream=stream,
-                    )  # fmt: skip
+                    req = _request(mode, stream, ports[side])
                     before = cpu_seconds(procs[side].pid)
                     load = asyncio.run(
                         run_load(
@@ -170,19 +207,68 @@ def _compare_proxies(args: argparse.Namespace, old: Path, upstream: str) -> None
             proc.wait()
 
 
+def _count_instructions(args: argparse.Namespace, old: Path, upstream: str) -> None:
+    """Each proxy in turn under callgrind: instructions per request, which a busy machine
+    does not blur (the upstream paces streams 30 ms apart so that the slowed-down proxy
+    still reads one event at a time)."""
+    from bench.loadgen import run_load
+
+    modes = [m for m in _PROXY_MODES if m[0] in args.modes.split(",")]
+    counts: dict[tuple[str, str], list[float]] = {}
+    for mode, stream, concurrency in modes:
+        requests = args.requests if mode != "paced" else max(args.requests // 4, 16)
+        for side, tree in (("old", old), ("new", ROOT)):
+            port = _free_port()
+            dump = old / f"callgrind-{side}-{mode}.out"
+            prefix = ("valgrind", "--tool=callgrind", f"--callgrind-out-file={dump}")
+            proc = _serve(tree, port, upstream, old, prefix)
+            try:
+                _wait_ready(f"http://127.0.0.1:{port}/health/ready", timeout_s=600)
+                req = _request(mode, stream, port)
+                asyncio.run(
+                    run_load(
+                        req, concurrency=concurrency, requests=concurrency * 4, max_seconds=600
+                    )
+                )
+                subprocess.run(
+                    ["callgrind_control", "-z", str(proc.pid)], check=True, capture_output=True
+                )
+                load = asyncio.run(
+                    run_load(req, concurrency=concurrency, requests=requests, max_seconds=1800)
+                )
+                subprocess.run(
+                    ["callgrind_control", "-d", str(proc.pid)], check=True, capture_output=True
+                )
+            finally:
+                proc.terminate()
+                proc.wait()
+            if load.errors:
+                raise RuntimeError(f"{side}: {load.errors} errors: {load.error_samples[:2]}")
+            total = max(
+                int(line.split()[1])
+                for line in Path(f"{dump}.1").read_text().splitlines()
+                if line.startswith(("summary:", "totals:"))
+            )
+            per = total / load.requests
+            counts[(mode, side)] = [per]
+            print(f"{mode:6} {side}: {per:,.0f} instructions/request", flush=True)
+    _summary(args, counts, tuple(m for m, _, _ in modes), "request", "instructions")
+
+
 def _summary(
     args: argparse.Namespace,
     results: dict[tuple[str, str], list[float]],
     modes: tuple[str, ...],
     unit: str,
+    measure: str = "us",
 ) -> None:
-    print(f"\nmedians over {args.rounds} rounds, {args.requests} each:")
+    print(f"\nmedians over {len(next(iter(results.values())))} round(s):")
     for mode in modes:
         a = statistics.median(results[(mode, "old")])
         b = statistics.median(results[(mode, "new")])
         print(
-            f"{mode:6}  {args.ref}: {a:7.1f} us/{unit}   this tree: {b:7.1f} us/{unit}"
-            f"   {100 * (b - a) / a:+.1f}%"
+            f"{mode:6}  {args.ref}: {a:9,.1f} {measure}/{unit}   this tree: {b:9,.1f} "
+            f"{measure}/{unit}   {100 * (b - a) / a:+.1f}%"
         )
 
 
@@ -194,6 +280,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--modes", default=",".join(MODES))
     parser.add_argument("--proxy", action="store_true", help="whole proxies, not the client")
+    parser.add_argument(
+        "--instructions",
+        action="store_true",
+        help="with --proxy: instructions per request under callgrind (valgrind), not CPU time",
+    )
     parser.add_argument("--client", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.client:
@@ -204,9 +295,11 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result))
         return 0
 
-    port = 19000 + os.getpid() % 1000
+    port = _free_port()
+    gap = "30" if args.instructions else "1"
     upstream = subprocess.Popen(
-        [sys.executable, "-m", "bench.upstream", "--port", str(port)], cwd=ROOT
+        [sys.executable, "-m", "bench.upstream", "--port", str(port), "--stream-gap-ms", gap],
+        cwd=ROOT,
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -215,7 +308,10 @@ def main(argv: list[str] | None = None) -> int:
             old = Path(tmp)
             _export(args.ref, old)
             if args.proxy:
-                _compare_proxies(args, old, base)
+                if args.instructions:
+                    _count_instructions(args, old, base)
+                else:
+                    _compare_proxies(args, old, base)
                 return 0
             results: dict[tuple[str, str], list[float]] = {}
             for r in range(args.rounds):
