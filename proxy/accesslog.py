@@ -6,11 +6,10 @@ Never contains API keys or prompt text.
 
 `llm-proxy serve` owns stderr's log format, so it hands the stream over with
 `AccessLog.direct_to()`: lines are then written straight to it, skipping the
-LogRecord/handler/formatter round trip (about 4% of a pass-through request's CPU). Lines
-are written together every `FLUSH_S` (or sooner, once `FLUSH_LINES` are held): one write
-per request cost 3-4% of its CPU, and on a quiet proxy each request would pay it alone.
-So at most `FLUSH_S` of lines are lost in a crash; `flush()` runs at exit. Anyone
-embedding the app keeps the plain logger path.
+LogRecord/handler/formatter round trip. Lines are written together every `FLUSH_S` (or
+sooner, once `FLUSH_LINES` are held) rather than one system call per request, so at most
+`FLUSH_S` of lines are lost in a crash; `flush()` runs at exit. Anyone embedding the app
+keeps the plain logger path.
 """
 
 from __future__ import annotations

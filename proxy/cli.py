@@ -198,7 +198,7 @@ def admin_call(
     url = args.url.rstrip("/") + path
     data = orjson.dumps(body) if body is not None else (b"" if method == "POST" else None)
     req = urllib.request.Request(url, method=method, data=data)
-    if body is not None:
+    if method != "GET":  # the keyless admin API takes JSON writes only
         req.add_header("Content-Type", "application/json")
     key = _admin_key(args)
     if key:

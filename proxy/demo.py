@@ -106,7 +106,7 @@ class _Show:
         for dep, _ in self.gateway.groups[group].members:
             left = dep.cooldown_left(now)
             cooling = f"{left:7.0f} s ({dep.cooldown_reason})" if left else "      -"
-            breaker = dep.breaker.state.name.lower().replace("_", "-")
+            breaker = dep.breaker.state.label
             color = _GREEN if breaker == "closed" and not left else _RED
             print(f"  {dep.id:28}  {_c(color, f'{breaker:10}')}  {cooling}")
 

@@ -23,7 +23,8 @@ from proxy.health.deployment import DeploymentState
 from proxy.health.sync import StateSync
 from proxy.http1 import PoolState
 from proxy.limits import Limits, UsageLedger
-from proxy.limits.admission import LIMITS, UNKNOWN_CLIENT
+from proxy.limits.admission import UNKNOWN_CLIENT
+from proxy.limits.checks import LIMITS
 from proxy.limits.ledger import utc_day
 from proxy.metrics import Metrics, SeriesPlan
 from proxy.routing.router import HEDGE_LOST, ModelGroup, Router
@@ -328,7 +329,7 @@ class Gateway:
             extra={
                 "event": "breaker_state",
                 "deployment": dep_id,
-                "state": state.name.lower(),
+                "state": state.label,
                 "source": source,
             },
         )

@@ -275,6 +275,36 @@ class _Head:
         self.complete = True
 
 
+_ONE_HOST: Final = "An HTTP/1.1 request needs exactly one Host header."
+# Fields a request may carry once (RFC 9110 defines them as singletons; a second one is how
+# request smuggling and cache poisoning start).
+_SINGLETONS: Final = frozenset(
+    {
+        b"content-length",
+        b"content-location",
+        b"content-range",
+        b"content-type",
+        b"etag",
+        b"host",
+        b"max-forwards",
+        b"server",
+        b"transfer-encoding",
+        b"user-agent",
+    }
+)
+
+
+def _singleton_error(seen: set[bytes], name: bytes) -> str | None:
+    """Count one header of a head; a message when a singleton field comes twice."""
+    lower = name.lower()
+    if lower not in _SINGLETONS:
+        return None
+    if lower in seen:
+        return f"The {name.decode('latin-1')} header may appear only once."
+    seen.add(lower)
+    return None
+
+
 # Headers that send a request to aiohttp: llhttp accepted them, aiohttp serves them.
 _HAND_OVER: Final = frozenset({"transfer-encoding", "expect", "upgrade"})
 
@@ -305,20 +335,20 @@ def _parse_head(head: bytes) -> _Parsed | str | None:
         return None
     pairs: list[tuple[str, str]] = []
     length = 0
-    hosts = 0
+    seen: set[bytes] = set()
     for raw_name, raw_value in sink.headers:
+        if (error := _singleton_error(seen, raw_name)) is not None:
+            return error
         name = raw_name.decode("latin-1")
         value = raw_value.decode("latin-1")
         lower = name.lower()
         if lower in _HAND_OVER:
             return None
-        if lower == "host":
-            hosts += 1
-        elif lower == "content-length":
+        if lower == "content-length":
             length = int(value)  # llhttp has checked it is one decimal number
         pairs.append((name, value))
-    if hosts != 1:
-        return "An HTTP/1.1 request needs exactly one Host header."
+    if b"host" not in seen:
+        return _ONE_HOST
     return _Parsed(
         parser.get_method().decode("ascii"),
         sink.url.decode("latin-1"),
@@ -328,23 +358,36 @@ def _parse_head(head: bytes) -> _Parsed | str | None:
     )
 
 
+class _Refused(Exception):
+    """A request the listener refuses with a 400 (the message says why)."""
+
+
 class _Watch:
     """llhttp following a connection aiohttp serves, for the listener's time limits: it
-    knows when a request's head and body are under way. A request llhttp rejects ends the
-    connection (the fast lane would have refused it too)."""
+    knows when a request's head and body are under way. A request llhttp rejects, or one
+    the fast lane would refuse (no Host, a singleton field twice), gets a 400 and ends the
+    connection: both lanes apply one set of rules."""
 
-    __slots__ = ("body_since", "failed", "head_since", "parser")
+    __slots__ = ("body_since", "failed", "head_since", "parser", "seen")
 
     def __init__(self) -> None:
         self.parser = httptools.HttpRequestParser(self)
         self.head_since: float | None = None
         self.body_since: float | None = None
         self.failed = False
+        self.seen: set[bytes] = set()
 
     def on_message_begin(self) -> None:
         self.head_since = time.monotonic()
+        self.seen = set()
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if (error := _singleton_error(self.seen, name)) is not None:
+            raise _Refused(error)
 
     def on_headers_complete(self) -> None:
+        if b"host" not in self.seen and self.parser.get_http_version() == "1.1":
+            raise _Refused(_ONE_HOST)
         self.head_since = None
         self.body_since = time.monotonic()
 
@@ -359,9 +402,12 @@ class _Watch:
         except httptools.HttpParserUpgrade:
             self.failed = True  # aiohttp answers upgrades; nothing more to follow
             self.head_since = self.body_since = None
-        except httptools.HttpParserError:
+        except httptools.HttpParserError as exc:
             self.failed = True
-            raise
+            cause = exc.__context__
+            raise _Refused(
+                str(cause) if isinstance(cause, _Refused) else f"Malformed HTTP request: {exc}."
+            ) from None
 
 
 # -- connections ----------------------------------------------------------------------------
@@ -640,16 +686,14 @@ class _Connection(asyncio.Protocol):
         assert watch is not None and self._aiohttp is not None
         try:
             watch.feed(data)
-        except httptools.HttpParserError as exc:
+        except _Refused as refused:
             if self.transport is not None:
                 log.info(
                     "malformed HTTP request refused: %s",
-                    type(exc).__name__,
+                    refused,
                     extra={"event": "malformed_request"},
                 )
-                answer = error_answer(400, f"Malformed HTTP request: {exc}.", "malformed_request")
-                self.transport.write(serialize(answer, close=True))
-                self.transport.close()
+                self._refuse(400, str(refused), "malformed_request")
             return
         self._aiohttp.data_received(data)
 

@@ -40,6 +40,8 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from proxy.core.version import VERSION
+
 __all__ = ["UNKNOWN_GROUP", "DeploymentGauges", "Metrics", "PoolGauges", "SeriesPlan"]
 
 UNKNOWN_GROUP = "_unknown_"
@@ -601,10 +603,5 @@ RATELIMIT_HEADERS: tuple[tuple[str, str], ...] = (
 
 def _build_info() -> dict[str, str]:
     import platform
-    from importlib.metadata import PackageNotFoundError, version
 
-    try:
-        ours = version("llm-failover-proxy")
-    except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
-        ours = "unknown"
-    return {"version": ours, "python": platform.python_version()}
+    return {"version": VERSION, "python": platform.python_version()}

@@ -20,7 +20,13 @@ __all__ = ["CLI", "ENV", "ROOT", "Serve", "run_cli", "spawn_serve", "wait_ready"
 
 ROOT = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "proxy.cli"]
-ENV = {**os.environ, "NO_COLOR": "1", "PYTHONUNBUFFERED": "1"}
+# Without XDG_STATE_HOME: a proxy with the default usage ledger keeps it next to its config
+# (each test's own temporary directory), never in a directory shared between tests.
+ENV = {
+    **{k: v for k, v in os.environ.items() if k != "XDG_STATE_HOME"},
+    "NO_COLOR": "1",
+    "PYTHONUNBUFFERED": "1",
+}
 
 
 async def run_cli(

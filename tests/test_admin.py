@@ -73,14 +73,28 @@ async def test_without_an_admin_key_only_loopback_clients_are_served(
         assert any(
             "admin API answers loopback clients only" in r.getMessage() for r in caplog.records
         )
-        for remote, allowed in (
-            ("127.0.0.1", True),
-            ("::1", True),
-            ("10.0.0.8", False),
-            ("192.168.1.20", False),
-            ("", False),
+        local = {"Host": "localhost:4000"}
+        json = {"Content-Type": "application/json"}
+        for method, remote, headers, allowed in (
+            ("GET", "127.0.0.1", local, True),
+            ("GET", "::1", {"Host": "[::1]:4000"}, True),
+            ("GET", "127.0.0.1", {"Host": "127.0.0.1"}, True),
+            ("GET", "10.0.0.8", local, False),
+            ("GET", "192.168.1.20", local, False),
+            ("GET", "", local, False),
+            # A DNS-rebound name reaches loopback with a foreign Host.
+            ("GET", "127.0.0.1", {"Host": "attacker.example:4000"}, False),
+            ("GET", "127.0.0.1", {}, False),
+            # A page of another site, driving this machine's browser.
+            ("GET", "127.0.0.1", {**local, "Origin": "https://attacker.example"}, False),
+            ("GET", "127.0.0.1", {**local, "Origin": "http://localhost:4000"}, True),
+            ("GET", "127.0.0.1", {**local, "Sec-Fetch-Site": "cross-site"}, False),
+            # A write must be JSON: a cross-site form post cannot be, without a preflight.
+            ("POST", "127.0.0.1", local, False),
+            ("POST", "127.0.0.1", {**local, "Content-Type": "text/plain"}, False),
+            ("POST", "127.0.0.1", {**local, **json}, True),
         ):
-            request = make_mocked_request("GET", "/admin/status", app=app)
+            request = make_mocked_request(method, "/admin/reload", headers=headers, app=app)
             request = request.clone(remote=remote)
             if allowed:
                 require_admin(request)

@@ -14,7 +14,7 @@ MESSAGES = [{"role": "user", "content": "hello"}]
 
 
 def test_opens_after_fail_max_consecutive_failures() -> None:
-    b = DeploymentBreaker("d", fail_max=3, reset_timeout_s=10)
+    b = DeploymentBreaker(fail_max=3, reset_timeout_s=10)
     for _ in range(2):
         b.record(b.acquire(0), success=False)
     b.record(b.acquire(0), success=True)  # a success resets the count
@@ -27,7 +27,7 @@ def test_opens_after_fail_max_consecutive_failures() -> None:
 
 
 def test_neutral_outcomes_neither_count_nor_reset() -> None:
-    b = DeploymentBreaker("d", fail_max=2, reset_timeout_s=10)
+    b = DeploymentBreaker(fail_max=2, reset_timeout_s=10)
     b.record(b.acquire(0), success=False)
     b.record(b.acquire(0), success=None)  # e.g. a 429: not flakiness, not health either
     assert b.fail_counter == 1
@@ -36,7 +36,7 @@ def test_neutral_outcomes_neither_count_nor_reset() -> None:
 
 
 def test_half_open_hands_out_exactly_one_trial() -> None:
-    b = DeploymentBreaker("d", fail_max=1, reset_timeout_s=5)
+    b = DeploymentBreaker(fail_max=1, reset_timeout_s=5)
     b.record(b.acquire(0), success=False)
     later = b.open_until() + 0.1
     assert b.would_admit(later)
@@ -53,7 +53,7 @@ def test_half_open_hands_out_exactly_one_trial() -> None:
 
 
 def test_a_cancelled_trial_frees_the_slot() -> None:
-    b = DeploymentBreaker("d", fail_max=1, reset_timeout_s=5)
+    b = DeploymentBreaker(fail_max=1, reset_timeout_s=5)
     b.record(b.acquire(0), success=False)
     later = b.open_until() + 0.1
     b.release(b.acquire(later))
@@ -61,7 +61,7 @@ def test_a_cancelled_trial_frees_the_slot() -> None:
 
 
 def test_forced_success_closes_an_open_breaker() -> None:
-    b = DeploymentBreaker("d", fail_max=1, reset_timeout_s=60)
+    b = DeploymentBreaker(fail_max=1, reset_timeout_s=60)
     b.record(b.acquire(0), success=False)
     b.record(Permit.FORCED, success=True)
     assert b.state is BreakerState.CLOSED
@@ -69,7 +69,7 @@ def test_forced_success_closes_an_open_breaker() -> None:
 
 def test_state_changes_are_reported() -> None:
     seen: list[BreakerState] = []
-    b = DeploymentBreaker("d", fail_max=1, reset_timeout_s=5, on_change=seen.append)
+    b = DeploymentBreaker(fail_max=1, reset_timeout_s=5, on_change=seen.append)
     b.record(b.acquire(0), success=False)
     b.record(b.acquire(b.open_until() + 1), success=True)
     assert seen == [BreakerState.OPEN, BreakerState.HALF_OPEN, BreakerState.CLOSED]
@@ -147,3 +147,15 @@ async def test_when_every_deployment_is_open_the_least_bad_is_still_tried(
     completion = await client.chat.completions.create(model="solo", messages=MESSAGES)
     assert completion.choices[0].message.content
     assert await _breaker_gauge(proxy, "a/m") == 0
+
+
+def test_a_breaker_a_peer_opened_lets_this_replica_try_but_a_drained_one_stays_out() -> None:
+    opened = DeploymentBreaker(fail_max=1, reset_timeout_s=5)
+    opened.adopt(BreakerState.OPEN, opened_at=100.0, drained=False)
+    assert opened.acquire(104.0) is Permit.DENIED
+    assert opened.acquire(105.5) is Permit.TRIAL  # its own trial after reset_timeout_s
+    drained = DeploymentBreaker(fail_max=1, reset_timeout_s=5)
+    drained.adopt(BreakerState.OPEN, opened_at=100.0, drained=True)
+    assert drained.acquire(1e9) is Permit.DENIED
+    drained.adopt(BreakerState.CLOSED, opened_at=0.0, drained=False)  # undrained elsewhere
+    assert drained.acquire(1e9) is Permit.NORMAL

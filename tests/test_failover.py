@@ -289,12 +289,12 @@ async def test_the_access_log_says_what_failed_for_an_attempt_without_an_answer(
         assert (await _chat(proxy))[0] == "b/model-b"
     (line,) = [orjson.loads(r.getMessage()) for r in caplog.records if r.name == "llmproxy.access"]
     failed, served = line["attempts"]
-    assert (failed["outcome"], failed["status"]) == (outcome, status)
+    assert (failed["outcome_class"], failed["status"]) == (outcome, status)
     if detail is None:
         assert "detail" not in failed
     else:  # then the OS's words, which differ by event loop
         assert failed["detail"].startswith(detail)
-    assert served["outcome"] == "success" and "detail" not in served
+    assert served["outcome_class"] == "success" and "detail" not in served
 
 
 async def test_a_vendor_that_took_the_request_and_never_answered_is_told_from_one_never_reached(
@@ -310,7 +310,7 @@ async def test_a_vendor_that_took_the_request_and_never_answered_is_told_from_on
     with caplog.at_level(logging.INFO, logger="llmproxy.access"):
         assert (await _chat(proxy))[0] == "b/model-b"
     (line,) = [orjson.loads(r.getMessage()) for r in caplog.records if r.name == "llmproxy.access"]
-    assert line["attempts"][0]["outcome"] == "timeout"
+    assert line["attempts"][0]["outcome_class"] == "timeout"
     assert line["attempts"][0]["detail"] == "timed out waiting for the first byte: TimeoutError"
 
 

@@ -404,6 +404,6 @@ async def test_through_the_proxy_an_answer_over_the_cap_fails_over_and_says_why(
         await a.all_ended()  # the connection to `a` was closed, not pooled
     (line,) = [orjson.loads(r.getMessage()) for r in caplog.records if r.name == "llmproxy.access"]
     failed = line["attempts"][0]
-    assert failed["outcome"] == "server_error"
+    assert failed["outcome_class"] == "server_error"
     assert failed["detail"].startswith("response over a size cap while reading the body")
     assert "max_response_bytes" in failed["detail"]

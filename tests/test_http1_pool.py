@@ -220,7 +220,7 @@ async def _while_the_stream_holds_the_connection(
     lines = [orjson.loads(r.getMessage()) for r in caplog.records if r.name == "llmproxy.access"]
     (waited,) = [line for line in lines if len(line["attempts"]) == 2]
     attempt = waited["attempts"][0]
-    assert attempt["outcome"] == "rate_limited"
+    assert attempt["outcome_class"] == "rate_limited"
     assert "no free upstream connection" in attempt["detail"]
     state = proxy.gateway.deployments["a/model-a"]
     assert state.cooldown_left(0) == 0.0

@@ -252,6 +252,44 @@ async def test_usage_and_daily_limits_survive_a_restart_and_a_kill_9(
         )
 
 
+async def test_usage_survives_a_kill_9_with_no_state_section(
+    fakes: FakeFactory, serve: Any, tmp_path: Path
+) -> None:
+    """The embedded mode persists usage by default: next to the config file."""
+    a = await fakes("a")
+    config = tmp_path / "proxy.yaml"
+    config.write_text(keyed_config(a))
+    assert "state:" not in config.read_text()
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = await serve(config, port)
+    await _traffic(url, 10, 0)
+    proc.send_signal(signal.SIGKILL)
+    await proc.wait()
+    await serve(config, port)
+    async with aiohttp.ClientSession() as s:
+        status, body = await admin(s, url, "GET", "/admin/usage?client=team-a")
+    assert status == 200 and body["persistent"] is True
+    assert body["totals"]["requests"] == 10
+    assert (tmp_path / "llm-proxy-state" / "usage.sqlite3").exists()
+
+
+async def test_opting_out_of_the_ledger_file_is_said_at_start_up(
+    fakes: FakeFactory, serve: Any, tmp_path: Path
+) -> None:
+    a = await fakes("a")
+    config = tmp_path / "proxy.yaml"
+    config.write_text(keyed_config(a, extra="state: {sqlite_path: null}\n"))
+    port = free_port()
+    await serve(config, port)
+    async with aiohttp.ClientSession() as s:
+        status, body = await admin(s, f"http://127.0.0.1:{port}", "GET", "/admin/usage")
+    assert status == 200 and body["persistent"] is False
+    log = (tmp_path / "serve.log").read_text()
+    assert "will not survive a restart" in log
+    assert not (tmp_path / "llm-proxy-state").exists()
+
+
 async def test_an_unusable_sqlite_path_is_a_clear_startup_error(
     fakes: FakeFactory, tmp_path: Path
 ) -> None:

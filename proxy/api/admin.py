@@ -18,6 +18,7 @@ import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 from aiohttp import web
@@ -53,17 +54,57 @@ def _is_loopback(remote: str | None) -> bool:
         return False  # a unix socket peer or garbage: not provably local
 
 
+_LOOPBACK_NAMES = frozenset({"localhost", "localhost.", "ip6-localhost"})
+
+
+def _loopback_host(host: str | None) -> bool:
+    """Whether an authority (a Host header, an Origin's host) names this machine's loopback."""
+    if not host:
+        return False
+    if host.startswith("["):  # [::1]:4000
+        name = host[1 : host.find("]")] if "]" in host else host
+    else:
+        name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    return name.lower() in _LOOPBACK_NAMES or _is_loopback(name)
+
+
+def _keyless_refusal(request: web.Request) -> str | None:
+    """Why a request to the keyless admin API is refused, or None.
+
+    Without a key, being on this machine is the credential, so a browser on this machine must
+    not be usable as a proxy for another site: the peer must be loopback, the Host must be
+    a loopback name (a DNS-rebound name is not), a browser's Origin must be a loopback one,
+    and a write must be JSON (which a cross-site form cannot send without a preflight this
+    API never grants)."""
+    if not _is_loopback(request.remote):
+        return "not loopback and no admin key configured"
+    if not _loopback_host(request.headers.get("Host")):
+        return "the Host header is not a loopback name"
+    origin = request.headers.get("Origin")
+    if origin is not None and not _loopback_host(urlsplit(origin).netloc):
+        return "a cross-site Origin"
+    if request.headers.get("Sec-Fetch-Site") == "cross-site":
+        return "a cross-site browser request"
+    if request.method not in ("GET", "HEAD") and request.content_type != "application/json":
+        return "a write without Content-Type: application/json"
+    return None
+
+
 def require_admin(request: web.Request) -> None:
-    """Raise ApiError unless the request carries the admin key (or, with none configured, is local)."""
+    """Raise ApiError unless the request carries the admin key (or, with none configured, is
+    a local request, as `_keyless_refusal` defines it)."""
     digest = request.app[GATEWAY].config.server.admin_key_sha256
     if digest is None:
-        if _is_loopback(request.remote):
+        why = _keyless_refusal(request)
+        if why is None:
             return
-        _refused(request, "not loopback and no admin key configured")
+        _refused(request, why)
         raise ApiError(
             403,
-            "The admin API answers loopback clients only, because no admin key is configured "
-            "(set server.admin_key: ${ENV_VAR} or server.admin_key_sha256).",
+            f"Refused ({why}). With no admin key configured, the admin API answers only "
+            "requests from this machine, addressed to localhost, not from another site's page, "
+            "with JSON bodies on writes. Configure server.admin_key: ${ENV_VAR} (or "
+            "server.admin_key_sha256) to use it from elsewhere.",
             type="permission_error",
             code="admin_loopback_only",
         )
@@ -318,13 +359,13 @@ async def force_breaker(request: web.Request) -> web.StreamResponse:
             param="state",
             code="invalid_value",
         )
-    before = dep.breaker.state.name.lower()
+    before = dep.breaker.state.label
     dep.breaker.force(_BREAKER_STATES[wanted])
     _audit(request, "force-breaker", dep.id, state=wanted, before=before)
     return _json(
         {
             "deployment": dep.id,
-            "breaker": dep.breaker.state.name.lower(),
+            "breaker": dep.breaker.state.label,
             "drained": dep.breaker.drained,
         }
     )

@@ -30,7 +30,7 @@ _PAGE = """<!doctype html>
   th { font-weight: 600; color: var(--muted); }
   td.num { text-align: right; font-variant-numeric: tabular-nums; }
   .closed, .yes, .healthy { color: var(--ok); }
-  .half-open, .cooling { color: var(--warn); }
+  .half_open, .cooling { color: var(--warn); }
   .open, .no, .unhealthy, .error { color: var(--bad); font-weight: 600; }
   #error { margin: .8rem 0; }
   form { margin: 1rem 0; }

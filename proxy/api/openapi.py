@@ -15,6 +15,7 @@ from aiohttp import web
 
 from proxy.api.anthropic import COUNT_TOKENS, MESSAGES
 from proxy.api.validation import CHAT, COMPLETIONS, EMBEDDINGS, EndpointSchema
+from proxy.core.version import VERSION
 
 __all__ = ["ADMIN_PATHS", "openapi_document", "routes"]
 
@@ -224,17 +225,11 @@ def _get(
 
 
 def openapi_document() -> dict[str, Any]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        ours = version("llm-failover-proxy")
-    except PackageNotFoundError:  # pragma: no cover
-        ours = "0"
     return {
         "openapi": "3.1.0",
         "info": {
             "title": "llm-failover-proxy",
-            "version": ours,
+            "version": VERSION,
             "description": "An OpenAI-compatible endpoint that fails over across LLM vendors.",
         },
         "paths": {

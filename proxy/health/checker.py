@@ -144,6 +144,9 @@ class HealthChecker:
             if dep.config.health_check.enabled
         }
         self._tasks: list[asyncio.Task[None]] = []
+        # Set by `stop`: a loop whose cancel was lost (redis-py can swallow one that arrives
+        # during a command: redis/redis-py#2028, #2551) still ends at its next turn.
+        self._stopped = False
         self._leases = leases
         self._held: dict[str, Lease] = {}  # probe leases this replica holds now
 
@@ -168,6 +171,7 @@ class HealthChecker:
         released (so a peer, or this replica's next generation, takes over at once) as far
         as the time allows; one left unreleased expires by its TTL.
         """
+        self._stopped = True
         tasks, self._tasks = self._tasks, []
         for task in tasks:
             task.cancel()
@@ -197,7 +201,7 @@ class HealthChecker:
         # spread over a fraction of the interval so deployments do not all probe at once.
         await asyncio.sleep(self.rng.uniform(0.0, jitter * cfg.interval_s))
         lease = None if self._leases is None else self._leases(f"probe:{dep_id}", _lease_ttl(cfg))
-        while True:
+        while not self._stopped:
             if (lease is None or await self._holds(dep_id, lease)) and not await self.check(dep_id):
                 return
             await asyncio.sleep(cfg.interval_s * self.rng.uniform(1.0 - jitter, 1.0 + jitter))

@@ -92,7 +92,7 @@ class DeploymentState:
             if on_breaker_change is not None:
                 on_breaker_change(dep_id, state)
 
-        self.breaker = DeploymentBreaker(dep_id, fail_max, reset_timeout_s, breaker_changed)
+        self.breaker = DeploymentBreaker(fail_max, reset_timeout_s, breaker_changed)
         caps = (config.max_concurrent, config.rpm, config.tpm)
         self.caps = DeploymentCaps(*caps) if any(c is not None for c in caps) else None
         self.cooldown_since = 0.0

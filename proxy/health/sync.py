@@ -46,11 +46,19 @@ class FieldGroup:
 def _read_breaker(dep: DeploymentState) -> dict[str, str]:
     b = dep.breaker
     opened = _to_wall(b.opened_at) if b.state is BreakerState.OPEN else 0.0
-    return {"state": b.state.name.lower(), "opened_at": repr(opened)}
+    return {
+        "state": b.state.label,
+        "opened_at": repr(opened),
+        "drained": "1" if b.drained else "0",
+    }
 
 
 def _apply_breaker(dep: DeploymentState, fields: Mapping[str, str]) -> None:
-    dep.breaker.adopt(BreakerState[fields["state"].upper()], _to_mono(float(fields["opened_at"])))
+    dep.breaker.adopt(
+        BreakerState[fields["state"].upper()],
+        _to_mono(float(fields["opened_at"])),
+        drained=fields.get("drained") == "1",
+    )
 
 
 def _read_cooldown(dep: DeploymentState) -> dict[str, str]:

@@ -23,12 +23,18 @@ from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-import orjson
-
 from proxy.config import ClientConfig, Config, Price
 from proxy.core.errors import ApiError
 from proxy.core.usage import Usage, estimate_tokens
 from proxy.limits.buckets import Bucket, DayCounter
+from proxy.limits.checks import (
+    LIMITS,
+    LOOP_SWEEP_AT,
+    Asked,
+    LimitCheck,
+    checks_for,
+    go_duration,
+)
 from proxy.limits.ledger import UsageLedger, utc_day
 from proxy.limits.shared import SharedWindow
 from proxy.metrics import Metrics
@@ -40,23 +46,6 @@ log = logging.getLogger("llmproxy")
 
 UNKNOWN_CLIENT = "_unknown_"  # the `client` label of requests whose key is not known
 
-# Fields that do not change what a request asks the model (loop detection ignores them).
-_LOOP_IGNORED = frozenset({"stream", "stream_options", "user", "metadata"})
-# A client's loop history is swept of expired bodies when it grows past this.
-_LOOP_SWEEP_AT = 4096
-
-
-# The refusal reasons (the `reason` label of llmproxy_client_limit_rejections_total and the
-# error `code`), in the order admission checks them, with their names in messages.
-LIMITS: Mapping[str, str] = {
-    "loop_detected": "identical requests (loop_max_repeats per loop_window_s)",
-    "max_concurrent": "concurrent requests (max_concurrent)",
-    "rpm": "requests per minute (rpm)",
-    "tpm": "tokens per minute (tpm)",
-    "tokens_per_day": "tokens per UTC day (tokens_per_day)",
-    "budget_usd_per_day": "USD per UTC day (budget_usd_per_day)",
-}
-
 
 class ClientState:
     """One client key's live counters."""
@@ -64,6 +53,7 @@ class ClientState:
     __slots__ = (
         "bucket_headers",
         "budget",
+        "checks",
         "config",
         "day",
         "day_headers",
@@ -92,7 +82,8 @@ class ClientState:
         self.tokens_day = DayCounter(lim.tokens_per_day) if lim.tokens_per_day else None
         self.budget = DayCounter(lim.budget_usd_per_day) if lim.budget_usd_per_day else None
         self.loops: dict[bytes, deque[float]] | None = {} if lim.loop_max_repeats else None
-        self.loop_sweep_at = _LOOP_SWEEP_AT
+        self.loop_sweep_at = LOOP_SWEEP_AT
+        self.checks: tuple[LimitCheck, ...] = ()  # set by Limits, once shared windows exist
         # (limit, header names and limit value), built once: headers go on every response.
         self.bucket_headers = tuple(
             (b, _header_names(name, lim_value))
@@ -183,6 +174,7 @@ class Limits:
                     st.shared_rpm = SharedWindow(state, f"rpm:{c.name}", c.limits.rpm)
                 if c.limits.tpm:
                     st.shared_tpm = SharedWindow(state, f"tpm:{c.name}", c.limits.tpm)
+            st.checks = checks_for(st)
             self.clients[c.name] = st
             self._by_digest[c.key_sha256] = st
         # Worst-case price per group (its deployments and fallbacks), for budget reservations.
@@ -305,124 +297,29 @@ class Limits:
             )
         now = self.clock()
         self._roll(state, self._today())
-        lim = cfg.limits
         prompt, completion = estimate_tokens(endpoint, body, raw_len)
         tokens = float(prompt + completion)
         p_price, c_price = self._prices.get(group, (0.0, 0.0))
-        cost = (prompt * p_price + completion * c_price) / 1_000_000
-        loop_key: bytes | None = None
-        loops = state.loops
-        if loops is not None:
-            loop_key = _loop_digest(body)
-            seen = loops.get(loop_key)
-            if seen is not None:
-                horizon = now - lim.loop_window_s
-                while seen and seen[0] <= horizon:
-                    seen.popleft()
-                assert lim.loop_max_repeats is not None
-                if len(seen) >= lim.loop_max_repeats:
-                    wait = seen[0] + lim.loop_window_s - now
-                    raise self._refuse(
-                        state,
-                        "loop_detected",
-                        f"This exact request was sent {len(seen)} times in the last "
-                        f"{lim.loop_window_s:g}s (loop_max_repeats {lim.loop_max_repeats}): "
-                        "it looks like an agent stuck in a loop. Change the request, or wait "
-                        f"{_human(wait)} until the oldest repeat leaves the window.",
-                        wait,
-                        retry=False,
-                    )
-        if lim.max_concurrent is not None and state.in_flight >= lim.max_concurrent:
-            raise self._refuse(
-                state,
-                "max_concurrent",
-                f"limit {lim.max_concurrent} requests in flight at once, all taken; retry "
-                "when one of them has finished.",
-                1.0,
-            )
-        rpm, tpm = state.rpm, state.tpm
-        if rpm is not None:
-            rpm.refill(now)
-            if not rpm.fits(1):
-                wait = rpm.wait_s(1)
+        asked = Asked(
+            body,
+            now,
+            tokens,
+            min(tokens, state.tpm.capacity) if state.tpm is not None else tokens,
+            (prompt * p_price + completion * c_price) / 1_000_000,
+            self._until_midnight(),
+        )
+        checks = state.checks
+        for check in checks:
+            refused = check.refusal(state, asked)
+            if refused is not None:
                 raise self._refuse(
-                    state,
-                    "rpm",
-                    f"limit {lim.rpm}, remaining {rpm.remaining()}; retry after {_human(wait)} "
-                    f"(back to full in {_human(rpm.reset_s())}).",
-                    wait,
+                    state, check.reason, refused.detail, refused.wait_s, retry=refused.retry
                 )
-        shared = state.shared_rpm
-        if shared is not None and not shared.fits(now):
-            wait = shared.retry_after_s or 1.0
-            raise self._refuse(
-                state,
-                "rpm",
-                f"limit {lim.rpm} across all replicas, all taken; retry after {_human(wait)}.",
-                wait,
-            )
-        reserve_tokens = tokens
-        if tpm is not None:
-            tpm.refill(now)
-            reserve_tokens = min(tokens, tpm.capacity)
-            if not tpm.fits(reserve_tokens):
-                wait = tpm.wait_s(reserve_tokens)
-                raise self._refuse(
-                    state,
-                    "tpm",
-                    f"limit {lim.tpm}, remaining {tpm.remaining()}, this request reserves "
-                    f"about {int(reserve_tokens)} (prompt estimate + max_tokens); retry after "
-                    f"{_human(wait)} (back to full in {_human(tpm.reset_s())}).",
-                    wait,
-                )
-        shared_tpm = state.shared_tpm
-        if shared_tpm is not None and not shared_tpm.fits(now, reserve_tokens):
-            wait = shared_tpm.retry_after_s or 1.0
-            raise self._refuse(
-                state,
-                "tpm",
-                f"limit {lim.tpm} across all replicas, this request reserves about "
-                f"{int(reserve_tokens)} (prompt estimate + max_tokens) and fewer are left; "
-                f"retry after {_human(wait)}.",
-                wait,
-            )
-        for counter, reason, amount in (
-            (state.tokens_day, "tokens_per_day", tokens),
-            (state.budget, "budget_usd_per_day", cost),
-        ):
-            if counter is not None and not counter.fits(amount):
-                wait = self._until_midnight()
-                used = counter.used + counter.held
-                raise self._refuse(
-                    state,
-                    reason,
-                    f"limit {_amount(reason, counter.limit)}, used or in flight today "
-                    f"{_amount(reason, used)}, this request reserves about "
-                    f"{_amount(reason, amount)}; it resets at 00:00 UTC, in {_human(wait)}.",
-                    wait,
-                )
-        # Every check passed: take the reservation (no await since the checks, so it is exact).
-        if rpm is not None:
-            rpm.reserve(1)
-            rpm.settle(1, 1)
-        if shared is not None:
-            shared.take()
-        if shared_tpm is not None:
-            shared_tpm.take(reserve_tokens)
-        if tpm is not None:
-            tpm.reserve(reserve_tokens)
-        if state.tokens_day is not None:
-            state.tokens_day.reserve(tokens)
-        if state.budget is not None:
-            state.budget.reserve(cost)
-        if loops is not None and loop_key is not None:
-            if len(loops) >= state.loop_sweep_at:
-                _sweep(loops, now - lim.loop_window_s)
-                # Amortised: the next sweep waits until the history has doubled again.
-                state.loop_sweep_at = max(_LOOP_SWEEP_AT, 2 * len(loops))
-            loops.setdefault(loop_key, deque()).append(now)
+        # Every check passed: take the reservations (no await since the checks: exact).
+        for check in checks:
+            check.take(state, asked)
         state.in_flight += 1
-        return Ticket(self, state, group, reserve_tokens, cost, self.headers(state))
+        return Ticket(self, state, group, asked.reserve_tokens, asked.cost, self.headers(state))
 
     def _settle(
         self, ticket: Ticket, usage: Usage | None, price: Price | None, served: bool
@@ -651,39 +548,6 @@ def _unauthorized(message: str, code: str) -> ApiError:
     return ApiError(401, message, type="invalid_request_error", code=code)
 
 
-def _loop_digest(body: Mapping[str, Any]) -> bytes:
-    """The request's identity for loop detection: its fields in canonical order, minus the
-    ones that do not change what is asked."""
-    canonical = orjson.dumps(
-        {k: v for k, v in body.items() if k not in _LOOP_IGNORED}, option=orjson.OPT_SORT_KEYS
-    )
-    return hashlib.blake2b(canonical, digest_size=16).digest()
-
-
-def _sweep(loops: dict[bytes, deque[float]], horizon: float) -> None:
-    for key in [k for k, seen in loops.items() if not seen or seen[-1] <= horizon]:
-        del loops[key]
-
-
-def go_duration(seconds: float) -> str:
-    """A duration as OpenAI writes it in `x-ratelimit-reset-*`: `20ms`, `1s`, `6m0s`, `1h2m3s`."""
-    if seconds < 1:
-        return f"{max(0, math.ceil(seconds * 1000))}ms"
-    whole = math.ceil(seconds * 1000) / 1000
-    hours, rest = divmod(whole, 3600)
-    minutes, secs = divmod(rest, 60)
-    s = f"{secs:.3f}".rstrip("0").rstrip(".")
-    if hours:
-        return f"{int(hours)}h{int(minutes)}m{s}s"
-    if minutes:
-        return f"{int(minutes)}m{s}s"
-    return f"{s}s"
-
-
-def _human(seconds: float) -> str:
-    return go_duration(max(seconds, 0.0))
-
-
 def _plain(value: float) -> float | int:
     """A figure for JSON: whole numbers as integers, money to the micro-dollar."""
     return int(value) if float(value).is_integer() else round(value, 6)
@@ -693,7 +557,3 @@ def _number(value: float) -> str:
     if float(value).is_integer():
         return str(int(value))
     return f"{value:.6f}".rstrip("0").rstrip(".")
-
-
-def _amount(reason: str, value: float) -> str:
-    return f"${value:.4f}" if reason == "budget_usd_per_day" else str(math.ceil(value))

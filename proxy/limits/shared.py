@@ -1,7 +1,7 @@
 """A client's cluster-wide per-minute limits (`rpm`, `tpm`), taken from the shared backend in chunks.
 
-Awaiting Redis on every request would cost about half of the proxy's per-request CPU
-budget (README, "Scaling out"). So a replica takes *grants* from the shared sliding
+A Redis round trip costs more CPU than the rest of a proxied request (docs/performance.md),
+so no request awaits one in the common case: a replica takes *grants* from the shared sliding
 window a chunk at a time (one round trip for several requests) and hands them out
 locally without awaiting; when the last one is handed out, the next chunk is fetched in
 the background, and only a request that finds none left waits for it (one round trip,

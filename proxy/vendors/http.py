@@ -13,7 +13,7 @@ import asyncio
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -67,6 +67,17 @@ class StreamScan(ABC):
         event right after a vendor's preamble still fails over instead of reaching the client.
         """
         return True
+
+
+def json_object(data: bytes) -> dict[str, Any]:
+    """A 200's JSON object body; anything else is a failed attempt (a vendor's garbage)."""
+    try:
+        doc = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        doc = None
+    if not isinstance(doc, dict):
+        raise invalid_json()
+    return doc
 
 
 def invalid_json() -> AttemptFailed:

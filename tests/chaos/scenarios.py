@@ -49,6 +49,11 @@ BREAKER = "breaker: {fail_max: 3, reset_timeout_s: 1}\n"
 #: breaker (fail_max 3) opens, at the default concurrency of 4.
 _BOUND_RELAYED = 3 + 4
 
+#: Budgets that only the request's deadline bounds: a dripping body must be cut at the
+#: attempt's share of it, not at attempt_s.
+_GENEROUS = "timeouts: {connect_s: 1, first_byte_s: 30, attempt_s: 60, stream_idle_s: 30}\n"
+_GARBAGE = b"{not json"
+
 #: A short "unreachable" cooldown, so a flapping vendor is tried again while it flaps.
 _SHORT = "cooldowns: {unreachable_s: 0.3}\n"
 
@@ -82,6 +87,9 @@ class Scenario:
     a_url: str | None = None
     #: Extra config appended (cooldowns, state backend).
     extra_config: str = ""
+    #: The `timeouts:` section and the request deadline (server.request_timeout_s).
+    timeouts: str = TIMEOUTS
+    request_timeout_s: float = 20.0
     #: Requests in the fault phase.
     requests: int = 40
     #: Pause between a worker's requests, so time-based faults (flaps, a storm that ends)
@@ -232,6 +240,27 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario(
             "invalid_json", "200 with a cut-off JSON body", set_fault(Fault.preset("invalid_json"))
         ),
+        Scenario(
+            "drip_after_head",
+            "head at once, then a byte a second (JSON; deadline 4 s, attempt_s 60)",
+            set_fault(Fault(drip_s=1.0)),
+            timeouts=_GENEROUS,
+            request_timeout_s=4.0,
+            requests=12,
+        ),
+        Scenario(
+            "garbage_first_event",
+            "200 stream whose first event is not JSON",
+            set_fault(Fault(error_event_after_chunks=0, body=_GARBAGE)),
+            stream=True,
+        ),
+        Scenario(
+            "garbage_later_event",
+            "a stream event that is not JSON after 2 good ones",
+            set_fault(Fault(error_event_after_chunks=2, body=_GARBAGE)),
+            stream=True,
+            max_errors=_BOUND_RELAYED,
+        ),
     )
 }
 
@@ -274,8 +303,8 @@ async def _running(scenario: Scenario) -> AsyncIterator[tuple[Env, str]]:
         )
         text = text.replace(
             "timeouts: {connect_s: 2, first_byte_s: 5, attempt_s: 10, stream_idle_s: 5}\n",
-            TIMEOUTS,
-        )
+            scenario.timeouts,
+        ).replace("request_timeout_s: 20}", f"request_timeout_s: {scenario.request_timeout_s}}}")
         if scenario.a_url is not None:
             text = text.replace(a.base_url, scenario.a_url)
         config = parse_config(text + scenario.extra_config, env={})
