@@ -386,7 +386,7 @@ class Gateway:
                 self.ledger.path,
                 extra={"event": "ledger", "path": self.ledger.path},
             )
-        elif not self.state.shared:
+        elif not self.state.shared and self.config.clients is not None:
             log.warning(
                 "usage is kept in memory only (state.sqlite_path: null): daily limits and the "
                 "usage ledger will not survive a restart",

@@ -2,7 +2,8 @@
 
 Label values are bounded: model groups and deployments come from the config, outcome
 classes from a fixed table, statuses are HTTP codes. A client's unknown model name is
-never a label value (it becomes `UNKNOWN_GROUP`).
+never a label value (it becomes `UNKNOWN_GROUP`), nor is a path the proxy has no route
+for (its requests count under `NO_ROUTE`).
 
 The metrics every request touches (requests, durations, attempts, in-flight, tokens,
 vendor rate-limit budgets) are plain numbers in dicts, rendered by a collector at scrape
@@ -42,9 +43,12 @@ from prometheus_client.utils import floatToGoString
 
 from proxy.core.version import VERSION
 
-__all__ = ["UNKNOWN_GROUP", "DeploymentGauges", "Metrics", "PoolGauges", "SeriesPlan"]
+__all__ = ["NO_ROUTE", "UNKNOWN_GROUP", "DeploymentGauges", "Metrics", "PoolGauges", "SeriesPlan"]
 
 UNKNOWN_GROUP = "_unknown_"
+# The `model_group` of requests to a path (or a method) the proxy does not serve.
+NO_ROUTE = "_no_route_"
+NO_ROUTE_STATUSES = ("404", "405")
 
 # `*_created` series double the scrape size and no alert or dashboard here reads them.
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -344,6 +348,8 @@ class Metrics:
             "Client requests by model group and final HTTP status.",
             ("model_group", "status"),
         )
+        for status in NO_ROUTE_STATUSES:  # from start-up, so a first stray client is seen
+            self.requests.declare((NO_ROUTE, status))
         self.request_duration = LeanHistogram(
             "llmproxy_request_duration_seconds",
             "Client request duration, to the last byte.",
@@ -535,6 +541,10 @@ class Metrics:
     def request_done(self, group: str, status: int, duration_s: float) -> None:
         self.requests.inc((group, _STATUS.get(status) or str(status)))
         self.request_duration.observe((group,), duration_s)
+
+    def unrouted(self, status: int) -> None:
+        """A request for a path or method the proxy does not serve (no duration: nothing ran)."""
+        self.requests.inc((NO_ROUTE, _STATUS.get(status) or str(status)))
 
     def first_byte(self, group: str, seconds: float) -> None:
         self.ttfb.observe((group,), seconds)

@@ -429,9 +429,10 @@ def _resolve_ledger(state: StateConfig, file: str, env: Mapping[str, str]) -> St
     xdg = env.get("XDG_STATE_HOME")
     if xdg:
         directory = Path(xdg) / "llm-proxy"
+    elif file.startswith("<"):
+        return dataclasses.replace(state, sqlite_path=None)  # text with no file to sit beside
     else:
-        base = Path(file).parent if file and not file.startswith("<") else Path()
-        directory = base / "llm-proxy-state"
+        directory = Path(file).parent / "llm-proxy-state"
     return dataclasses.replace(
         state, sqlite_path=str(directory / LEDGER_FILE), sqlite_path_is_default=True
     )

@@ -263,7 +263,8 @@ class StateConfig:
     key_prefix: str = "llmproxy"  # several proxy clusters may share one Redis
     # The usage ledger's SQLite file. `default` (with backend memory): under
     # $XDG_STATE_HOME/llm-proxy/ if that is set, else llm-proxy-state/ next to the config
-    # file; the directory is created. null: usage is kept in memory only (said at start-up).
+    # file (a config parsed from text, with no file, keeps usage in memory); the directory
+    # is created. null: usage is kept in memory only (said at start-up).
     sqlite_path: str | None = DEFAULT_LEDGER
     # Set by the loader, not a YAML key: sqlite_path is the default location (whose
     # directory the ledger may create).
