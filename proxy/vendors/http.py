@@ -20,10 +20,11 @@ import aiohttp
 import orjson
 
 from proxy.config import DeploymentConfig, VendorConfig
+from proxy.core.errors import ApiError
 from proxy.core.outcomes import Outcome, OutcomeClass
 from proxy.core.redact import redact
 from proxy.core.usage import Usage
-from proxy.http1 import Pool, PoolState, Response, tls_context
+from proxy.http1 import InvalidHeader, Pool, PoolState, Response, ResponseTooLarge, tls_context
 from proxy.metrics import Metrics
 from proxy.vendors.base import (
     AttemptFailed,
@@ -622,6 +623,10 @@ class HTTPAdapter(VendorAdapter):
             if resp is not None:
                 resp.close()
             raise
+        except InvalidHeader as exc:
+            # Nothing was sent: a header of this request cannot go upstream. The client's
+            # request (or our config) is at fault, never the vendor.
+            raise ApiError(400, f"{exc}.", code="invalid_header") from None
         except Exception as exc:
             if resp is not None:
                 resp.close()
@@ -643,13 +648,27 @@ class HTTPAdapter(VendorAdapter):
         "before the first byte" for the failover budget.
         """
         parts: list[bytes] = []
+        size = 0
         events = 0
         previous = b""
+        limit = self.config.max_response_bytes
         while True:
             chunk = await resp.read_some(first_by)
             if not chunk:
                 break
             parts.append(chunk)
+            size += len(chunk)
+            if size > limit:  # one endless first event: nothing to commit to
+                resp.close()
+                raise AttemptFailed(
+                    classify_transport(
+                        ResponseTooLarge(
+                            f"the stream's first event is larger than {limit} bytes "
+                            "(the vendor's max_response_bytes)"
+                        ),
+                        phase="body",
+                    )
+                )
             if _event_ends(previous, chunk):
                 events, valid = first_events_valid(b"".join(parts))
                 if not valid:
