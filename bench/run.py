@@ -105,6 +105,17 @@ SCENARIOS = [
     Scenario(
         "f", "translated path: Anthropic vendor, concurrency 32", 32, 3000, 5.0, route="anthropic"
     ),
+    # The Responses API passed through (Codex, the agents SDK): held against (b) and (c).
+    Scenario("r", "Responses API JSON, concurrency 32", 32, 6000, 5.0, route="responses"),
+    Scenario(
+        "u",
+        "Responses API streaming, 20 text deltas {gap} apart, concurrency 16",
+        16,
+        3000,
+        5.0,
+        stream=True,
+        route="responses",
+    ),
 ]
 
 
@@ -294,9 +305,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--targets", default="direct,ours,ours-tracing,litellm,portkey")
     parser.add_argument(
         "--scenarios",
-        default="abcstdefg",
+        default="abcstdefgru",
         help="scenario letters: a b (JSON), c s (paced streams), t (burst streams), "
-        "d e (failover), f (translated path), g (start-up and RSS, always measured)",
+        "d e (failover), f (translated path), r u (Responses API JSON and paced streams), "
+        "g (start-up and RSS, always measured)",
     )
     parser.add_argument(
         "--stream-gap-ms",

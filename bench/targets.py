@@ -52,7 +52,7 @@ class Scenario:
     stream: bool = False
     # "bench" (healthy; a stream comes in one burst), "paced" (healthy; a stream's events come
     # `--stream-gap-ms` apart), "quota" (primary 429 insufficient_quota), "flaky" (primary
-    # 50% 500), "anthropic" (the translated path)
+    # 50% 500), "anthropic" (the translated path), "responses" (healthy, the Responses API)
     route: str = "bench"
     # Requests per second (fixed schedule, `concurrency` = most in flight); None: closed loop.
     rate: float | None = None
@@ -88,6 +88,17 @@ def _chat_body(model: str, stream: bool) -> bytes:
     return orjson.dumps(body)
 
 
+def _responses_body(model: str, stream: bool) -> bytes:
+    body: dict[str, object] = {
+        "model": model,
+        "input": PROMPT[0]["content"],
+        "max_output_tokens": 32,
+    }
+    if stream:
+        body["stream"] = True
+    return orjson.dumps(body)
+
+
 def _group(scenario: Scenario, run: int) -> str:
     return {"quota": f"fq-{run}", "flaky": f"f5-{run}", "anthropic": "anth", "paced": "paced"}.get(
         scenario.route, "bench"
@@ -100,6 +111,8 @@ def _healthy_prefix(scenario: Scenario) -> str:
 
 
 def _expect(scenario: Scenario) -> bytes:
+    if scenario.route == "responses":
+        return b"response.completed" if scenario.stream else b'"output"'
     return b"[DONE]" if scenario.stream else b'"choices"'
 
 
@@ -181,11 +194,16 @@ class Target:
     # -- requests --------------------------------------------------------------------------
 
     def request(self, scenario: Scenario, run: int) -> Request:
+        if scenario.route == "responses":  # streams paced, as in (c)
+            group = "paced" if scenario.stream else "bench"
+            path, body = "/v1/responses", _responses_body(group, scenario.stream)
+        else:
+            path, body = "/v1/chat/completions", _chat_body(_group(scenario, run), scenario.stream)
         return Request(
             "127.0.0.1",
             self.port,
-            "/v1/chat/completions",
-            _chat_body(_group(scenario, run), scenario.stream),
+            path,
+            body,
             self.headers(scenario, run),
             _expect(scenario),
             stream=scenario.stream,
@@ -211,6 +229,16 @@ class Direct(Target):
         if scenario.route == "anthropic":
             body = orjson.dumps({"model": ANTHROPIC_MODEL, "max_tokens": 32, "messages": PROMPT})
             return Request("127.0.0.1", port, "/ok-anth/v1/messages", body, (), b'"content"')
+        if scenario.route == "responses":
+            return Request(
+                "127.0.0.1",
+                port,
+                f"/{'paced' if scenario.stream else 'ok'}/v1/responses",
+                _responses_body("gpt-4o-mini", scenario.stream),
+                (),
+                _expect(scenario),
+                stream=scenario.stream,
+            )
         # In the failover scenarios "direct" is the healthy secondary, called directly.
         return Request(
             "127.0.0.1",
@@ -323,6 +351,11 @@ class Ours(Target):
         )
 
 
+# Scenarios that hold our Responses API pass-through against our chat pass-through (and the
+# upstream), not against the peers.
+_ONLY_OURS = {"responses": "the Responses API scenarios compare ours with direct and chat"}
+
+
 def _llm_proxy() -> str:
     exe = Path(sys.executable).parent / "llm-proxy"
     return str(exe) if exe.exists() else (shutil.which("llm-proxy") or "llm-proxy")
@@ -412,6 +445,9 @@ class LiteLLM(Target):
     def headers(self, scenario: Scenario, run: int) -> tuple[tuple[str, str], ...]:
         return (("Authorization", f"Bearer {self.master_key}"),)
 
+    def supports(self, scenario: Scenario) -> str | None:
+        return _ONLY_OURS.get(scenario.route)
+
 
 class Portkey(Target):
     """Portkey's open-source gateway (Node), routed per request by its headers."""
@@ -448,6 +484,9 @@ class Portkey(Target):
             except (subprocess.CalledProcessError, OSError) as exc:
                 return f"`npm install @portkey-ai/gateway` failed ({exc})"
         return None
+
+    def supports(self, scenario: Scenario) -> str | None:
+        return _ONLY_OURS.get(scenario.route)
 
     def command(self) -> tuple[list[str], dict[str, str], Path | None]:
         return (

@@ -591,3 +591,27 @@ async def test_grpc_export_with_the_configured_headers(
     assert sorted(s.kind for s in spans) == ["client", "client", "server"]
     assert {s.trace_id for s in spans} == {spans[0].trace_id}
     assert grpc_receiver.headers[0]["x-backend-key"] == "secret-123"
+
+
+async def test_the_responses_api_is_traced_with_its_route_templates(
+    receiver: OTLPReceiver, fakes: FakeFactory, proxies: ProxyFactory
+) -> None:
+    a, b, proxy = await failover_proxy(fakes, proxies, receiver.endpoint)
+    client = proxy.client()
+    created = await client.responses.create(model="smart", input="hi")
+    assert created.output_text
+    stored = await client.responses.retrieve(created.id)
+    assert stored.id == created.id
+    spans = await receiver.wait_for(4)
+    servers = {s.name: s for s in spans if s.kind == "server"}
+    create = servers["POST /v1/responses"]
+    assert create.attributes["gen_ai.operation.name"] == "chat"
+    assert create.attributes["llmproxy.deployment"] == "b/model-b"
+    attempts = [s for s in spans if s.parent_span_id == create.span_id]
+    assert sorted(s.attributes["llmproxy.outcome_class"] for s in attempts) == [
+        "rate_limited",
+        "success",
+    ]
+    get = servers["GET /v1/responses/{response_id}"]  # the route, not the id: bounded names
+    assert get.attributes["http.route"] == "/v1/responses/{response_id}"
+    assert get.attributes["url.path"] == f"/v1/responses/{created.id}"

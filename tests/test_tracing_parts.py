@@ -270,7 +270,7 @@ def test_a_requests_spans_are_freed_without_the_garbage_collector(ratio: float) 
     answer = JSONResponse(200, b'{"model": "x", "choices": []}', Usage(3, 4, 0))
 
     def one() -> None:
-        span = tracing.request(Request(), "chat/completions", "rid")  # type: ignore[arg-type]
+        span = tracing.request(Request(), Request.path, "chat/completions", "rid")  # type: ignore[arg-type]
         span.admitting("m", body, None)
         attempt = span.attempt(
             config.deployments["a/x"],

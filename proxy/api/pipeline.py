@@ -4,9 +4,11 @@ authenticate -> read -> validate -> admit -> route -> answer -> settle -> record
 
 A request takes the gateway's current generation once, when it arrives, and runs on it to
 its end: a reload never pairs an old model group with a new router. Each endpoint says
-only what differs (`Endpoint`: its path, body schema, inbound API and, rarely, its own
-upstream step); authentication, the model allow-list and the client's limits are applied
-here, for every endpoint, so a new route cannot forget them. The request's bookkeeping
+only what differs (`Endpoint`: its method and path, body schema, inbound API and, rarely,
+its own steps: where the request comes from when it has no JSON body (`resolve`: a `GET`
+by id finds the model group that owns the id), how it is routed (`route`), or an upstream
+step that is not a model call (`upstream`)); authentication, the model allow-list and the
+client's limits are applied here, for every endpoint, so a new route cannot forget them. The request's bookkeeping
 (what it tried, what it was answered, how long it took) is one `Exchange`, which records
 the request's metrics and access-log line once its answer has gone out.
 
@@ -29,6 +31,7 @@ from proxy.accesslog import AccessLog
 from proxy.api.validation import EndpointSchema, read_json
 from proxy.core.errors import ApiError
 from proxy.core.outcomes import FinalError, Outcome, OutcomeClass
+from proxy.core.usage import Usage
 from proxy.gateway import Gateway, Generation
 from proxy.limits import OPEN, ClientState, Ticket
 from proxy.listener import Answer, InboundRequest
@@ -39,7 +42,16 @@ from proxy.vendors.base import AttemptFailed, StreamOut, UpstreamCall
 if TYPE_CHECKING:
     from proxy.tracing.spans import RequestSpan
 
-__all__ = ["Endpoint", "Exchange", "Inbound", "serve", "stream_error_message"]
+__all__ = [
+    "Endpoint",
+    "Exchange",
+    "Inbound",
+    "Resolve",
+    "Route",
+    "serve",
+    "session_key",
+    "stream_error_message",
+]
 
 _getrandbits = random.getrandbits
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
@@ -47,6 +59,11 @@ _CLIENT_GONE = Outcome(OutcomeClass.CLIENT_CANCELLED, None, None, "the client di
 # Forwarded header values: visible ASCII and spaces (RFC 9110 field-vchar without obs-text).
 _HEADER_VALUE_RE = re.compile(r"^[\x20-\x7e\t]*$")
 _MAX_FORWARDED_HEADER = 4096
+# Where a client names the conversation a request belongs to (the cache-affinity key), in
+# order: `x-session-id`, the session and thread headers Codex sends, then OpenAI's own
+# prompt-cache routing key and Codex's turn metadata in the body.
+_SESSION_HEADERS = ("x-session-id", "session-id", "session_id", "thread-id", "thread_id")
+_SESSION_METADATA = ("session_id", "thread_id")
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,18 +80,28 @@ class Inbound:
 
 
 Upstream = Callable[["Exchange", ModelGroup, dict[str, Any]], Awaitable[Answer]]
+Resolve = Callable[["Exchange"], Awaitable[dict[str, Any]]]
+Route = Callable[["Exchange", ModelGroup, UpstreamCall, float], Awaitable[Served]]
 
 
 @dataclass(frozen=True, slots=True)
 class Endpoint:
-    """One proxied route. `name` is what an adapter is asked for (`UpstreamCall.endpoint`);
-    `upstream` replaces the router for an endpoint that is not a model call (token counts)."""
+    """One proxied route. `name` is what an adapter is asked for (`UpstreamCall.endpoint`).
+
+    `resolve` stands in for reading the JSON body of a request that has none (it returns
+    the body the rest of the pipeline sees: `model` names the group the allow-list and
+    limits apply to); `route` replaces `Router.run(group, call, deadline, trace)` (e.g. to
+    send a request to the deployment that holds the state it refers to); `upstream`
+    replaces the router for an endpoint that is not a model call (token counts)."""
 
     path: str
     name: str
     schema: EndpointSchema
     inbound: Inbound
     upstream: Upstream | None = None
+    method: str = "POST"
+    resolve: Resolve | None = None
+    route: Route | None = None
 
 
 def request_id(headers: Mapping[str, str]) -> str:
@@ -120,7 +147,9 @@ class Exchange:
         self.span: RequestSpan | None = None
         tracing = self.generation.tracing
         if tracing is not None:
-            self.span = self.trace.span = tracing.request(request, endpoint.name, self.rid)
+            self.span = self.trace.span = tracing.request(
+                request, endpoint.path, endpoint.name, self.rid
+            )
         self.group = UNKNOWN_GROUP
         self.status = 500
         self.client: ClientState | None = None
@@ -182,6 +211,13 @@ class Exchange:
                 }
         return record
 
+    async def settle_without_tokens(self) -> None:
+        """Account an answer that spent no tokens (a token count, a stored response): a
+        request in the ledger, and the ticket's reservation given back."""
+        batch = self.ticket.settle(Usage(), None, served=True)
+        if batch is not None:
+            await self.gateway.ledger.durable(batch)
+
     def headers(self) -> dict[str, str]:
         """The proxy's headers on a successful answer."""
         served = self.served
@@ -227,8 +263,11 @@ async def serve(gateway: Gateway, request: InboundRequest, endpoint: Endpoint) -
     streaming = False
     try:
         ex.client = gen.limits.authenticate(request.headers)
-        raw, parsed = await read_json(request, gen.config.server.max_body_bytes)
-        body = inbound.validate(parsed, endpoint.schema)
+        if endpoint.resolve is None:
+            raw, parsed = await read_json(request, gen.config.server.max_body_bytes)
+            body = inbound.validate(parsed, endpoint.schema)
+        else:
+            raw, body = b"", await endpoint.resolve(ex)
         group = _group(gen, body["model"])
         ex.group = group.name
         forwarded = _forwarded(request.headers, inbound.forwarded)
@@ -253,11 +292,14 @@ async def serve(gateway: Gateway, request: InboundRequest, endpoint: Endpoint) -
             api=inbound.api,
             forward_headers=forwarded,
             proxy_usage=ex.stream and ex.client is not None,
-            session_id=request.headers.get("x-session-id"),
+            session_id=session_key(request.headers, body),
             strict_params=group.config.strict_params,
         )
         deadline = ex.started + gen.config.server.request_timeout_s
-        served = ex.served = await gen.router.run(group, call, deadline, ex.trace)
+        if endpoint.route is None:
+            served = ex.served = await gen.router.run(group, call, deadline, ex.trace)
+        else:
+            served = ex.served = await endpoint.route(ex, group, call, deadline)
         ex.trace.attempts.append(
             Attempt(
                 served.deployment.id, OutcomeClass.SUCCESS, served.ttfb_s, served.response.status
@@ -274,6 +316,8 @@ async def serve(gateway: Gateway, request: InboundRequest, endpoint: Endpoint) -
     except ApiError as err:
         ex.status = err.status
         extra = ex.ids()
+        if ex.trace.attempts:  # deployments skipped as unable to serve the request (Unsupported)
+            extra["x-proxy-attempts"] = ex.trace.header()
         if ex.span is not None:
             ex.span.failed("llmproxy.error_code", err.code or str(err.status))
         if ex.client is not None and not err.headers:
@@ -310,6 +354,24 @@ def _group(gen: Generation, model: str) -> ModelGroup:
             param="model",
         )
     return group
+
+
+def session_key(headers: Mapping[str, str], body: Mapping[str, Any]) -> str | None:
+    """The conversation this request belongs to, as the client named it (or None)."""
+    for name in _SESSION_HEADERS:
+        value = headers.get(name)
+        if value:
+            return value
+    key = body.get("prompt_cache_key")
+    if isinstance(key, str) and key:
+        return key
+    metadata = body.get("client_metadata")
+    if isinstance(metadata, dict):
+        for name in _SESSION_METADATA:
+            value = metadata.get(name)
+            if isinstance(value, str) and value:
+                return value
+    return None
 
 
 def _forwarded(headers: Mapping[str, str], names: tuple[str, ...]) -> dict[str, str]:

@@ -12,9 +12,9 @@ from typing import Protocol
 
 import yaml
 
+from proxy.config.egress import env_egress, native_only_problem, vendor_egress
 from proxy.config.issues import ConfigIssue, find, from_env, line_of
 from proxy.config.schema import (
-    BAD_HEADER,
     DEFAULT_LEDGER,
     LEDGER_FILE,
     ClientConfig,
@@ -26,10 +26,10 @@ from proxy.config.schema import (
     ServerConfig,
     StateConfig,
     VendorConfig,
-    sendable,
 )
 from proxy.config.tracing import resolve_tracing
 from proxy.core.vendor_types import VENDOR_TYPES
+from proxy.http1 import header_problem
 
 KEYLESS = "none"  # `api_key: none`: a server that needs no key (vLLM, Ollama)
 
@@ -54,6 +54,7 @@ def resolve(spec: ConfigSpec, root: yaml.Node, source: Source) -> Config | None:
         issues.append(ConfigIssue(file, line_of(find(root, *path)), key, message))
 
     vendors: dict[str, VendorConfig] = {}
+    environment_egress = env_egress(env, issue) if spec.vendors else None
     for name, v in spec.vendors.items():
         if v is None:
             continue
@@ -102,14 +103,28 @@ def resolve(spec: ConfigSpec, root: yaml.Node, source: Source) -> Config | None:
             continue
         if api_key == KEYLESS:
             api_key = None
-        bad_headers = [k for k, val in v.headers.items() if not sendable(val, k)]
-        if bad_headers or (v.api_key and not sendable(v.api_key)):
-            what = f"header {bad_headers[0]!r}" if bad_headers else "api_key"
+        bad_header = next(
+            ((k, p) for k, val in v.headers.items() if (p := header_problem(k, val))), None
+        )
+        if bad_header is not None:
             issue(
-                ("vendors", name, "headers" if bad_headers else "api_key"),
-                f"vendors.{name}.{'headers' if bad_headers else 'api_key'}",
-                f"{what} {BAD_HEADER}",
+                ("vendors", name, "headers"),
+                f"vendors.{name}.headers",
+                f"header {bad_header[0]!r} {bad_header[1]}",
             )
+            continue
+        if api_key and header_problem("Authorization", api_key):
+            issue(
+                ("vendors", name, "api_key"),
+                f"vendors.{name}.api_key",
+                "has a character HTTP headers cannot carry (a line break, a NUL or another "
+                "control character, or one outside Latin-1)",
+            )
+            continue
+        if native_only_problem(root, name, v, issue):
+            continue
+        egress = vendor_egress(name, v, environment_egress, issue)
+        if egress is None:
             continue
         vendors[name] = VendorConfig(
             name=name,
@@ -121,6 +136,10 @@ def resolve(spec: ConfigSpec, root: yaml.Node, source: Source) -> Config | None:
             max_connections=v.max_connections,
             region=v.region,
             project=v.project,
+            max_response_bytes=v.max_response_bytes,
+            max_decompressed_bytes=v.max_decompressed_bytes,
+            egress=egress,
+            ca_file=v.ca_file,
         )
 
     deployments: dict[str, DeploymentConfig] = {}
@@ -413,9 +432,10 @@ def _resolve_ledger(state: StateConfig, file: str, env: Mapping[str, str]) -> St
     xdg = env.get("XDG_STATE_HOME")
     if xdg:
         directory = Path(xdg) / "llm-proxy"
+    elif file.startswith("<"):
+        return dataclasses.replace(state, sqlite_path=None)  # text with no file to sit beside
     else:
-        base = Path(file).parent if file and not file.startswith("<") else Path()
-        directory = base / "llm-proxy-state"
+        directory = Path(file).parent / "llm-proxy-state"
     return dataclasses.replace(
         state, sqlite_path=str(directory / LEDGER_FILE), sqlite_path_is_default=True
     )

@@ -14,13 +14,12 @@ from typing import Final, cast
 from urllib.parse import unquote, urlsplit
 
 from proxy.config.schema import (
-    BAD_HEADER,
     TRACING_PROTOCOLS,
     TracingConfig,
     TracingProtocol,
     TracingSpec,
-    sendable,
 )
+from proxy.http1 import header_problem
 
 __all__ = ["TRACING_EXTRA", "resolve_tracing"]
 
@@ -92,8 +91,8 @@ def resolve_tracing(spec: TracingSpec, env: Mapping[str, str], issue: IssueFn) -
         found = _first(env, "OTEL_EXPORTER_OTLP_TRACES_HEADERS", "OTEL_EXPORTER_OTLP_HEADERS")
         headers = _pairs(found[1]) if found else {}
     for name, value in headers.items():
-        if not sendable(value, name):
-            problem("headers", f"header {name!r} {BAD_HEADER}")
+        if reason := header_problem(name, value):
+            problem("headers", f"header {name!r} {reason}")
     sample_ratio = spec.sample_ratio
     if sample_ratio is None:
         sample_ratio = _sampler_ratio(env, problem)

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -47,6 +48,8 @@ log = logging.getLogger("llmproxy")
 _INSTRUMENTATION = "llm-proxy"
 _DEFAULT_QUEUE = 2048  # the SDK's defaults: OTEL_BSP_MAX_QUEUE_SIZE,
 _DEFAULT_BATCH = 512  # OTEL_BSP_MAX_EXPORT_BATCH_SIZE
+# A route parameter with its pattern (aiohttp's `{name:regex}`), up to the end of its segment.
+_PARAM_PATTERN = re.compile(r"\{(\w+):.*?\}(?=/|$)")
 # Closing waits this long for the last spans to reach the collector, then gives up on them.
 CLOSE_TIMEOUT_S = 5.0
 
@@ -177,15 +180,27 @@ class Tracing:
         self.tracer: Tracer = self._provider.get_tracer(_INSTRUMENTATION, VERSION)
         self.propagator = TraceContextTextMapPropagator()
         self._servers: dict[str, tuple[str, int | None]] = {}
+        self._routes: dict[str, str] = {}
         # Export errors are logged by the SDK at ERROR once per failed batch; its retry
         # warnings in between would be one line per second with a collector down.
         logging.getLogger("opentelemetry").setLevel(logging.ERROR)
 
-    def request(self, request: InboundRequest, endpoint: str, request_id: str) -> RequestSpan:
-        """The server span of a request that just arrived (continuing the client's trace)."""
+    def request(
+        self, request: InboundRequest, route: str, endpoint: str, request_id: str
+    ) -> RequestSpan:
+        """The server span of a request that just arrived (continuing the client's trace).
+        `route` is the endpoint's path template, `endpoint` its name (`Endpoint.name`)."""
         from proxy.tracing.spans import RequestSpan
 
-        return RequestSpan(self, request, endpoint, request_id)
+        return RequestSpan(self, request, route, endpoint, request_id)
+
+    def route(self, path: str) -> str:
+        """http.route of an endpoint's path: its parameters by name, without their patterns
+        (`/v1/responses/{response_id}`)."""
+        found = self._routes.get(path)
+        if found is None:
+            found = self._routes[path] = _PARAM_PATTERN.sub(r"{\1}", path)
+        return found
 
     def server(self, vendor: VendorConfig) -> tuple[str, int | None]:
         """server.address and server.port of a vendor (parsed once per vendor)."""

@@ -152,22 +152,25 @@ class RequestSpan:
     )
 
     def __init__(
-        self, tracing: Tracing, request: InboundRequest, endpoint: str, request_id: str
+        self, tracing: Tracing, request: InboundRequest, route: str, endpoint: str, request_id: str
     ) -> None:
         self.tracing = tracing
         self.operation = OPERATIONS.get(endpoint)
+        route = tracing.route(route)
         attrs: Attributes = {
             "http.request.method": request.method,
-            "http.route": request.path,  # every proxied route is a fixed path
+            "http.route": route,
             "llmproxy.request_id": request_id,
         }
+        if request.path != route:  # a route with a parameter (a stored response's id)
+            attrs["url.path"] = request.path
         agent = request.headers.get("user-agent")
         if agent:
             attrs["user_agent.original"] = agent
         if self.operation is not None:
             attrs["gen_ai.operation.name"] = self.operation
         span = tracing.tracer.start_span(
-            f"{request.method} {request.path}",
+            f"{request.method} {route}",
             context=tracing.propagator.extract(request.headers),
             kind=SpanKind.SERVER,
             attributes=attrs,
