@@ -260,8 +260,12 @@ class RedisBackend(StateBackend):
             except (RedisError, OSError) as exc:
                 self._last_error = f"{type(exc).__name__}: {exc}"
                 self._down()
+            except Exception as exc:  # anything else must not end the reconnecting for good
+                log.exception("state backend connection failed unexpectedly; reconnecting")
+                self._last_error = f"{type(exc).__name__}: {exc}"
+                self._down()
             finally:
-                with contextlib.suppress(RedisError, OSError):
+                with contextlib.suppress(Exception):
                     await pubsub.aclose()
             await asyncio.sleep(delay * random.uniform(0.8, 1.2))
             delay = min(delay * 2, BACKOFF_S[1])
