@@ -117,6 +117,17 @@ SCENARIOS = [
     Scenario(
         "f", "translated path: Anthropic vendor, concurrency 32", 32, 3000, 5.0, route="anthropic"
     ),
+    # The Responses API passed through (Codex, the agents SDK): held against (b) and (c).
+    Scenario("r", "Responses API JSON, concurrency 32", 32, 6000, 5.0, route="responses"),
+    Scenario(
+        "u",
+        "Responses API streaming, 20 text deltas {gap} apart, concurrency 16",
+        16,
+        3000,
+        5.0,
+        stream=True,
+        route="responses",
+    ),
 ]
 
 
@@ -319,13 +330,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="short runs, one start: iterate fast")
     parser.add_argument("--runs", type=int, help="runs per figure (default 3, quick 1)")
-    parser.add_argument("--targets", default="direct,ours,litellm,portkey")
+    parser.add_argument("--targets", default="direct,ours,ours-tracing,litellm,portkey")
     parser.add_argument(
         "--scenarios",
-        default="abcstdefjg",
+        default="abcstdefgjru",
         help="scenario letters: a b (JSON), c s (paced streams), t (burst streams), "
-        "d e (failover), j (rate-limit headroom), f (translated path), g (start-up and RSS, "
-        "always measured)",
+        "d e (failover), j (rate-limit headroom), f (translated path), r u (Responses API "
+        "JSON and paced streams), g (start-up and RSS, always measured)",
     )
     parser.add_argument(
         "--stream-gap-ms",
@@ -375,6 +386,7 @@ def main(argv: list[str] | None = None) -> int:
     classes: dict[str, Any] = {
         "direct": Direct,
         "ours": Ours,
+        "ours-tracing": lambda env: Ours(env, tracing=True),
         "litellm": LiteLLM,
         "portkey": Portkey,
     }

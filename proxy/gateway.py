@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Coroutine, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from proxy.config import Config, ConfigError, VendorConfig, load_config
 from proxy.core.outcomes import POLICIES, FailoverRule, OutcomeClass
@@ -23,6 +23,7 @@ from proxy.health.deployment import DeploymentState
 from proxy.health.headroom import capacity_ratio
 from proxy.health.headroom_share import HeadroomShare
 from proxy.health.sync import StateSync
+from proxy.http1 import PoolState
 from proxy.limits import Limits, UsageLedger
 from proxy.limits.admission import UNKNOWN_CLIENT
 from proxy.limits.checks import LIMITS
@@ -30,8 +31,12 @@ from proxy.limits.ledger import utc_day
 from proxy.metrics import Metrics, SeriesPlan
 from proxy.routing.router import HEDGE_LOST, ModelGroup, Router
 from proxy.state import StateBackend, StateBackendDown, make_backend
+from proxy.tracing import SpanDrops, start_tracing
 from proxy.vendors import make_adapter
 from proxy.vendors.base import VendorAdapter
+
+if TYPE_CHECKING:
+    from proxy.tracing.export import Tracing
 
 __all__ = ["Gateway", "Generation"]
 
@@ -56,6 +61,7 @@ class Generation:
     router: Router
     limits: Limits
     adapters: Mapping[str, VendorAdapter]
+    tracing: Tracing | None = None  # None: this generation's requests are not traced
 
 
 # Label values of the series born at 0 (proxy/metrics.py), from the outcome table.
@@ -121,13 +127,17 @@ class Gateway:
             create_directory=config.state.sqlite_path_is_default,
         )
         self._usage_task: asyncio.Task[None] | None = None
+        self.span_drops = SpanDrops()
         self.current = self._swap(
             config,
             self._states_for(config),
             {n: make_adapter(v) for n, v in config.vendors.items()},
             self._limits_for(config, None),
+            start_tracing(config.tracing, self.state.origin, self.span_drops),
         )
         self.metrics.add_deployment_gauges(self._gauge_snapshot, self._group_snapshot)
+        self.metrics.add_pool_gauges(self._pool_snapshot)
+        self.metrics.add_tracing_counters(self.span_drops.counts)
         self.metrics.add_client_gauges(lambda: self.current.limits.budget_use())
         self.metrics.add_headroom_gauges(self._remaining_snapshot, self._headroom_snapshot)
 
@@ -178,14 +188,16 @@ class Gateway:
         states: dict[str, DeploymentState],
         adapters: dict[str, VendorAdapter],
         limits: Limits,
+        tracing: Tracing | None,
     ) -> Generation:
         """Build the generation for `config`, make it current, and return it."""
         self.metrics.declare(series_plan(config))
         self.deployments = states
+        for adapter in adapters.values():
+            adapter.bind_metrics(self.metrics)
         groups = {name: ModelGroup(g, states) for name, g in config.models.items()}
-        generation = Generation(
-            config, groups, Router(config, groups, adapters, self.metrics), limits, adapters
-        )
+        router = Router(config, groups, adapters, self.metrics)
+        generation = Generation(config, groups, router, limits, adapters, tracing)
         self.current = generation
         previous: HealthChecker | None = getattr(self, "health", None)
         self.health = HealthChecker(
@@ -236,9 +248,19 @@ class Gateway:
                 if name in self.config.vendors
                 and _credentials(self.config.vendors[name]) != _credentials(vendor)
             ]
+            tracing = old.tracing
+            if config.tracing != old.config.tracing:
+                # Loading the SDK (the first time tracing is turned on) takes a while: not on the loop.
+                tracing = await asyncio.get_running_loop().run_in_executor(
+                    None, start_tracing, config.tracing, self.state.origin, self.span_drops
+                )
             old_health = self.health
             self._swap(
-                config, self._states_for(config), adapters, self._limits_for(config, old.limits)
+                config,
+                self._states_for(config),
+                adapters,
+                self._limits_for(config, old.limits),
+                tracing,
             )
             for name in rotated:
                 self._credentials_rotated(name)
@@ -248,7 +270,8 @@ class Gateway:
                 self._background(self._reconcile())  # pick up what peers know of them
             retired = [a for name, a in old.adapters.items() if adapters.get(name) is not a]
             self._to_close.extend(retired)
-            self._background(self._retire(old, old_health, retired))
+            retired_tracing = old.tracing if old.tracing is not tracing else None
+            self._background(self._retire(old, old_health, retired, retired_tracing))
         log.info(
             "config reloaded: version %s",
             config.version,
@@ -310,15 +333,21 @@ class Gateway:
             )
 
     async def _retire(
-        self, old: Generation, health: HealthChecker, adapters: list[VendorAdapter]
+        self,
+        old: Generation,
+        health: HealthChecker,
+        adapters: list[VendorAdapter],
+        tracing: Tracing | None,
     ) -> None:
         """Retire a replaced generation: stop its probes (bounded), then close the adapters
-        only it used once its last request has ended."""
+        and the tracing only it used once its last request has ended."""
         await health.stop(RETIRE_PROBES_S)
         await old.router.drained()
         for adapter in adapters:
             self._to_close.remove(adapter)
             await adapter.close()
+        if tracing is not None:
+            await tracing.close()
 
     def _breaker_changed(self, dep_id: str, state: BreakerState) -> None:
         source = "peer" if self.sync.applying else "local"
@@ -346,6 +375,12 @@ class Gateway:
         now = time.monotonic()
         for dep in self.deployments.values():
             yield dep.id, int(dep.breaker.state), dep.healthy, dep.cooldown_left(now)
+
+    def _pool_snapshot(self) -> Iterator[tuple[str, PoolState]]:
+        for name, adapter in self.adapters.items():
+            state = adapter.pool_state()
+            if state is not None:
+                yield name, state
 
     def _group_snapshot(self) -> Iterator[tuple[str, int]]:
         # In service, not merely admitting: a breaker that lets one trial through now and
@@ -423,5 +458,7 @@ class Gateway:
         for adapter in [*self.adapters.values(), *self._to_close]:
             await adapter.close()
         self._to_close.clear()
+        if self.current.tracing is not None:
+            await self.current.tracing.close()  # the last spans, within a bound
         await self.ledger.close()
         await self.state.close()

@@ -44,7 +44,7 @@ from prometheus_client.utils import floatToGoString
 
 from proxy.core.version import VERSION
 
-__all__ = ["NO_ROUTE", "UNKNOWN_GROUP", "DeploymentGauges", "Metrics", "SeriesPlan"]
+__all__ = ["NO_ROUTE", "UNKNOWN_GROUP", "DeploymentGauges", "Metrics", "PoolGauges", "SeriesPlan"]
 
 UNKNOWN_GROUP = "_unknown_"
 # The `model_group` of requests to a path (or a method) the proxy does not serve.
@@ -56,6 +56,8 @@ disable_created_metrics()  # type: ignore[no-untyped-call]
 
 # Latency buckets from 5 ms to 5 min: LLM calls span four orders of magnitude.
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)
+# A free connection is a wait of 0; a saturated pool makes requests wait up to pool_wait_s.
+_POOL_WAIT_BUCKETS = (0.001, 0.005, 0.025, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
 class LeanCounter:
@@ -281,6 +283,47 @@ class HeadroomGauges(Collector):
         yield ratio
 
 
+class PoolGauges(Collector):
+    """Each native vendor's connection pool, read at scrape time: how close it is to its limit."""
+
+    def __init__(self, snapshot: Callable[[], Iterable[tuple[str, tuple[int, int, int, int]]]]):
+        # snapshot yields (vendor, (connections in use, idle, requests waiting, limit))
+        self._snapshot = snapshot
+
+    def describe(self) -> Iterator[Metric]:
+        # Without describe() the registry would call collect() at registration, before start-up.
+        yield GaugeMetricFamily(
+            "llmproxy_upstream_pool_connections", "", labels=["vendor", "state"]
+        )
+        yield GaugeMetricFamily("llmproxy_upstream_pool_waiting", "", labels=["vendor"])
+        yield GaugeMetricFamily("llmproxy_upstream_pool_limit", "", labels=["vendor"])
+
+    def collect(self) -> Iterator[Metric]:
+        connections = GaugeMetricFamily(
+            "llmproxy_upstream_pool_connections",
+            "Connections in a native vendor's pool: in_use (a request's, or connecting) or idle.",
+            labels=["vendor", "state"],
+        )
+        waiting = GaugeMetricFamily(
+            "llmproxy_upstream_pool_waiting",
+            "Requests waiting for a free connection (the pool is at its limit).",
+            labels=["vendor"],
+        )
+        limit = GaugeMetricFamily(
+            "llmproxy_upstream_pool_limit",
+            "Most connections the vendor's pool keeps open (max_connections).",
+            labels=["vendor"],
+        )
+        for vendor, (in_use, idle, queued, most) in self._snapshot():
+            connections.add_metric([vendor, "in_use"], in_use)
+            connections.add_metric([vendor, "idle"], idle)
+            waiting.add_metric([vendor], queued)
+            limit.add_metric([vendor], most)
+        yield connections
+        yield waiting
+        yield limit
+
+
 class ClientGauges(Collector):
     """How much of each client's daily budgets is used, read at scrape time (alerts warn before 429s)."""
 
@@ -340,6 +383,28 @@ class ListenerGauges(Collector):
         yield from (connections, refusals, slow)
 
 
+class TracingCounters(Collector):
+    """Spans that never reached the tracing collector, read at scrape time (`proxy.tracing`)."""
+
+    def __init__(self, counts: Callable[[], Mapping[str, int]]) -> None:
+        # counts: reason -> spans dropped so far (every reason, 0 included)
+        self._counts = counts
+
+    def describe(self) -> Iterator[Metric]:
+        yield CounterMetricFamily("llmproxy_tracing_spans_dropped", "", labels=["reason"])
+
+    def collect(self) -> Iterator[Metric]:
+        dropped = CounterMetricFamily(
+            "llmproxy_tracing_spans_dropped",
+            "Trace spans lost on the way to the collector: the export queue was full "
+            "(queue_full) or a batch was not delivered (export_failed).",
+            labels=["reason"],
+        )
+        for reason, count in self._counts().items():
+            dropped.add_metric([reason], count)
+        yield dropped
+
+
 class Metrics:
     """All of the proxy's metrics, on a registry of its own (several proxies can share a process)."""
 
@@ -390,6 +455,13 @@ class Metrics:
         self.tokens = LeanCounter(
             "llmproxy_tokens", "Tokens reported by vendors.", ("deployment", "kind")
         )
+        self.pool_wait = LeanHistogram(
+            "llmproxy_upstream_pool_wait_seconds",
+            "Time an upstream request waited for a free connection in its vendor's pool "
+            "(0 when one was free).",
+            ("vendor",),
+            _POOL_WAIT_BUCKETS,
+        )
         self.unserved = LeanCounter(
             "llmproxy_unserved_requests",
             "Requests no deployment served (every candidate failed, or none could be tried), "
@@ -419,6 +491,7 @@ class Metrics:
                     self.attempts,
                     self.upstream_duration,
                     self.tokens,
+                    self.pool_wait,
                     self.unserved,
                     self.served_away,
                     self.in_flight,
@@ -518,8 +591,25 @@ class Metrics:
     def add_client_gauges(self, snapshot: Callable[[], Iterable[tuple[str, str, float]]]) -> None:
         self.registry.register(ClientGauges(snapshot))
 
+    def add_pool_gauges(
+        self, snapshot: Callable[[], Iterable[tuple[str, tuple[int, int, int, int]]]]
+    ) -> None:
+        self.registry.register(PoolGauges(snapshot))
+
+    def pool_wait_observer(self, vendor: str) -> Callable[[float], None]:
+        """What a vendor's pool calls with each request's wait for a connection; the
+        vendor's series exists from now on, at zero."""
+        labels = (vendor,)
+        histogram = self.pool_wait
+        histogram.declare(labels)
+        observe = histogram.observe
+        return lambda seconds: observe(labels, seconds)
+
     def add_listener_gauges(self, snapshot: Callable[[], tuple[int, int, int, int]]) -> None:
         self.registry.register(ListenerGauges(snapshot))
+
+    def add_tracing_counters(self, counts: Callable[[], Mapping[str, int]]) -> None:
+        self.registry.register(TracingCounters(counts))
 
     def _child(self, metric: Any, *labels: str) -> Any:
         key = (id(metric), *labels)

@@ -13,10 +13,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar, get_args
 
+from proxy.http1 import DIRECT, MAX_BODY, MAX_DECODED, POOL_WAIT_S, Egress
+
 Strategy = Literal["priority", "weighted", "least-latency", "least-busy", "cache-affinity"]
 STRATEGY_NAMES: tuple[str, ...] = get_args(Strategy)
 ProbeKind = Literal["models", "completion"]
 PROBE_KINDS: tuple[str, ...] = get_args(ProbeKind)
+TracingProtocol = Literal["http/protobuf", "grpc"]
+TRACING_PROTOCOLS: tuple[str, ...] = get_args(TracingProtocol)
 
 
 def _positive(v: float) -> str | None:
@@ -29,6 +33,12 @@ def _non_negative(v: float) -> str | None:
 
 def _at_least_one(v: int) -> str | None:
     return None if v >= 1 else "must be at least 1"
+
+
+def _at_least_a_mebibyte(v: int) -> str | None:
+    # Below that, an answer's first read (up to the read-ahead) could hold more than the
+    # cap before it is counted: the cap would not be exact.
+    return None if v >= 1024 * 1024 else "must be at least 1048576 (1 MiB)"
 
 
 def _limit(v: float) -> str | None:
@@ -56,13 +66,16 @@ class Timeouts:
 
     `attempt_s` bounds a whole non-streamed attempt (headers and body). A stream, once its
     first byte reached the client, is bounded by `stream_idle_s` between chunks instead:
-    long generations are legitimate, stalls are not.
+    long generations are legitimate, stalls are not. `pool_wait_s` bounds the wait for a
+    free connection when the vendor's pool is at `max_connections`: past it the attempt
+    fails over (the vendor was not contacted, so it is not blamed).
     """
 
     connect_s: float = check(_positive, 5.0)
     first_byte_s: float = check(_positive, 30.0)
     attempt_s: float = check(_positive, 60.0)
     stream_idle_s: float = check(_positive, 60.0)
+    pool_wait_s: float = check(_positive, POOL_WAIT_S)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +86,7 @@ class PartialTimeouts:
     first_byte_s: float | None = check(_positive, None)
     attempt_s: float | None = check(_positive, None)
     stream_idle_s: float | None = check(_positive, None)
+    pool_wait_s: float | None = check(_positive, None)
 
     def over(self, base: Timeouts) -> Timeouts:
         return _overlay(self, base)
@@ -151,8 +165,14 @@ class VendorSpec:
     region: str | None = None
     project: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
-    max_connections: int = check(_at_least_one, 256)
+    # None: half the process's open-file limit, at least 256 (proxy.http1.default_limit).
+    max_connections: int | None = check(_at_least_one, None)
     timeouts: PartialTimeouts = field(default_factory=PartialTimeouts)
+    max_response_bytes: int = check(_at_least_a_mebibyte, MAX_BODY)
+    max_decompressed_bytes: int = check(_at_least_one, MAX_DECODED)
+    # An http:// proxy URL, or "direct"; unset: HTTPS_PROXY / HTTP_PROXY / NO_PROXY.
+    proxy: str | None = None
+    ca_file: str | None = None  # PEM CA certificates trusted besides the system's
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,6 +274,37 @@ class StateConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TracingSpec:
+    """OpenTelemetry traces as written in YAML. A key left out falls back to the standard
+    OTEL_* environment variable (`proxy.config.tracing` says which), then to a default."""
+
+    enabled: bool = False
+    # The collector's OTLP base URL (`/v1/traces` is appended for http/protobuf).
+    endpoint: str | None = None
+    protocol: TracingProtocol | None = None
+    sample_ratio: float | None = check(_fraction, None)  # parent-based: a sampled caller wins
+    headers: dict[str, str] | None = None  # sent with every export (a backend's API key)
+    service_name: str | None = None
+    # Prompt and completion text on the spans: off unless asked for, redacted and capped.
+    record_content: bool = False
+    content_max_chars: int = check(_at_least_one, 2000)
+
+
+@dataclass(frozen=True, slots=True)
+class TracingConfig:
+    """The resolved `tracing:` section: what the exporter is built from."""
+
+    enabled: bool = False
+    endpoint: str = "http://localhost:4318/v1/traces"  # the full URL (grpc: host and port)
+    protocol: TracingProtocol = "http/protobuf"
+    sample_ratio: float = 1.0
+    headers: Mapping[str, str] = field(default_factory=dict)
+    service_name: str = "llm-proxy"
+    record_content: bool = False
+    content_max_chars: int = 2000
+
+
+@dataclass(frozen=True, slots=True)
 class ClientLimits:
     """A client key's limits; a limit left out is not enforced. Zero or less is a config error."""
 
@@ -291,6 +342,7 @@ class ConfigSpec:
     cooldowns: CooldownConfig = field(default_factory=CooldownConfig)
     clients: list[ClientSpec] | None = None
     health_check: HealthCheckConfig = field(default_factory=HealthCheckConfig)
+    tracing: TracingSpec = field(default_factory=TracingSpec)
 
 
 # The resolved config: what the rest of the proxy reads.
@@ -304,9 +356,13 @@ class VendorConfig:
     api_key: str | None
     api_version: str | None
     headers: Mapping[str, str]
-    max_connections: int
+    max_connections: int | None  # None: proxy.http1.default_limit()
     region: str | None = None
     project: str | None = None
+    max_response_bytes: int = MAX_BODY
+    max_decompressed_bytes: int = MAX_DECODED
+    egress: Egress = DIRECT  # resolved from `proxy:` or the environment at load time
+    ca_file: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -370,3 +426,4 @@ class Config:
     # None: no `clients:` section, the proxy is open to anyone who can reach it.
     clients: tuple[ClientConfig, ...] | None = None
     health_check: HealthCheckConfig = field(default_factory=HealthCheckConfig)
+    tracing: TracingConfig = field(default_factory=TracingConfig)

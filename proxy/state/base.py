@@ -15,6 +15,10 @@ A backend carries three kinds of state, each with the semantics that fits it:
 - **Headroom**: a deployment's rate-limit figures (the newest answer's win) and what each
   replica has claimed of them, so replicas spend a vendor account's headroom together
   (`headroom()`; proxy/health/headroom_share.py).
+- **Remembered values**: small strings kept for a while under a key (which deployment
+  produced a Responses API response id). `remember()` never blocks: the value is kept in
+  process at once and shared in the background; `recall()` answers from the process, and
+  asks the shared backend only for a key this replica has not seen.
 
 `memory` implements all of it in process (one replica: nothing to share); `redis` shares it.
 """
@@ -264,3 +268,12 @@ class StateBackend(ABC):
             report.asof,
             tuple((b.remaining, b.limit, b.reset) for b in report.buckets),
         )
+
+    @abstractmethod
+    def remember(self, key: str, value: str, ttl_s: float) -> None:
+        """Keep `value` under `key` for `ttl_s` seconds, for every replica (never blocks)."""
+
+    @abstractmethod
+    async def recall(self, key: str) -> str | None:
+        """What `remember` kept under `key`, here or on a peer replica; None if nothing
+        (or if the shared backend cannot be asked now)."""

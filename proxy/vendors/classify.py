@@ -36,7 +36,14 @@ import orjson
 from proxy.core.outcomes import Outcome, OutcomeClass
 from proxy.core.redact import MAX_MATCH_CHARS, clean, redact_text
 from proxy.core.vendor_types import VENDOR_TYPES
-from proxy.http1 import BodyIncomplete, ProtocolError
+from proxy.http1 import (
+    BodyIncomplete,
+    DescribedError,
+    InvalidHeader,
+    PoolTimeout,
+    ProtocolError,
+    ResponseTooLarge,
+)
 from proxy.vendors.ratelimit import RATE_LIMIT_HEADERS, parse_go_duration, parse_rfc3339
 
 __all__ = [
@@ -263,7 +270,15 @@ RULES: tuple[Rule, ...] = (
         statuses=_st(400),
         phrases=("api key not valid", "api key expired"),
     ),
-    # 6. Model or deployment not found (config error).
+    # 6. Model or deployment not found (config error). Not a response id the vendor does not
+    #    hold (previous_response_id, GET /responses/{id}): the request names what is not there.
+    Rule("response_not_found_code", _C.CLIENT_ERROR, codes=_fs("previous_response_not_found")),
+    Rule(
+        "response_not_found",
+        _C.CLIENT_ERROR,
+        statuses=_st(404),
+        pattern=re.compile(r"\bresponse with id '[^']*' not found"),
+    ),
     Rule("not_found_status", _C.MODEL_UNAVAILABLE, statuses=_st(404)),
     Rule("not_found_code", _C.MODEL_UNAVAILABLE, codes=_NOT_FOUND_CODES),
     # 7. 429 family: capacity shortages dressed as 429 first, then plain rate limits.
@@ -446,6 +461,9 @@ def _parse(headers: Mapping[str, str], body: bytes) -> _Parsed:
         return _Parsed(doc, tuple(labels), message, implied, (), None)
 
     err = doc.get("error")
+    response = doc.get("response")
+    if err is None and isinstance(response, dict):  # Responses API `response.failed` event
+        err = response.get("error")
     if isinstance(err, dict):  # OpenAI, Azure, Anthropic, Google RPC, vLLM, Ollama, Groq
         src = err
         details = err.get("details")
@@ -783,8 +801,8 @@ def classify_response(
 
 def classify_stream_error(vendor_type: str, event_data: bytes) -> Outcome:
     """Classify an error event seen inside a 200 stream (OpenAI `{"error": ...}` chunk,
-    Anthropic `event: error` data, Gemini error chunk, Bedrock exception frame payload,
-    Cohere `message-end` with ERROR). `event_data` is the event's data (an `event:`/`data:`
+    Responses API `error` and `response.failed` events, Anthropic `event: error` data,
+    Gemini error chunk, Bedrock exception frame payload, Cohere `message-end` with ERROR). `event_data` is the event's data (an `event:`/`data:`
     prefixed SSE block is accepted too)."""
     return classify_response(vendor_type, 200, _NO_HEADERS, event_data)
 
@@ -792,13 +810,15 @@ def classify_stream_error(vendor_type: str, event_data: bytes) -> Outcome:
 @dataclass(frozen=True, slots=True)
 class TransportRule:
     """A row of the transport classifier: exception types (isinstance) and the phases it
-    applies to (None = any), tried in order like `RULES`."""
+    applies to (None = any), tried in order like `RULES`. `retry_after_s` is the retry
+    hint the outcome carries (0: no cooldown for a class that would otherwise back off)."""
 
     name: str
     types: tuple[type[BaseException], ...]
     phases: frozenset[str] | None
     cls: OutcomeClass
     summary: str
+    retry_after_s: float | None = None
 
 
 _CONNECTION_ERRORS: Final[tuple[type[BaseException], ...]] = (
@@ -811,6 +831,18 @@ _BEFORE_RESPONSE: Final = _fs("connect", "first_byte")
 
 TRANSPORT_RULES: tuple[TransportRule, ...] = (
     TransportRule("cancelled", (asyncio.CancelledError,), None, _C.CLIENT_CANCELLED, "cancelled"),
+    # Every connection the vendor's pool allows was busy for the whole pool wait: the
+    # proxy's own capacity, like a deployment at its caps (a 429 of our own). The vendor
+    # was not contacted, so no breaker failure and, with a zero hint, no cooldown; the
+    # request moves on to a deployment that has room. Before "timeout": it is one too.
+    TransportRule(
+        "pool_exhausted",
+        (PoolTimeout,),
+        None,
+        _C.RATE_LIMITED,
+        "no free upstream connection",
+        retry_after_s=0.0,
+    ),
     # aiohttp's ServerTimeoutError/ConnectionTimeoutError subclass TimeoutError (and it is
     # asyncio.TimeoutError since 3.11): a timeout in any phase is a timeout, not "unreachable".
     TransportRule("timeout", (TimeoutError,), None, _C.TIMEOUT, "timed out"),
@@ -822,8 +854,17 @@ TRANSPORT_RULES: tuple[TransportRule, ...] = (
         _C.SERVER_ERROR,
         "truncated response",
     ),
+    # Past max_response_bytes or max_decompressed_bytes: the connection is closed.
+    TransportRule(
+        "too_large", (ResponseTooLarge,), None, _C.SERVER_ERROR, "response over a size cap"
+    ),
     # Not HTTP we can read (bad status line, bad chunking, an unknown content-encoding).
     TransportRule("malformed", (ProtocolError,), None, _C.SERVER_ERROR, "malformed response"),
+    # A request header that cannot be sent (a client's forwarded header with a line break
+    # or a non-Latin-1 character): nothing was sent, and no vendor would take it.
+    TransportRule(
+        "invalid_header", (InvalidHeader,), None, _C.CLIENT_ERROR, "invalid request header"
+    ),
     TransportRule(
         "lost_mid_body",
         _CONNECTION_ERRORS,
@@ -844,6 +885,14 @@ _PHASE_TEXT: Mapping[str, str] = MappingProxyType(
         "body": "while reading the body",
     }
 )
+
+
+def _detail(exc: BaseException) -> str:
+    """What the exception itself says, where that is known to be safe to show: the
+    upstream client's own errors (see `DescribedError`), else the OS's reason."""
+    if isinstance(exc, DescribedError):
+        return f" ({clean(str(exc), 240)})"
+    return _os_detail(exc)
 
 
 def _os_detail(exc: BaseException) -> str:
@@ -872,10 +921,13 @@ def classify_transport(exc: BaseException, *, phase: str) -> Outcome:
         for rule in TRANSPORT_RULES:
             if isinstance(exc, rule.types) and (rule.phases is None or phase in rule.phases):
                 text = f"{rule.summary} {where}".strip()
-                return Outcome(rule.cls, None, None, f"{text}: {name}{_os_detail(exc)}", name)
-        return Outcome(_C.SERVER_ERROR, None, None, f"unexpected {name} {where}".rstrip(), name)
+                message = f"{text}: {name}{_detail(exc)}"
+                return Outcome(rule.cls, None, rule.retry_after_s, message, name, phase)
+        return Outcome(
+            _C.SERVER_ERROR, None, None, f"unexpected {name} {where}".rstrip(), name, phase
+        )
     except Exception:
-        return Outcome(_C.SERVER_ERROR, None, None, "unexpected transport error")
+        return Outcome(_C.SERVER_ERROR, None, None, "unexpected transport error", phase=phase)
 
 
 _check_tables()

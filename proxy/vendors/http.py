@@ -10,18 +10,30 @@ how to read a JSON answer (`json_usage`).
 from __future__ import annotations
 
 import asyncio
+import logging
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
 
 from proxy.config import DeploymentConfig, VendorConfig
+from proxy.core.errors import ApiError
 from proxy.core.outcomes import Outcome, OutcomeClass
 from proxy.core.redact import redact
 from proxy.core.usage import Usage
-from proxy.http1 import Pool, Response
+from proxy.http1 import (
+    Headers,
+    InvalidHeader,
+    Pool,
+    PoolState,
+    Response,
+    ResponseTooLarge,
+    tls_context,
+)
+from proxy.metrics import Metrics
 from proxy.vendors.base import (
     AttemptFailed,
     StreamOut,
@@ -37,6 +49,8 @@ from proxy.vendors.classify import (
 )
 
 __all__ = ["HTTPAdapter", "JSONResponse", "StreamFilter", "StreamScan", "invalid_json"]
+
+log = logging.getLogger("llmproxy")
 
 # Error bodies read for classification (and health probes' bodies) are capped at this.
 MAX_ERROR_BODY = 64 * 1024
@@ -425,9 +439,35 @@ class HTTPAdapter(VendorAdapter):
     def __init__(self, config: VendorConfig) -> None:
         super().__init__(config)
         self._pool: Pool | None = None
+        self._on_pool_wait: Callable[[float], None] | None = None
 
     async def start(self) -> None:
-        self._pool = Pool(limit=self.config.max_connections)
+        config = self.config
+        self._pool = Pool(
+            limit=config.max_connections,
+            egress=config.egress,
+            ssl_context=tls_context(config.ca_file),
+            max_body=config.max_response_bytes,
+            max_decoded=config.max_decompressed_bytes,
+            on_wait=self._on_pool_wait,
+            name=config.name,
+        )
+        log.info(
+            "vendor %s: connections to %s go %s; at most %d at once",
+            config.name,
+            urlsplit(config.base_url).hostname,
+            config.egress.describe_url(config.base_url),
+            self._pool.limit,
+            extra={"event": "vendor_egress", "vendor": config.name},
+        )
+
+    def bind_metrics(self, metrics: Metrics) -> None:
+        self._on_pool_wait = metrics.pool_wait_observer(self.config.name)
+        if self._pool is not None:
+            self._pool.on_wait = self._on_pool_wait
+
+    def pool_state(self) -> PoolState | None:
+        return None if self._pool is None else self._pool.state()
 
     async def close(self) -> None:
         if self._pool is not None:
@@ -447,7 +487,7 @@ class HTTPAdapter(VendorAdapter):
         """URL, body and headers of one attempt."""
 
     @abstractmethod
-    def new_scan(self) -> StreamScan: ...
+    def new_scan(self, call: UpstreamCall) -> StreamScan: ...
 
     def models_url(self) -> str | None:
         """The vendor's model list (a health probe that costs no tokens), if it has one."""
@@ -479,6 +519,7 @@ class HTTPAdapter(VendorAdapter):
                 self.probe_headers(),
                 deadline=deadline,
                 connect_s=deployment.timeouts.connect_s,
+                pool_wait_s=deployment.timeouts.pool_wait_s,
                 on_sent=sent,
             )
             phase = "body"
@@ -499,17 +540,27 @@ class HTTPAdapter(VendorAdapter):
         body: bytes,
         headers: Mapping[str, str],
         timeout_s: float,
+        *,
+        method: str = "POST",
+        limit: int | None = MAX_ERROR_BODY,
     ) -> tuple[int, bytes]:
-        """A small side request (e.g. a token count): status and body, within `timeout_s`.
+        """A side request (a token count, a stored response): status and body (at most
+        `limit` bytes), within `timeout_s`.
 
         Raises what the pool raises (OSError, TimeoutError, ProtocolError)."""
         pool = self.pool
         deadline = pool.loop.time() + timeout_s
         resp = await pool.request(
-            "POST", url, headers, body, deadline=deadline, connect_s=deployment.timeouts.connect_s
+            method,
+            url,
+            headers,
+            body,
+            deadline=deadline,
+            connect_s=deployment.timeouts.connect_s,
+            pool_wait_s=deployment.timeouts.pool_wait_s,
         )
         try:
-            return resp.status, await resp.read(MAX_ERROR_BODY, deadline)
+            return resp.status, await resp.read(limit, deadline)
         finally:
             resp.release()
 
@@ -531,6 +582,11 @@ class HTTPAdapter(VendorAdapter):
     ) -> UpstreamResponse:
         pool = self.pool
         url, body, headers = self.prepare(deployment, call)
+        if call.trace_headers:
+            if isinstance(headers, Headers):
+                headers = headers.plus(call.trace_headers)
+            else:
+                headers = {**headers, **call.trace_headers}
         vendor_type = self.config.type
         started = pool.loop.time()
         # Headers and the first chunk of the body must come within the first-byte budget: a
@@ -551,6 +607,7 @@ class HTTPAdapter(VendorAdapter):
                 body,
                 deadline=first_by,
                 connect_s=deployment.timeouts.connect_s,
+                pool_wait_s=deployment.timeouts.pool_wait_s,
                 prompt=call.stream,
                 on_sent=sent,
             )
@@ -565,7 +622,7 @@ class HTTPAdapter(VendorAdapter):
             if call.stream and resp.content_type == "text/event-stream":
                 return await self._first_chunk(
                     resp,
-                    self.new_scan(),
+                    self.new_scan(call),
                     self.stream_filter(call),
                     deployment.timeouts.stream_idle_s,
                     first_by,
@@ -588,6 +645,10 @@ class HTTPAdapter(VendorAdapter):
             if resp is not None:
                 resp.close()
             raise
+        except InvalidHeader as exc:
+            # Nothing was sent: a header of this request cannot go upstream. The client's
+            # request (or our config) is at fault, never the vendor.
+            raise ApiError(400, f"{exc}.", code="invalid_header") from None
         except Exception as exc:
             if resp is not None:
                 resp.close()
@@ -609,13 +670,27 @@ class HTTPAdapter(VendorAdapter):
         "before the first byte" for the failover budget.
         """
         parts: list[bytes] = []
+        size = 0
         events = 0
         previous = b""
+        limit = self.config.max_response_bytes
         while True:
             chunk = await resp.read_some(first_by)
             if not chunk:
                 break
             parts.append(chunk)
+            size += len(chunk)
+            if size > limit:  # one endless first event: nothing to commit to
+                resp.close()
+                raise AttemptFailed(
+                    classify_transport(
+                        ResponseTooLarge(
+                            f"the stream's first event is larger than {limit} bytes "
+                            "(the vendor's max_response_bytes)"
+                        ),
+                        phase="body",
+                    )
+                )
             if _event_ends(previous, chunk):
                 events, valid = first_events_valid(b"".join(parts))
                 if not valid:
