@@ -172,10 +172,10 @@ class EventShape:
     """A cheap check that each later event of a relayed stream is shaped like JSON.
 
     The first events are parsed whole before the commit point (`first_events_valid`); after
-    it, parsing every event would cost more than the rest of the relay. An ordinary chunk
-    (one event whose data ends in `}`) costs two byte comparisons; anything else has each
-    complete `data:` line checked for a JSON object's braces (or `[DONE]`). It catches a
-    truncated or garbage event, not every invalid JSON text."""
+    it, parsing every event would cost more than the rest of the relay. A chunk of whole
+    events that each end in `}` (or are `[DONE]`) costs three byte counts; anything else
+    has each complete `data:` line checked for a JSON object's braces (or `[DONE]`). It
+    catches a truncated or garbage event, not every invalid JSON text."""
 
     __slots__ = ("partial",)
 
@@ -183,7 +183,11 @@ class EventShape:
         self.partial = b""  # an unfinished line
 
     def ok(self, chunk: bytes) -> bool:
-        if not self.partial and chunk.endswith(b"}\n\n") and chunk.find(b"\n\n") == len(chunk) - 2:
+        if (
+            not self.partial
+            and chunk.endswith(b"\n\n")
+            and chunk.count(b"\n\n") == chunk.count(b"}\n\n") + chunk.count(b"[DONE]\n\n")
+        ):
             return True
         data = self.partial + chunk
         cut = max(data.rfind(b"\n"), data.rfind(b"\r")) + 1
