@@ -55,6 +55,25 @@ class Scenario:
     route: str = "bench"
     # Requests per second (fixed schedule, `concurrency` = most in flight); None: closed loop.
     rate: float | None = None
+    # Long streams ("long-<gap ms>-<events>" routes): how many streams the peers hold at
+    # once (ours and direct hold `concurrency`).
+    peer_concurrency: int | None = None
+
+    @property
+    def long(self) -> bool:
+        """N streams held open at once, each one request (scenarios (h) and (i))."""
+        return self.route.startswith("long-")
+
+    @property
+    def stream_seconds(self) -> float:
+        """How long one stream of a long route lasts (its events are `gap` apart)."""
+        _, gap_ms, events = self.route.split("-")
+        return int(gap_ms) * (int(events) - 1) / 1000
+
+    def streams_for(self, target: str) -> int:
+        if self.peer_concurrency is not None and target not in ("direct", "ours"):
+            return self.peer_concurrency
+        return self.concurrency
 
     @property
     def fresh_state(self) -> bool:
@@ -69,6 +88,7 @@ class Env:
     upstream_port: int
     runs: int
     logs: Path
+    long_routes: tuple[str, ...] = ()  # the long-stream scenarios' upstream routes
 
     def upstream(self, prefix: str) -> str:
         return f"http://127.0.0.1:{self.upstream_port}/{prefix}"
@@ -88,13 +108,17 @@ def _chat_body(model: str, stream: bool) -> bytes:
 
 
 def _group(scenario: Scenario, run: int) -> str:
+    if scenario.long:
+        return scenario.route
     return {"quota": f"fq-{run}", "flaky": f"f5-{run}", "anthropic": "anth", "paced": "paced"}.get(
         scenario.route, "bench"
     )
 
 
 def _healthy_prefix(scenario: Scenario) -> str:
-    """The upstream prefix a healthy OpenAI-format call goes to: paced streams or the burst."""
+    """The upstream prefix a healthy OpenAI-format call goes to: paced, long or burst streams."""
+    if scenario.long:
+        return scenario.route
     return "paced" if scenario.route == "paced" else "ok"
 
 
@@ -240,6 +264,8 @@ class Ours(Target):
         self.anthropic_error: str | None = None
 
     def _config(self, anthropic: bool) -> dict[str, object]:
+        """The default config (no tuning: the long-stream scenarios hold it to that), one
+        vendor and model group per upstream route."""
         env = self.env
         vendors: dict[str, object] = {
             "ok": {"type": "openai", "base_url": env.upstream("ok/v1"), "api_key": "sk-bench"},
@@ -253,6 +279,13 @@ class Ours(Target):
             "bench": {"deployments": [{"vendor": "ok", "model": "gpt-4o-mini"}]},
             "paced": {"deployments": [{"vendor": "paced", "model": "gpt-4o-mini"}]},
         }
+        for route in env.long_routes:
+            vendors[route] = {
+                "type": "openai",
+                "base_url": env.upstream(f"{route}/v1"),
+                "api_key": "sk-bench",
+            }
+            models[route] = {"deployments": [{"vendor": route, "model": "gpt-4o-mini"}]}
         for run in range(env.runs):
             for route, group in (("quota", f"fq-{run}"), ("flaky", f"f5-{run}")):
                 primary = f"{route}-{self.name}-{run}"
@@ -361,6 +394,7 @@ class LiteLLM(Target):
             entry("bench", "ok/v1"),
             entry("paced", "paced/v1"),
             entry("anth", "ok-anth", f"anthropic/{ANTHROPIC_MODEL}"),
+            *(entry(route, f"{route}/v1") for route in env.long_routes),
         ]
         fallbacks = []
         for run in range(env.runs):
