@@ -68,6 +68,13 @@ _ROWS: list[tuple[str, str, str, int]] = [
     ("f", "latency p50 (ms)", "p50_ms", 2),
     ("f", "CPU per request (ms)", "cpu_ms", 3),
     ("f", "client errors (all runs)", "errors", 0),
+    ("w", "requests/s", "rps", 0),
+    ("w", "latency p50 (ms)", "p50_ms", 2),
+    ("w", "latency p99 (ms)", "p99_ms", 2),
+    ("w", "CPU per request, all workers (ms)", "cpu_ms", 3),
+    ("w", "redis-server CPU per request (ms)", "state_cpu_ms", 3),
+    ("w", "upstream CPU per request (ms)", "upstream_cpu_ms", 3),
+    ("w", "client errors (all runs)", "errors", 0),
 ]
 # The long-stream scenarios (h) and (i) share their rows. RSS and descriptors are the
 # target's (direct: the upstream's) when the most streams were open, over its idle figures.

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -37,6 +38,7 @@ from bench.targets import (
     Env,
     LiteLLM,
     Ours,
+    OursWorkers,
     Portkey,
     Scenario,
     Target,
@@ -108,6 +110,16 @@ SCENARIOS = [
     Scenario(
         "f", "translated path: Anthropic vendor, concurrency 32", 32, 3000, 5.0, route="anthropic"
     ),
+    # Across cores: the same JSON load through one process and through `--workers 2` (both
+    # on the Redis state backend --workers needs), beside the single process on memory state.
+    Scenario(
+        "w",
+        "JSON chat, concurrency 64: --workers 1 and 2",
+        64,
+        12000,
+        5.0,
+        ours_only=True,
+    ),
     # Long streams, what LLM traffic is: N streams opened at LONG_RAMP per second and held
     # at once, one request each. (h) holds 60 s streams with an event every 2 s (a chat
     # answer, an agent waiting on a reasoning model); (i) 300 streams of 50 events/s each.
@@ -164,6 +176,7 @@ class Run:
     fds_peak: int = 0
     cpu_per_event_us: float = float("nan")
     upstream_cpu_per_event_us: float = float("nan")
+    state_cpu_ms: float = float("nan")  # redis-server's CPU per request (Redis targets)
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -200,6 +213,8 @@ def measure(target: Target, scenario: Scenario, run: int, env: Env, upstream_pid
     own = target.proc.pid if target.proc is not None else None
     t_cpu0 = cpu_seconds(own) if own else 0.0
     u_cpu0 = cpu_seconds(upstream_pid)
+    redis = env.redis_pid if isinstance(target, OursWorkers) else None
+    r_cpu0 = cpu_seconds(redis) if redis else 0.0
     l_cpu0 = _self_cpu()
     result: LoadResult = _run(
         run_load(
@@ -213,6 +228,7 @@ def measure(target: Target, scenario: Scenario, run: int, env: Env, upstream_pid
     l_cpu = _self_cpu() - l_cpu0
     u_cpu = cpu_seconds(upstream_pid) - u_cpu0
     t_cpu = (cpu_seconds(own) - t_cpu0) if own else 0.0
+    r_cpu = (cpu_seconds(redis) - r_cpu0) if redis else float("nan")
     n = max(result.requests, 1)
     hits = _stats(env.upstream_port).get(prefix, 0) - hits_before if prefix else None
     return Run(
@@ -231,6 +247,7 @@ def measure(target: Target, scenario: Scenario, run: int, env: Env, upstream_pid
         gap_p50_ms=_pct(result.event_gaps_s, 0.50),
         gap_p99_ms=_pct(result.event_gaps_s, 0.99),
         error_samples=result.error_samples,
+        state_cpu_ms=r_cpu / n * 1000,
     )
 
 
@@ -367,6 +384,7 @@ def summarise(runs: list[Run]) -> dict[str, Any]:
         "fds_peak",
         "cpu_per_event_us",
         "upstream_cpu_per_event_us",
+        "state_cpu_ms",
     ):
         out[key] = _median([getattr(r, key) for r in runs])
     out["errors"] = sum(r.errors for r in runs)
@@ -437,10 +455,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--targets", default="direct,ours,litellm,portkey")
     parser.add_argument(
         "--scenarios",
-        default="abcstdefghi",
+        default="abcstdefwghi",
         help="scenario letters: a b (JSON), c s (paced streams), t (burst streams), "
         "d e (failover), f (translated path), g (start-up and RSS, always measured), "
-        "h i (long streams: hold and talk)",
+        "w (--workers 1 and 2 on Redis state), h i (long streams: hold and talk)",
     )
     parser.add_argument(
         "--stream-gap-ms",
@@ -504,6 +522,10 @@ def main(argv: list[str] | None = None) -> int:
     targets: list[Target] = [classes[n](env) for n in names]
     if "ours" in names and "f" in wanted:
         targets.insert(names.index("ours") + 1, Ours(env, translated=True))
+    redis = _start_redis(env, logs) if "ours" in names and "w" in wanted else None
+    if "ours" in names and "w" in wanted:
+        at = names.index("ours") + 1
+        targets[at:at] = [OursWorkers(env, 1), OursWorkers(env, 2)]
 
     print(f"bench: logs and configs in {logs}")
     upstream = subprocess.Popen(
@@ -600,6 +622,9 @@ def main(argv: list[str] | None = None) -> int:
             t.stop()
         upstream.terminate()
         upstream.wait(10)
+        if redis is not None:
+            redis.terminate()
+            redis.wait(10)
 
     data = {
         "command": command,
@@ -621,6 +646,24 @@ def main(argv: list[str] | None = None) -> int:
     out.with_suffix(".json").write_text(json.dumps(data, indent=1, default=str))
     _write(out, data)
     return 0
+
+
+def _start_redis(env: Env, logs: Path) -> subprocess.Popen[bytes] | None:
+    """A redis-server for the --workers targets (none on PATH: they are skipped, saying why)."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        return None
+    port = free_port()
+    work = logs / "redis"
+    work.mkdir(exist_ok=True)
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(work)],
+        stdout=open(logs / "redis.log", "ab"),  # noqa: SIM115
+        stderr=subprocess.STDOUT,
+    )
+    env.redis_url, env.redis_pid = f"redis://127.0.0.1:{port}/0", proc.pid
+    time.sleep(0.3)
+    return proc
 
 
 def _quick_long(sc: Scenario) -> Scenario:

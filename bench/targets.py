@@ -10,6 +10,7 @@ upstream, the same way for every target.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import socket
@@ -25,7 +26,17 @@ import orjson
 
 from bench.loadgen import Request
 
-__all__ = ["Direct", "Env", "LiteLLM", "Ours", "Portkey", "Scenario", "Target", "free_port"]
+__all__ = [
+    "Direct",
+    "Env",
+    "LiteLLM",
+    "Ours",
+    "OursWorkers",
+    "Portkey",
+    "Scenario",
+    "Target",
+    "free_port",
+]
 
 ROOT = Path(__file__).resolve().parent.parent
 PEERS = ROOT / "bench" / ".peers"
@@ -58,6 +69,8 @@ class Scenario:
     # Long streams ("long-<gap ms>-<events>" routes): how many streams the peers hold at
     # once (ours and direct hold `concurrency`).
     peer_concurrency: int | None = None
+    # Run against direct and our own targets only (the --workers comparison).
+    ours_only: bool = False
 
     @property
     def long(self) -> bool:
@@ -89,6 +102,8 @@ class Env:
     runs: int
     logs: Path
     long_routes: tuple[str, ...] = ()  # the long-stream scenarios' upstream routes
+    redis_url: str | None = None  # a redis-server for the --workers targets
+    redis_pid: int | None = None
 
     def upstream(self, prefix: str) -> str:
         return f"http://127.0.0.1:{self.upstream_port}/{prefix}"
@@ -331,6 +346,8 @@ class Ours(Target):
         return None
 
     def supports(self, scenario: Scenario) -> str | None:
+        if scenario.ours_only and self.translated:
+            return "runs scenario (f) only"
         if scenario.route == "anthropic" and not self.translated:
             return "runs as the pass-through comparison of (f) only via scenario (b)"
         if self.translated and scenario.route != "anthropic":
@@ -345,12 +362,57 @@ class Ours(Target):
         )
 
 
+class OursWorkers(Ours):
+    """`llm-proxy serve --workers N` with the Redis state backend, which --workers requires
+    (breakers, cooldowns, limits and the ledger shared by the workers), and a client key with
+    a cluster-wide `rpm` and a daily token budget, so each request takes the shared-limits
+    and ledger path."""
+
+    client_key = "sk-bench-client"
+
+    def __init__(self, env: Env, workers: int) -> None:
+        super().__init__(env)
+        self.workers = workers
+        self.name = f"ours-w{workers}"
+        self.label = f"ours, --workers {workers} (Redis state)"
+        self.config_path = env.logs / f"{self.name}.yaml"
+
+    def prepare(self) -> str | None:
+        if self.env.redis_url is None:
+            return "no redis-server on PATH (apt-get install redis-server)"
+        self.config_path.write_bytes(orjson.dumps(self._config(anthropic=False)))
+        return None
+
+    def _config(self, anthropic: bool) -> dict[str, object]:
+        config = super()._config(anthropic)
+        config["state"] = {"backend": "redis", "url": self.env.redis_url, "key_prefix": self.name}
+        digest = hashlib.sha256(self.client_key.encode()).hexdigest()
+        limits = {"rpm": 10_000_000, "tokens_per_day": 1_000_000_000_000}
+        config["clients"] = [{"name": "bench", "key_sha256": digest, "limits": limits}]
+        return config
+
+    def headers(self, scenario: Scenario, run: int) -> tuple[tuple[str, str], ...]:
+        return (("Authorization", f"Bearer {self.client_key}"),)
+
+    def supports(self, scenario: Scenario) -> str | None:
+        return None if scenario.ours_only else "runs the --workers scenario (w) only"
+
+    def command(self) -> tuple[list[str], dict[str, str], Path | None]:
+        argv, extra, cwd = super().command()
+        return [*argv, "--workers", str(self.workers)], extra, cwd
+
+
 def _llm_proxy() -> str:
     exe = Path(sys.executable).parent / "llm-proxy"
     return str(exe) if exe.exists() else (shutil.which("llm-proxy") or "llm-proxy")
 
 
-class LiteLLM(Target):
+class _Peer(Target):
+    def supports(self, scenario: Scenario) -> str | None:
+        return "runs only against direct and ours" if scenario.ours_only else None
+
+
+class LiteLLM(_Peer):
     """LiteLLM Proxy in its own venv, no database, master key auth, fallbacks for failover."""
 
     name = "litellm"
@@ -436,7 +498,7 @@ class LiteLLM(Target):
         return (("Authorization", f"Bearer {self.master_key}"),)
 
 
-class Portkey(Target):
+class Portkey(_Peer):
     """Portkey's open-source gateway (Node), routed per request by its headers."""
 
     name = "portkey"
