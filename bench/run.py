@@ -110,8 +110,9 @@ SCENARIOS = [
     Scenario(
         "f", "translated path: Anthropic vendor, concurrency 32", 32, 3000, 5.0, route="anthropic"
     ),
-    # Across cores: the same JSON load through one process and through `--workers 2` (both
-    # on the Redis state backend --workers needs), beside the single process on memory state.
+    # Across cores: JSON from a keyed client (limits and the usage ledger on every request)
+    # through one process on memory state, one on the Redis state backend, and `--workers 2`
+    # (which needs the Redis backend).
     Scenario(
         "w",
         "JSON chat, concurrency 64: --workers 1 and 2",
@@ -525,7 +526,11 @@ def main(argv: list[str] | None = None) -> int:
     redis = _start_redis(env, logs) if "ours" in names and "w" in wanted else None
     if "ours" in names and "w" in wanted:
         at = names.index("ours") + 1
-        targets[at:at] = [OursWorkers(env, 1), OursWorkers(env, 2)]
+        targets[at:at] = [
+            OursWorkers(env, 1, "memory"),
+            OursWorkers(env, 1),
+            OursWorkers(env, 2),
+        ]
 
     print(f"bench: logs and configs in {logs}")
     upstream = subprocess.Popen(

@@ -346,8 +346,8 @@ class Ours(Target):
         return None
 
     def supports(self, scenario: Scenario) -> str | None:
-        if scenario.ours_only and self.translated:
-            return "runs scenario (f) only"
+        if scenario.ours_only:
+            return "the keyed targets run (w); this one's open-proxy figure is (b)"
         if scenario.route == "anthropic" and not self.translated:
             return "runs as the pass-through comparison of (f) only via scenario (b)"
         if self.translated and scenario.route != "anthropic":
@@ -370,22 +370,28 @@ class OursWorkers(Ours):
 
     client_key = "sk-bench-client"
 
-    def __init__(self, env: Env, workers: int) -> None:
+    def __init__(self, env: Env, workers: int, state: str = "redis") -> None:
         super().__init__(env)
         self.workers = workers
-        self.name = f"ours-w{workers}"
-        self.label = f"ours, --workers {workers} (Redis state)"
+        self.state = state
+        self.name = f"ours-{state}-w{workers}"
+        self.label = f"ours, keyed client, {state} state, --workers {workers}"
         self.config_path = env.logs / f"{self.name}.yaml"
 
     def prepare(self) -> str | None:
-        if self.env.redis_url is None:
+        if self.state == "redis" and self.env.redis_url is None:
             return "no redis-server on PATH (apt-get install redis-server)"
         self.config_path.write_bytes(orjson.dumps(self._config(anthropic=False)))
         return None
 
     def _config(self, anthropic: bool) -> dict[str, object]:
         config = super()._config(anthropic)
-        config["state"] = {"backend": "redis", "url": self.env.redis_url, "key_prefix": self.name}
+        if self.state == "redis":
+            config["state"] = {
+                "backend": "redis",
+                "url": self.env.redis_url,
+                "key_prefix": self.name,
+            }
         digest = hashlib.sha256(self.client_key.encode()).hexdigest()
         limits = {"rpm": 10_000_000, "tokens_per_day": 1_000_000_000_000}
         config["clients"] = [{"name": "bench", "key_sha256": digest, "limits": limits}]
