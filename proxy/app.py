@@ -21,19 +21,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from proxy.accesslog import AccessLog
 from proxy.api import GATEWAY, admin, anthropic, dashboard, openai, openapi
 from proxy.api.errors import error_answer, internal_error
-from proxy.api.pipeline import Endpoint, serve
+from proxy.api.pipeline import Endpoint, request_id, serve
 from proxy.config import Config
 from proxy.core.errors import ApiError
 from proxy.gateway import Gateway
 from proxy.listener import Answer, BodyTooLarge, FastHandler, FastRequest, Listener, ListenerLimits
+from proxy.metrics import NO_ROUTE
 
 __all__ = ["CLIENT_ENDPOINTS", "GATEWAY", "create_app", "listen", "public_routes"]
 
@@ -57,26 +60,61 @@ def _response(answer: Answer) -> web.Response:
     )
 
 
-def _routes_served(request: web.Request) -> str:
-    paths = sorted({r.resource.canonical for r in request.app.router.routes() if r.resource})
-    return ", ".join(p for p in paths if not p.startswith("/admin"))
+def _routes_served(app: web.Application) -> str:
+    """Every route, as `METHOD /path`, in path order (HEAD twins of GETs left out)."""
+    routes = {
+        (r.resource.canonical, r.method)
+        for r in app.router.routes()
+        if r.resource is not None and r.method != "HEAD"
+    }
+    return ", ".join(f"{method} {path}" for path, method in sorted(routes))
+
+
+# Longest path an access-log line quotes for a request the proxy has no route for.
+_LOGGED_PATH = 256
+
+
+def _unrouted(request: web.Request, status: int, started: float) -> str:
+    """Count and log a request for a path (or method) the proxy does not serve, so ops see
+    clients calling an endpoint the proxy lacks; the error message it gets."""
+    gw = request.app[GATEWAY]
+    gw.metrics.unrouted(status)
+    rid = request_id(request.headers)
+    if AccessLog.enabled():
+        record: dict[str, object] = {
+            "event": "request",
+            "request_id": rid,
+            "method": request.method,
+            "path": request.path[:_LOGGED_PATH],
+            "client": None,
+            "model_group": NO_ROUTE,
+            "config_version": gw.config.version,
+            "status": status,
+            "stream": False,
+            "duration_ms": round((time.monotonic() - started) * 1000, 2),
+            "attempts": [],
+        }
+        AccessLog.write(record)
+    if status == 405:
+        return f"Method {request.method} is not allowed on {request.path}."
+    return (
+        f"No route for {request.method} {request.path}. This proxy serves: "
+        f"{_routes_served(request.app)} (/admin/* with the admin key)."
+    )
 
 
 @web.middleware
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every error a client sees is JSON in OpenAI's shape; a bug is a logged 500, never a traceback."""
+    """Every error a client sees is JSON in OpenAI's shape; a bug is a logged 500, never a
+    traceback. A request no route matches is counted and logged like any other."""
+    started = time.monotonic()
     try:
         return await handler(request)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        if exc.status == 404:
-            message = (
-                f"No route for {request.method} {request.path}. This proxy serves: "
-                f"{_routes_served(request)} (and /admin/* with the admin key)."
-            )
-        elif exc.status == 405:
-            message = f"Method {request.method} is not allowed on {request.path}."
+        if request.match_info.http_exception is not None:  # no route: aiohttp's own 404/405
+            message = _unrouted(request, exc.status, started)
         else:
             message = exc.reason
         headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}

@@ -21,6 +21,7 @@ from proxy.health.breaker import BreakerState
 from proxy.health.checker import HealthChecker
 from proxy.health.deployment import DeploymentState
 from proxy.health.sync import StateSync
+from proxy.http1 import PoolState
 from proxy.limits import Limits, UsageLedger
 from proxy.limits.admission import UNKNOWN_CLIENT
 from proxy.limits.checks import LIMITS
@@ -126,6 +127,7 @@ class Gateway:
             self._limits_for(config, None),
         )
         self.metrics.add_deployment_gauges(self._gauge_snapshot, self._group_snapshot)
+        self.metrics.add_pool_gauges(self._pool_snapshot)
         self.metrics.add_client_gauges(lambda: self.current.limits.budget_use())
 
     # The current generation's parts, for the admin API, the status page and the CLI. A
@@ -177,6 +179,8 @@ class Gateway:
         """Build the generation for `config`, make it current, and return it."""
         self.metrics.declare(series_plan(config))
         self.deployments = states
+        for adapter in adapters.values():
+            adapter.bind_metrics(self.metrics)
         groups = {name: ModelGroup(g, states) for name, g in config.models.items()}
         generation = Generation(
             config, groups, Router(config, groups, adapters, self.metrics), limits, adapters
@@ -342,6 +346,12 @@ class Gateway:
         for dep in self.deployments.values():
             yield dep.id, int(dep.breaker.state), dep.healthy, dep.cooldown_left(now)
 
+    def _pool_snapshot(self) -> Iterator[tuple[str, PoolState]]:
+        for name, adapter in self.adapters.items():
+            state = adapter.pool_state()
+            if state is not None:
+                yield name, state
+
     def _group_snapshot(self) -> Iterator[tuple[str, int]]:
         # In service, not merely admitting: a breaker that lets one trial through now and
         # then is not a deployment the group can count on (the alert on 0 must not flap).
@@ -376,7 +386,7 @@ class Gateway:
                 self.ledger.path,
                 extra={"event": "ledger", "path": self.ledger.path},
             )
-        elif not self.state.shared:
+        elif not self.state.shared and self.config.clients is not None:
             log.warning(
                 "usage is kept in memory only (state.sqlite_path: null): daily limits and the "
                 "usage ledger will not survive a restart",

@@ -2,7 +2,8 @@
 
 Label values are bounded: model groups and deployments come from the config, outcome
 classes from a fixed table, statuses are HTTP codes. A client's unknown model name is
-never a label value (it becomes `UNKNOWN_GROUP`).
+never a label value (it becomes `UNKNOWN_GROUP`), nor is a path the proxy has no route
+for (its requests count under `NO_ROUTE`).
 
 The metrics every request touches (requests, durations, attempts, in-flight, tokens,
 vendor rate-limit budgets) are plain numbers in dicts, rendered by a collector at scrape
@@ -42,15 +43,20 @@ from prometheus_client.utils import floatToGoString
 
 from proxy.core.version import VERSION
 
-__all__ = ["UNKNOWN_GROUP", "DeploymentGauges", "Metrics", "SeriesPlan"]
+__all__ = ["NO_ROUTE", "UNKNOWN_GROUP", "DeploymentGauges", "Metrics", "PoolGauges", "SeriesPlan"]
 
 UNKNOWN_GROUP = "_unknown_"
+# The `model_group` of requests to a path (or a method) the proxy does not serve.
+NO_ROUTE = "_no_route_"
+NO_ROUTE_STATUSES = ("404", "405")
 
 # `*_created` series double the scrape size and no alert or dashboard here reads them.
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
 # Latency buckets from 5 ms to 5 min: LLM calls span four orders of magnitude.
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)
+# A free connection is a wait of 0; a saturated pool makes requests wait up to pool_wait_s.
+_POOL_WAIT_BUCKETS = (0.001, 0.005, 0.025, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
 class LeanCounter:
@@ -232,6 +238,47 @@ class DeploymentGauges(Collector):
         yield usable
 
 
+class PoolGauges(Collector):
+    """Each native vendor's connection pool, read at scrape time: how close it is to its limit."""
+
+    def __init__(self, snapshot: Callable[[], Iterable[tuple[str, tuple[int, int, int, int]]]]):
+        # snapshot yields (vendor, (connections in use, idle, requests waiting, limit))
+        self._snapshot = snapshot
+
+    def describe(self) -> Iterator[Metric]:
+        # Without describe() the registry would call collect() at registration, before start-up.
+        yield GaugeMetricFamily(
+            "llmproxy_upstream_pool_connections", "", labels=["vendor", "state"]
+        )
+        yield GaugeMetricFamily("llmproxy_upstream_pool_waiting", "", labels=["vendor"])
+        yield GaugeMetricFamily("llmproxy_upstream_pool_limit", "", labels=["vendor"])
+
+    def collect(self) -> Iterator[Metric]:
+        connections = GaugeMetricFamily(
+            "llmproxy_upstream_pool_connections",
+            "Connections in a native vendor's pool: in_use (a request's, or connecting) or idle.",
+            labels=["vendor", "state"],
+        )
+        waiting = GaugeMetricFamily(
+            "llmproxy_upstream_pool_waiting",
+            "Requests waiting for a free connection (the pool is at its limit).",
+            labels=["vendor"],
+        )
+        limit = GaugeMetricFamily(
+            "llmproxy_upstream_pool_limit",
+            "Most connections the vendor's pool keeps open (max_connections).",
+            labels=["vendor"],
+        )
+        for vendor, (in_use, idle, queued, most) in self._snapshot():
+            connections.add_metric([vendor, "in_use"], in_use)
+            connections.add_metric([vendor, "idle"], idle)
+            waiting.add_metric([vendor], queued)
+            limit.add_metric([vendor], most)
+        yield connections
+        yield waiting
+        yield limit
+
+
 class ClientGauges(Collector):
     """How much of each client's daily budgets is used, read at scrape time (alerts warn before 429s)."""
 
@@ -301,6 +348,8 @@ class Metrics:
             "Client requests by model group and final HTTP status.",
             ("model_group", "status"),
         )
+        for status in NO_ROUTE_STATUSES:  # from start-up, so a first stray client is seen
+            self.requests.declare((NO_ROUTE, status))
         self.request_duration = LeanHistogram(
             "llmproxy_request_duration_seconds",
             "Client request duration, to the last byte.",
@@ -339,6 +388,13 @@ class Metrics:
         self.tokens = LeanCounter(
             "llmproxy_tokens", "Tokens reported by vendors.", ("deployment", "kind")
         )
+        self.pool_wait = LeanHistogram(
+            "llmproxy_upstream_pool_wait_seconds",
+            "Time an upstream request waited for a free connection in its vendor's pool "
+            "(0 when one was free).",
+            ("vendor",),
+            _POOL_WAIT_BUCKETS,
+        )
         self.unserved = LeanCounter(
             "llmproxy_unserved_requests",
             "Requests no deployment served (every candidate failed, or none could be tried), "
@@ -367,6 +423,7 @@ class Metrics:
                     self.attempts,
                     self.upstream_duration,
                     self.tokens,
+                    self.pool_wait,
                     self.unserved,
                     self.served_away,
                     self.in_flight,
@@ -457,6 +514,20 @@ class Metrics:
     def add_client_gauges(self, snapshot: Callable[[], Iterable[tuple[str, str, float]]]) -> None:
         self.registry.register(ClientGauges(snapshot))
 
+    def add_pool_gauges(
+        self, snapshot: Callable[[], Iterable[tuple[str, tuple[int, int, int, int]]]]
+    ) -> None:
+        self.registry.register(PoolGauges(snapshot))
+
+    def pool_wait_observer(self, vendor: str) -> Callable[[float], None]:
+        """What a vendor's pool calls with each request's wait for a connection; the
+        vendor's series exists from now on, at zero."""
+        labels = (vendor,)
+        histogram = self.pool_wait
+        histogram.declare(labels)
+        observe = histogram.observe
+        return lambda seconds: observe(labels, seconds)
+
     def add_listener_gauges(self, snapshot: Callable[[], tuple[int, int, int, int]]) -> None:
         self.registry.register(ListenerGauges(snapshot))
 
@@ -470,6 +541,10 @@ class Metrics:
     def request_done(self, group: str, status: int, duration_s: float) -> None:
         self.requests.inc((group, _STATUS.get(status) or str(status)))
         self.request_duration.observe((group,), duration_s)
+
+    def unrouted(self, status: int) -> None:
+        """A request for a path or method the proxy does not serve (no duration: nothing ran)."""
+        self.requests.inc((NO_ROUTE, _STATUS.get(status) or str(status)))
 
     def first_byte(self, group: str, seconds: float) -> None:
         self.ttfb.observe((group,), seconds)

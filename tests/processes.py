@@ -62,8 +62,11 @@ class Serve:
         return [json.loads(line) for line in self.log().splitlines() if line.startswith("{")]
 
 
-async def spawn_serve(config: Path, port: int, *extra: str, log_path: Path) -> Serve:
-    """Start `llm-proxy serve --config CONFIG --port PORT EXTRA...` (not waiting for readiness)."""
+async def spawn_serve(
+    config: Path, port: int, *extra: str, log_path: Path, env: dict[str, str] | None = None
+) -> Serve:
+    """Start `llm-proxy serve --config CONFIG --port PORT EXTRA...` (not waiting for
+    readiness), with `env` added to the environment."""
     with log_path.open("ab") as log:
         proc = await asyncio.create_subprocess_exec(
             *CLI,
@@ -76,7 +79,7 @@ async def spawn_serve(config: Path, port: int, *extra: str, log_path: Path) -> S
             stdout=asyncio.subprocess.DEVNULL,
             stderr=log,
             cwd=ROOT,
-            env=ENV,
+            env={**ENV, **(env or {})},
         )
     return Serve(proc, f"http://127.0.0.1:{port}", log_path)
 

@@ -1,8 +1,10 @@
-"""The upstream HTTP/1.1 client (proxy/http1.py) against raw servers that send exact bytes.
+"""The upstream HTTP/1.1 client (proxy.http1) against raw servers that send exact bytes.
 
 Each server here is a real socket on 127.0.0.1 whose answer is written byte for byte, so
 the framing cases (chunk edges, a body cut short, a connection the server already closed)
 are what the client really reads, not what a friendly server library would produce.
+Hostile answers (ambiguous framing, oversized heads and bodies, compression bombs) are
+in test_http1_hostile.py.
 """
 
 from __future__ import annotations
@@ -12,80 +14,15 @@ import gzip
 import ssl
 import subprocess
 import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
 
 from proxy.core.outcomes import OutcomeClass
-from proxy.http1 import BodyIncomplete, Pool, ProtocolError, RemoteDisconnected
+from proxy.http1 import BodyIncomplete, InvalidHeader, Pool, ProtocolError, RemoteDisconnected
 from proxy.vendors.classify import classify_transport
-
-Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
-
-
-class RawServer:
-    """A TCP server that hands each connection to `handler`; counts connections."""
-
-    def __init__(self, handler: Handler) -> None:
-        self.handler = handler
-        self.connections = 0
-        self.server: asyncio.Server | None = None
-
-    async def __aenter__(self) -> RawServer:
-        async def on_connect(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-            self.connections += 1
-            try:
-                await self.handler(r, w)
-            except (ConnectionError, asyncio.IncompleteReadError):
-                pass
-            finally:
-                w.close()
-
-        self.server = await asyncio.start_server(on_connect, "127.0.0.1", 0)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self.server is not None
-        self.server.close()
-
-    @property
-    def url(self) -> str:
-        assert self.server is not None
-        port = self.server.sockets[0].getsockname()[1]
-        return f"http://127.0.0.1:{port}/v1/x"
-
-
-async def read_request(r: asyncio.StreamReader) -> tuple[bytes, bytes]:
-    """(head, body) of one request with a Content-Length (or none)."""
-    head = await r.readuntil(b"\r\n\r\n")
-    length = 0
-    for line in head.split(b"\r\n"):
-        if line.lower().startswith(b"content-length:"):
-            length = int(line.split(b":", 1)[1])
-    return head, await r.readexactly(length)
-
-
-def answering(*answers: bytes, trickle: bool = False, close: bool = False) -> Handler:
-    """A handler answering successive requests on a connection with `answers`, in order.
-
-    `trickle` writes each answer a byte at a time (every chunk edge is exercised)."""
-
-    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        for answer in answers:
-            await read_request(r)
-            if trickle:
-                for i in range(len(answer)):
-                    w.write(answer[i : i + 1])
-                    await w.drain()
-            else:
-                w.write(answer)
-                await w.drain()
-        if close:
-            return
-        await r.read()  # keep the connection open until the client closes it
-
-    return handler
+from tests.raw_http import RawServer, answering, deadline, read_request
 
 
 @pytest.fixture
@@ -93,10 +30,6 @@ async def pool() -> AsyncIterator[Pool]:
     p = Pool(limit=4, read_s=5.0)
     yield p
     await p.close()
-
-
-def deadline(pool: Pool, s: float = 5.0) -> float:
-    return pool.loop.time() + s
 
 
 CHUNKED = (
@@ -366,11 +299,38 @@ async def test_a_slow_reader_pauses_the_socket_and_gets_every_byte(pool: Pool) -
         resp.release()
 
 
-async def test_header_injection_is_refused(pool: Pool) -> None:
-    with pytest.raises(ValueError, match="HTTP does not allow"):
-        await pool.request(
-            "POST", "http://127.0.0.1:9/x", {"x": "a\r\nEvil: 1"}, b"", deadline=deadline(pool)
-        )
+@pytest.mark.parametrize(
+    ("headers", "problem"),
+    [
+        ({"x": "a\r\nEvil: 1"}, "control character"),
+        ({"x": "nul\x00"}, "control character"),
+        ({"x": "caf\u00e9 \u2603"}, "outside Latin-1"),
+        ({"bad name": "v"}, "not an HTTP token"),
+        ({"x:y": "v"}, "not an HTTP token"),
+    ],
+)
+async def test_a_header_that_cannot_be_sent_is_refused_before_anything_is_sent(
+    headers: dict[str, str], problem: str
+) -> None:
+    """InvalidHeader names the header and never quotes its value (it may be a key)."""
+    connected = 0
+
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        nonlocal connected
+        connected += 1
+
+    async with RawServer(handler) as srv:
+        pool = Pool(read_s=5.0)
+        try:
+            with pytest.raises(InvalidHeader, match=problem) as caught:
+                await pool.request("POST", srv.url, headers, b"", deadline=deadline(pool))
+        finally:
+            await pool.close()
+    ((name, value),) = headers.items()
+    assert caught.value.header == name
+    assert value not in str(caught.value)
+    assert isinstance(caught.value, ValueError)
+    assert connected == 0
 
 
 async def test_idle_connections_expire(pool: Pool) -> None:
@@ -459,14 +419,17 @@ SSE_HEAD = (
             b"event1event2....event3....",
             None,
         ),
-        # Chunk extensions, a size line with spaces, two chunks in one read, then the end.
+        # Chunk extensions, two chunks in one read, then the end.
         (
-            [b"6;x=1\r\nevent1\r\n", b"6 \r\nevent2\r\n6\r\nevent3\r\n0\r\n\r\n"],
+            [b"6;x=1\r\nevent1\r\n", b"6\r\nevent2\r\n6\r\nevent3\r\n0\r\n\r\n"],
             b"event1event2event3",
             None,
         ),
-        # A chunk longer than its size line says: misframed, an error, not an answer.
-        ([b"6\r\nevent1\r\n", b"3\r\nevent2\r\n"], b"event1", ProtocolError),
+        # A chunk longer than its size line says: misframed, an error, not an answer (the
+        # bytes the size announced are handed on before the misframing shows).
+        ([b"6\r\nevent1\r\n", b"3\r\nevent2\r\n"], b"event1eve", ProtocolError),
+        # Whitespace after a chunk size is not HTTP (strict framing).
+        ([b"6\r\nevent1\r\n", b"6 \r\nevent2\r\n"], b"event1", ProtocolError),
         # Not a size at all.
         ([b"6\r\nevent1\r\n", b"zz\r\nevent2\r\n"], b"event1", ProtocolError),
     ],
@@ -474,8 +437,8 @@ SSE_HEAD = (
 async def test_a_body_delivered_by_callback_is_what_read_would_return(
     pool: Pool, frames: list[bytes], delivered: bytes, error: type[Exception] | None
 ) -> None:
-    """Callback delivery (a relayed stream) takes a shortcut for one whole chunk per read;
-    it must hand on exactly the bytes, and raise exactly the errors, of the general path."""
+    """Callback delivery (a relayed stream) hands on exactly the bytes, and raises exactly
+    the errors, that reading would."""
 
     async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         await read_request(r)

@@ -247,4 +247,5 @@ def test_sse_parser_handles_any_chunking_and_crlf() -> None:
 
 def test_vendor_config_defaults_are_unchanged_for_openai() -> None:
     v = parse_config(_vendor("{type: openai, base_url: 'http://h/v1'}"), env={}).vendors["v"]
-    assert v == VendorConfig("v", "openai", "http://h/v1", None, None, {}, 256)
+    # max_connections None: the pool sizes itself from the open-file limit at start-up.
+    assert v == VendorConfig("v", "openai", "http://h/v1", None, None, {}, None)

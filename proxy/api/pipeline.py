@@ -249,6 +249,8 @@ async def serve(gateway: Gateway, request: InboundRequest, endpoint: Endpoint) -
     except ApiError as err:
         ex.status = err.status
         extra = {"x-request-id": ex.rid}
+        if ex.trace.attempts:  # deployments skipped as unable to serve the request (Unsupported)
+            extra["x-proxy-attempts"] = ex.trace.header()
         if ex.client is not None and not err.headers:
             extra.update(gen.limits.headers(ex.client))
         return inbound.error(err, extra)

@@ -12,6 +12,7 @@ from typing import Protocol
 
 import yaml
 
+from proxy.config.egress import env_egress, native_only_problem, vendor_egress
 from proxy.config.issues import ConfigIssue, find, from_env, line_of
 from proxy.config.schema import (
     DEFAULT_LEDGER,
@@ -27,9 +28,9 @@ from proxy.config.schema import (
     VendorConfig,
 )
 from proxy.core.vendor_types import VENDOR_TYPES
+from proxy.http1 import header_problem
 
 KEYLESS = "none"  # `api_key: none`: a server that needs no key (vLLM, Ollama)
-_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # an HTTP token (RFC 9110)
 
 
 class Source(Protocol):
@@ -52,6 +53,7 @@ def resolve(spec: ConfigSpec, root: yaml.Node, source: Source) -> Config | None:
         issues.append(ConfigIssue(file, line_of(find(root, *path)), key, message))
 
     vendors: dict[str, VendorConfig] = {}
+    environment_egress = env_egress(env, issue) if spec.vendors else None
     for name, v in spec.vendors.items():
         if v is None:
             continue
@@ -100,19 +102,28 @@ def resolve(spec: ConfigSpec, root: yaml.Node, source: Source) -> Config | None:
             continue
         if api_key == KEYLESS:
             api_key = None
-        bad_headers = [
-            k
-            for k, val in v.headers.items()
-            if not _HEADER_NAME.fullmatch(k) or any(c in val for c in "\r\n\0")
-        ]
-        if bad_headers or (v.api_key and any(c in v.api_key for c in "\r\n\0")):
-            what = f"header {bad_headers[0]!r}" if bad_headers else "api_key"
+        bad_header = next(
+            ((k, p) for k, val in v.headers.items() if (p := header_problem(k, val))), None
+        )
+        if bad_header is not None:
             issue(
-                ("vendors", name, "headers" if bad_headers else "api_key"),
-                f"vendors.{name}.{'headers' if bad_headers else 'api_key'}",
-                f"{what} has a character HTTP does not allow (a line break, a NUL, or in a "
-                "header name a space or colon)",
+                ("vendors", name, "headers"),
+                f"vendors.{name}.headers",
+                f"header {bad_header[0]!r} {bad_header[1]}",
             )
+            continue
+        if api_key and header_problem("Authorization", api_key):
+            issue(
+                ("vendors", name, "api_key"),
+                f"vendors.{name}.api_key",
+                "has a character HTTP headers cannot carry (a line break, a NUL or another "
+                "control character, or one outside Latin-1)",
+            )
+            continue
+        if native_only_problem(root, name, v, issue):
+            continue
+        egress = vendor_egress(name, v, environment_egress, issue)
+        if egress is None:
             continue
         vendors[name] = VendorConfig(
             name=name,
@@ -124,6 +135,10 @@ def resolve(spec: ConfigSpec, root: yaml.Node, source: Source) -> Config | None:
             max_connections=v.max_connections,
             region=v.region,
             project=v.project,
+            max_response_bytes=v.max_response_bytes,
+            max_decompressed_bytes=v.max_decompressed_bytes,
+            egress=egress,
+            ca_file=v.ca_file,
         )
 
     deployments: dict[str, DeploymentConfig] = {}
@@ -414,9 +429,10 @@ def _resolve_ledger(state: StateConfig, file: str, env: Mapping[str, str]) -> St
     xdg = env.get("XDG_STATE_HOME")
     if xdg:
         directory = Path(xdg) / "llm-proxy"
+    elif file.startswith("<"):
+        return dataclasses.replace(state, sqlite_path=None)  # text with no file to sit beside
     else:
-        base = Path(file).parent if file and not file.startswith("<") else Path()
-        directory = base / "llm-proxy-state"
+        directory = Path(file).parent / "llm-proxy-state"
     return dataclasses.replace(
         state, sqlite_path=str(directory / LEDGER_FILE), sqlite_path_is_default=True
     )

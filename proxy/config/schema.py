@@ -13,6 +13,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar, get_args
 
+from proxy.http1 import DIRECT, MAX_BODY, MAX_DECODED, POOL_WAIT_S, Egress
+
 Strategy = Literal["priority", "weighted", "least-latency", "least-busy", "cache-affinity"]
 STRATEGY_NAMES: tuple[str, ...] = get_args(Strategy)
 ProbeKind = Literal["models", "completion"]
@@ -29,6 +31,12 @@ def _non_negative(v: float) -> str | None:
 
 def _at_least_one(v: int) -> str | None:
     return None if v >= 1 else "must be at least 1"
+
+
+def _at_least_a_mebibyte(v: int) -> str | None:
+    # Below that, an answer's first read (up to the read-ahead) could hold more than the
+    # cap before it is counted: the cap would not be exact.
+    return None if v >= 1024 * 1024 else "must be at least 1048576 (1 MiB)"
 
 
 def _limit(v: float) -> str | None:
@@ -56,13 +64,16 @@ class Timeouts:
 
     `attempt_s` bounds a whole non-streamed attempt (headers and body). A stream, once its
     first byte reached the client, is bounded by `stream_idle_s` between chunks instead:
-    long generations are legitimate, stalls are not.
+    long generations are legitimate, stalls are not. `pool_wait_s` bounds the wait for a
+    free connection when the vendor's pool is at `max_connections`: past it the attempt
+    fails over (the vendor was not contacted, so it is not blamed).
     """
 
     connect_s: float = check(_positive, 5.0)
     first_byte_s: float = check(_positive, 30.0)
     attempt_s: float = check(_positive, 60.0)
     stream_idle_s: float = check(_positive, 60.0)
+    pool_wait_s: float = check(_positive, POOL_WAIT_S)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +84,7 @@ class PartialTimeouts:
     first_byte_s: float | None = check(_positive, None)
     attempt_s: float | None = check(_positive, None)
     stream_idle_s: float | None = check(_positive, None)
+    pool_wait_s: float | None = check(_positive, None)
 
     def over(self, base: Timeouts) -> Timeouts:
         return _overlay(self, base)
@@ -151,8 +163,14 @@ class VendorSpec:
     region: str | None = None
     project: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
-    max_connections: int = check(_at_least_one, 256)
+    # None: half the process's open-file limit, at least 256 (proxy.http1.default_limit).
+    max_connections: int | None = check(_at_least_one, None)
     timeouts: PartialTimeouts = field(default_factory=PartialTimeouts)
+    max_response_bytes: int = check(_at_least_a_mebibyte, MAX_BODY)
+    max_decompressed_bytes: int = check(_at_least_one, MAX_DECODED)
+    # An http:// proxy URL, or "direct"; unset: HTTPS_PROXY / HTTP_PROXY / NO_PROXY.
+    proxy: str | None = None
+    ca_file: str | None = None  # PEM CA certificates trusted besides the system's
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,7 +263,8 @@ class StateConfig:
     key_prefix: str = "llmproxy"  # several proxy clusters may share one Redis
     # The usage ledger's SQLite file. `default` (with backend memory): under
     # $XDG_STATE_HOME/llm-proxy/ if that is set, else llm-proxy-state/ next to the config
-    # file; the directory is created. null: usage is kept in memory only (said at start-up).
+    # file (a config parsed from text, with no file, keeps usage in memory); the directory
+    # is created. null: usage is kept in memory only (said at start-up).
     sqlite_path: str | None = DEFAULT_LEDGER
     # Set by the loader, not a YAML key: sqlite_path is the default location (whose
     # directory the ledger may create).
@@ -303,9 +322,13 @@ class VendorConfig:
     api_key: str | None
     api_version: str | None
     headers: Mapping[str, str]
-    max_connections: int
+    max_connections: int | None  # None: proxy.http1.default_limit()
     region: str | None = None
     project: str | None = None
+    max_response_bytes: int = MAX_BODY
+    max_decompressed_bytes: int = MAX_DECODED
+    egress: Egress = DIRECT  # resolved from `proxy:` or the environment at load time
+    ca_file: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,7 +24,7 @@ from proxy.formats.sse import SSEParser
 from proxy.http1 import Headers, ProtocolError
 from proxy.vendors.base import AttemptFailed, UpstreamCall
 from proxy.vendors.classify import classify_response
-from proxy.vendors.http import HTTPAdapter, StreamScan, invalid_json
+from proxy.vendors.http import HTTPAdapter, StreamScan, json_object
 from proxy.vendors.openai_compat import rewrite_model
 
 __all__ = ["ANTHROPIC_VERSION", "AnthropicAdapter", "anthropic_usage"]
@@ -130,12 +130,7 @@ class AnthropicAdapter(HTTPAdapter):
         return _MessagesScan()
 
     def json_usage(self, data: bytes) -> Usage | None:
-        try:
-            doc = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            doc = None
-        if not isinstance(doc, dict):
-            raise invalid_json()
+        doc = json_object(data)
         if doc.get("type") == "error":
             raise AttemptFailed(classify_response(self.config.type, 200, {}, data))
         return anthropic_usage(doc.get("usage"))

@@ -26,6 +26,8 @@ import orjson
 from proxy.config import DeploymentConfig, VendorConfig
 from proxy.core.outcomes import Outcome
 from proxy.core.usage import Usage
+from proxy.http1 import PoolState
+from proxy.metrics import Metrics
 
 __all__ = [
     "Api",
@@ -146,6 +148,13 @@ class VendorAdapter(ABC):
 
     async def close(self) -> None:
         """Close pools; in-flight calls have finished or been cancelled by then."""
+
+    def bind_metrics(self, metrics: Metrics) -> None:
+        """Report to `metrics` (a connection pool's waits); adapters without one ignore it."""
+
+    def pool_state(self) -> PoolState | None:
+        """The vendor's connection pool's occupancy, for the saturation gauges (None: no pool)."""
+        return None
 
     async def send(
         self,

@@ -2,7 +2,9 @@
 
 `send_bridged` translates the request (`proxy.formats.anthropic`), makes the attempt with
 the adapter's `send_native`, and translates the answer back: JSON at once, streams chunk
-by chunk. The commit point is the native stream's (its first content event): a vendor
+by chunk. A request field the vendor cannot honour is refused before anything is sent
+(`Unsupported`: the router tries the next deployment) or, for a sampling hint, dropped
+and listed in the answer's `dropped` (`x-proxy-dropped-params`). The commit point is the native stream's (its first content event): a vendor
 error before that is still a failed attempt the router may fail over. After it, a failure
 surfaces from `relay()` as `AttemptFailed` without `error_event_sent`, so the inbound API
 writes the error event in its own format.
@@ -26,6 +28,7 @@ from proxy.formats.anthropic import (
     message_to_chat,
     messages_to_chat,
 )
+from proxy.formats.translation import Translation
 from proxy.vendors.base import AttemptFailed, StreamOut, UpstreamCall, UpstreamResponse
 from proxy.vendors.http import JSONResponse, invalid_json
 
@@ -43,13 +46,17 @@ class StreamTranslator(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Bridge:
-    """How requests of API `source` reach a vendor speaking API `target`."""
+    """How requests of API `source` reach a vendor speaking API `target`.
+
+    `request` translates the client's body for one deployment (the `Translation` names it
+    and collects what was dropped; it raises `Unsupported` for what cannot be carried);
+    `response` and `stream` translate the answer back, given the same `Translation`."""
 
     source_endpoint: str  # the one endpoint of the source API that can be translated
     target_endpoint: str
-    request: Callable[[Mapping[str, Any], str], dict[str, Any]]
-    response: Callable[[Mapping[str, Any]], dict[str, Any]]
-    stream: Callable[[Mapping[str, Any]], StreamTranslator]
+    request: Callable[[Mapping[str, Any], Translation], dict[str, Any]]
+    response: Callable[[Mapping[str, Any], Translation], dict[str, Any]]
+    stream: Callable[[Mapping[str, Any], Translation], StreamTranslator]
 
 
 # (inbound API, vendor's native API) -> bridge
@@ -81,12 +88,19 @@ class _Translated:
 
 
 class _BridgedStream(UpstreamResponse):
-    __slots__ = ("_first", "_inner", "_translator", "content_type", "status", "usage")
+    __slots__ = ("_first", "_inner", "_translator", "content_type", "dropped", "status", "usage")
 
-    def __init__(self, inner: UpstreamResponse, translator: StreamTranslator, first: bytes) -> None:
+    def __init__(
+        self,
+        inner: UpstreamResponse,
+        translator: StreamTranslator,
+        first: bytes,
+        dropped: tuple[str, ...],
+    ) -> None:
         self.status = inner.status
         self.content_type = "text/event-stream"
         self.usage = inner.usage
+        self.dropped = dropped
         self._inner = inner
         self._translator = translator
         self._first = first
@@ -129,7 +143,8 @@ async def send_bridged(
     bridge = BRIDGES.get((call.api, adapter.native_api))
     if bridge is None or call.endpoint != bridge.source_endpoint:
         raise _unsupported(call, adapter)
-    body = bridge.request(call.parsed, deployment.model)
+    translation = Translation(adapter.config.name, deployment.model, call.strict_params)
+    body = bridge.request(call.parsed, translation)
     inner_call = UpstreamCall(
         bridge.target_endpoint,
         orjson.dumps(body),
@@ -137,10 +152,13 @@ async def send_bridged(
         call.stream,
         call.request_id,
         api=adapter.native_api,
+        strict_params=call.strict_params,
     )
     inner = await adapter.send_native(
         deployment, inner_call, first_byte_s=first_byte_s, attempt_s=attempt_s
     )
+    # What the vendor's own path dropped too (a litellm vendor screens the translated body).
+    dropped = (*translation.dropped, *(d for d in inner.dropped if d not in translation.dropped))
     if inner.content_type != "text/event-stream":
         try:
             doc = orjson.loads(inner.body)
@@ -148,7 +166,11 @@ async def send_bridged(
             raise invalid_json() from None
         finally:
             inner.close()
-        return JSONResponse(inner.status, orjson.dumps(bridge.response(doc)), inner.usage)
-    translator = bridge.stream(call.parsed)
+        answer = JSONResponse(
+            inner.status, orjson.dumps(bridge.response(doc, translation)), inner.usage
+        )
+        answer.dropped = dropped
+        return answer
+    translator = bridge.stream(call.parsed, translation)
     # The inner stream committed at its first content; its translation starts there too.
-    return _BridgedStream(inner, translator, translator.feed(inner.body))
+    return _BridgedStream(inner, translator, translator.feed(inner.body), dropped)

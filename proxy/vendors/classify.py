@@ -36,7 +36,14 @@ import orjson
 from proxy.core.outcomes import Outcome, OutcomeClass
 from proxy.core.redact import MAX_MATCH_CHARS, clean, redact_text
 from proxy.core.vendor_types import VENDOR_TYPES
-from proxy.http1 import BodyIncomplete, ProtocolError
+from proxy.http1 import (
+    BodyIncomplete,
+    DescribedError,
+    InvalidHeader,
+    PoolTimeout,
+    ProtocolError,
+    ResponseTooLarge,
+)
 
 __all__ = [
     "RULES",
@@ -820,13 +827,15 @@ def classify_stream_error(vendor_type: str, event_data: bytes) -> Outcome:
 @dataclass(frozen=True, slots=True)
 class TransportRule:
     """A row of the transport classifier: exception types (isinstance) and the phases it
-    applies to (None = any), tried in order like `RULES`."""
+    applies to (None = any), tried in order like `RULES`. `retry_after_s` is the retry
+    hint the outcome carries (0: no cooldown for a class that would otherwise back off)."""
 
     name: str
     types: tuple[type[BaseException], ...]
     phases: frozenset[str] | None
     cls: OutcomeClass
     summary: str
+    retry_after_s: float | None = None
 
 
 _CONNECTION_ERRORS: Final[tuple[type[BaseException], ...]] = (
@@ -839,6 +848,18 @@ _BEFORE_RESPONSE: Final = _fs("connect", "first_byte")
 
 TRANSPORT_RULES: tuple[TransportRule, ...] = (
     TransportRule("cancelled", (asyncio.CancelledError,), None, _C.CLIENT_CANCELLED, "cancelled"),
+    # Every connection the vendor's pool allows was busy for the whole pool wait: the
+    # proxy's own capacity, like a deployment at its caps (a 429 of our own). The vendor
+    # was not contacted, so no breaker failure and, with a zero hint, no cooldown; the
+    # request moves on to a deployment that has room. Before "timeout": it is one too.
+    TransportRule(
+        "pool_exhausted",
+        (PoolTimeout,),
+        None,
+        _C.RATE_LIMITED,
+        "no free upstream connection",
+        retry_after_s=0.0,
+    ),
     # aiohttp's ServerTimeoutError/ConnectionTimeoutError subclass TimeoutError (and it is
     # asyncio.TimeoutError since 3.11): a timeout in any phase is a timeout, not "unreachable".
     TransportRule("timeout", (TimeoutError,), None, _C.TIMEOUT, "timed out"),
@@ -850,8 +871,17 @@ TRANSPORT_RULES: tuple[TransportRule, ...] = (
         _C.SERVER_ERROR,
         "truncated response",
     ),
+    # Past max_response_bytes or max_decompressed_bytes: the connection is closed.
+    TransportRule(
+        "too_large", (ResponseTooLarge,), None, _C.SERVER_ERROR, "response over a size cap"
+    ),
     # Not HTTP we can read (bad status line, bad chunking, an unknown content-encoding).
     TransportRule("malformed", (ProtocolError,), None, _C.SERVER_ERROR, "malformed response"),
+    # A request header that cannot be sent (a client's forwarded header with a line break
+    # or a non-Latin-1 character): nothing was sent, and no vendor would take it.
+    TransportRule(
+        "invalid_header", (InvalidHeader,), None, _C.CLIENT_ERROR, "invalid request header"
+    ),
     TransportRule(
         "lost_mid_body",
         _CONNECTION_ERRORS,
@@ -872,6 +902,14 @@ _PHASE_TEXT: Mapping[str, str] = MappingProxyType(
         "body": "while reading the body",
     }
 )
+
+
+def _detail(exc: BaseException) -> str:
+    """What the exception itself says, where that is known to be safe to show: the
+    upstream client's own errors (see `DescribedError`), else the OS's reason."""
+    if isinstance(exc, DescribedError):
+        return f" ({clean(str(exc), 240)})"
+    return _os_detail(exc)
 
 
 def _os_detail(exc: BaseException) -> str:
@@ -900,7 +938,9 @@ def classify_transport(exc: BaseException, *, phase: str) -> Outcome:
         for rule in TRANSPORT_RULES:
             if isinstance(exc, rule.types) and (rule.phases is None or phase in rule.phases):
                 text = f"{rule.summary} {where}".strip()
-                return Outcome(rule.cls, None, None, f"{text}: {name}{_os_detail(exc)}", name)
+                return Outcome(
+                    rule.cls, None, rule.retry_after_s, f"{text}: {name}{_detail(exc)}", name
+                )
         return Outcome(_C.SERVER_ERROR, None, None, f"unexpected {name} {where}".rstrip(), name)
     except Exception:
         return Outcome(_C.SERVER_ERROR, None, None, "unexpected transport error")

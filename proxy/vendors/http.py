@@ -10,9 +10,11 @@ how to read a JSON answer (`json_usage`).
 from __future__ import annotations
 
 import asyncio
+import logging
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
-from typing import Protocol
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
@@ -21,7 +23,8 @@ from proxy.config import DeploymentConfig, VendorConfig
 from proxy.core.outcomes import Outcome, OutcomeClass
 from proxy.core.redact import redact
 from proxy.core.usage import Usage
-from proxy.http1 import Pool, Response
+from proxy.http1 import Pool, PoolState, Response, tls_context
+from proxy.metrics import Metrics
 from proxy.vendors.base import (
     AttemptFailed,
     StreamOut,
@@ -38,6 +41,8 @@ from proxy.vendors.classify import (
 from proxy.vendors.idle import idle_wheel
 
 __all__ = ["HTTPAdapter", "JSONResponse", "StreamFilter", "StreamScan", "invalid_json"]
+
+log = logging.getLogger("llmproxy")
 
 # Error bodies read for classification (and health probes' bodies) are capped at this.
 MAX_ERROR_BODY = 64 * 1024
@@ -63,6 +68,17 @@ class StreamScan(ABC):
         event right after a vendor's preamble still fails over instead of reaching the client.
         """
         return True
+
+
+def json_object(data: bytes) -> dict[str, Any]:
+    """A 200's JSON object body; anything else is a failed attempt (a vendor's garbage)."""
+    try:
+        doc = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        doc = None
+    if not isinstance(doc, dict):
+        raise invalid_json()
+    return doc
 
 
 def invalid_json() -> AttemptFailed:
@@ -423,9 +439,35 @@ class HTTPAdapter(VendorAdapter):
     def __init__(self, config: VendorConfig) -> None:
         super().__init__(config)
         self._pool: Pool | None = None
+        self._on_pool_wait: Callable[[float], None] | None = None
 
     async def start(self) -> None:
-        self._pool = Pool(limit=self.config.max_connections)
+        config = self.config
+        self._pool = Pool(
+            limit=config.max_connections,
+            egress=config.egress,
+            ssl_context=tls_context(config.ca_file),
+            max_body=config.max_response_bytes,
+            max_decoded=config.max_decompressed_bytes,
+            on_wait=self._on_pool_wait,
+            name=config.name,
+        )
+        log.info(
+            "vendor %s: connections to %s go %s; at most %d at once",
+            config.name,
+            urlsplit(config.base_url).hostname,
+            config.egress.describe_url(config.base_url),
+            self._pool.limit,
+            extra={"event": "vendor_egress", "vendor": config.name},
+        )
+
+    def bind_metrics(self, metrics: Metrics) -> None:
+        self._on_pool_wait = metrics.pool_wait_observer(self.config.name)
+        if self._pool is not None:
+            self._pool.on_wait = self._on_pool_wait
+
+    def pool_state(self) -> PoolState | None:
+        return None if self._pool is None else self._pool.state()
 
     async def close(self) -> None:
         if self._pool is not None:
@@ -477,6 +519,7 @@ class HTTPAdapter(VendorAdapter):
                 self.probe_headers(),
                 deadline=deadline,
                 connect_s=deployment.timeouts.connect_s,
+                pool_wait_s=deployment.timeouts.pool_wait_s,
                 on_sent=sent,
             )
             phase = "body"
@@ -504,7 +547,13 @@ class HTTPAdapter(VendorAdapter):
         pool = self.pool
         deadline = pool.loop.time() + timeout_s
         resp = await pool.request(
-            "POST", url, headers, body, deadline=deadline, connect_s=deployment.timeouts.connect_s
+            "POST",
+            url,
+            headers,
+            body,
+            deadline=deadline,
+            connect_s=deployment.timeouts.connect_s,
+            pool_wait_s=deployment.timeouts.pool_wait_s,
         )
         try:
             return resp.status, await resp.read(MAX_ERROR_BODY, deadline)
@@ -549,6 +598,7 @@ class HTTPAdapter(VendorAdapter):
                 body,
                 deadline=first_by,
                 connect_s=deployment.timeouts.connect_s,
+                pool_wait_s=deployment.timeouts.pool_wait_s,
                 prompt=call.stream,
                 on_sent=sent,
             )

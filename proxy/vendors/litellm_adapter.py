@@ -7,6 +7,14 @@ request into the vendor's call and the vendor's answer back into OpenAI chunks; 
 come back as litellm exceptions carrying the vendor's status, headers and body, which the
 proxy's own classifier maps (Retry-After and Google's RetryInfo included).
 
+Fields: a request field litellm's translation for that vendor and model does not take
+(`litellm.get_supported_openai_params`) is never silently dropped. One that changes the
+answer (`n`, `logprobs`, `response_format`, tools...) is refused (`Unsupported`: the router
+tries the next deployment); a sampling hint is left out and reported in
+`x-proxy-dropped-params` (or refused under the group's `strict_params`). Only known OpenAI
+chat fields reach litellm, which runs with `drop_params` off: anything it still refuses
+is the same `Unsupported`, never a 400 blamed on the client.
+
 Budgets: a stream's first chunk must arrive within the attempt's first-byte budget and
 each later chunk within `stream_idle_s`. A non-streamed answer arrives whole from litellm,
 so its attempt is bounded by `attempt_s` as one piece.
@@ -30,6 +38,7 @@ from proxy.config import DeploymentConfig, VendorConfig
 from proxy.core.errors import Unsupported
 from proxy.core.outcomes import Outcome, OutcomeClass
 from proxy.core.usage import Usage
+from proxy.formats.translation import CHAT_FIELDS, Translation
 from proxy.vendors.base import (
     AttemptFailed,
     StreamOut,
@@ -61,7 +70,7 @@ def load_litellm() -> ModuleType:
         litellm.suppress_debug_info = True
         litellm.telemetry = False
         litellm.num_retries = 0
-        litellm.drop_params = True  # a parameter the vendor lacks is dropped, not a 400
+        litellm.drop_params = False  # the adapter screens fields itself: nothing vanishes
         for name in _LITELLM_LOGGERS:
             logging.getLogger(name).setLevel(logging.WARNING)
         _litellm = litellm
@@ -106,8 +115,14 @@ PROVIDERS: Mapping[str, Provider] = {
     ),
 }
 
-# Request fields the adapter sets itself (everything else the client sent goes to litellm).
+# Request fields the adapter sets itself.
 _OWN_FIELDS = frozenset({"model", "messages", "stream", "stream_options"})
+# The OpenAI chat fields litellm may be given (when it takes them for the vendor): a client's
+# other keys never reach litellm, whose keyword arguments also set URLs and credentials.
+_CHAT_PARAMS = frozenset({"max_tokens", "max_completion_tokens", *CHAT_FIELDS})
+# The field litellm's UnsupportedParamsError names: "gemini does not support parameters:
+# ['logit_bias'], for model=...", or "Invalid `reasoning_effort`: 'xhigh'. Must be one of...".
+_UNSUPPORTED_RE = re.compile(r"parameters: \[['\"]?(\w+)|`(\w+)`")
 
 
 # litellm's rendering of a Google RPC error it parsed itself (e.g. an error chunk inside a
@@ -186,6 +201,11 @@ def _delta(delta: Any) -> dict[str, Any]:
     return out
 
 
+def _plain(value: Any) -> Any:
+    """A litellm (pydantic) object as plain JSON data."""
+    return value.model_dump() if hasattr(value, "model_dump") else value
+
+
 def _usage_dict(usage: Any) -> dict[str, Any] | None:
     if usage is None:
         return None
@@ -205,7 +225,7 @@ def _chunk(chunk: Any) -> tuple[dict[str, Any], dict[str, Any] | None]:
         {
             "index": getattr(c, "index", 0),
             "delta": _delta(c.delta),
-            "logprobs": None,
+            "logprobs": _plain(getattr(c, "logprobs", None)),
             "finish_reason": c.finish_reason,
         }
         for c in chunk.choices or ()
@@ -229,6 +249,7 @@ class _Stream(UpstreamResponse):
         "_stream",
         "_vendor_type",
         "content_type",
+        "dropped",
         "first",
         "status",
         "usage",
@@ -300,11 +321,37 @@ class LiteLLMAdapter(VendorAdapter):
         self._params = {k: v for k, v in provider.params(config).items() if v is not None}
         if config.headers:
             self._params["extra_headers"] = dict(config.headers)
+        self._supported: dict[str, frozenset[str]] = {}
 
-    def call_params(self, deployment: DeploymentConfig, call: UpstreamCall) -> dict[str, Any]:
-        """litellm.acompletion's keyword arguments for one attempt."""
+    def supported(self, model: str) -> frozenset[str]:
+        """The OpenAI chat fields litellm takes for `model` at this vendor (cached: litellm
+        takes ~150 us to work it out)."""
+        known = self._supported.get(model)
+        if known is None:
+            litellm = self.litellm
+            full = self._prefix + model
+            try:
+                _, provider, _, _ = litellm.get_llm_provider(model=full)
+                names = litellm.get_supported_openai_params(
+                    model=full, custom_llm_provider=provider
+                )
+            except Exception:  # litellm cannot tell: pass what we know, it refuses the rest
+                names = None
+            known = _CHAT_PARAMS if names is None else _CHAT_PARAMS.intersection(names)
+            self._supported[model] = known
+        return known
+
+    def call_params(
+        self, deployment: DeploymentConfig, call: UpstreamCall, t: Translation | None = None
+    ) -> dict[str, Any]:
+        """litellm.acompletion's keyword arguments for one attempt. The client's fields that
+        litellm does not take for this model are refused or dropped into `t` (see the module
+        docstring)."""
+        t = t or Translation(self.config.name, deployment.model, call.strict_params)
+        supported = self.supported(deployment.model)
+        t.screen(call.parsed, supported | _OWN_FIELDS, CHAT_FIELDS, f"{self.config.type} (litellm)")
         tm = deployment.timeouts
-        params = {k: v for k, v in call.parsed.items() if k not in _OWN_FIELDS and v is not None}
+        params = {k: v for k, v in call.parsed.items() if k in supported and v is not None}
         params.update(self._params)
         params.update(
             model=self._prefix + deployment.model,
@@ -334,7 +381,9 @@ class LiteLLMAdapter(VendorAdapter):
                 f"vendor type {self.config.type} has no such endpoint; route this model group "
                 "to deployments whose vendors serve it",
             )
-        params = self.call_params(deployment, call)
+        t = Translation(self.config.name, deployment.model, call.strict_params)
+        params = self.call_params(deployment, call, t)
+        dropped = tuple(t.dropped)
         vendor_type = self.config.type
         phase = "first_byte"
         stream: Any = None
@@ -347,7 +396,9 @@ class LiteLLMAdapter(VendorAdapter):
                 usage = _usage_dict(getattr(resp, "usage", None))
                 if usage is not None:
                     doc["usage"] = usage
-                return JSONResponse(200, orjson.dumps(doc), Usage.from_openai(usage))
+                answer = JSONResponse(200, orjson.dumps(doc), Usage.from_openai(usage))
+                answer.dropped = dropped
+                return answer
             async with asyncio.timeout(first_byte_s):
                 stream = await self.litellm.acompletion(**params)
                 it = aiter(stream)
@@ -358,6 +409,7 @@ class LiteLLMAdapter(VendorAdapter):
                     _include_usage(call.parsed),
                     deployment.timeouts.stream_idle_s,
                 )
+                out.dropped = dropped
                 while not out.first:
                     out.first = out.encode(await anext(it))
             return out
@@ -370,10 +422,23 @@ class LiteLLMAdapter(VendorAdapter):
             raise AttemptFailed(
                 classify_transport(ConnectionResetError("empty stream"), phase="body")
             ) from None
+        except self.litellm.UnsupportedParamsError as exc:  # raised before anything is sent
+            found = _UNSUPPORTED_RE.search(str(exc))
+            t.refuse(
+                (found.group(1) or found.group(2)) if found else "parameters",
+                f"litellm's {vendor_type} translation does not take it for model "
+                f"{deployment.model} ({_litellm_words(exc)})",
+            )
         except Exception as exc:
             if stream is not None:
                 stream.close()
             raise AttemptFailed(classify_litellm(exc, vendor_type, phase=phase)) from None
+
+
+def _litellm_words(exc: BaseException) -> str:
+    """litellm's own reason, without its class name and its advice to drop parameters."""
+    text = str(exc).removeprefix("litellm.UnsupportedParamsError: ")
+    return text.split(" To drop")[0].strip()
 
 
 def _include_usage(body: Mapping[str, Any]) -> bool:

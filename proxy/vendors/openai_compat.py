@@ -21,7 +21,7 @@ from proxy.core.usage import Usage
 from proxy.http1 import Headers
 from proxy.vendors.base import AttemptFailed, UpstreamCall
 from proxy.vendors.classify import classify_response
-from proxy.vendors.http import HTTPAdapter, StreamFilter, StreamScan, invalid_json
+from proxy.vendors.http import HTTPAdapter, StreamFilter, StreamScan, json_object
 
 __all__ = ["OpenAICompatAdapter", "rewrite_model"]
 
@@ -281,12 +281,7 @@ class OpenAICompatAdapter(HTTPAdapter):
 
 def _json_usage(data: bytes, vendor_type: str) -> Usage | None:
     """Usage of a non-streamed answer; a 200 whose body is not a JSON object is a failure."""
-    try:
-        doc = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        doc = None
-    if not isinstance(doc, dict):
-        raise invalid_json()
+    doc = json_object(data)
     if "error" in doc and "choices" not in doc and "data" not in doc:
         raise AttemptFailed(classify_response(vendor_type, 200, {}, data))
     return Usage.from_openai(doc.get("usage"))
