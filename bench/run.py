@@ -230,8 +230,14 @@ def measure(target: Target, scenario: Scenario, run: int, env: Env, upstream_pid
     u_cpu = cpu_seconds(upstream_pid) - u_cpu0
     t_cpu = (cpu_seconds(own) - t_cpu0) if own else 0.0
     r_cpu = (cpu_seconds(redis) - r_cpu0) if redis else float("nan")
-    n = max(result.requests, 1)
     hits = _stats(env.upstream_port).get(prefix, 0) - hits_before if prefix else None
+    n = max(result.requests, 1)
+    return _run_of(result, t_cpu, u_cpu, l_cpu, primary_hits=hits, state_cpu_ms=r_cpu / n * 1000)
+
+
+def _run_of(result: LoadResult, t_cpu: float, u_cpu: float, l_cpu: float, **more: Any) -> Run:
+    """A run's figures from its load result and the CPU seconds each process spent."""
+    n = max(result.requests, 1)
     return Run(
         requests=result.requests,
         errors=result.errors,
@@ -243,12 +249,11 @@ def measure(target: Target, scenario: Scenario, run: int, env: Env, upstream_pid
         cpu_ms=t_cpu / n * 1000,
         upstream_cpu_ms=u_cpu / n * 1000,
         loadgen_cpu_ms=l_cpu / n * 1000,
-        primary_hits=hits,
         coalesced_pct=result.coalesced_pct,
         gap_p50_ms=_pct(result.event_gaps_s, 0.50),
         gap_p99_ms=_pct(result.event_gaps_s, 0.99),
         error_samples=result.error_samples,
-        state_cpu_ms=r_cpu / n * 1000,
+        **more,
     )
 
 
@@ -321,23 +326,12 @@ def measure_long(
     t_cpu = (cpu_seconds(own) - t_cpu0) if own else 0.0
     events = max(result.events, 1)
     opened, rss, fds = sampler.peak()
-    n = max(result.requests, 1)
-    return Run(
-        requests=result.requests,
-        errors=result.errors,
-        rps=result.rps,
-        p50_ms=_pct(result.latencies_s, 0.50),
-        p99_ms=_pct(result.latencies_s, 0.99),
-        ttfb_p50_ms=_pct(result.ttfb_s, 0.50),
-        ttfb_p99_ms=_pct(result.ttfb_s, 0.99),
-        cpu_ms=t_cpu / n * 1000,
-        upstream_cpu_ms=u_cpu / n * 1000,
-        loadgen_cpu_ms=l_cpu / n * 1000,
+    return _run_of(
+        result,
+        t_cpu,
+        u_cpu,
+        l_cpu,
         primary_hits=None,
-        coalesced_pct=result.coalesced_pct,
-        gap_p50_ms=_pct(result.event_gaps_s, 0.50),
-        gap_p99_ms=_pct(result.event_gaps_s, 0.99),
-        error_samples=result.error_samples,
         open_peak=opened,
         rss_per_stream_kb=(rss - rss0) / opened / 1024 if opened else float("nan"),
         fds_per_stream=(fds - fds0) / opened if opened else float("nan"),

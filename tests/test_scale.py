@@ -21,7 +21,7 @@ from bench.upstream import serve as serve_upstream
 from proxy.fdlimit import raise_open_files_limit
 from proxy.vendors.idle import SLOT_S, IdleWheel, idle_wheel
 from tests.conftest import ProxyFactory, free_port
-from tests.processes import CLI, ENV, ROOT, Serve, spawn_serve, wait_ready
+from tests.processes import Serve, spawn_serve, wait_ready
 
 STREAMS = 2000
 EVENTS = 5  # per stream, GAP_MS apart: each stream lasts 4 s
@@ -266,27 +266,13 @@ async def test_start_up_raises_the_open_file_limit_and_says_so(tmp_path: Path) -
         def limits(soft_limit: int = soft_limit, hard_limit: int = hard_limit) -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (soft_limit, hard_limit))
 
-        with log_path.open("ab") as log:
-            proc = await asyncio.create_subprocess_exec(
-                *CLI,
-                "serve",
-                "--config",
-                str(config),
-                "--port",
-                str(port),
-                stdout=asyncio.subprocess.DEVNULL,
-                stderr=log,
-                cwd=ROOT,
-                env=ENV,
-                preexec_fn=limits,
-            )
-        server = Serve(proc, f"http://127.0.0.1:{port}", log_path)
+        server = await spawn_serve(config, port, log_path=log_path, preexec_fn=limits)
         try:
             await wait_ready(server)
             lines = [r for r in server.records() if r.get("event") == "open_files_limit"]
         finally:
-            proc.terminate()
-            await asyncio.wait_for(proc.wait(), 30)
+            server.proc.terminate()
+            await asyncio.wait_for(server.proc.wait(), 30)
         if name == "raised":
             assert lines and lines[0]["before"] == 1024 and lines[0]["limit"] == hard, lines
             assert re.search(r"raised from 1024 to \d+", lines[0]["message"])
