@@ -336,8 +336,8 @@ def measure_long(
         rss_per_stream_kb=(rss - rss0) / opened / 1024 if opened else float("nan"),
         fds_per_stream=(fds - fds0) / opened if opened else float("nan"),
         fds_peak=fds,
-        cpu_per_event_us=t_cpu / events * 1e6 if own else float("nan"),
-        upstream_cpu_per_event_us=u_cpu / events * 1e6,
+        cpu_per_event_us=t_cpu / events * 1e6 if own and result.events else float("nan"),
+        upstream_cpu_per_event_us=u_cpu / events * 1e6 if result.events else float("nan"),
     )
 
 
