@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from bench.upstream import STREAM_EVENTS
+
 __all__ = ["render"]
 
 NOTES_MARK = "<!-- notes: everything below this line is kept when the bench rewrites the file -->"
@@ -68,6 +70,14 @@ _ROWS: list[tuple[str, str, str, int]] = [
     ("f", "latency p50 (ms)", "p50_ms", 2),
     ("f", "CPU per request (ms)", "cpu_ms", 3),
     ("f", "client errors (all runs)", "errors", 0),
+    ("r", "requests/s", "rps", 0),
+    ("r", "latency p50 (ms)", "p50_ms", 2),
+    ("r", "CPU per request (ms)", "cpu_ms", 3),
+    ("r", "client errors (all runs)", "errors", 0),
+    ("u", "streams/s", "rps", 0),
+    ("u", "time to first byte p50 (ms)", "ttfb_p50_ms", 2),
+    ("u", "CPU per stream (ms)", "cpu_ms", 3),
+    ("u", "client errors (all runs)", "errors", 0),
     ("w", "requests/s", "rps", 0),
     ("w", "latency p50 (ms)", "p50_ms", 2),
     ("w", "latency p99 (ms)", "p99_ms", 2),
@@ -221,6 +231,36 @@ def _targets(data: dict[str, Any]) -> list[str]:
             None,
         )
     )
+    for responses, chat in (("r", "b"), ("u", "c")):
+        rcpu, ccpu = _num(data, responses, "ours", "cpu_ms"), _num(data, chat, "ours", "cpu_ms")
+        if rcpu is None:
+            continue
+        more = None if ccpu is None else (rcpu / ccpu - 1) * 100
+        value = f"{_f(rcpu, 3)} ms vs {_f(ccpu, 3)} ms ({_f(more, 0)}%)"
+        if responses == "u" and ccpu is not None:
+            # A Responses stream has more events than chat's for the same text.
+            per = rcpu / STREAM_EVENTS["responses"], ccpu / STREAM_EVENTS["chat"]
+            value += (
+                f"; per event {_f(per[0] * 1000, 1)} us ({STREAM_EVENTS['responses']} events) "
+                f"vs {_f(per[1] * 1000, 1)} us ({STREAM_EVENTS['chat']})"
+            )
+        rows.append(
+            (
+                f"Responses API pass-through CPU ({responses}) within 10% of chat's ({chat})",
+                value,
+                _at_most(more, 10.0),
+            )
+        )
+    for sc, what in (("b", "JSON request (b)"), ("c", "paced stream (c)")):
+        traced = _num(data, sc, "ours-tracing", "cpu_ms")
+        if traced is not None:
+            rows.append(
+                (
+                    f"CPU per {what} with tracing on, every request sampled (reported)",
+                    f"{_f(traced, 3)} ms (off {_f(_num(data, sc, 'ours', 'cpu_ms'), 3)} ms)",
+                    None,
+                )
+            )
     rss = data["startup"].get("ours", {}).get("rss_idle_mb")
     rows.append(
         (

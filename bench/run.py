@@ -110,6 +110,17 @@ SCENARIOS = [
     Scenario(
         "f", "translated path: Anthropic vendor, concurrency 32", 32, 3000, 5.0, route="anthropic"
     ),
+    # The Responses API passed through (Codex, the agents SDK): held against (b) and (c).
+    Scenario("r", "Responses API JSON, concurrency 32", 32, 6000, 5.0, route="responses"),
+    Scenario(
+        "u",
+        "Responses API streaming, 20 text deltas {gap} apart, concurrency 16",
+        16,
+        3000,
+        5.0,
+        stream=True,
+        route="responses",
+    ),
     # Across cores: JSON from a keyed client (limits and the usage ledger on every request)
     # through one process on memory state, one on the Redis state backend, and `--workers 2`
     # (which needs the Redis backend).
@@ -447,13 +458,14 @@ def main(argv: list[str] | None = None) -> int:
         help="runs per figure of the long-stream scenarios (h) and (i) (default 1: each run "
         "holds thousands of streams for a minute, and its figures are over all of them)",
     )
-    parser.add_argument("--targets", default="direct,ours,litellm,portkey")
+    parser.add_argument("--targets", default="direct,ours,ours-tracing,litellm,portkey")
     parser.add_argument(
         "--scenarios",
-        default="abcstdefwghi",
+        default="abcstdefgruwhi",
         help="scenario letters: a b (JSON), c s (paced streams), t (burst streams), "
-        "d e (failover), f (translated path), g (start-up and RSS, always measured), "
-        "w (--workers 1 and 2 on Redis state), h i (long streams: hold and talk)",
+        "d e (failover), f (translated path), r u (Responses API JSON and paced streams), "
+        "g (start-up and RSS, always measured), w (--workers 1 and 2 on Redis state), "
+        "h i (long streams: hold and talk)",
     )
     parser.add_argument(
         "--stream-gap-ms",
@@ -511,6 +523,7 @@ def main(argv: list[str] | None = None) -> int:
     classes: dict[str, Any] = {
         "direct": Direct,
         "ours": Ours,
+        "ours-tracing": lambda env: Ours(env, tracing=True),
         "litellm": LiteLLM,
         "portkey": Portkey,
     }

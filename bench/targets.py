@@ -11,6 +11,7 @@ upstream, the same way for every target.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import shutil
 import socket
@@ -62,7 +63,7 @@ class Scenario:
     stream: bool = False
     # "bench" (healthy; a stream comes in one burst), "paced" (healthy; a stream's events come
     # `--stream-gap-ms` apart), "quota" (primary 429 insufficient_quota), "flaky" (primary
-    # 50% 500), "anthropic" (the translated path)
+    # 50% 500), "anthropic" (the translated path), "responses" (healthy, the Responses API)
     route: str = "bench"
     # Requests per second (fixed schedule, `concurrency` = most in flight); None: closed loop.
     rate: float | None = None
@@ -122,6 +123,17 @@ def _chat_body(model: str, stream: bool) -> bytes:
     return orjson.dumps(body)
 
 
+def _responses_body(model: str, stream: bool) -> bytes:
+    body: dict[str, object] = {
+        "model": model,
+        "input": PROMPT[0]["content"],
+        "max_output_tokens": 32,
+    }
+    if stream:
+        body["stream"] = True
+    return orjson.dumps(body)
+
+
 def _group(scenario: Scenario, run: int) -> str:
     if scenario.long:
         return scenario.route
@@ -138,6 +150,8 @@ def _healthy_prefix(scenario: Scenario) -> str:
 
 
 def _expect(scenario: Scenario) -> bytes:
+    if scenario.route == "responses":
+        return b"response.completed" if scenario.stream else b'"output"'
     return b"[DONE]" if scenario.stream else b'"choices"'
 
 
@@ -219,11 +233,16 @@ class Target:
     # -- requests --------------------------------------------------------------------------
 
     def request(self, scenario: Scenario, run: int) -> Request:
+        if scenario.route == "responses":  # streams paced, as in (c)
+            group = "paced" if scenario.stream else "bench"
+            path, body = "/v1/responses", _responses_body(group, scenario.stream)
+        else:
+            path, body = "/v1/chat/completions", _chat_body(_group(scenario, run), scenario.stream)
         return Request(
             "127.0.0.1",
             self.port,
-            "/v1/chat/completions",
-            _chat_body(_group(scenario, run), scenario.stream),
+            path,
+            body,
             self.headers(scenario, run),
             _expect(scenario),
             stream=scenario.stream,
@@ -249,6 +268,16 @@ class Direct(Target):
         if scenario.route == "anthropic":
             body = orjson.dumps({"model": ANTHROPIC_MODEL, "max_tokens": 32, "messages": PROMPT})
             return Request("127.0.0.1", port, "/ok-anth/v1/messages", body, (), b'"content"')
+        if scenario.route == "responses":
+            return Request(
+                "127.0.0.1",
+                port,
+                f"/{'paced' if scenario.stream else 'ok'}/v1/responses",
+                _responses_body("gpt-4o-mini", scenario.stream),
+                (),
+                _expect(scenario),
+                stream=scenario.stream,
+            )
         # In the failover scenarios "direct" is the healthy secondary, called directly.
         return Request(
             "127.0.0.1",
@@ -268,13 +297,18 @@ class Ours(Target):
     label = "ours (llm-proxy)"
     ready_path = "/health/ready"
     translated_label = "ours, Anthropic vendor (native translation)"
+    tracing_label = "ours, tracing on (every request sampled, OTLP/HTTP)"
 
-    def __init__(self, env: Env, *, translated: bool = False) -> None:
+    def __init__(self, env: Env, *, translated: bool = False, tracing: bool = False) -> None:
         super().__init__(env)
         self.translated = translated
+        self.tracing = tracing
         if translated:
             self.name = "ours-anthropic"
             self.label = self.translated_label
+        elif tracing:
+            self.name = "ours-tracing"
+            self.label = self.tracing_label
         self.config_path = env.logs / f"{self.name}.yaml"
         self.anthropic_error: str | None = None
 
@@ -323,13 +357,18 @@ class Ours(Target):
                 "api_key": "sk-ant-bench",
             }
             models["anth"] = {"deployments": [{"vendor": "anth", "model": ANTHROPIC_MODEL}]}
-        return {
+        config: dict[str, object] = {
             "server": {"host": "127.0.0.1", "port": self.port},
             "vendors": vendors,
             "models": models,
         }
+        if self.tracing:  # the upstream takes the spans too (a collector that keeps nothing)
+            config["tracing"] = {"enabled": True, "endpoint": env.upstream("traces")}
+        return config
 
     def prepare(self) -> str | None:
+        if self.tracing and importlib.util.find_spec("opentelemetry.sdk") is None:
+            return "the OpenTelemetry SDK is not installed (pip install '.[tracing]')"
         # Does this build have an `anthropic` vendor type? Ask check-config, not the code.
         probe = self.env.logs / f"{self.name}-probe.yaml"
         probe.write_bytes(orjson.dumps(self._config(anthropic=True)))
@@ -348,6 +387,8 @@ class Ours(Target):
     def supports(self, scenario: Scenario) -> str | None:
         if scenario.ours_only:
             return "the keyed targets run (w); this one's open-proxy figure is (b)"
+        if self.tracing and scenario.long:
+            return "the long-stream scenarios run without tracing"
         if scenario.route == "anthropic" and not self.translated:
             return "runs as the pass-through comparison of (f) only via scenario (b)"
         if self.translated and scenario.route != "anthropic":
@@ -408,6 +449,11 @@ class OursWorkers(Ours):
         return [*argv, "--workers", str(self.workers)], extra, cwd
 
 
+# Scenarios that hold our Responses API pass-through against our chat pass-through (and the
+# upstream), not against the peers.
+_ONLY_OURS = {"responses": "the Responses API scenarios compare ours with direct and chat"}
+
+
 def _llm_proxy() -> str:
     exe = Path(sys.executable).parent / "llm-proxy"
     return str(exe) if exe.exists() else (shutil.which("llm-proxy") or "llm-proxy")
@@ -415,7 +461,9 @@ def _llm_proxy() -> str:
 
 class _Peer(Target):
     def supports(self, scenario: Scenario) -> str | None:
-        return "runs only against direct and ours" if scenario.ours_only else None
+        if scenario.ours_only:
+            return "runs only against direct and ours"
+        return _ONLY_OURS.get(scenario.route)
 
 
 class LiteLLM(_Peer):

@@ -20,6 +20,11 @@ every target and counts hits per deployment (GET /_stats):
     /quota.../v1/chat/completions       429 insufficient_quota (OpenAI's body)
     /flaky.../v1/chat/completions       500 for half the requests (seeded, reproducible)
     /<any>.../v1/messages               the same in Anthropic's Messages format
+    /<any>.../v1/responses              the same in the Responses API's format (its stream:
+                                        created, in_progress, the message item's events
+                                        with 20 text deltas, completed)
+    /<any>.../v1/traces                 200 to an OTLP/HTTP export (a tracing collector that
+                                        takes every batch and keeps nothing)
     GET /_stats                          {"prefix": hits, ...};  POST /_reset clears it
 
 A paced stream is a chain of `loop.call_later` timers on its connection (no task per
@@ -45,7 +50,14 @@ import orjson
 
 from proxy.fdlimit import raise_open_files_limit
 
-__all__ = ["STREAM_CHUNKS", "STREAM_GAP_MS", "Upstream", "UpstreamProtocol", "serve"]
+__all__ = [
+    "STREAM_CHUNKS",
+    "STREAM_EVENTS",
+    "STREAM_GAP_MS",
+    "Upstream",
+    "UpstreamProtocol",
+    "serve",
+]
 
 STREAM_CHUNKS = 20
 STREAM_GAP_MS = 1.0  # a very fast model: 1,000 tokens/s
@@ -225,6 +237,91 @@ _ANTHROPIC_500 = _response(
 )
 
 
+_RESPONSE: dict[str, object] = {
+    "id": "resp_bench",
+    "object": "response",
+    "created_at": 1700000000,
+    "status": "completed",
+    "error": None,
+    "incomplete_details": None,
+    "instructions": None,
+    "max_output_tokens": 32,
+    "model": "gpt-4o-mini",
+    "output": [
+        {
+            "id": "msg_bench",
+            "type": "message",
+            "status": "completed",
+            "role": "assistant",
+            "content": [
+                {
+                    "type": "output_text",
+                    "text": "Hello! How can I help today?",
+                    "annotations": [],
+                    "logprobs": [],
+                }
+            ],
+        }
+    ],
+    "parallel_tool_calls": True,
+    "previous_response_id": None,
+    "reasoning": {"effort": None, "summary": None},
+    "store": True,
+    "temperature": 1.0,
+    "text": {"format": {"type": "text"}},
+    "tool_choice": "auto",
+    "tools": [],
+    "top_p": 1.0,
+    "truncation": "disabled",
+    "usage": {
+        "input_tokens": 14,
+        "input_tokens_details": {"cached_tokens": 0},
+        "output_tokens": 9,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": 23,
+    },
+    "user": None,
+    "metadata": {},
+}
+_RESPONSES_JSON = _response("200 OK", b"application/json", orjson.dumps(_RESPONSE))
+
+
+def _responses_events() -> list[bytes]:
+    """The event sequence of a one-message response whose text comes in 20 deltas."""
+    where = {"item_id": "msg_bench", "output_index": 0, "content_index": 0}
+    part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
+    text = "".join(_WORDS)
+    started = {**_RESPONSE, "status": "in_progress", "output": [], "usage": None}
+    message = {**_RESPONSE["output"][0], "content": [{**part, "text": text}]}  # type: ignore[index]
+    events: list[tuple[str, dict[str, object]]] = [
+        ("response.created", {"response": started}),
+        ("response.in_progress", {"response": started}),
+        (
+            "response.output_item.added",
+            {"output_index": 0, "item": {**message, "status": "in_progress", "content": []}},
+        ),
+        ("response.content_part.added", {**where, "part": part}),
+        *[("response.output_text.delta", {**where, "delta": w, "logprobs": []}) for w in _WORDS],
+        ("response.output_text.done", {**where, "text": text, "logprobs": []}),
+        ("response.content_part.done", {**where, "part": {**part, "text": text}}),
+        ("response.output_item.done", {"output_index": 0, "item": message}),
+        (
+            "response.completed",
+            {"response": {**_RESPONSE, "output": [message]}},
+        ),
+    ]
+    return [
+        b"event: " + kind.encode() + b"\ndata: "
+        + orjson.dumps({"type": kind, "sequence_number": n, **data}) + b"\n\n"
+        for n, (kind, data) in enumerate(events)
+    ]  # fmt: skip
+
+
+_RESPONSES_SSE = _responses_events()
+# Events per stream (a proxy's relay costs about the same per event, whatever the API).
+STREAM_EVENTS = {"chat": len(_OPENAI_SSE), "responses": len(_RESPONSES_SSE)}
+
+
 def _stream_bytes(events: list[bytes]) -> list[bytes]:
     return [_SSE_HEAD] + [_chunk(e) for e in events] + [_LAST_CHUNK]
 
@@ -251,6 +348,13 @@ _ANSWERS = {
         _ANTHROPIC_CREDIT,
         _ANTHROPIC_500,
     ),
+    "responses": (
+        _RESPONSES_JSON,
+        _stream_bytes(_RESPONSES_SSE),
+        _paced_writes(_RESPONSES_SSE),
+        _OPENAI_QUOTA,
+        _OPENAI_500,
+    ),
 }
 
 
@@ -270,6 +374,7 @@ def _long_writes(gap_ms: int, events: int) -> tuple[bytes, ...]:
 
 _LONG_RE = re.compile(r"long-(\d+)-(\d+)")
 _NOT_FOUND = _response("404 Not Found", b"application/json", b'{"error":"no such path"}')
+_TRACES_TAKEN = _response("200 OK", b"application/x-protobuf", b"")  # an empty export response
 
 
 class Upstream:
@@ -369,14 +474,20 @@ class UpstreamProtocol(asyncio.Protocol):
             self._state.reset()
             transport.write(_response("200 OK", b"application/json", b"{}"))
             return
+        prefix = path[1:].partition("/")[0]
         if path.endswith("/chat/completions"):
             fmt = "openai"
         elif path.endswith("/messages"):
             fmt = "anthropic"
+        elif path.endswith("/responses"):
+            fmt = "responses"
+        elif method == b"POST" and path.endswith("/v1/traces"):
+            self._state.hits[prefix] += 1
+            transport.write(_TRACES_TAKEN)
+            return
         else:
             transport.write(_NOT_FOUND)
             return
-        prefix = path[1:].partition("/")[0]
         self._state.hits[prefix] += 1
         answer_json, answer_stream, answer_paced, quota, error = _ANSWERS[fmt]
         if prefix.startswith("quota"):

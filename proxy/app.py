@@ -29,7 +29,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from proxy.accesslog import AccessLog
-from proxy.api import GATEWAY, admin, anthropic, dashboard, openai, openapi
+from proxy.api import GATEWAY, admin, anthropic, dashboard, openai, openapi, responses
 from proxy.api.errors import error_answer, internal_error
 from proxy.api.pipeline import Endpoint, request_id, serve
 from proxy.config import Config
@@ -45,7 +45,11 @@ log = logging.getLogger("llmproxy")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # Routes that reach a vendor: through the pipeline, with the client's key and limits.
-CLIENT_ENDPOINTS: tuple[Endpoint, ...] = (*openai.ENDPOINTS, *anthropic.ENDPOINTS)
+CLIENT_ENDPOINTS: tuple[Endpoint, ...] = (
+    *openai.ENDPOINTS,
+    *anthropic.ENDPOINTS,
+    *responses.ENDPOINTS,
+)
 
 # What a queued stream may hold on aiohttp's lane before the relay pauses the vendor.
 _OUT_HIGH_WATER = 256 * 1024
@@ -180,6 +184,10 @@ class _AiohttpRequest:
     def content_type(self) -> str:
         return self._request.content_type
 
+    @property
+    def query_string(self) -> str:
+        return self._request.query_string
+
     async def read_body(self, limit: int) -> bytes:
         request = self._request
         length = request.content_length
@@ -269,6 +277,11 @@ def _aiohttp_handler(endpoint: Endpoint) -> Handler:
     return handle
 
 
+def _fast(endpoint: Endpoint) -> bool:
+    """The listener's fast lane serves POSTs of a JSON body to an exact path."""
+    return endpoint.method == "POST" and endpoint.resolve is None and "{" not in endpoint.path
+
+
 def _fast_handler(gateway: Gateway, endpoint: Endpoint) -> FastHandler:
     async def handle(request: FastRequest) -> Answer:
         return await serve(gateway, request, endpoint)
@@ -314,7 +327,7 @@ async def listen(
     await runner.setup()
     listener = Listener(
         runner,
-        {ep.path: _fast_handler(gw, ep) for ep in CLIENT_ENDPOINTS},
+        {ep.path: _fast_handler(gw, ep) for ep in CLIENT_ENDPOINTS if _fast(ep)},
         ListenerLimits(
             max_body=server.max_body_bytes,
             header_timeout_s=server.header_timeout_s,
@@ -344,7 +357,7 @@ def create_app(config: Config, gateway: Gateway | None = None) -> web.Applicatio
     )
     app[GATEWAY] = gw
     for endpoint in CLIENT_ENDPOINTS:
-        app.router.add_post(endpoint.path, _aiohttp_handler(endpoint))
+        app.router.add_route(endpoint.method, endpoint.path, _aiohttp_handler(endpoint))
     app.add_routes(public_routes())
     app.add_routes(admin.routes())
 

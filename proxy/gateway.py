@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Coroutine, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from proxy.config import Config, ConfigError, VendorConfig, load_config
 from proxy.core.outcomes import POLICIES, FailoverRule, OutcomeClass
@@ -29,8 +29,12 @@ from proxy.limits.ledger import utc_day
 from proxy.metrics import Metrics, SeriesPlan
 from proxy.routing.router import HEDGE_LOST, ModelGroup, Router
 from proxy.state import StateBackend, StateBackendDown, make_backend
+from proxy.tracing import SpanDrops, start_tracing
 from proxy.vendors import make_adapter
 from proxy.vendors.base import VendorAdapter
+
+if TYPE_CHECKING:
+    from proxy.tracing.export import Tracing
 
 __all__ = ["Gateway", "Generation"]
 
@@ -55,6 +59,7 @@ class Generation:
     router: Router
     limits: Limits
     adapters: Mapping[str, VendorAdapter]
+    tracing: Tracing | None = None  # None: this generation's requests are not traced
 
 
 # Label values of the series born at 0 (proxy/metrics.py), from the outcome table.
@@ -120,14 +125,17 @@ class Gateway:
             create_directory=config.state.sqlite_path_is_default,
         )
         self._usage_task: asyncio.Task[None] | None = None
+        self.span_drops = SpanDrops()
         self.current = self._swap(
             config,
             self._states_for(config),
             {n: make_adapter(v) for n, v in config.vendors.items()},
             self._limits_for(config, None),
+            start_tracing(config.tracing, self.state.origin, self.span_drops),
         )
         self.metrics.add_deployment_gauges(self._gauge_snapshot, self._group_snapshot)
         self.metrics.add_pool_gauges(self._pool_snapshot)
+        self.metrics.add_tracing_counters(self.span_drops.counts)
         self.metrics.add_client_gauges(lambda: self.current.limits.budget_use())
 
     # The current generation's parts, for the admin API, the status page and the CLI. A
@@ -175,6 +183,7 @@ class Gateway:
         states: dict[str, DeploymentState],
         adapters: dict[str, VendorAdapter],
         limits: Limits,
+        tracing: Tracing | None,
     ) -> Generation:
         """Build the generation for `config`, make it current, and return it."""
         self.metrics.declare(series_plan(config))
@@ -182,9 +191,8 @@ class Gateway:
         for adapter in adapters.values():
             adapter.bind_metrics(self.metrics)
         groups = {name: ModelGroup(g, states) for name, g in config.models.items()}
-        generation = Generation(
-            config, groups, Router(config, groups, adapters, self.metrics), limits, adapters
-        )
+        router = Router(config, groups, adapters, self.metrics)
+        generation = Generation(config, groups, router, limits, adapters, tracing)
         self.current = generation
         previous: HealthChecker | None = getattr(self, "health", None)
         self.health = HealthChecker(
@@ -235,9 +243,19 @@ class Gateway:
                 if name in self.config.vendors
                 and _credentials(self.config.vendors[name]) != _credentials(vendor)
             ]
+            tracing = old.tracing
+            if config.tracing != old.config.tracing:
+                # Loading the SDK (the first time tracing is turned on) takes a while: not on the loop.
+                tracing = await asyncio.get_running_loop().run_in_executor(
+                    None, start_tracing, config.tracing, self.state.origin, self.span_drops
+                )
             old_health = self.health
             self._swap(
-                config, self._states_for(config), adapters, self._limits_for(config, old.limits)
+                config,
+                self._states_for(config),
+                adapters,
+                self._limits_for(config, old.limits),
+                tracing,
             )
             for name in rotated:
                 self._credentials_rotated(name)
@@ -247,7 +265,8 @@ class Gateway:
                 self._background(self._reconcile())  # pick up what peers know of them
             retired = [a for name, a in old.adapters.items() if adapters.get(name) is not a]
             self._to_close.extend(retired)
-            self._background(self._retire(old, old_health, retired))
+            retired_tracing = old.tracing if old.tracing is not tracing else None
+            self._background(self._retire(old, old_health, retired, retired_tracing))
         log.info(
             "config reloaded: version %s",
             config.version,
@@ -309,15 +328,21 @@ class Gateway:
             )
 
     async def _retire(
-        self, old: Generation, health: HealthChecker, adapters: list[VendorAdapter]
+        self,
+        old: Generation,
+        health: HealthChecker,
+        adapters: list[VendorAdapter],
+        tracing: Tracing | None,
     ) -> None:
         """Retire a replaced generation: stop its probes (bounded), then close the adapters
-        only it used once its last request has ended."""
+        and the tracing only it used once its last request has ended."""
         await health.stop(RETIRE_PROBES_S)
         await old.router.drained()
         for adapter in adapters:
             self._to_close.remove(adapter)
             await adapter.close()
+        if tracing is not None:
+            await tracing.close()
 
     def _breaker_changed(self, dep_id: str, state: BreakerState) -> None:
         source = "peer" if self.sync.applying else "local"
@@ -418,5 +443,7 @@ class Gateway:
         for adapter in [*self.adapters.values(), *self._to_close]:
             await adapter.close()
         self._to_close.clear()
+        if self.current.tracing is not None:
+            await self.current.tracing.close()  # the last spans, within a bound
         await self.ledger.close()
         await self.state.close()

@@ -118,6 +118,9 @@ class InboundRequest(Protocol):
     @property
     def content_type(self) -> str: ...
 
+    @property
+    def query_string(self) -> str: ...
+
     async def read_body(self, limit: int) -> bytes:
         """The whole body; raises BodyTooLarge past `limit` bytes, TimeoutError when it does
         not arrive within the server's body timeout."""
@@ -138,6 +141,8 @@ class FastRequest:
     """A request read whole on the fast lane: the parts the proxied endpoints read."""
 
     __slots__ = ("_body", "content_type", "headers", "method", "path", "remote")
+    # The fast lane serves only exact paths: a request with a query goes to aiohttp.
+    query_string = ""
 
     def __init__(
         self,

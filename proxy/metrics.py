@@ -338,6 +338,28 @@ class ListenerGauges(Collector):
         yield from (connections, refusals, slow)
 
 
+class TracingCounters(Collector):
+    """Spans that never reached the tracing collector, read at scrape time (`proxy.tracing`)."""
+
+    def __init__(self, counts: Callable[[], Mapping[str, int]]) -> None:
+        # counts: reason -> spans dropped so far (every reason, 0 included)
+        self._counts = counts
+
+    def describe(self) -> Iterator[Metric]:
+        yield CounterMetricFamily("llmproxy_tracing_spans_dropped", "", labels=["reason"])
+
+    def collect(self) -> Iterator[Metric]:
+        dropped = CounterMetricFamily(
+            "llmproxy_tracing_spans_dropped",
+            "Trace spans lost on the way to the collector: the export queue was full "
+            "(queue_full) or a batch was not delivered (export_failed).",
+            labels=["reason"],
+        )
+        for reason, count in self._counts().items():
+            dropped.add_metric([reason], count)
+        yield dropped
+
+
 class Metrics:
     """All of the proxy's metrics, on a registry of its own (several proxies can share a process)."""
 
@@ -530,6 +552,9 @@ class Metrics:
 
     def add_listener_gauges(self, snapshot: Callable[[], tuple[int, int, int, int]]) -> None:
         self.registry.register(ListenerGauges(snapshot))
+
+    def add_tracing_counters(self, counts: Callable[[], Mapping[str, int]]) -> None:
+        self.registry.register(TracingCounters(counts))
 
     def _child(self, metric: Any, *labels: str) -> Any:
         key = (id(metric), *labels)

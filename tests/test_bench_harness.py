@@ -147,3 +147,18 @@ async def test_loadgen_counts_stream_events(upstream: int) -> None:
         assert result.events == 6 * (STREAM_CHUNKS + 1)
         assert len(result.event_gaps_s) == 6 * STREAM_CHUNKS  # the first event is the TTFB
         assert result.coalesced == result.event_gaps_s.count(0.0)
+
+
+async def test_responses_answers_are_what_the_sdk_accepts(upstream: int) -> None:
+    import openai
+
+    async with openai.AsyncOpenAI(
+        base_url=f"http://127.0.0.1:{upstream}/ok/v1", api_key="k", max_retries=0
+    ) as client:
+        resp = await client.responses.create(model="m", input="hi")
+        assert resp.output_text and resp.usage is not None
+        async with client.responses.stream(model="m", input="hi") as stream:
+            deltas = [e async for e in stream if e.type == "response.output_text.delta"]
+            final = await stream.get_final_response()
+    assert len(deltas) == STREAM_CHUNKS
+    assert final.output_text == "".join(d.delta for d in deltas)

@@ -240,6 +240,26 @@ def test_compose_prometheus_scrapes_the_replicas_with_our_alerts_and_grafana_has
     assert dashboard == [(DEPLOY / "grafana" / "dashboard.json").resolve()]
 
 
+def test_compose_replicas_trace_to_the_collector_service_and_the_image_has_the_sdk(
+    tmp_path: Path,
+) -> None:
+    services = _compose()["services"]
+    proxies = _compose_proxies(tmp_path)
+    for name, (service, config) in proxies.items():
+        tracing = config.tracing
+        assert tracing.enabled and tracing.protocol == "http/protobuf", name
+        url = urlsplit(tracing.endpoint)
+        assert url.path == "/v1/traces" and url.port == 4318  # OTLP/HTTP
+        collector = services[url.hostname or ""]
+        assert "jaeger" in collector["image"] or "otel" in collector["image"]
+        assert url.hostname in service["depends_on"]
+        extras = service["build"]["args"]["EXTRAS"]
+        assert "tracing" in extras.strip("[]").split(",")
+    # The build installs the extra the argument names.
+    assert 'pip install --no-cache-dir ".${EXTRAS}"' in (DEPLOY / "Dockerfile").read_text()
+    assert "tracing = [" in (ROOT / "pyproject.toml").read_text()
+
+
 # ------------------------------------------------------------------ Kubernetes
 
 

@@ -311,3 +311,18 @@ async def test_a_deployment_that_cannot_serve_the_request_is_skipped_not_blamed(
     assert "'claude'" in refused.value.message
     assert claude.stats.total_requests == 0
     assert proxy.gateway.deployments["claude/c"].breaker.state.name == "CLOSED"
+
+
+async def test_an_endless_first_event_is_cut_at_the_size_cap_and_fails_over(
+    fakes: FakeFactory, proxies: ProxyFactory, hostile: list[HostileVendor]
+) -> None:
+    endless = [chunk(b"data: {" + b"x" * 65536)] + [chunk(b"x" * 65536)] * 40  # ~2.6 MB, no end
+    bad = await _hostile(hostile, Script(sse_head(), endless, linger_s=10))
+    good = await fakes("good")
+    config = _config(bad, good).replace("api_key: k}", "api_key: k, max_response_bytes: 1048576}")
+    proxy = await proxies(config)
+    raw = await proxy.client().chat.completions.with_raw_response.create(
+        model="smart", messages=MESSAGES, stream=True
+    )
+    assert raw.headers["x-proxy-attempts"] == "bad/m=server_error, good/m=success"
+    assert "".join([c.choices[0].delta.content or "" async for c in raw.parse() if c.choices])

@@ -8,6 +8,7 @@ documented status and content type, and never a 5xx from the proxy itself.
 from __future__ import annotations
 
 import asyncio
+import re
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -129,3 +130,16 @@ def test_every_admin_route_is_documented() -> None:
     routes = {(m, p.replace("{id:.+}", "{id}")) for m, p, _ in ADMIN_ROUTES}
     assert documented == routes
     assert {"/v1/messages", "/v1/messages/count_tokens"} <= set(openapi_document()["paths"])
+
+
+def test_every_client_route_is_documented() -> None:
+    from proxy.app import CLIENT_ENDPOINTS
+
+    documented = {
+        (method.upper(), path)
+        for path, ops in openapi_document()["paths"].items()
+        for method in ops
+    }
+    routes = {(ep.method, re.sub(r"\{(\w+):[^}]*\}", r"{\1}", ep.path)) for ep in CLIENT_ENDPOINTS}
+    assert routes <= documented
+    assert ("GET", "/v1/responses/{response_id}") in routes

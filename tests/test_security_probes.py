@@ -98,7 +98,7 @@ async def proxy(fakes: FakeFactory, proxies: ProxyFactory) -> tuple[FakeOpenAI, 
 def test_every_route_is_client_admin_or_public() -> None:
     """A route outside the three tables would have no access rule: the app has none."""
     app = create_app(parse_example())
-    declared: set[tuple[str, str]] = {("POST", ep.path) for ep in CLIENT_ENDPOINTS}
+    declared: set[tuple[str, str]] = {(ep.method, ep.path) for ep in CLIENT_ENDPOINTS}
     declared |= {(method, path) for method, path, _ in admin.ADMIN_ROUTES}
     declared |= {(r.method, r.path) for r in public_routes() if isinstance(r, web.RouteDef)}
     declared = {(method, re.sub(r"\{(\w+):[^}]*\}", r"{\1}", path)) for method, path in declared}
@@ -132,8 +132,23 @@ async def test_every_client_route_needs_a_key_its_allow_list_and_its_limits(
         "/v1/embeddings": orjson.dumps({"model": "smart", "input": "hi"}),
         "/v1/messages": orjson.dumps({"model": "smart", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}),
         "/v1/messages/count_tokens": orjson.dumps({"model": "smart", "messages": [{"role": "user", "content": "hi"}]}),
+        "/v1/responses": orjson.dumps({"model": "smart", "input": "hi"}),
+        "/v1/responses/input_tokens": orjson.dumps({"model": "smart", "input": "hi"}),
     }  # fmt: skip
-    assert set(bodies) == {ep.path for ep in CLIENT_ENDPOINTS}, "a new route needs a probe here"
+    with_body = {ep.path for ep in CLIENT_ENDPOINTS if ep.resolve is None}
+    assert set(bodies) == with_body, "a new route needs a probe here"
+    # Requests about a stored response have no body: their group is the one the response
+    # was created in, and an id the client's key did not create is not found.
+    for ep in CLIENT_ENDPOINTS:
+        if ep.resolve is None:
+            continue
+        path = re.sub(r"\{(\w+)(:[^}]*)?\}", "resp_probe", ep.path)
+        method = ep.method.encode()
+        status, answer = await exchange(p.port, request(path, b"", method=method), lane=lane)
+        assert status == 401, (ep.method, path, answer)
+        auth = f"Authorization: Bearer {KEY_A}\r\n"
+        status, answer = await exchange(p.port, request(path, b"", auth, method=method), lane=lane)
+        assert status == 404 and b"response_not_found" in answer, (ep.method, path, answer)
     for path, body in bodies.items():
         status, answer = await exchange(p.port, request(path, body), lane=lane)
         assert status == 401, (path, answer)

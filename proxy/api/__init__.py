@@ -1,5 +1,5 @@
-"""The inbound APIs (OpenAI, Anthropic, admin, the dashboard) and the request pipeline they
-share."""
+"""The inbound APIs (OpenAI, the Responses API, Anthropic, admin, the dashboard) and the
+request pipeline they share."""
 
 from __future__ import annotations
 

@@ -21,7 +21,6 @@ from proxy.api.pipeline import Endpoint, Exchange, Inbound, stream_error_message
 from proxy.api.validation import EndpointSchema, validate
 from proxy.core.errors import ApiError
 from proxy.core.outcomes import FinalError, Outcome, OutcomeClass
-from proxy.core.usage import Usage
 from proxy.listener import Answer
 from proxy.routing.router import ModelGroup
 
@@ -152,9 +151,7 @@ async def _count_tokens(ex: Exchange, group: ModelGroup, body: dict[str, Any]) -
     if count is None:  # ~4 bytes of JSON per token: a deliberate over- rather than under-estimate
         sized = [body.get("system"), body["messages"], body.get("tools")]
         count = max(1, len(orjson.dumps(sized)) // 4)
-    batch = ex.ticket.settle(Usage(), None, served=True)  # counted as a request, no tokens
-    if batch is not None:
-        await ex.gateway.ledger.durable(batch)
+    await ex.settle_without_tokens()
     return Answer(
         200, {"x-request-id": ex.rid, **ex.ticket.headers}, orjson.dumps({"input_tokens": count})
     )

@@ -23,7 +23,7 @@ from proxy.core.errors import ApiError
 from proxy.core.outcomes import FinalError, Outcome
 from proxy.listener import Answer
 
-__all__ = ["ENDPOINTS", "OPENAI", "public_routes"]
+__all__ = ["ENDPOINTS", "OPENAI", "final_error_answer", "public_routes"]
 
 
 def _stream_error(deployment: str, outcome: Outcome) -> bytes:
@@ -31,11 +31,12 @@ def _stream_error(deployment: str, outcome: Outcome) -> bytes:
     return b"data: " + error_body(message, "server_error", "upstream_stream_error") + b"\n\n"
 
 
-def _final_error(final: FinalError, headers: Mapping[str, str]) -> Answer:
+def final_error_answer(final: FinalError, headers: Mapping[str, str]) -> Answer:
+    """Every candidate failed: the aggregated error in OpenAI's shape."""
     return Answer(final.status, headers, orjson.dumps(final.body()))
 
 
-OPENAI = Inbound("openai", validate, error_answer, _final_error, _stream_error)
+OPENAI = Inbound("openai", validate, error_answer, final_error_answer, _stream_error)
 
 ENDPOINTS = (
     Endpoint("/v1/chat/completions", "chat/completions", CHAT, OPENAI),

@@ -14,6 +14,7 @@ import orjson
 from aiohttp import web
 
 from proxy.api.anthropic import COUNT_TOKENS, MESSAGES
+from proxy.api.responses import CREATE, INPUT_TOKENS
 from proxy.api.validation import CHAT, COMPLETIONS, EMBEDDINGS, EndpointSchema
 from proxy.core.version import VERSION
 
@@ -147,6 +148,30 @@ def _llm_operation(
     }
 
 
+def _stored_response(method: str, summary: str) -> dict[str, Any]:
+    """An operation on a stored response (sent to the vendor that holds it)."""
+    return {
+        method: {
+            "summary": summary,
+            "parameters": [
+                {
+                    "name": "response_id",
+                    "in": "path",
+                    "required": True,
+                    "schema": {"type": "string"},
+                }
+            ],
+            "responses": _responses(
+                {
+                    "description": "The vendor's answer, relayed",
+                    "content": {"application/json": {"schema": {"type": "object"}}},
+                },
+                (*_LLM_ERRORS, "401", "403"),
+            ),
+        }
+    }
+
+
 def _admin(
     method: str,
     summary: str,
@@ -236,6 +261,22 @@ def openapi_document() -> dict[str, Any]:
             "/v1/chat/completions": _llm_operation("Chat completion (JSON or SSE stream)", CHAT),
             "/v1/completions": _llm_operation("Text completion (JSON or SSE stream)", COMPLETIONS),
             "/v1/embeddings": _llm_operation("Embeddings", EMBEDDINGS),
+            "/v1/responses": _llm_operation(
+                "OpenAI Responses API: create a response (JSON or SSE stream)", CREATE
+            ),
+            "/v1/responses/input_tokens": _llm_operation(
+                "Count a Responses API request's input tokens", INPUT_TOKENS
+            ),
+            "/v1/responses/{response_id}": {
+                **_stored_response("get", "A stored response"),
+                **_stored_response("delete", "Delete a stored response"),
+            },
+            "/v1/responses/{response_id}/input_items": _stored_response(
+                "get", "The input items of a stored response"
+            ),
+            "/v1/responses/{response_id}/cancel": _stored_response(
+                "post", "Cancel a background response"
+            ),
             "/v1/messages": _llm_operation(
                 "Anthropic Messages (JSON or SSE stream)", MESSAGES, anthropic=True
             ),

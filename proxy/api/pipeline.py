@@ -4,9 +4,11 @@ authenticate -> read -> validate -> admit -> route -> answer -> settle -> record
 
 A request takes the gateway's current generation once, when it arrives, and runs on it to
 its end: a reload never pairs an old model group with a new router. Each endpoint says
-only what differs (`Endpoint`: its path, body schema, inbound API and, rarely, its own
-upstream step); authentication, the model allow-list and the client's limits are applied
-here, for every endpoint, so a new route cannot forget them. The request's bookkeeping
+only what differs (`Endpoint`: its method and path, body schema, inbound API and, rarely,
+its own steps: where the request comes from when it has no JSON body (`resolve`: a `GET`
+by id finds the model group that owns the id), how it is routed (`route`), or an upstream
+step that is not a model call (`upstream`)); authentication, the model allow-list and the
+client's limits are applied here, for every endpoint, so a new route cannot forget them. The request's bookkeeping
 (what it tried, what it was answered, how long it took) is one `Exchange`, which records
 the request's metrics and access-log line once its answer has gone out.
 
@@ -23,12 +25,13 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from proxy.accesslog import AccessLog
 from proxy.api.validation import EndpointSchema, read_json
 from proxy.core.errors import ApiError
 from proxy.core.outcomes import FinalError, Outcome, OutcomeClass
+from proxy.core.usage import Usage
 from proxy.gateway import Gateway, Generation
 from proxy.limits import OPEN, ClientState, Ticket
 from proxy.listener import Answer, InboundRequest
@@ -36,7 +39,19 @@ from proxy.metrics import UNKNOWN_GROUP
 from proxy.routing.router import AllFailed, Attempt, ModelGroup, Served, Trace
 from proxy.vendors.base import AttemptFailed, StreamOut, UpstreamCall
 
-__all__ = ["Endpoint", "Exchange", "Inbound", "serve", "stream_error_message"]
+if TYPE_CHECKING:
+    from proxy.tracing.spans import RequestSpan
+
+__all__ = [
+    "Endpoint",
+    "Exchange",
+    "Inbound",
+    "Resolve",
+    "Route",
+    "serve",
+    "session_key",
+    "stream_error_message",
+]
 
 _getrandbits = random.getrandbits
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
@@ -44,6 +59,11 @@ _CLIENT_GONE = Outcome(OutcomeClass.CLIENT_CANCELLED, None, None, "the client di
 # Forwarded header values: visible ASCII and spaces (RFC 9110 field-vchar without obs-text).
 _HEADER_VALUE_RE = re.compile(r"^[\x20-\x7e\t]*$")
 _MAX_FORWARDED_HEADER = 4096
+# Where a client names the conversation a request belongs to (the cache-affinity key), in
+# order: `x-session-id`, the session and thread headers Codex sends, then OpenAI's own
+# prompt-cache routing key and Codex's turn metadata in the body.
+_SESSION_HEADERS = ("x-session-id", "session-id", "session_id", "thread-id", "thread_id")
+_SESSION_METADATA = ("session_id", "thread_id")
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,18 +80,28 @@ class Inbound:
 
 
 Upstream = Callable[["Exchange", ModelGroup, dict[str, Any]], Awaitable[Answer]]
+Resolve = Callable[["Exchange"], Awaitable[dict[str, Any]]]
+Route = Callable[["Exchange", ModelGroup, UpstreamCall, float], Awaitable[Served]]
 
 
 @dataclass(frozen=True, slots=True)
 class Endpoint:
-    """One proxied route. `name` is what an adapter is asked for (`UpstreamCall.endpoint`);
-    `upstream` replaces the router for an endpoint that is not a model call (token counts)."""
+    """One proxied route. `name` is what an adapter is asked for (`UpstreamCall.endpoint`).
+
+    `resolve` stands in for reading the JSON body of a request that has none (it returns
+    the body the rest of the pipeline sees: `model` names the group the allow-list and
+    limits apply to); `route` replaces `Router.run(group, call, deadline, trace)` (e.g. to
+    send a request to the deployment that holds the state it refers to); `upstream`
+    replaces the router for an endpoint that is not a model call (token counts)."""
 
     path: str
     name: str
     schema: EndpointSchema
     inbound: Inbound
     upstream: Upstream | None = None
+    method: str = "POST"
+    resolve: Resolve | None = None
+    route: Route | None = None
 
 
 def request_id(headers: Mapping[str, str]) -> str:
@@ -97,6 +127,7 @@ class Exchange:
         "request",
         "rid",
         "served",
+        "span",
         "started",
         "status",
         "stream",
@@ -112,6 +143,13 @@ class Exchange:
         self.started = time.monotonic()
         self.rid = request_id(request.headers)
         self.trace = Trace()
+        # The request's OpenTelemetry span, when this generation traces.
+        self.span: RequestSpan | None = None
+        tracing = self.generation.tracing
+        if tracing is not None:
+            self.span = self.trace.span = tracing.request(
+                request, endpoint.path, endpoint.name, self.rid
+            )
         self.group = UNKNOWN_GROUP
         self.status = 500
         self.client: ClientState | None = None
@@ -134,6 +172,8 @@ class Exchange:
         metrics = gw.metrics
         if self.served is not None:
             self.served.finish()  # a JSON answer's; a relayed stream has finished it already
+        if self.span is not None:
+            self.span.finish(self.status)
         if self.first_byte_s is not None:
             metrics.first_byte(self.group, self.first_byte_s)
         metrics.in_flight.dec()
@@ -155,6 +195,8 @@ class Exchange:
             "duration_ms": round(duration * 1000, 2),
             "attempts": [_attempt_record(a) for a in self.trace.attempts],
         }
+        if self.span is not None:
+            record["trace_id"] = self.span.trace_id
         served = self.served
         if served is not None:
             record["deployment"] = served.deployment.id
@@ -169,6 +211,13 @@ class Exchange:
                 }
         return record
 
+    async def settle_without_tokens(self) -> None:
+        """Account an answer that spent no tokens (a token count, a stored response): a
+        request in the ledger, and the ticket's reservation given back."""
+        batch = self.ticket.settle(Usage(), None, served=True)
+        if batch is not None:
+            await self.gateway.ledger.durable(batch)
+
     def headers(self) -> dict[str, str]:
         """The proxy's headers on a successful answer."""
         served = self.served
@@ -182,7 +231,15 @@ class Exchange:
         dropped = served.response.dropped
         if dropped:
             headers["x-proxy-dropped-params"] = ", ".join(dropped)
+        if self.span is not None:
+            headers["traceresponse"] = self.span.traceresponse
         return headers
+
+    def ids(self) -> dict[str, str]:
+        """The headers that identify the request: on every answer, errors too."""
+        if self.span is None:
+            return {"x-request-id": self.rid}
+        return {"x-request-id": self.rid, "traceresponse": self.span.traceresponse}
 
 
 def _attempt_record(attempt: Attempt) -> dict[str, Any]:
@@ -206,13 +263,20 @@ async def serve(gateway: Gateway, request: InboundRequest, endpoint: Endpoint) -
     streaming = False
     try:
         ex.client = gen.limits.authenticate(request.headers)
-        raw, parsed = await read_json(request, gen.config.server.max_body_bytes)
-        body = inbound.validate(parsed, endpoint.schema)
+        if endpoint.resolve is None:
+            raw, parsed = await read_json(request, gen.config.server.max_body_bytes)
+            body = inbound.validate(parsed, endpoint.schema)
+        else:
+            raw, body = b"", await endpoint.resolve(ex)
         group = _group(gen, body["model"])
         ex.group = group.name
         forwarded = _forwarded(request.headers, inbound.forwarded)
+        if ex.span is not None:
+            ex.span.admitting(group.name, body, ex.client)
         await gen.limits.ready(ex.client, endpoint.name, body, len(raw))
         ex.ticket = gen.limits.admit(ex.client, group.name, endpoint.name, body, len(raw))
+        if ex.span is not None:
+            ex.span.admitted(ex.ticket)
         if endpoint.upstream is not None:
             answer = await endpoint.upstream(ex, group, body)
             ex.status = answer.status
@@ -228,11 +292,14 @@ async def serve(gateway: Gateway, request: InboundRequest, endpoint: Endpoint) -
             api=inbound.api,
             forward_headers=forwarded,
             proxy_usage=ex.stream and ex.client is not None,
-            session_id=request.headers.get("x-session-id"),
+            session_id=session_key(request.headers, body),
             strict_params=group.config.strict_params,
         )
         deadline = ex.started + gen.config.server.request_timeout_s
-        served = ex.served = await gen.router.run(group, call, deadline, ex.trace)
+        if endpoint.route is None:
+            served = ex.served = await gen.router.run(group, call, deadline, ex.trace)
+        else:
+            served = ex.served = await endpoint.route(ex, group, call, deadline)
         ex.trace.attempts.append(
             Attempt(
                 served.deployment.id, OutcomeClass.SUCCESS, served.ttfb_s, served.response.status
@@ -248,9 +315,11 @@ async def serve(gateway: Gateway, request: InboundRequest, endpoint: Endpoint) -
         return Answer(200, ex.headers(), served.response.body)
     except ApiError as err:
         ex.status = err.status
-        extra = {"x-request-id": ex.rid}
+        extra = ex.ids()
         if ex.trace.attempts:  # deployments skipped as unable to serve the request (Unsupported)
             extra["x-proxy-attempts"] = ex.trace.header()
+        if ex.span is not None:
+            ex.span.failed("llmproxy.error_code", err.code or str(err.status))
         if ex.client is not None and not err.headers:
             extra.update(gen.limits.headers(ex.client))
         return inbound.error(err, extra)
@@ -260,8 +329,10 @@ async def serve(gateway: Gateway, request: InboundRequest, endpoint: Endpoint) -
     except AllFailed as failed:
         final = failed.error
         ex.status = final.status
+        if ex.span is not None:
+            ex.span.failed("llmproxy.outcome_class", str(final.cls))
         headers = {
-            "x-request-id": ex.rid,
+            **ex.ids(),
             "x-proxy-attempts": failed.trace.header(),
             **final.headers(),
             **ex.ticket.headers,
@@ -283,6 +354,24 @@ def _group(gen: Generation, model: str) -> ModelGroup:
             param="model",
         )
     return group
+
+
+def session_key(headers: Mapping[str, str], body: Mapping[str, Any]) -> str | None:
+    """The conversation this request belongs to, as the client named it (or None)."""
+    for name in _SESSION_HEADERS:
+        value = headers.get(name)
+        if value:
+            return value
+    key = body.get("prompt_cache_key")
+    if isinstance(key, str) and key:
+        return key
+    metadata = body.get("client_metadata")
+    if isinstance(metadata, dict):
+        for name in _SESSION_METADATA:
+            value = metadata.get(name)
+            if isinstance(value, str) and value:
+                return value
+    return None
 
 
 def _forwarded(headers: Mapping[str, str], names: tuple[str, ...]) -> dict[str, str]:
@@ -321,6 +410,8 @@ def _relay(ex: Exchange) -> Callable[[StreamOut], Awaitable[None]]:
         served = ex.served
         assert served is not None
         failure: Outcome | None = None
+        if ex.span is not None:
+            out = ex.span.relay(out)
         try:
             if out.send(served.response.body):
                 await out.drained()
@@ -342,6 +433,8 @@ def _relay(ex: Exchange) -> Callable[[StreamOut], Awaitable[None]]:
             ex.status = 499
             raise
         finally:
+            if ex.span is not None:
+                ex.span.relayed(failure)
             served.finish(failure)
             ex.ticket.settle(served.response.usage, served.deployment.config.price, served=True)
             ex.end()

@@ -28,6 +28,7 @@ from proxy.config.schema import (
     ServerConfig,
     StateConfig,
     Timeouts,
+    TracingConfig,
     VendorConfig,
 )
 
@@ -50,6 +51,7 @@ __all__ = [
     "ServerConfig",
     "StateConfig",
     "Timeouts",
+    "TracingConfig",
     "VendorConfig",
     "load_config",
     "parse_config",

@@ -27,6 +27,7 @@ from proxy.config.schema import (
     StateConfig,
     VendorConfig,
 )
+from proxy.config.tracing import resolve_tracing
 from proxy.core.vendor_types import VENDOR_TYPES
 from proxy.http1 import header_problem
 
@@ -235,6 +236,7 @@ def resolve(spec: ConfigSpec, root: yaml.Node, source: Source) -> Config | None:
     server = _resolve_server(spec.server, root, issue)
     clients = _resolve_clients(spec, groups, deployments, root, issue)
     _check_state(spec.state, issue)
+    tracing = resolve_tracing(spec.tracing, env, issue)
     if issues:
         return None
     state = _resolve_ledger(spec.state, file, env)
@@ -252,6 +254,7 @@ def resolve(spec: ConfigSpec, root: yaml.Node, source: Source) -> Config | None:
         version="",
         clients=clients,
         health_check=spec.health_check,
+        tracing=tracing,
     )
 
 

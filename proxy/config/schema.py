@@ -19,6 +19,8 @@ Strategy = Literal["priority", "weighted", "least-latency", "least-busy", "cache
 STRATEGY_NAMES: tuple[str, ...] = get_args(Strategy)
 ProbeKind = Literal["models", "completion"]
 PROBE_KINDS: tuple[str, ...] = get_args(ProbeKind)
+TracingProtocol = Literal["http/protobuf", "grpc"]
+TRACING_PROTOCOLS: tuple[str, ...] = get_args(TracingProtocol)
 
 
 def _positive(v: float) -> str | None:
@@ -272,6 +274,37 @@ class StateConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TracingSpec:
+    """OpenTelemetry traces as written in YAML. A key left out falls back to the standard
+    OTEL_* environment variable (`proxy.config.tracing` says which), then to a default."""
+
+    enabled: bool = False
+    # The collector's OTLP base URL (`/v1/traces` is appended for http/protobuf).
+    endpoint: str | None = None
+    protocol: TracingProtocol | None = None
+    sample_ratio: float | None = check(_fraction, None)  # parent-based: a sampled caller wins
+    headers: dict[str, str] | None = None  # sent with every export (a backend's API key)
+    service_name: str | None = None
+    # Prompt and completion text on the spans: off unless asked for, redacted and capped.
+    record_content: bool = False
+    content_max_chars: int = check(_at_least_one, 2000)
+
+
+@dataclass(frozen=True, slots=True)
+class TracingConfig:
+    """The resolved `tracing:` section: what the exporter is built from."""
+
+    enabled: bool = False
+    endpoint: str = "http://localhost:4318/v1/traces"  # the full URL (grpc: host and port)
+    protocol: TracingProtocol = "http/protobuf"
+    sample_ratio: float = 1.0
+    headers: Mapping[str, str] = field(default_factory=dict)
+    service_name: str = "llm-proxy"
+    record_content: bool = False
+    content_max_chars: int = 2000
+
+
+@dataclass(frozen=True, slots=True)
 class ClientLimits:
     """A client key's limits; a limit left out is not enforced. Zero or less is a config error."""
 
@@ -309,6 +342,7 @@ class ConfigSpec:
     cooldowns: CooldownConfig = field(default_factory=CooldownConfig)
     clients: list[ClientSpec] | None = None
     health_check: HealthCheckConfig = field(default_factory=HealthCheckConfig)
+    tracing: TracingSpec = field(default_factory=TracingSpec)
 
 
 # The resolved config: what the rest of the proxy reads.
@@ -392,3 +426,4 @@ class Config:
     # None: no `clients:` section, the proxy is open to anyone who can reach it.
     clients: tuple[ClientConfig, ...] | None = None
     health_check: HealthCheckConfig = field(default_factory=HealthCheckConfig)
+    tracing: TracingConfig = field(default_factory=TracingConfig)

@@ -240,6 +240,8 @@ class Outcome:
     retry_after_s: float | None
     message: str
     vendor_code: str | None = None
+    # Where an attempt without an answer failed: "connect", "first_byte" or "body".
+    phase: str | None = None
 
     @property
     def policy(self) -> ClassPolicy:

@@ -11,7 +11,7 @@ __all__ = ["DEFAULT_COMPLETION_ESTIMATE", "Usage", "estimate_tokens"]
 # What a request reserves for its answer when it sets no max_tokens.
 DEFAULT_COMPLETION_ESTIMATE = 1024
 # Endpoints that reach a vendor but spend no tokens (they still count as requests).
-_NO_TOKENS = frozenset({"messages/count_tokens"})
+_NO_TOKENS = frozenset({"messages/count_tokens", "responses/input_tokens", "responses/stored"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,15 +25,31 @@ class Usage:
 
     @classmethod
     def from_openai(cls, usage: Any) -> Usage | None:
+        """Chat completions' usage (`prompt_tokens` includes the cached ones)."""
+        return cls._from(usage, _CHAT_FIELDS)
+
+    @classmethod
+    def from_responses(cls, usage: Any) -> Usage | None:
+        """The Responses API's usage (`input_tokens` includes the cached ones)."""
+        return cls._from(usage, _RESPONSES_FIELDS)
+
+    @classmethod
+    def _from(cls, usage: Any, names: tuple[str, str, str]) -> Usage | None:
         if not isinstance(usage, dict):
             return None
-        details = usage.get("prompt_tokens_details")
+        prompt, completion, details_name = names
+        details = usage.get(details_name)
         cached = details.get("cached_tokens") if isinstance(details, dict) else 0
         return cls(
-            prompt=_int(usage.get("prompt_tokens")),
-            completion=_int(usage.get("completion_tokens")),
+            prompt=_int(usage.get(prompt)),
+            completion=_int(usage.get(completion)),
             cached_prompt=_int(cached),
         )
+
+
+# (prompt, completion, prompt details) field names of each OpenAI API's usage object.
+_CHAT_FIELDS = ("prompt_tokens", "completion_tokens", "prompt_tokens_details")
+_RESPONSES_FIELDS = ("input_tokens", "output_tokens", "input_tokens_details")
 
 
 def _int(v: Any) -> int:

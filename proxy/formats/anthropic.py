@@ -53,6 +53,7 @@ __all__ = [
     "message_to_chat",
     "messages_to_chat",
     "openai_usage",
+    "tool_input",
 ]
 
 # Anthropic requires max_tokens; OpenAI clients often leave it out.
@@ -300,7 +301,7 @@ def _text_of(content: Any) -> str:
     return ""
 
 
-def _arguments(raw: Any) -> Any:
+def tool_input(raw: Any) -> Any:
     if isinstance(raw, dict):
         return raw
     if isinstance(raw, str) and raw.strip():
@@ -351,7 +352,7 @@ def _anthropic_messages(
                         "type": "tool_use",
                         "id": call.get("id") or "",
                         "name": fn.get("name") or "",
-                        "input": _arguments(fn.get("arguments")),
+                        "input": tool_input(fn.get("arguments")),
                     }
                 )
             _append(messages, "assistant", blocks)
@@ -1031,7 +1032,7 @@ def chat_to_message(resp: Mapping[str, Any], t: Translation) -> dict[str, Any]:
                 "type": "tool_use",
                 "id": call.get("id", ""),
                 "name": fn.get("name", ""),
-                "input": _arguments(fn.get("arguments")),
+                "input": tool_input(fn.get("arguments")),
             }
         )
     finish = choice.get("finish_reason")

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+
 __all__ = ["SSEParser", "sse_event"]
 
 
@@ -58,6 +63,22 @@ class SSEParser:
         rest = buf[start:]
         self._buf = rest + self._buf if self._buf else rest
         return events
+
+    def objects(self, chunk: bytes) -> Iterator[tuple[bytes, dict[str, Any] | None]]:
+        """`feed`, with each event's data parsed: (name, the JSON object), or (name, None)
+        for OpenAI's `[DONE]`; events whose data is anything else are skipped."""
+        for name, data in self.feed(chunk):
+            if data == b"[DONE]":
+                yield name, None
+                continue
+            if not data.startswith(b"{"):
+                continue
+            try:
+                event = orjson.loads(data)
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(event, dict):
+                yield name, event
 
     @property
     def tail(self) -> bytes:

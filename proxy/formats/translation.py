@@ -133,6 +133,9 @@ class Translation:
     # A tool the translation added to carry a JSON answer (structured output where the
     # vendor has no equivalent of the client's `response_format`): its input is the answer.
     answer_tool: str | None = None
+    # The client's request, for an answer that echoes it (a Responses API response object
+    # repeats the request's settings and tools).
+    request: Mapping[str, Any] = field(default_factory=dict)
 
     def refuse(self, name: str, detail: str) -> NoReturn:
         raise Unsupported(

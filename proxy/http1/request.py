@@ -110,3 +110,12 @@ class Headers(Mapping[str, str]):
 
     def __len__(self) -> int:
         return len(self._items)
+
+    def plus(self, extra: Mapping[str, str]) -> Headers:
+        """These headers and `extra` (per call, e.g. a trace context): only `extra` is encoded."""
+        if not extra.keys().isdisjoint(self._items):
+            return Headers({**self._items, **extra})
+        both = Headers.__new__(Headers)
+        both._items = {**self._items, **extra}
+        both.encoded = self.encoded + encode_headers(extra)
+        return both

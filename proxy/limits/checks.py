@@ -35,8 +35,9 @@ LIMITS: Mapping[str, str] = {
     "budget_usd_per_day": "USD per UTC day (budget_usd_per_day)",
 }
 
-# Fields that do not change what a request asks the model (loop detection ignores them).
-_LOOP_IGNORED = frozenset({"stream", "stream_options", "user", "metadata"})
+# Fields that do not change what a request asks the model (loop detection ignores them;
+# Codex's `client_metadata` names the turn, which changes when the question does not).
+_LOOP_IGNORED = frozenset({"stream", "stream_options", "user", "metadata", "client_metadata"})
 # A client's loop history is swept of expired bodies when it grows past this.
 LOOP_SWEEP_AT = 4096
 
@@ -88,6 +89,8 @@ class _Loops(LimitCheck):
         return state.loops is not None
 
     def refusal(self, state: ClientState, asked: Asked) -> Refusal | None:
+        if not asked.tokens:  # a token count, polling a stored response: rpm bounds those
+            return None
         lim = state.config.limits
         assert state.loops is not None and lim.loop_max_repeats is not None
         asked.loop_key = _loop_digest(asked.body)
@@ -112,6 +115,8 @@ class _Loops(LimitCheck):
     def take(self, state: ClientState, asked: Asked) -> None:
         loops = state.loops
         assert loops is not None
+        if not asked.tokens:
+            return
         if len(loops) >= state.loop_sweep_at:
             horizon = asked.now - state.config.limits.loop_window_s
             for key in [k for k, seen in loops.items() if not seen or seen[-1] <= horizon]:

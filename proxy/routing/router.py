@@ -14,6 +14,7 @@ import enum
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from proxy.config import Config, ModelGroupConfig
 from proxy.core.errors import Unsupported
@@ -30,6 +31,9 @@ from proxy.health.deployment import DeploymentState
 from proxy.metrics import Metrics
 from proxy.routing.strategies import STRATEGIES, Member, Strategy
 from proxy.vendors.base import AttemptFailed, UpstreamCall, UpstreamResponse, VendorAdapter
+
+if TYPE_CHECKING:
+    from proxy.tracing.spans import AttemptSpan, RequestSpan
 
 __all__ = ["HEDGE_LOST", "AllFailed", "Attempt", "ModelGroup", "Router", "Served", "Trace"]
 
@@ -51,6 +55,9 @@ class Trace:
     """What a request did upstream, for the x-proxy-attempts header and the access log."""
 
     attempts: list[Attempt] = field(default_factory=list)
+    # The request's OpenTelemetry span when its generation traces (`proxy.tracing`): each
+    # attempt gets a child span.
+    span: RequestSpan | None = None
 
     def header(self) -> str:
         """`x-proxy-attempts`: each deployment tried, in order, with its outcome class."""
@@ -118,6 +125,7 @@ class Served:
         "group",
         "permit",
         "response",
+        "span",
         "started",
         "ttfb_s",
     )
@@ -139,6 +147,7 @@ class Served:
         self.response = response
         self.started = started
         self.ttfb_s = ttfb_s
+        self.span: AttemptSpan | None = None
         self._done = False
 
     def finish(self, failure: Outcome | None = None) -> None:
@@ -313,7 +322,7 @@ class Router:
         tasks = list(racing.items())
         racing.clear()
         for task, _ in tasks:
-            task.cancel()
+            task.cancel(outcome_class)  # the reason reaches the attempt's span
         clock = self.clock
         for task, racer in tasks:
             try:
@@ -347,12 +356,17 @@ class Router:
         now = clock()
         dep_config = self.config.deployments[dep.id]  # this generation's, even after a reload
         adapter = self.adapters[dep_config.vendor]
+        call, span = walk.call, walk.trace.span
+        attempt = None
+        if span is not None:
+            attempt = span.attempt(dep_config, adapter.config, first_byte_s, call)
+            call = attempt.call
         dep.in_flight += 1
         if dep.caps is not None:
             dep.caps.started(now)
         try:
             response = await adapter.send(
-                dep_config, walk.call, first_byte_s=first_byte_s, attempt_s=attempt_s
+                dep_config, call, first_byte_s=first_byte_s, attempt_s=attempt_s
             )
         except Unsupported as unsupported:
             dep.in_flight -= 1
@@ -360,20 +374,28 @@ class Router:
             walk.trace.attempts.append(
                 Attempt(dep.id, UNSUPPORTED, 0.0, unsupported.status, unsupported.message)
             )
+            if attempt is not None:
+                attempt.unsupported(unsupported)
             return unsupported
         except AttemptFailed as failed:
             dep.in_flight -= 1
             outcome = failed.outcome
             latency = clock() - now
-            self._record_failure(dep, permit, outcome, latency)
+            cooldown_s = self._record_failure(dep, permit, outcome, latency)
             detail = outcome.message if outcome.status is None else None
             walk.trace.attempts.append(
                 Attempt(dep.id, outcome.cls, latency, outcome.status, detail)
             )
+            if attempt is not None:
+                attempt.failed(outcome, cooldown_s)
             return outcome
-        except BaseException:  # cancelled (client gone, or a hedge won): the vendor is not to blame
+        except (
+            BaseException
+        ) as exc:  # cancelled (client gone, or a hedge won): the vendor is not to blame
             dep.in_flight -= 1
             dep.breaker.release(permit)
+            if attempt is not None:
+                attempt.cancelled(_cancelled_as(exc))
             raise
         ttfb = clock() - now
         self.metrics.ratelimit(dep.id, response.headers)
@@ -383,14 +405,20 @@ class Router:
             # whose streams all break after the first event would never trip it.
             dep.breaker.record(permit, success=True)
         dep.observe_success(ttfb)
-        return Served(self, walk.group, dep, permit, response, now, ttfb)
+        served = Served(self, walk.group, dep, permit, response, now, ttfb)
+        if attempt is not None:
+            attempt.answered(ttfb, response)
+            served.span = attempt
+        return served
 
     def _record_failure(
         self, dep: DeploymentState, permit: Permit, outcome: Outcome, latency: float
-    ) -> None:
+    ) -> float:
+        """Breaker, cooldown and metrics after a failed attempt; the cooldown applied (s)."""
         dep.breaker.record(permit, success=_VERDICT[outcome.policy.breaker])
-        dep.observe(outcome, latency, self.config.cooldowns)
+        cooldown_s = dep.observe(outcome, latency, self.config.cooldowns)
         self.metrics.attempt(dep.id, outcome.cls, latency)
+        return cooldown_s
 
     def _finish(
         self, served: Served, failure: Outcome | None, abandoned_as: str | None = None
@@ -401,6 +429,8 @@ class Router:
         dep.in_flight -= 1
         metrics = self.metrics
         usage = served.response.usage
+        if served.span is not None:
+            served.span.finished(failure, abandoned_as, usage)
         if usage is not None:
             metrics.usage(dep.id, usage.prompt, usage.completion, usage.cached_prompt)
             if dep.caps is not None:
@@ -422,6 +452,15 @@ class Router:
 
 
 _SSE = "text/event-stream"
+
+
+def _cancelled_as(exc: BaseException) -> str:
+    """The outcome class of an attempt cancelled by `_cancel` (its reason travels as the
+    cancellation's message); any other cancellation is the client's."""
+    if isinstance(exc, asyncio.CancelledError) and exc.args and exc.args[0] == HEDGE_LOST:
+        return HEDGE_LOST
+    return str(OutcomeClass.CLIENT_CANCELLED)
+
 
 # The breaker's `success` argument for each verdict of the outcome table.
 _VERDICT: Mapping[BreakerVerdict, bool | None] = {

@@ -12,6 +12,10 @@ A backend carries three kinds of state, each with the semantics that fits it:
   backend remembers), so usage accounted during an outage is flushed, not lost, and a
   retried flush is not counted twice. `hit()` is an atomic sliding-window rate limit.
 - **Leases**: one holder for the whole cluster ("one prober per deployment").
+- **Remembered values**: small strings kept for a while under a key (which deployment
+  produced a Responses API response id). `remember()` never blocks: the value is kept in
+  process at once and shared in the background; `recall()` answers from the process, and
+  asks the shared backend only for a key this replica has not seen.
 
 `memory` implements all of it in process (one replica: nothing to share); `redis` shares it.
 """
@@ -210,3 +214,12 @@ class StateBackend(ABC):
 
     @abstractmethod
     def lease(self, name: str, ttl_s: float) -> Lease: ...
+
+    @abstractmethod
+    def remember(self, key: str, value: str, ttl_s: float) -> None:
+        """Keep `value` under `key` for `ttl_s` seconds, for every replica (never blocks)."""
+
+    @abstractmethod
+    async def recall(self, key: str) -> str | None:
+        """What `remember` kept under `key`, here or on a peer replica; None if nothing
+        (or if the shared backend cannot be asked now)."""

@@ -11,6 +11,11 @@ backoff and reconciles again: a change made during an outage is published on ret
 
 Counters are added through batches that carry an id Redis remembers for a day, so a
 batch whose acknowledgement was lost is retried without being counted twice.
+
+Remembered values are kept in process at once and written by the same background writer
+(`SET ... PX`); a replica that has not seen a key asks Redis (one round trip, only then).
+Values remembered during an outage are written when Redis returns (at most
+`MAX_PENDING_VALUES`, the newest; the process still knows the others).
 """
 
 from __future__ import annotations
@@ -118,6 +123,7 @@ BACKOFF_S = (0.1, 5.0)  # reconnect backoff: first, cap
 RECORD_TTL_MS = 7 * 24 * 3600 * 1000  # records of deployments no replica writes any more expire
 BATCH_TTL_S = 24 * 3600  # how long a counter batch id is remembered
 CONNECT_WAIT_S = 2.0  # start-up waits this long for the shared state, then serves locally
+MAX_PENDING_VALUES = 10_000  # remembered values waiting for Redis (an outage) at most
 
 
 class _RedisLease(Lease):
@@ -171,7 +177,8 @@ class RedisBackend(StateBackend):
         self._pending: dict[tuple[str, str], int] = {}
         self._batch: tuple[str, dict[tuple[str, str], int]] | None = None
         self._batch_seq = 0
-        self._local = MemoryBackend(origin)  # rate limits during an outage
+        self._local = MemoryBackend(origin)  # rate limits during an outage; remembered values
+        self._values: dict[str, tuple[str, int]] = {}  # key -> (value, ttl ms), to be written
         self._wake = asyncio.Event()
         self._reconnect = asyncio.Event()
         self._connected = asyncio.Event()
@@ -253,8 +260,12 @@ class RedisBackend(StateBackend):
             except (RedisError, OSError) as exc:
                 self._last_error = f"{type(exc).__name__}: {exc}"
                 self._down()
+            except Exception as exc:  # anything else must not end the reconnecting for good
+                log.exception("state backend connection failed unexpectedly; reconnecting")
+                self._last_error = f"{type(exc).__name__}: {exc}"
+                self._down()
             finally:
-                with contextlib.suppress(RedisError, OSError):
+                with contextlib.suppress(Exception):
                     await pubsub.aclose()
             await asyncio.sleep(delay * random.uniform(0.8, 1.2))
             delay = min(delay * 2, BACKOFF_S[1])
@@ -315,6 +326,8 @@ class RedisBackend(StateBackend):
         outbox, self._outbox = self._outbox, {}
         if outbox:
             await self.write(outbox.values())
+        if self._values:
+            await self._write_values()
         if self._batch is None and self._pending:
             self._batch_seq += 1
             self._batch = (f"{self.origin}:{self._batch_seq}", self._pending)
@@ -436,6 +449,49 @@ class RedisBackend(StateBackend):
 
     def lease(self, name: str, ttl_s: float) -> Lease:
         return _RedisLease(self, name, ttl_s)
+
+    # --------------------------------------------------------------- remembered values
+
+    def remember(self, key: str, value: str, ttl_s: float) -> None:
+        self._local.memo.put(key, value, ttl_s)
+        values = self._values
+        values[key] = (value, max(1, int(ttl_s * 1000)))
+        if len(values) > MAX_PENDING_VALUES:
+            del values[next(iter(values))]
+        if self.up:
+            self._wake.set()
+
+    async def _write_values(self) -> None:
+        values, self._values = self._values, {}
+        try:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for key, (value, ttl_ms) in values.items():
+                    pipe.set(self._value_key(key), value, px=ttl_ms)
+                await pipe.execute()
+        except BaseException:
+            self._values = {**values, **self._values}  # written on the next flush
+            raise
+
+    async def recall(self, key: str) -> str | None:
+        local = self._local.memo.get(key)
+        if local is not None or not self.up:
+            return local
+        try:
+            async with self._client.pipeline(transaction=False) as pipe:
+                pipe.get(self._value_key(key))
+                pipe.pttl(self._value_key(key))
+                value, ttl_ms = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            self._broken(exc)
+            return None
+        if not isinstance(value, str):
+            return None
+        if isinstance(ttl_ms, int) and ttl_ms > 0:
+            self._local.memo.put(key, value, ttl_ms / 1000.0)
+        return value
+
+    def _value_key(self, key: str) -> str:
+        return f"{self.prefix}:kv:{key}"
 
 
 def _safe_url(url: str) -> str:

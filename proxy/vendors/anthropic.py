@@ -19,8 +19,11 @@ from typing import Any
 import orjson
 
 from proxy.config import DeploymentConfig, VendorConfig
+from proxy.core.errors import Unsupported
 from proxy.core.usage import Usage
+from proxy.formats.responses import responses_to_messages
 from proxy.formats.sse import SSEParser
+from proxy.formats.translation import Translation
 from proxy.http1 import Headers, ProtocolError
 from proxy.vendors.base import AttemptFailed, UpstreamCall
 from proxy.vendors.classify import classify_response
@@ -33,6 +36,9 @@ ANTHROPIC_VERSION = "2023-06-01"
 
 # count_tokens is a convenience: never wait long for it (the caller estimates instead).
 _COUNT_TIMEOUT_S = 5.0
+
+# What a Messages token count takes of a request (the rest shapes only the answer).
+_COUNTED = ("model", "messages", "system", "tools", "tool_choice", "thinking")
 
 # Events after which the stream has content worth committing to.
 _COMMIT_EVENTS = frozenset({b"content_block_delta", b"message_delta", b"message_stop"})
@@ -126,7 +132,7 @@ class AnthropicAdapter(HTTPAdapter):
     def probe_headers(self) -> Mapping[str, str]:
         return self._headers
 
-    def new_scan(self) -> StreamScan:
+    def new_scan(self, call: UpstreamCall) -> StreamScan:
         return _MessagesScan()
 
     def json_usage(self, data: bytes) -> Usage | None:
@@ -154,3 +160,15 @@ class AnthropicAdapter(HTTPAdapter):
             return None  # best effort: the caller estimates instead
         count = doc.get("input_tokens") if isinstance(doc, dict) else None
         return count if isinstance(count, int) else None
+
+    async def count_input_tokens(
+        self, deployment: DeploymentConfig, body: dict[str, Any]
+    ) -> int | None:
+        """A Responses API body's input tokens: its Messages translation, counted."""
+        try:
+            messages = responses_to_messages(body, Translation(self.config.name, deployment.model))
+        except Unsupported:
+            return None
+        return await self.count_tokens(
+            deployment, {k: messages[k] for k in _COUNTED if k in messages}
+        )

@@ -7,10 +7,12 @@ the classified `Outcome`. It never retries: the router owns retries and failover
 For streams, `send` returns only once the first chunk has arrived (the commit point):
 until then every failure is still an `AttemptFailed` that the router may fail over.
 
-Requests arrive in one of the inbound APIs (`UpstreamCall.api`: "openai" or "anthropic").
-An adapter speaks one of them natively (`native_api`); `send` hands a request in the
-other format to the bridge (`proxy.vendors.bridge`), which translates it both ways around
-the adapter's `send_native`.
+Requests arrive in one of the inbound APIs (`UpstreamCall.api`: "openai" (chat
+completions and the other classic endpoints), "anthropic" or "responses"). An adapter
+speaks one of them natively (`native_api`), and may pass others through as they are
+(`passthrough_apis`: OpenAI-compatible vendors serve the Responses API); `send` hands a
+request in any other API to the bridge (`proxy.vendors.bridge`), which translates it both
+ways around the adapter's `send_native`.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any, ClassVar, Protocol
 import orjson
 
 from proxy.config import DeploymentConfig, VendorConfig
+from proxy.core.errors import Unsupported
 from proxy.core.outcomes import Outcome
 from proxy.core.usage import Usage
 from proxy.http1 import PoolState
@@ -34,14 +37,15 @@ __all__ = [
     "AttemptFailed",
     "Endpoint",
     "ProbeUnsupported",
+    "StoredResponseRequest",
     "StreamOut",
     "UpstreamCall",
     "UpstreamResponse",
     "VendorAdapter",
 ]
 
-Endpoint = str  # "chat/completions" | "completions" | "embeddings" | "messages"
-Api = str  # the inbound wire format: "openai" | "anthropic"
+Endpoint = str  # "chat/completions" | "completions" | "embeddings" | "messages" | "responses"
+Api = str  # the inbound wire format: "openai" | "anthropic" | "responses"
 
 
 class AttemptFailed(Exception):
@@ -67,7 +71,9 @@ class UpstreamCall:
     # client asked for it: adapters ask the vendor for it and, unless the client asked too,
     # keep the usage-only event out of the relayed stream.
     proxy_usage: bool = False
-    session_id: str | None = None  # the client's x-session-id header (cache-affinity key)
+    # The conversation the client says this request belongs to (the cache-affinity key):
+    # its x-session-id (or Codex's session) header, or prompt_cache_key.
+    session_id: str | None = None
 
     api: Api = "openai"
     # The group refuses to drop fields a vendor cannot honour (`strict_params`): a
@@ -76,6 +82,20 @@ class UpstreamCall:
     # Client headers that go upstream when the vendor speaks the client's API natively
     # (e.g. `anthropic-beta` from Claude Code to an Anthropic deployment).
     forward_headers: Mapping[str, str] = field(default_factory=dict)
+    # The W3C trace context of this attempt's span (`traceparent`, `tracestate`), sent to
+    # every vendor whatever its API; None unless tracing is on.
+    trace_headers: Mapping[str, str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredResponseRequest:
+    """`method` on `/responses/{path}` (e.g. GET `resp_1`, GET `resp_1/input_items`),
+    with the client's query string, within `timeout_s`."""
+
+    method: str
+    path: str
+    query: str = ""
+    timeout_s: float = 30.0
 
 
 class ProbeUnsupported(Exception):
@@ -137,11 +157,13 @@ class UpstreamResponse(ABC):
 class VendorAdapter(ABC):
     """One vendor account: its wire format, credentials and connection pool."""
 
-    #: The inbound API this vendor's wire format is (or passes through) natively.
+    #: The inbound API this vendor's wire format is natively (what bridges translate into).
     native_api: ClassVar[Api] = "openai"
 
     def __init__(self, config: VendorConfig) -> None:
         self.config = config
+        #: Other inbound APIs this vendor serves as they are (no translation).
+        self.passthrough_apis: frozenset[Api] = frozenset()
 
     async def start(self) -> None:
         """Open pools. Called once on the running event loop before serving."""
@@ -166,7 +188,7 @@ class VendorAdapter(ABC):
     ) -> UpstreamResponse:
         """Make one attempt; the response is in `call.api`'s format. `first_byte_s` bounds
         the wait for headers and the first chunk; `attempt_s` bounds a non-streamed attempt."""
-        if call.api == self.native_api:
+        if call.api == self.native_api or call.api in self.passthrough_apis:
             return await self.send_native(
                 deployment, call, first_byte_s=first_byte_s, attempt_s=attempt_s
             )
@@ -191,6 +213,26 @@ class VendorAdapter(ABC):
         """The vendor's own count of an Anthropic Messages body's input tokens, or None
         where the vendor has no such endpoint (the caller then estimates)."""
         return None
+
+    async def count_input_tokens(
+        self, deployment: DeploymentConfig, body: dict[str, Any]
+    ) -> int | None:
+        """The vendor's own count of a Responses API body's input tokens, or None where the
+        vendor cannot count it."""
+        return None
+
+    async def stored_response(
+        self, deployment: DeploymentConfig, request: StoredResponseRequest
+    ) -> tuple[int, bytes]:
+        """A request about a response this vendor stores (`GET`/`DELETE /responses/{id}`
+        and its sub-resources): the vendor's status and body. Raises what the transport
+        raises (OSError, TimeoutError, ...); a vendor that stores no responses raises
+        Unsupported."""
+        raise Unsupported(
+            "/v1/responses/{id}",
+            self.config.name,
+            f"vendor type {self.config.type} stores no responses",
+        )
 
     async def probe(
         self, deployment: DeploymentConfig, kind: str, timeout_s: float

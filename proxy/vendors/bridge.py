@@ -1,6 +1,6 @@
-"""Serving a request in one inbound API by a vendor that speaks the other.
+"""Serving a request in one inbound API by a vendor that speaks another.
 
-`send_bridged` translates the request (`proxy.formats.anthropic`), makes the attempt with
+`send_bridged` translates the request (`proxy.formats`), makes the attempt with
 the adapter's `send_native`, and translates the answer back: JSON at once, streams chunk
 by chunk. A request field the vendor cannot honour is refused before anything is sent
 (`Unsupported`: the router tries the next deployment) or, for a sampling hint, dropped
@@ -27,6 +27,13 @@ from proxy.formats.anthropic import (
     chat_to_messages,
     message_to_chat,
     messages_to_chat,
+)
+from proxy.formats.responses import responses_to_chat, responses_to_messages
+from proxy.formats.responses_answers import (
+    ChatToResponsesStream,
+    MessagesToResponsesStream,
+    chat_to_response,
+    message_to_response,
 )
 from proxy.formats.translation import Translation
 from proxy.vendors.base import AttemptFailed, StreamOut, UpstreamCall, UpstreamResponse
@@ -66,6 +73,16 @@ BRIDGES: Mapping[tuple[str, str], Bridge] = {
     ),
     ("anthropic", "openai"): Bridge(
         "messages", "chat/completions", messages_to_chat, chat_to_message, ChatToMessagesStream
+    ),
+    ("responses", "anthropic"): Bridge(
+        "responses",
+        "messages",
+        responses_to_messages,
+        message_to_response,
+        MessagesToResponsesStream,
+    ),
+    ("responses", "openai"): Bridge(
+        "responses", "chat/completions", responses_to_chat, chat_to_response, ChatToResponsesStream
     ),
 }
 
@@ -153,6 +170,7 @@ async def send_bridged(
         call.request_id,
         api=adapter.native_api,
         strict_params=call.strict_params,
+        trace_headers=call.trace_headers,
     )
     inner = await adapter.send_native(
         deployment, inner_call, first_byte_s=first_byte_s, attempt_s=attempt_s

@@ -269,7 +269,15 @@ RULES: tuple[Rule, ...] = (
         statuses=_st(400),
         phrases=("api key not valid", "api key expired"),
     ),
-    # 6. Model or deployment not found (config error).
+    # 6. Model or deployment not found (config error). Not a response id the vendor does not
+    #    hold (previous_response_id, GET /responses/{id}): the request names what is not there.
+    Rule("response_not_found_code", _C.CLIENT_ERROR, codes=_fs("previous_response_not_found")),
+    Rule(
+        "response_not_found",
+        _C.CLIENT_ERROR,
+        statuses=_st(404),
+        pattern=re.compile(r"\bresponse with id '[^']*' not found"),
+    ),
     Rule("not_found_status", _C.MODEL_UNAVAILABLE, statuses=_st(404)),
     Rule("not_found_code", _C.MODEL_UNAVAILABLE, codes=_NOT_FOUND_CODES),
     # 7. 429 family: capacity shortages dressed as 429 first, then plain rate limits.
@@ -452,6 +460,9 @@ def _parse(headers: Mapping[str, str], body: bytes) -> _Parsed:
         return _Parsed(doc, tuple(labels), message, implied, (), None)
 
     err = doc.get("error")
+    response = doc.get("response")
+    if err is None and isinstance(response, dict):  # Responses API `response.failed` event
+        err = response.get("error")
     if isinstance(err, dict):  # OpenAI, Azure, Anthropic, Google RPC, vLLM, Ollama, Groq
         src = err
         details = err.get("details")
@@ -818,8 +829,8 @@ def classify_response(
 
 def classify_stream_error(vendor_type: str, event_data: bytes) -> Outcome:
     """Classify an error event seen inside a 200 stream (OpenAI `{"error": ...}` chunk,
-    Anthropic `event: error` data, Gemini error chunk, Bedrock exception frame payload,
-    Cohere `message-end` with ERROR). `event_data` is the event's data (an `event:`/`data:`
+    Responses API `error` and `response.failed` events, Anthropic `event: error` data,
+    Gemini error chunk, Bedrock exception frame payload, Cohere `message-end` with ERROR). `event_data` is the event's data (an `event:`/`data:`
     prefixed SSE block is accepted too)."""
     return classify_response(vendor_type, 200, _NO_HEADERS, event_data)
 
@@ -938,12 +949,13 @@ def classify_transport(exc: BaseException, *, phase: str) -> Outcome:
         for rule in TRANSPORT_RULES:
             if isinstance(exc, rule.types) and (rule.phases is None or phase in rule.phases):
                 text = f"{rule.summary} {where}".strip()
-                return Outcome(
-                    rule.cls, None, rule.retry_after_s, f"{text}: {name}{_detail(exc)}", name
-                )
-        return Outcome(_C.SERVER_ERROR, None, None, f"unexpected {name} {where}".rstrip(), name)
+                message = f"{text}: {name}{_detail(exc)}"
+                return Outcome(rule.cls, None, rule.retry_after_s, message, name, phase)
+        return Outcome(
+            _C.SERVER_ERROR, None, None, f"unexpected {name} {where}".rstrip(), name, phase
+        )
     except Exception:
-        return Outcome(_C.SERVER_ERROR, None, None, "unexpected transport error")
+        return Outcome(_C.SERVER_ERROR, None, None, "unexpected transport error", phase=phase)
 
 
 _check_tables()

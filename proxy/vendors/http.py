@@ -20,10 +20,19 @@ import aiohttp
 import orjson
 
 from proxy.config import DeploymentConfig, VendorConfig
+from proxy.core.errors import ApiError
 from proxy.core.outcomes import Outcome, OutcomeClass
 from proxy.core.redact import redact
 from proxy.core.usage import Usage
-from proxy.http1 import Pool, PoolState, Response, tls_context
+from proxy.http1 import (
+    Headers,
+    InvalidHeader,
+    Pool,
+    PoolState,
+    Response,
+    ResponseTooLarge,
+    tls_context,
+)
 from proxy.metrics import Metrics
 from proxy.vendors.base import (
     AttemptFailed,
@@ -487,7 +496,7 @@ class HTTPAdapter(VendorAdapter):
         """URL, body and headers of one attempt."""
 
     @abstractmethod
-    def new_scan(self) -> StreamScan: ...
+    def new_scan(self, call: UpstreamCall) -> StreamScan: ...
 
     def models_url(self) -> str | None:
         """The vendor's model list (a health probe that costs no tokens), if it has one."""
@@ -540,14 +549,18 @@ class HTTPAdapter(VendorAdapter):
         body: bytes,
         headers: Mapping[str, str],
         timeout_s: float,
+        *,
+        method: str = "POST",
+        limit: int | None = MAX_ERROR_BODY,
     ) -> tuple[int, bytes]:
-        """A small side request (e.g. a token count): status and body, within `timeout_s`.
+        """A side request (a token count, a stored response): status and body (at most
+        `limit` bytes), within `timeout_s`.
 
         Raises what the pool raises (OSError, TimeoutError, ProtocolError)."""
         pool = self.pool
         deadline = pool.loop.time() + timeout_s
         resp = await pool.request(
-            "POST",
+            method,
             url,
             headers,
             body,
@@ -556,7 +569,7 @@ class HTTPAdapter(VendorAdapter):
             pool_wait_s=deployment.timeouts.pool_wait_s,
         )
         try:
-            return resp.status, await resp.read(MAX_ERROR_BODY, deadline)
+            return resp.status, await resp.read(limit, deadline)
         finally:
             resp.release()
 
@@ -578,6 +591,11 @@ class HTTPAdapter(VendorAdapter):
     ) -> UpstreamResponse:
         pool = self.pool
         url, body, headers = self.prepare(deployment, call)
+        if call.trace_headers:
+            if isinstance(headers, Headers):
+                headers = headers.plus(call.trace_headers)
+            else:
+                headers = {**headers, **call.trace_headers}
         vendor_type = self.config.type
         started = pool.loop.time()
         # Headers and the first chunk of the body must come within the first-byte budget: a
@@ -610,7 +628,7 @@ class HTTPAdapter(VendorAdapter):
             if call.stream and resp.content_type == "text/event-stream":
                 return await self._first_chunk(
                     resp,
-                    self.new_scan(),
+                    self.new_scan(call),
                     self.stream_filter(call),
                     deployment.timeouts.stream_idle_s,
                     first_by,
@@ -631,6 +649,10 @@ class HTTPAdapter(VendorAdapter):
             if resp is not None:
                 resp.close()
             raise
+        except InvalidHeader as exc:
+            # Nothing was sent: a header of this request cannot go upstream. The client's
+            # request (or our config) is at fault, never the vendor.
+            raise ApiError(400, f"{exc}.", code="invalid_header") from None
         except Exception as exc:
             if resp is not None:
                 resp.close()
@@ -652,13 +674,27 @@ class HTTPAdapter(VendorAdapter):
         "before the first byte" for the failover budget.
         """
         parts: list[bytes] = []
+        size = 0
         events = 0
         previous = b""
+        limit = self.config.max_response_bytes
         while True:
             chunk = await resp.read_some(first_by)
             if not chunk:
                 break
             parts.append(chunk)
+            size += len(chunk)
+            if size > limit:  # one endless first event: nothing to commit to
+                resp.close()
+                raise AttemptFailed(
+                    classify_transport(
+                        ResponseTooLarge(
+                            f"the stream's first event is larger than {limit} bytes "
+                            "(the vendor's max_response_bytes)"
+                        ),
+                        phase="body",
+                    )
+                )
             if _event_ends(previous, chunk):
                 events, valid = first_events_valid(b"".join(parts))
                 if not valid:

@@ -364,6 +364,11 @@ class LiteLLMAdapter(VendorAdapter):
         )
         if call.stream:
             params["stream_options"] = {"include_usage": True}  # for accounting, always
+        if call.trace_headers:
+            params["extra_headers"] = {
+                **self._params.get("extra_headers", {}),
+                **call.trace_headers,
+            }
         return params
 
     async def send_native(

@@ -4,10 +4,16 @@ The client's request bytes go upstream untouched except for the top-level `model
 so parameters this proxy has never heard of survive. Azure OpenAI is the same wire format
 with deployment URLs, an `api-version` query and an `api-key` header. Responses are relayed as bytes; the
 only parsing is what accounting and error detection need (usage, in-stream errors).
+
+The Responses API (`/responses`) passes through the same way where the vendor type serves
+it (`_Profile.responses`). Azure serves it outside the deployment URLs, with the model in
+the body: `/openai/v1/responses` (the v1 surface), or `/openai/responses?api-version=...`
+for a resource configured with a dated preview `api_version`.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -18,8 +24,8 @@ import orjson
 
 from proxy.config import DeploymentConfig, VendorConfig
 from proxy.core.usage import Usage
-from proxy.http1 import Headers
-from proxy.vendors.base import AttemptFailed, UpstreamCall
+from proxy.http1 import Headers, ProtocolError
+from proxy.vendors.base import AttemptFailed, StoredResponseRequest, UpstreamCall
 from proxy.vendors.classify import classify_response
 from proxy.vendors.http import HTTPAdapter, StreamFilter, StreamScan, json_object
 
@@ -138,7 +144,25 @@ def _drop_usage_events(data: bytes) -> bytes:
     return b"\n".join(out)
 
 
-class _SSEScan(StreamScan):
+class _LineScan(StreamScan):
+    """A scan that reads whole lines: the unfinished last line of a read is kept and
+    searched again once the next read completes it, so nothing is missed at a read edge."""
+
+    __slots__ = ("partial",)
+
+    partial: bytes
+
+    def _whole_lines(self, chunk: bytes) -> bytes:
+        data = self.partial + chunk if self.partial else chunk
+        if chunk.endswith(b"\n"):
+            self.partial = b""
+            return data
+        cut = data.rfind(b"\n") + 1
+        self.partial = data[cut:]
+        return data[:cut]
+
+
+class _SSEScan(_LineScan):
     """Watches a relayed OpenAI SSE stream for what the proxy must act on.
 
     It runs on every relayed event, so an ordinary content event costs three substring
@@ -147,24 +171,18 @@ class _SSEScan(StreamScan):
     missed at a read edge.
     """
 
-    __slots__ = ("done", "error", "partial", "usage")
+    __slots__ = ("done", "error", "usage")
 
     def __init__(self) -> None:
-        self.partial = b""  # the unfinished last line of the bytes seen so far
+        self.partial = b""
         self.done = False
         self.usage: Usage | None = None
         self.error: bytes | None = None
 
     def feed(self, chunk: bytes) -> None:
-        data = self.partial + chunk if self.partial else chunk
-        if chunk.endswith(b"\n"):
-            self.partial = b""
-        else:
-            cut = data.rfind(b"\n") + 1
-            self.partial = data[cut:]
-            data = data[:cut]
-            if not data:
-                return
+        data = self._whole_lines(chunk)
+        if not data:
+            return
         if not self.done and data.find(b"[DONE]") >= 0 and _DONE.search(data):
             self.done = True
         if data.find(b'"error"') < 0 and (data.find(_USAGE_KEY) < 0 or not _has_usage(data)):
@@ -187,6 +205,136 @@ class _SSEScan(StreamScan):
                 self.usage = Usage.from_openai(event["usage"])
 
 
+# Responses API events.
+_PREAMBLE = frozenset({b"response.created", b"response.in_progress", b"response.queued"})
+_TERMINAL = frozenset({b"response.completed", b"response.incomplete"})
+_FAILED = frozenset({b"response.failed", b"error"})
+# After the commit point only the end of a stream matters: a read holding none of these is
+# passed over (`error` is in every lifecycle event's response and names the error event;
+# text that merely mentions them is parsed, then ignored).
+_ENDS = (b"error", b"response.completed", b"response.incomplete")
+_TYPE_RE = re.compile(rb'"type"\s*:\s*"([^"\\]+)"')
+_USAGE_OBJECT = b'"usage"'
+_DECODER = json.JSONDecoder()
+
+
+def responses_usage(data: bytes) -> Usage | None:
+    """The usage of a terminal Responses event (or of a response object).
+
+    The event echoes the whole response (tools, instructions, output): tens of kilobytes for
+    an agent's request, too much to parse per stream. The response's own `usage` comes
+    after its tools, so the last `"usage":{...}` carrying `input_tokens` is it: only that
+    object is decoded (the stdlib decoder stops where it ends); anything unexpected falls
+    back to parsing the event whole."""
+    end = len(data)
+    while (i := data.rfind(_USAGE_OBJECT, 0, end)) >= 0:
+        end = i
+        brace = data.find(b"{", i + 7, i + 12)
+        if brace < 0:
+            continue
+        try:
+            usage, _ = _DECODER.raw_decode(data[brace:].decode("utf-8", "replace"))
+        except ValueError:
+            continue
+        if isinstance(usage, dict) and "input_tokens" in usage:
+            return Usage.from_responses(usage)
+    try:
+        doc = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    if isinstance(doc, dict) and isinstance(doc.get("response"), dict):
+        doc = doc["response"]
+    return Usage.from_responses(doc.get("usage")) if isinstance(doc, dict) else None
+
+
+class _ResponsesScan(_LineScan):
+    """Watches a relayed Responses API stream: `response.completed`/`response.incomplete`
+    end it (with its usage), `response.failed` and `error` are in-stream errors, and it
+    commits at the first event after the preamble (`response.created`, `in_progress`,
+    `queued`), so a failure reported right after the preamble still fails over.
+
+    It runs on every relayed read: after the commit point only the end of the stream
+    matters, so a read is searched for the end events' markers (`_ENDS`) and only the
+    events from the first marker on are parsed (one or two, at the end of a stream).
+    Lines are taken whole (an unfinished last line waits for the next read), so nothing is
+    missed at a read edge.
+    """
+
+    __slots__ = ("_committed", "_name", "done", "error", "usage")
+
+    def __init__(self) -> None:
+        self.partial = b""
+        self._name = b""  # the `event:` name of the event whose data line comes next
+        self._committed = False
+        self.done = False
+        self.error: bytes | None = None
+        self.usage: Usage | None = None
+
+    @property
+    def committed(self) -> bool:
+        return self._committed
+
+    def feed(self, chunk: bytes) -> None:
+        if (  # the common case: whole events in the middle of the stream
+            self._committed
+            and not self.partial
+            and not self._name
+            and chunk.endswith(b"\n")
+            and chunk.find(_ENDS[0]) < 0
+            and chunk.find(_ENDS[1]) < 0
+            and chunk.find(_ENDS[2]) < 0
+        ):
+            return
+        data = self._whole_lines(chunk)
+        pos = 0
+        end = len(data)
+        while pos < end and not self._committed:  # the preamble, line by line
+            eol = data.find(b"\n", pos)
+            self._line(data[pos:eol])
+            pos = eol + 1
+        if pos < end:
+            start = self._ends_from(data, pos)
+            if start >= 0:
+                for line in data[start:].split(b"\n"):
+                    self._line(line)
+
+    def _ends_from(self, data: bytes, pos: int) -> int:
+        """Where the events worth parsing start in `data[pos:]` (the event of the first end
+        marker), or -1 when it holds none."""
+        if self._name:
+            return pos  # an event whose data line is in this read
+        first = -1
+        for marker in _ENDS:
+            at = data.find(marker, pos)
+            if at >= 0 and (first < 0 or at < first):
+                first = at
+        if first < 0:
+            return -1
+        cut = data.rfind(b"\n\n", pos, first)
+        return cut + 2 if cut >= 0 else pos
+
+    def _line(self, line: bytes) -> None:
+        if line.startswith(b"event:"):
+            self._name = line[6:].strip()
+        elif line.startswith(b"data:"):
+            self._event(line[5:].strip())
+
+    def _event(self, payload: bytes) -> None:
+        kind = self._name
+        self._name = b""
+        if not kind:
+            found = _TYPE_RE.search(payload, 0, 256)
+            kind = found.group(1) if found is not None else b""
+        if kind in _PREAMBLE:
+            return
+        self._committed = True
+        if kind in _FAILED:
+            self.error = payload
+        elif kind in _TERMINAL:
+            self.done = True
+            self.usage = responses_usage(payload)
+
+
 @dataclass(frozen=True, slots=True)
 class _Profile:
     """What an OpenAI-compatible vendor type does differently from OpenAI itself."""
@@ -194,14 +342,23 @@ class _Profile:
     azure_urls: bool = False  # /openai/deployments/{model}/{endpoint}?api-version=...
     key_header: str = "Authorization"  # Azure: api-key
     drop_fields: frozenset[str] = frozenset()  # body fields the vendor rejects
+    responses: bool = True  # serves the Responses API (else: translated to chat)
 
 
 _PROFILES: Mapping[str, _Profile] = {
     "openai": _Profile(),
     "azure": _Profile(azure_urls=True, key_header="api-key"),
     # Mistral has rejected `stream_options` (VENDOR_WIRE_FORMATS.md 1); it reports usage anyway.
-    "mistral": _Profile(drop_fields=frozenset({"stream_options"})),
+    # Its stateful API is /v1/conversations, not the Responses API.
+    "mistral": _Profile(drop_fields=frozenset({"stream_options"}), responses=False),
 }
+# Endpoints whose streams carry usage only when asked (`stream_options.include_usage`).
+_USAGE_ON_REQUEST = frozenset({"chat/completions", "completions"})
+_RESPONSES = "responses"
+# A response id ends up in a URL path: OpenAI's ids are letters, digits, '_' and '-'.
+_RESPONSE_PATH_RE = re.compile(r"^[A-Za-z0-9_\-]{1,256}(/[a-z_]{1,32})?$")
+# A dated preview api-version (2025-03-01-preview) serves /openai/responses; others use /openai/v1.
+_AZURE_PREVIEW_RE = re.compile(r"^\d{4}-\d{2}-\d{2}-preview$")
 
 
 class OpenAICompatAdapter(HTTPAdapter):
@@ -220,19 +377,33 @@ class OpenAICompatAdapter(HTTPAdapter):
         self._headers = Headers(headers)
         self._stream_headers = Headers({**headers, "Accept": "text/event-stream"})
         self._urls: dict[tuple[str, str], str] = {}
+        if self.profile.responses:
+            self.passthrough_apis = frozenset({_RESPONSES})
 
     def url(self, deployment: DeploymentConfig, endpoint: str) -> str:
         key = (deployment.id, endpoint)
         url = self._urls.get(key)
         if url is None:
             base = self.config.base_url
-            if self.profile.azure_urls:
+            if self.profile.azure_urls and endpoint.startswith(_RESPONSES):
+                url = self._azure_responses_url(endpoint)
+            elif self.profile.azure_urls:
                 query = urlencode({"api-version": self.config.api_version or ""})
                 url = f"{base}/openai/deployments/{quote(deployment.model, safe='')}/{endpoint}?{query}"
             else:
                 url = f"{base}/{endpoint}"
             self._urls[key] = url
         return url
+
+    def _azure_responses_url(self, path: str, query: str = "") -> str:
+        """Azure's Responses API: the v1 surface, or the dated preview one the resource's
+        `api_version` names (e.g. 2025-03-01-preview)."""
+        version = self.config.api_version or ""
+        base = self.config.base_url
+        if _AZURE_PREVIEW_RE.match(version):
+            both = "&".join(q for q in (urlencode({"api-version": version}), query) if q)
+            return f"{base}/openai/{path}?{both}"
+        return f"{base}/openai/v1/{path}" + (f"?{query}" if query else "")
 
     def prepare(
         self, deployment: DeploymentConfig, call: UpstreamCall
@@ -254,6 +425,7 @@ class OpenAICompatAdapter(HTTPAdapter):
         return (
             call.proxy_usage
             and call.stream
+            and call.endpoint in _USAGE_ON_REQUEST
             and "stream_options" not in self.profile.drop_fields
             and not client_wants_usage(call.parsed)
         )
@@ -272,16 +444,67 @@ class OpenAICompatAdapter(HTTPAdapter):
             )
         return f"{base}/models"
 
-    def new_scan(self) -> StreamScan:
-        return _SSEScan()
+    def new_scan(self, call: UpstreamCall) -> StreamScan:
+        return _ResponsesScan() if call.endpoint == _RESPONSES else _SSEScan()
 
     def json_usage(self, data: bytes) -> Usage | None:
         return _json_usage(data, self.config.type)
 
+    async def count_input_tokens(
+        self, deployment: DeploymentConfig, body: dict[str, Any]
+    ) -> int | None:
+        """`POST /responses/input_tokens`; None when the vendor does not answer with a count."""
+        if not self.profile.responses:
+            return None
+        payload = {**body, "model": deployment.model}
+        try:
+            status, data = await self.post(
+                deployment,
+                self.url(deployment, "responses/input_tokens"),
+                orjson.dumps(payload),
+                self._headers,
+                deployment.timeouts.first_byte_s,
+            )
+            doc = orjson.loads(data) if status == 200 else None
+        except (ProtocolError, OSError, TimeoutError, orjson.JSONDecodeError):
+            return None
+        count = doc.get("input_tokens") if isinstance(doc, dict) else None
+        return count if isinstance(count, int) and not isinstance(count, bool) else None
+
+    async def stored_response(
+        self, deployment: DeploymentConfig, request: StoredResponseRequest
+    ) -> tuple[int, bytes]:
+        if not self.profile.responses:
+            return await super().stored_response(deployment, request)
+        if not _RESPONSE_PATH_RE.match(request.path):
+            return (
+                404,
+                b'{"error": {"message": "No such response.", "type": "invalid_request_error"}}',
+            )
+        path = f"{_RESPONSES}/{request.path}"
+        if self.profile.azure_urls:
+            url = self._azure_responses_url(path, request.query)
+        else:
+            url = f"{self.config.base_url}/{path}" + (f"?{request.query}" if request.query else "")
+        return await self.post(
+            deployment,
+            url,
+            b"",
+            self._headers,
+            request.timeout_s,
+            method=request.method,
+            limit=None,
+        )
+
 
 def _json_usage(data: bytes, vendor_type: str) -> Usage | None:
-    """Usage of a non-streamed answer; a 200 whose body is not a JSON object is a failure."""
+    """Usage of a non-streamed answer; a 200 whose body is not a JSON object is a failure,
+    and so is a Responses API response that failed."""
     doc = json_object(data)
+    if doc.get("object") == "response":
+        if doc.get("status") == "failed":
+            raise AttemptFailed(classify_response(vendor_type, 200, {}, data))
+        return Usage.from_responses(doc.get("usage"))
     if "error" in doc and "choices" not in doc and "data" not in doc:
         raise AttemptFailed(classify_response(vendor_type, 200, {}, data))
     return Usage.from_openai(doc.get("usage"))
