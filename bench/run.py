@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Coroutine
@@ -27,7 +30,7 @@ from typing import Any
 
 from bench import report
 from bench.loadgen import LoadResult, run_load
-from bench.procstat import cpu_seconds, rss_bytes
+from bench.procstat import cpu_seconds, rss_bytes, tree
 from bench.targets import (
     PEERS,
     ROOT,
@@ -35,6 +38,7 @@ from bench.targets import (
     Env,
     LiteLLM,
     Ours,
+    OursWorkers,
     Portkey,
     Scenario,
     Target,
@@ -42,6 +46,7 @@ from bench.targets import (
     primary_prefix,
 )
 from bench.upstream import STREAM_GAP_MS
+from proxy.fdlimit import raise_open_files_limit
 
 __all__ = ["SCENARIOS", "main"]
 
@@ -128,6 +133,41 @@ SCENARIOS = [
         stream=True,
         route="responses",
     ),
+    # Across cores: JSON from a keyed client (limits and the usage ledger on every request)
+    # through one process on memory state, one on the Redis state backend, and `--workers 2`
+    # (which needs the Redis backend).
+    Scenario(
+        "w",
+        "JSON chat, concurrency 64: --workers 1 and 2",
+        64,
+        12000,
+        5.0,
+        ours_only=True,
+    ),
+    # Long streams, what LLM traffic is: N streams opened at LONG_RAMP per second and held
+    # at once, one request each. (h) holds 60 s streams with an event every 2 s (a chat
+    # answer, an agent waiting on a reasoning model); (i) 300 streams of 50 events/s each.
+    Scenario(
+        "h",
+        "hold: 5,000 streams of 60 s at once, an event every 2 s",
+        5000,
+        5000,
+        0.0,
+        stream=True,
+        route="long-2000-31",
+        rate=1000.0,
+        peer_concurrency=1000,
+    ),
+    Scenario(
+        "i",
+        "talk: 300 streams at once, 50 events/s each for 30 s",
+        300,
+        300,
+        0.0,
+        stream=True,
+        route="long-20-1501",
+        rate=1000.0,
+    ),
 ]
 
 
@@ -155,6 +195,15 @@ class Run:
     gap_p50_ms: float = float("nan")
     gap_p99_ms: float = float("nan")
     error_samples: list[str] = field(default_factory=list)
+    # Long streams: the most streams open at once, the target's RSS and descriptors per open
+    # stream (at that moment, over its idle figures), CPU per event the client received.
+    open_peak: int = 0
+    rss_per_stream_kb: float = float("nan")
+    fds_per_stream: float = float("nan")
+    fds_peak: int = 0
+    cpu_per_event_us: float = float("nan")
+    upstream_cpu_per_event_us: float = float("nan")
+    state_cpu_ms: float = float("nan")  # redis-server's CPU per request (Redis targets)
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -193,6 +242,8 @@ def measure(target: Target, scenario: Scenario, run: int, env: Env, upstream_pid
     own = target.proc.pid if target.proc is not None else None
     t_cpu0 = cpu_seconds(own) if own else 0.0
     u_cpu0 = cpu_seconds(upstream_pid)
+    redis = env.redis_pid if isinstance(target, OursWorkers) else None
+    r_cpu0 = cpu_seconds(redis) if redis else 0.0
     l_cpu0 = _self_cpu()
     result: LoadResult = _run(
         run_load(
@@ -206,6 +257,7 @@ def measure(target: Target, scenario: Scenario, run: int, env: Env, upstream_pid
     l_cpu = _self_cpu() - l_cpu0
     u_cpu = cpu_seconds(upstream_pid) - u_cpu0
     t_cpu = (cpu_seconds(own) - t_cpu0) if own else 0.0
+    r_cpu = (cpu_seconds(redis) - r_cpu0) if redis else float("nan")
     n = max(result.requests, 1)
     after = _stats(env.upstream_port) if prefix else {}
     hits = after.get(prefix, 0) - hits_before if prefix else None
@@ -214,6 +266,21 @@ def measure(target: Target, scenario: Scenario, run: int, env: Env, upstream_pid
     if scenario.route == "budget" and hits is not None:
         refused = after.get(f"{prefix}#429", 0) - refused_before
         preferred = 100.0 * (hits - refused) / n  # answers the budgeted primary gave
+    return _run_of(
+        result,
+        t_cpu,
+        u_cpu,
+        l_cpu,
+        primary_hits=hits,
+        primary_429s=refused,
+        preferred_pct=preferred,
+        state_cpu_ms=r_cpu / n * 1000,
+    )
+
+
+def _run_of(result: LoadResult, t_cpu: float, u_cpu: float, l_cpu: float, **more: Any) -> Run:
+    """A run's figures from its load result and the CPU seconds each process spent."""
+    n = max(result.requests, 1)
     return Run(
         requests=result.requests,
         errors=result.errors,
@@ -225,13 +292,95 @@ def measure(target: Target, scenario: Scenario, run: int, env: Env, upstream_pid
         cpu_ms=t_cpu / n * 1000,
         upstream_cpu_ms=u_cpu / n * 1000,
         loadgen_cpu_ms=l_cpu / n * 1000,
-        primary_hits=hits,
-        primary_429s=refused,
-        preferred_pct=preferred,
         coalesced_pct=result.coalesced_pct,
         gap_p50_ms=_pct(result.event_gaps_s, 0.50),
         gap_p99_ms=_pct(result.event_gaps_s, 0.99),
         error_samples=result.error_samples,
+        **more,
+    )
+
+
+def _fds(pid: int) -> int:
+    total = 0
+    for p in tree(pid):
+        with contextlib.suppress(OSError):
+            total += len(os.listdir(f"/proc/{p}/fd"))
+    return total
+
+
+class _Sampler(threading.Thread):
+    """Reads a process's RSS and descriptors every few seconds while a long run goes on,
+    with how many streams the load generator has open (a thread: reading /proc never
+    stalls the load generator's loop for long)."""
+
+    def __init__(self, pid: int, result: LoadResult, every_s: float = 5.0) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.result, self.every_s = pid, result, every_s
+        self.samples: list[tuple[int, int, int]] = []  # (open streams, RSS bytes, fds)
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.wait(self.every_s):
+            self.samples.append((self.result.open_now, rss_bytes(self.pid), _fds(self.pid)))
+
+    def peak(self) -> tuple[int, int, int]:
+        """The sample with the most streams open (the latest of equals: RSS only grows)."""
+        return max(self.samples, key=lambda s: (s[0], s[1]), default=(0, 0, 0))
+
+
+def measure_long(
+    target: Target, scenario: Scenario, run: int, env: Env, upstream_pid: int, warm_s: float
+) -> Run:
+    """N streams at once, each one request: a fresh target process (so its RSS over idle is
+    what the streams cost), a short warm-up, then the streams opened at `scenario.rate` a
+    second and held to their end."""
+    if target.proc is not None:
+        target.stop()
+        target.start()
+        warm_up(target, replace(scenario, route="paced", concurrency=16), warm_s)
+        time.sleep(1.0)
+    watched = target.proc.pid if target.proc is not None else upstream_pid
+    streams = scenario.streams_for(target.name)
+    rss0, fds0 = rss_bytes(watched), _fds(watched)
+    result = LoadResult()
+    sampler = _Sampler(watched, result)
+    own = target.proc.pid if target.proc is not None else None
+    t_cpu0 = cpu_seconds(own) if own else 0.0
+    u_cpu0 = cpu_seconds(upstream_pid)
+    l_cpu0 = _self_cpu()
+    sampler.start()
+    try:
+        _run(
+            run_load(
+                target.request(scenario, run),
+                concurrency=streams,
+                requests=streams,
+                max_seconds=streams / (scenario.rate or 1000.0) + 5,
+                rate=scenario.rate,
+                timeout_s=scenario.stream_seconds + 60,
+                result=result,
+            )
+        )
+    finally:
+        sampler.stop.set()
+        sampler.join()
+    l_cpu = _self_cpu() - l_cpu0
+    u_cpu = cpu_seconds(upstream_pid) - u_cpu0
+    t_cpu = (cpu_seconds(own) - t_cpu0) if own else 0.0
+    events = max(result.events, 1)
+    opened, rss, fds = sampler.peak()
+    return _run_of(
+        result,
+        t_cpu,
+        u_cpu,
+        l_cpu,
+        primary_hits=None,
+        open_peak=opened,
+        rss_per_stream_kb=(rss - rss0) / opened / 1024 if opened else float("nan"),
+        fds_per_stream=(fds - fds0) / opened if opened else float("nan"),
+        fds_peak=fds,
+        cpu_per_event_us=t_cpu / events * 1e6 if own and result.events else float("nan"),
+        upstream_cpu_per_event_us=u_cpu / events * 1e6 if result.events else float("nan"),
     )
 
 
@@ -268,6 +417,13 @@ def summarise(runs: list[Run]) -> dict[str, Any]:
         "gap_p50_ms",
         "gap_p99_ms",
         "preferred_pct",
+        "open_peak",
+        "rss_per_stream_kb",
+        "fds_per_stream",
+        "fds_peak",
+        "cpu_per_event_us",
+        "upstream_cpu_per_event_us",
+        "state_cpu_ms",
     ):
         out[key] = _median([getattr(r, key) for r in runs])
     out["errors"] = sum(r.errors for r in runs)
@@ -330,13 +486,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="short runs, one start: iterate fast")
     parser.add_argument("--runs", type=int, help="runs per figure (default 3, quick 1)")
+    parser.add_argument(
+        "--long-runs",
+        type=int,
+        default=1,
+        help="runs per figure of the long-stream scenarios (h) and (i) (default 1: each run "
+        "holds thousands of streams for a minute, and its figures are over all of them)",
+    )
     parser.add_argument("--targets", default="direct,ours,ours-tracing,litellm,portkey")
     parser.add_argument(
         "--scenarios",
-        default="abcstdefgjru",
+        default="abcstdefgjruwhi",
         help="scenario letters: a b (JSON), c s (paced streams), t (burst streams), "
         "d e (failover), j (rate-limit headroom), f (translated path), r u (Responses API "
-        "JSON and paced streams), g (start-up and RSS, always measured)",
+        "JSON and paced streams), g (start-up and RSS, always measured), w (--workers 1 "
+        "and 2 on Redis state), h i (long streams: hold and talk)",
     )
     parser.add_argument(
         "--stream-gap-ms",
@@ -353,6 +517,7 @@ def main(argv: list[str] | None = None) -> int:
         help="only re-render the report from its .json (after editing its notes section)",
     )
     args = parser.parse_args(argv)
+    raise_open_files_limit()  # the long scenarios hold 5,000 streams: 5,000 sockets here
     if args.render:
         out = args.out or ROOT / "bench" / "RESULTS.md"
         data = json.loads(out.with_suffix(".json").read_text())
@@ -367,21 +532,28 @@ def main(argv: list[str] | None = None) -> int:
     wanted = set(args.scenarios)
     gap = f"{args.stream_gap_ms:g} ms"
     scenarios = [
-        replace(
+        _quick_long(s)
+        if s.long and args.quick
+        else s
+        if s.long or s.fresh_state
+        else replace(
             s,
             title=s.title.format(gap=gap),
             requests=max(50, int(s.requests * scale)),
             max_seconds=s.max_seconds * max(scale, 0.4),
         )
-        if not s.fresh_state
-        else s
         for s in SCENARIOS
         if s.key in wanted
     ]
 
     logs = PEERS / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    env = Env(upstream_port=free_port(), runs=runs, logs=logs)
+    env = Env(
+        upstream_port=free_port(),
+        runs=runs,
+        logs=logs,
+        long_routes=tuple(s.route for s in scenarios if s.long),
+    )
     names = args.targets.split(",")
     classes: dict[str, Any] = {
         "direct": Direct,
@@ -393,6 +565,14 @@ def main(argv: list[str] | None = None) -> int:
     targets: list[Target] = [classes[n](env) for n in names]
     if "ours" in names and "f" in wanted:
         targets.insert(names.index("ours") + 1, Ours(env, translated=True))
+    redis = _start_redis(env, logs) if "ours" in names and "w" in wanted else None
+    if "ours" in names and "w" in wanted:
+        at = names.index("ours") + 1
+        targets[at:at] = [
+            OursWorkers(env, 1, "memory"),
+            OursWorkers(env, 1),
+            OursWorkers(env, 2),
+        ]
 
     print(f"bench: logs and configs in {logs}")
     upstream = subprocess.Popen(
@@ -451,11 +631,17 @@ def main(argv: list[str] | None = None) -> int:
                 why = skipped.get(Ours.translated_label, "not requested")
                 print(f"bench: scenario ({sc.key}) for ours skipped: {why}")
             print(f"bench: ({sc.key}) {sc.title}: warm-up")
-            for t in active:
-                warm_up(t, sc, warm_s)
-            per: dict[str, list[Run]] = {t.name: [] for t in active}
-            for run in range(runs):
+            if not sc.long:
                 for t in active:
+                    warm_up(t, sc, warm_s)
+            per: dict[str, list[Run]] = {t.name: [] for t in active}
+            for run in range(args.long_runs if sc.long else runs):
+                for t in active:
+                    if sc.long:
+                        r = measure_long(t, sc, run, env, upstream.pid, warm_s)
+                        _print_long(t.name, r)
+                        per[t.name].append(r)
+                        continue
                     r = measure(t, sc, run, env, upstream.pid)
                     per[t.name].append(r)
                     hits = "" if r.primary_hits is None else f", primary hits {r.primary_hits}"
@@ -487,6 +673,9 @@ def main(argv: list[str] | None = None) -> int:
             t.stop()
         upstream.terminate()
         upstream.wait(10)
+        if redis is not None:
+            redis.terminate()
+            redis.wait(10)
 
     data = {
         "command": command,
@@ -508,6 +697,48 @@ def main(argv: list[str] | None = None) -> int:
     out.with_suffix(".json").write_text(json.dumps(data, indent=1, default=str))
     _write(out, data)
     return 0
+
+
+def _start_redis(env: Env, logs: Path) -> subprocess.Popen[bytes] | None:
+    """A redis-server for the --workers targets (none on PATH: they are skipped, saying why)."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        return None
+    port = free_port()
+    work = logs / "redis"
+    work.mkdir(exist_ok=True)
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(work)],
+        stdout=open(logs / "redis.log", "ab"),  # noqa: SIM115
+        stderr=subprocess.STDOUT,
+    )
+    env.redis_url, env.redis_pid = f"redis://127.0.0.1:{port}/0", proc.pid
+    time.sleep(0.3)
+    return proc
+
+
+def _quick_long(sc: Scenario) -> Scenario:
+    """A long-stream scenario cut to a tenth of its streams and about a sixth of its time."""
+    _, gap_ms, events = sc.route.split("-")
+    return replace(
+        sc,
+        concurrency=sc.concurrency // 10,
+        requests=sc.requests // 10,
+        peer_concurrency=sc.peer_concurrency // 5 if sc.peer_concurrency else None,
+        route=f"long-{gap_ms}-{max(2, int(events) // 6)}",
+    )
+
+
+def _print_long(name: str, r: Run) -> None:
+    print(
+        f"  {name:13} {r.requests:5d} streams, peak {r.open_peak} open, errors {r.errors}; "
+        f"ttfb p99 {r.ttfb_p99_ms:.1f} ms; gap p50 {r.gap_p50_ms:.1f} p99 {r.gap_p99_ms:.1f} ms, "
+        f"coalesced {r.coalesced_pct:.1f}%; RSS {r.rss_per_stream_kb:.1f} KB and "
+        f"{r.fds_per_stream:.2f} fds per stream ({r.fds_peak} fds); CPU per event "
+        f"{r.cpu_per_event_us:.1f} us (upstream {r.upstream_cpu_per_event_us:.1f} us)"
+    )
+    for sample in r.error_samples[:2]:
+        print(f"      error: {sample}")
 
 
 def _write(out: Path, data: dict[str, Any]) -> None:

@@ -10,6 +10,7 @@ upstream, the same way for every target.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 import shutil
@@ -32,6 +33,7 @@ __all__ = [
     "Env",
     "LiteLLM",
     "Ours",
+    "OursWorkers",
     "Portkey",
     "Scenario",
     "Target",
@@ -67,6 +69,27 @@ class Scenario:
     route: str = "bench"
     # Requests per second (fixed schedule, `concurrency` = most in flight); None: closed loop.
     rate: float | None = None
+    # Long streams ("long-<gap ms>-<events>" routes): how many streams the peers hold at
+    # once (ours and direct hold `concurrency`).
+    peer_concurrency: int | None = None
+    # Run against direct and our own targets only (the --workers comparison).
+    ours_only: bool = False
+
+    @property
+    def long(self) -> bool:
+        """N streams held open at once, each one request (scenarios (h) and (i))."""
+        return self.route.startswith("long-")
+
+    @property
+    def stream_seconds(self) -> float:
+        """How long one stream of a long route lasts (its events are `gap` apart)."""
+        _, gap_ms, events = self.route.split("-")
+        return int(gap_ms) * (int(events) - 1) / 1000
+
+    def streams_for(self, target: str) -> int:
+        if self.peer_concurrency is not None and target not in ("direct", "ours"):
+            return self.peer_concurrency
+        return self.concurrency
 
     @property
     def fresh_state(self) -> bool:
@@ -91,6 +114,9 @@ class Env:
     upstream_port: int
     runs: int
     logs: Path
+    long_routes: tuple[str, ...] = ()  # the long-stream scenarios' upstream routes
+    redis_url: str | None = None  # a redis-server for the --workers targets
+    redis_pid: int | None = None
 
     def upstream(self, prefix: str) -> str:
         return f"http://127.0.0.1:{self.upstream_port}/{prefix}"
@@ -121,14 +147,18 @@ def _responses_body(model: str, stream: bool) -> bytes:
 
 
 def _group(scenario: Scenario, run: int) -> str:
+    if scenario.long:
+        return scenario.route
     if scenario.route in FAILOVER_ROUTES:
         return f"{FAILOVER_ROUTES[scenario.route][0]}-{run}"
     return {"anthropic": "anth", "paced": "paced"}.get(scenario.route, "bench")
 
 
 def _healthy_prefix(scenario: Scenario) -> str:
-    """The upstream prefix a healthy OpenAI-format call goes to: paced streams, the burst,
-    or a failover scenario's secondary."""
+    """The upstream prefix a healthy OpenAI-format call goes to: paced, long or burst
+    streams, or a failover scenario's secondary."""
+    if scenario.long:
+        return scenario.route
     if scenario.route in FAILOVER_ROUTES:
         return FAILOVER_ROUTES[scenario.route][1]
     return "paced" if scenario.route == "paced" else "ok"
@@ -298,6 +328,8 @@ class Ours(Target):
         self.anthropic_error: str | None = None
 
     def _config(self, anthropic: bool) -> dict[str, object]:
+        """The default config (no tuning: the long-stream scenarios hold it to that), one
+        vendor and model group per upstream route."""
         env = self.env
         vendors: dict[str, object] = {
             "ok": {"type": "openai", "base_url": env.upstream("ok/v1"), "api_key": "sk-bench"},
@@ -316,6 +348,13 @@ class Ours(Target):
             "base_url": env.upstream("sibling/v1"),
             "api_key": "sk-bench",
         }
+        for route in env.long_routes:
+            vendors[route] = {
+                "type": "openai",
+                "base_url": env.upstream(f"{route}/v1"),
+                "api_key": "sk-bench",
+            }
+            models[route] = {"deployments": [{"vendor": route, "model": "gpt-4o-mini"}]}
         for run in range(env.runs):
             for route, (group, secondary) in FAILOVER_ROUTES.items():
                 primary = f"{route}-{self.name}-{run}"
@@ -366,6 +405,10 @@ class Ours(Target):
         return None
 
     def supports(self, scenario: Scenario) -> str | None:
+        if scenario.ours_only:
+            return "the keyed targets run (w); this one's open-proxy figure is (b)"
+        if self.tracing and scenario.long:
+            return "the long-stream scenarios run without tracing"
         if scenario.route == "anthropic" and not self.translated:
             return "runs as the pass-through comparison of (f) only via scenario (b)"
         if self.translated and scenario.route != "anthropic":
@@ -380,6 +423,52 @@ class Ours(Target):
         )
 
 
+class OursWorkers(Ours):
+    """`llm-proxy serve --workers N` with the Redis state backend, which --workers requires
+    (breakers, cooldowns, limits and the ledger shared by the workers), and a client key with
+    a cluster-wide `rpm` and a daily token budget, so each request takes the shared-limits
+    and ledger path."""
+
+    client_key = "sk-bench-client"
+
+    def __init__(self, env: Env, workers: int, state: str = "redis") -> None:
+        super().__init__(env)
+        self.workers = workers
+        self.state = state
+        self.name = f"ours-{state}-w{workers}"
+        self.label = f"ours, keyed client, {state} state, --workers {workers}"
+        self.config_path = env.logs / f"{self.name}.yaml"
+
+    def prepare(self) -> str | None:
+        if self.state == "redis" and self.env.redis_url is None:
+            return "no redis-server on PATH (apt-get install redis-server)"
+        self.config_path.write_bytes(orjson.dumps(self._config(anthropic=False)))
+        return None
+
+    def _config(self, anthropic: bool) -> dict[str, object]:
+        config = super()._config(anthropic)
+        if self.state == "redis":
+            config["state"] = {
+                "backend": "redis",
+                "url": self.env.redis_url,
+                "key_prefix": self.name,
+            }
+        digest = hashlib.sha256(self.client_key.encode()).hexdigest()
+        limits = {"rpm": 10_000_000, "tokens_per_day": 1_000_000_000_000}
+        config["clients"] = [{"name": "bench", "key_sha256": digest, "limits": limits}]
+        return config
+
+    def headers(self, scenario: Scenario, run: int) -> tuple[tuple[str, str], ...]:
+        return (("Authorization", f"Bearer {self.client_key}"),)
+
+    def supports(self, scenario: Scenario) -> str | None:
+        return None if scenario.ours_only else "runs the --workers scenario (w) only"
+
+    def command(self) -> tuple[list[str], dict[str, str], Path | None]:
+        argv, extra, cwd = super().command()
+        return [*argv, "--workers", str(self.workers)], extra, cwd
+
+
 # Scenarios that hold our Responses API pass-through against our chat pass-through (and the
 # upstream), not against the peers.
 _ONLY_OURS = {"responses": "the Responses API scenarios compare ours with direct and chat"}
@@ -390,7 +479,14 @@ def _llm_proxy() -> str:
     return str(exe) if exe.exists() else (shutil.which("llm-proxy") or "llm-proxy")
 
 
-class LiteLLM(Target):
+class _Peer(Target):
+    def supports(self, scenario: Scenario) -> str | None:
+        if scenario.ours_only:
+            return "runs only against direct and ours"
+        return _ONLY_OURS.get(scenario.route)
+
+
+class LiteLLM(_Peer):
     """LiteLLM Proxy in its own venv, no database, master key auth, fallbacks for failover."""
 
     name = "litellm"
@@ -434,6 +530,7 @@ class LiteLLM(Target):
             entry("bench", "ok/v1"),
             entry("paced", "paced/v1"),
             entry("anth", "ok-anth", f"anthropic/{ANTHROPIC_MODEL}"),
+            *(entry(route, f"{route}/v1") for route in env.long_routes),
         ]
         fallbacks = []
         for run in range(env.runs):
@@ -475,11 +572,8 @@ class LiteLLM(Target):
     def headers(self, scenario: Scenario, run: int) -> tuple[tuple[str, str], ...]:
         return (("Authorization", f"Bearer {self.master_key}"),)
 
-    def supports(self, scenario: Scenario) -> str | None:
-        return _ONLY_OURS.get(scenario.route)
 
-
-class Portkey(Target):
+class Portkey(_Peer):
     """Portkey's open-source gateway (Node), routed per request by its headers."""
 
     name = "portkey"
@@ -514,9 +608,6 @@ class Portkey(Target):
             except (subprocess.CalledProcessError, OSError) as exc:
                 return f"`npm install @portkey-ai/gateway` failed ({exc})"
         return None
-
-    def supports(self, scenario: Scenario) -> str | None:
-        return _ONLY_OURS.get(scenario.route)
 
     def command(self) -> tuple[list[str], dict[str, str], Path | None]:
         return (

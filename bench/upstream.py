@@ -12,6 +12,11 @@ every target and counts hits per deployment (GET /_stats):
     /paced.../v1/chat/completions       the same, but a stream is paced like a vendor's:
                                         head and first event at once, then one write per
                                         event, `--stream-gap-ms` apart (default 1 ms)
+    /long-<gap ms>-<events>.../v1/chat/completions
+                                        a long paced stream: <events> events (the head
+                                        with the first), <gap ms> apart, then [DONE]; e.g.
+                                        /long-2000-31 lasts 60 s, /long-20-1500 is 50
+                                        events/s for 30 s
     /quota.../v1/chat/completions       429 insufficient_quota (OpenAI's body)
     /flaky.../v1/chat/completions       500 for half the requests (seeded, reproducible)
     /budget.../v1/chat/completions      a vendor account with a rate limit: `BUDGET` requests
@@ -29,7 +34,7 @@ every target and counts hits per deployment (GET /_stats):
     GET /_stats                          {"prefix": hits, ...};  POST /_reset clears it
 
 A paced stream is a chain of `loop.call_later` timers on its connection (no task per
-stream); the connection answers nothing else until its stream is done (HTTP/1.1 order),
+stream, no buffer: each event is written as its timer fires); the connection answers nothing else until its stream is done (HTTP/1.1 order),
 and a lost connection cancels the chain. Events leave `gap` apart plus the loop's wake-up
 latency (~0.1 ms), never less than `gap / 2` apart.
 
@@ -50,6 +55,7 @@ from collections import Counter
 import orjson
 
 from proxy.fakes.budget import Budget, BudgetMeter
+from proxy.fdlimit import raise_open_files_limit
 
 __all__ = [
     "BUDGET",
@@ -361,6 +367,23 @@ _ANSWERS = {
         _OPENAI_500,
     ),
 }
+
+
+def _long_writes(gap_ms: int, events: int) -> tuple[bytes, ...]:
+    """The writes of a long paced stream (OpenAI format): `events` content events, the last
+    with finish_reason, [DONE] and the terminator."""
+    words = [f"t{i} " for i in range(events)]
+    sse = (
+        [_openai_event({"role": "assistant", "content": words[0]}, None)]
+        + [_openai_event({"content": w}, None) for w in words[1:-1]]
+        + [_openai_event({"content": words[-1]}, "stop")]
+    )
+    chunks = [_chunk(e) for e in sse]
+    done = _chunk(b"data: [DONE]\n\n") + _LAST_CHUNK
+    return (_SSE_HEAD + chunks[0], *chunks[1:-1], chunks[-1] + done)
+
+
+_LONG_RE = re.compile(r"long-(\d+)-(\d+)")
 _NOT_FOUND = _response("404 Not Found", b"application/json", b'{"error":"no such path"}')
 _TRACES_TAKEN = _response("200 OK", b"application/x-protobuf", b"")  # an empty export response
 
@@ -393,6 +416,7 @@ class Upstream:
         self._seed = seed
         self._coins: dict[str, random.Random] = {}
         self._budgets: dict[str, BudgetMeter] = {}
+        self._long: dict[str, tuple[float, tuple[bytes, ...]] | None] = {}
 
     def budgeted(self, prefix: str, answer: bytes) -> bytes:
         """`answer` if the prefix's account has budget left, else OpenAI's 429; either with
@@ -409,6 +433,16 @@ class Upstream:
         return _with_headers(
             _response("429 Too Many Requests", b"application/json", _OPENAI_RATE_LIMITED), headers
         )
+
+    def long_stream(self, prefix: str) -> tuple[float, tuple[bytes, ...]] | None:
+        """(gap in seconds, writes) of a /long-<gap ms>-<events> prefix, built once."""
+        if prefix not in self._long:
+            m = _LONG_RE.match(prefix)
+            gap_ms, events = (int(m[1]), int(m[2])) if m else (0, 0)
+            self._long[prefix] = (
+                (gap_ms / 1000, _long_writes(gap_ms, events)) if gap_ms and events >= 2 else None
+            )
+        return self._long[prefix]
 
     def flip(self, prefix: str) -> bool:
         coin = self._coins.get(prefix)
@@ -515,8 +549,11 @@ class UpstreamProtocol(asyncio.Protocol):
         elif prefix.startswith("flaky") and self._state.flip(prefix):
             transport.write(error)
         elif _STREAM_RE.search(body):
-            if prefix.startswith("paced"):
-                self._pace(answer_paced, 0)
+            long = self._state.long_stream(prefix) if fmt == "openai" else None
+            if long is not None:
+                self._pace(long[1], 0, long[0])
+            elif prefix.startswith("paced"):
+                self._pace(answer_paced, 0, self._state.stream_gap_s)
             else:
                 for piece in answer_stream:
                     transport.write(piece)
@@ -532,8 +569,8 @@ class UpstreamProtocol(asyncio.Protocol):
         if self._buf:  # a request that arrived meanwhile
             self.data_received(b"")
 
-    def _pace(self, writes: tuple[bytes, ...], i: int) -> None:
-        """Write event `i` of a paced stream and arm the timer for the next one.
+    def _pace(self, writes: tuple[bytes, ...], i: int, gap: float) -> None:
+        """Write event `i` of a paced stream and arm the timer for the next one, `gap` s on.
 
         uvloop's timers count whole milliseconds from its clock's last tick, so a timer
         armed late in a millisecond can fire a few microseconds later, when the loop wakes
@@ -546,18 +583,17 @@ class UpstreamProtocol(asyncio.Protocol):
         if transport.is_closing():
             self._pacing = None
             return
-        gap = self._state.stream_gap_s
         loop = self._loop
         now = time.monotonic()
         early = gap - (now - self._last_write)
         if i and early > gap / 2:
-            self._pacing = loop.call_later(max(early, 0.001), self._pace, writes, i)
+            self._pacing = loop.call_later(max(early, 0.001), self._pace, writes, i, gap)
             return
         transport.write(writes[i])
         self._last_write = now
         i += 1
         if i < len(writes):
-            self._pacing = loop.call_later(gap, self._pace, writes, i)
+            self._pacing = loop.call_later(gap, self._pace, writes, i, gap)
             return
         self._pacing = None
         if self._buf:  # a request that arrived during the stream
@@ -605,6 +641,8 @@ def main() -> None:
     args = parser.parse_args()
     if not args.stream_gap_ms > 0:
         parser.error("--stream-gap-ms must be more than 0 (the /ok... routes stream in a burst)")
+
+    raise_open_files_limit()  # a socket per stream: 5,000 streams in the long scenarios
 
     async def run() -> None:
         server = await serve(args.host, args.port, stream_gap_s=args.stream_gap_ms / 1000)

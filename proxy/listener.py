@@ -786,8 +786,12 @@ class Listener:
     def sweep(self) -> None:
         """Enforce the time limits on every connection (runs once a second)."""
         now = time.monotonic()
+        limits = self.limits
         for conn in list(self.connections):
-            conn.sweep(now, self.limits)
+            # A fast-lane request in flight (a stream may last minutes) has nothing to time:
+            # the next request's head is not looked at until it is answered.
+            if conn._task is None or conn._watch is not None:
+                conn.sweep(now, limits)
         self._sweeper = asyncio.get_running_loop().call_later(_SWEEP_S, self.sweep)
 
     async def close(self, grace_s: float) -> None:

@@ -14,6 +14,7 @@ import signal
 
 from proxy.app import GATEWAY, create_app, listen
 from proxy.config import Config, ConfigError
+from proxy.fdlimit import FDS_PER_STREAM, raise_open_files_limit
 
 __all__ = ["serve"]
 
@@ -30,6 +31,7 @@ async def serve(
     reuse_port: bool = False,
 ) -> None:
     """Serve until SIGTERM/SIGINT, then shut down gracefully."""
+    _open_files(config.server.max_connections)
     app = create_app(config)
     gateway = app[GATEWAY]
     try:
@@ -75,3 +77,42 @@ async def serve(
         await asyncio.sleep(drain_delay_s)
     await listener.close(grace_s)
     log.info("stopped", extra={"event": "stopped"})
+
+
+def _open_files(max_connections: int) -> None:
+    """Raise the open-file limit before the vendor pools are sized from it, and say so; warn
+    when it cannot hold as many streams as the listener admits clients."""
+    files = raise_open_files_limit()
+    if files is None:
+        return
+    fields = {
+        "event": "open_files_limit",
+        "before": files.before,
+        "limit": files.after,
+        "hard_limit": files.hard,
+    }
+    if files.after > files.before:
+        log.info(
+            "open-file limit raised from %d to %d (about %d streams at once)",
+            files.before,
+            files.after,
+            files.streams,
+            extra=fields,
+        )
+    needed = FDS_PER_STREAM * max_connections
+    if files.after < needed:
+        why = f" (raising it failed: {files.error})" if files.error else ""
+        log.warning(
+            "the open-file limit is %d (hard limit %d)%s: about %d streams fit, but "
+            "server.max_connections admits %d clients, each stream needing %d descriptors. "
+            "Raise the hard limit to at least %d (ulimit -Hn, systemd LimitNOFILE=, docker "
+            "--ulimit nofile=) or lower server.max_connections",
+            files.after,
+            files.hard,
+            why,
+            files.streams,
+            max_connections,
+            FDS_PER_STREAM,
+            needed,
+            extra={**fields, "needed": needed},
+        )

@@ -10,6 +10,7 @@ import asyncio
 import json
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,10 +64,16 @@ class Serve:
 
 
 async def spawn_serve(
-    config: Path, port: int, *extra: str, log_path: Path, env: dict[str, str] | None = None
+    config: Path,
+    port: int,
+    *extra: str,
+    log_path: Path,
+    env: dict[str, str] | None = None,
+    preexec_fn: Callable[[], object] | None = None,
 ) -> Serve:
     """Start `llm-proxy serve --config CONFIG --port PORT EXTRA...` (not waiting for
-    readiness), with `env` added to the environment."""
+    readiness), with `env` added to the environment; `preexec_fn` runs in the child before
+    it starts (e.g. to set its resource limits)."""
     with log_path.open("ab") as log:
         proc = await asyncio.create_subprocess_exec(
             *CLI,
@@ -80,6 +87,7 @@ async def spawn_serve(
             stderr=log,
             cwd=ROOT,
             env={**ENV, **(env or {})},
+            preexec_fn=preexec_fn,
         )
     return Serve(proc, f"http://127.0.0.1:{port}", log_path)
 

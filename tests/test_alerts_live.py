@@ -76,9 +76,13 @@ def shortened_rules(text: str) -> str:
 # ------------------------------------------------------------------ the three proxies
 
 
-def _vendors(fakes: dict[str, FakeVendor], keys: dict[str, str]) -> str:
+def _vendors(
+    fakes: dict[str, FakeVendor], keys: dict[str, str], extra: dict[str, str] | None = None
+) -> str:
+    more = extra or {}
     return "vendors:\n" + "".join(
-        f"  {name}: {{type: openai, base_url: '{fake.base_url}', api_key: {keys.get(name, 'k')}}}\n"
+        f"  {name}: {{type: openai, base_url: '{fake.base_url}', api_key: {keys.get(name, 'k')}"
+        f"{more.get(name, '')}}}\n"
         for name, fake in fakes.items()
     )
 
@@ -107,6 +111,7 @@ FAULT_GROUPS = {
     "streams": ["cut"],  # 30% of streams cut after their first events, nothing else wrong
     "limited": ["rl"],  # the only vendor rate limits every request
     "tight": ["tight"],  # the only vendor's headers say its budget is spent: no headroom
+    "narrow": ["narrow"],  # one connection, slow answers, two clients: requests wait for it
 }
 HEALTHY_GROUPS = {"ok": ["good_a", "good_b"]}
 DOOMED_GROUPS = {"spare": ["spare"]}
@@ -128,7 +133,7 @@ def fault_config(fakes: dict[str, FakeVendor], secrets: Path) -> str:
     return (
         _server(secrets)
         + COMMON
-        + _vendors(vendors, {"auth": "the-wrong-key"})
+        + _vendors(vendors, {"auth": "the-wrong-key"}, {"narrow": ", max_connections: 1"})
         + _groups(FAULT_GROUPS)
         + _client("agent", secrets, "{loop_max_repeats: 2, loop_window_s: 60}")
     )
@@ -329,6 +334,7 @@ async def test_every_alert_fires_for_its_fault_on_a_real_prometheus_and_none_whe
         "cut": make("cut", chunk_delay_s=0.05, fault=Fault(drop_after_chunks=2, rate=0.3)),
         "rl": make("rl", fault=Fault.preset("rate_limited", retry_after_s=1.0)),
         "tight": make("tight", budget=Budget(requests=1, window_s=30)),
+        "narrow": make("narrow", fault=Fault(latency_s=0.3)),
     }
     for fake in fakes.values():
         await fake.start("127.0.0.1", 0)
@@ -366,7 +372,7 @@ async def test_every_alert_fires_for_its_fault_on_a_real_prometheus_and_none_whe
 
             faults, healthy = proxies["faults"], proxies["healthy"]
             await fakes["down"].apply_fault(Fault(refuse=True))
-            for group in FAULT_GROUPS:
+            for group in [*FAULT_GROUPS, "narrow"]:  # two clients of the one-connection vendor
                 gap = 0.5 if group in ("hang", "solo") else 0.25
                 tasks.append(
                     asyncio.create_task(
@@ -429,6 +435,9 @@ async def test_every_alert_fires_for_its_fault_on_a_real_prometheus_and_none_whe
                 Expected("LLMProxyModelGroupLowHeadroom", {"model_group": "tight"}, "budget spent"),
                 Expected("LLMProxyHighFailoverRate", {"model_group": "quota"}, "skipped"),
                 Expected("LLMProxyDown", {"instance": instance["doomed"]}, "killed"),
+                Expected(
+                    "LLMProxyUpstreamPoolSaturated", {"vendor": "narrow"}, "one connection, two"
+                ),
             ]
             fired: dict[int, float] = {}  # index in `expected` -> seconds until it fired
             started = time.monotonic()

@@ -47,6 +47,7 @@ from proxy.vendors.classify import (
     classify_transport,
     without_secret,
 )
+from proxy.vendors.idle import idle_wheel
 
 __all__ = ["HTTPAdapter", "JSONResponse", "StreamFilter", "StreamScan", "invalid_json"]
 
@@ -276,13 +277,15 @@ class _StreamResponse(UpstreamResponse):
     async def relay(self, out: StreamOut) -> None:
         """The stream after its first bytes, without a task wake-up per chunk: the vendor
         connection hands each piece to `_Splice.on_data`, which checks it and sends it on at
-        once; this task wakes only at the end, on a failure, when the client falls behind
-        (reading from the vendor pauses until it catches up), or to check the idle budget."""
+        once; this task wakes only at the end, on a failure (the idle budget's included:
+        the loop's `IdleWheel` keeps it, not a timer of this stream's), or when the client
+        falls behind (reading from the vendor pauses until it catches up)."""
         resp = self._resp
         loop = resp.loop
-        idle_s = self._idle_s
         splice = _Splice(self, out, loop)
+        wheel = idle_wheel(loop)
         resp.deliver_to(splice.on_data, splice.on_end)
+        wheel.watch(splice, splice.last_event + self._idle_s)
         try:
             while True:
                 if splice.failure is not None:
@@ -295,21 +298,12 @@ class _StreamResponse(UpstreamResponse):
                     resp.resume()
                     continue
                 waiter = splice.waiter = loop.create_future()
-                timer = loop.call_at(splice.last_event + idle_s, _wake, waiter)
                 try:
                     await waiter
                 finally:
-                    timer.cancel()
                     splice.waiter = None
-                if (
-                    splice.failure is None
-                    and not splice.ended
-                    and loop.time() - splice.last_event > idle_s
-                ):
-                    raise AttemptFailed(
-                        classify_transport(TimeoutError("no complete event"), phase="body")
-                    )
         finally:
+            wheel.unwatch(splice)
             resp.stop_delivery()
             self.usage = self._scan.usage
         if tail := self._tail():
@@ -323,9 +317,8 @@ class _StreamResponse(UpstreamResponse):
             self._resp.close()  # abort: the vendor sees the disconnect and stops generating
 
 
-def _wake(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
+def _no_complete_event() -> AttemptFailed:
+    return AttemptFailed(classify_transport(TimeoutError("no complete event"), phase="body"))
 
 
 class _Splice:
@@ -334,7 +327,9 @@ class _Splice:
     our credential out of a relayed error event, the filter.
 
     `relay` runs `on_data` inside the vendor connection's callback, once per relayed event,
-    so it is kept flat."""
+    so it is kept flat. The idle budget between events is checked there for a chunk that
+    does not end an event, and by the loop's `IdleWheel` (`idle_deadline`) when nothing
+    comes at all."""
 
     __slots__ = (
         "clock",
@@ -343,6 +338,7 @@ class _Splice:
         "failure",
         "filter",
         "idle_s",
+        "idle_slot",
         "last_event",
         "out",
         "previous",
@@ -368,6 +364,21 @@ class _Splice:
         self.ended = False
         self.congested = False
         self.waiter: asyncio.Future[None] | None = None
+        self.idle_slot = 0
+
+    def idle_deadline(self, now: float) -> float | None:
+        """For the wheel: when the silence since the last event runs over the budget; fails
+        the stream if it has. A stream paused because its client is not reading is not
+        silent: it is looked at again a budget later."""
+        if self.failure is not None or self.ended:
+            return None
+        if self.congested:
+            return now + self.idle_s
+        deadline = self.last_event + self.idle_s
+        if now < deadline:
+            return deadline
+        self._fail(_no_complete_event())
+        return None
 
     def on_data(self, chunk: bytes) -> None:
         if self.failure is not None:
@@ -376,9 +387,7 @@ class _Splice:
         if chunk.endswith(_EVENT_END) or _event_ends(self.previous, chunk):
             self.last_event = now
         elif now - self.last_event > self.idle_s:
-            self._fail(
-                AttemptFailed(classify_transport(TimeoutError("no complete event"), phase="body"))
-            )
+            self._fail(_no_complete_event())
             return
         self.previous = chunk
         scan = self.scan
